@@ -1,0 +1,219 @@
+# Generated from src/conveyor/_client_async.py by tools/async_to_sync.py: edit that file, not this one.
+"""The public I/O API of :class:`~conveyor.Conveyor`: the ``*_async`` methods.
+
+``_client.py`` is generated from this file by ``tools/async_to_sync.py``; edit this one. Pure work
+(validation, folding a batch, shaping results) lives in modules both sides import, so the two files
+hold only the I/O sequence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, overload
+from uuid import UUID
+
+from conveyor import batching, reporting
+from conveyor._store.migrations import MigrationStatus, pending_sql
+from conveyor._store.store import Conn
+from conveyor._store.stores import Stores
+from conveyor.config import Settings
+from conveyor.errors import ConveyorError, JobNotFound, JobStateError, QueueNotFound
+from conveyor.models import Job, JobState, Queue, QueueStats
+from conveyor.options import (
+    check_job_id,
+    check_queue_name,
+    job_spec,
+    list_filters,
+    queue_policy,
+)
+
+# A job in send_batch: (queue, data) or (queue, data, options).
+BatchItem = tuple[str, Any] | tuple[str, Any, Mapping[str, Any]]
+# Rounds of re-asking for a job whose key holder committed after the insert's snapshot.
+KEY_RESOLVE_ROUNDS = 5
+
+
+class Client:
+    """Enqueue, inspect and manage jobs and queues, asynchronously."""
+
+    _settings: Settings
+    _stores: Stores
+
+    def send(
+        self,
+        queue: str,
+        data: Any = None,
+        *,
+        connection: Conn | None = None,
+        **options: Any,
+    ) -> UUID:
+        """Enqueue one job and return its id.
+
+        With ``unique_key`` (or ``singleton_key`` + ``singleton_seconds``) the id may be that of the
+        job already holding the key. With ``connection=``, the job is written inside that
+        connection's open transaction and exists only if the caller commits.
+        """
+        return (self.send_batch([(queue, data, options)], connection=connection))[0]
+
+    def send_batch(
+        self, jobs: Iterable[BatchItem], *, connection: Conn | None = None
+    ) -> list[UUID]:
+        """Enqueue many jobs in one round trip; return their ids in the order given.
+
+        Every job is validated before anything is written: one bad job refuses the whole batch.
+        """
+        settings = self._settings
+        specs = [
+            job_spec(item[0], item[1], item[2] if len(item) > 2 else {}, settings.max_payload_bytes)
+            for item in jobs
+        ]
+        if not specs:
+            return []
+        rows, where = batching.fold(specs)
+        store = self._stores.store()
+        resolved: list[UUID | None] = [None] * len(rows)
+        todo = list(range(len(rows)))
+        for _ in range(KEY_RESOLVE_ROUNDS):
+            found = store.job_insert_many(
+                [rows[i] for i in todo], settings.defaults, settings.clock(), connection
+            )
+            for i, (job_id, _inserted) in zip(todo, found, strict=True):
+                resolved[i] = job_id
+            todo = [i for i in todo if resolved[i] is None]
+            if not todo:
+                return [resolved[i] for i in where]  # type: ignore[misc]
+        raise ConveyorError("could not resolve the job holding a unique or singleton key")
+
+    def get_job(self, job_id: UUID | str, *, connection: Conn | None = None) -> Job:
+        """The job with this id, queued, running or finished; :class:`JobNotFound` if none."""
+        job = self._stores.store().job_get(check_job_id(job_id), connection)
+        if job is None:
+            raise JobNotFound(f"no job with id {job_id}")
+        return job
+
+    def list_jobs(
+        self,
+        queue: str | None = None,
+        state: str | Iterable[str] | None = None,
+        *,
+        limit: int = 100,
+        offset: int = 0,
+        order: str = "desc",
+        connection: Conn | None = None,
+    ) -> list[Job]:
+        """Jobs filtered by queue and state(s), newest first (``order="asc"``: oldest first)."""
+        filters = list_filters(queue, state, limit, offset, order)
+        return self._stores.store().job_list(**filters, conn=connection)
+
+    def cancel(self, job_id: UUID | str, *, connection: Conn | None = None) -> Job:
+        """Cancel a queued or running job (a running handler is told at once).
+
+        Cancelling a cancelled job returns it unchanged; a completed or failed job raises
+        :class:`JobStateError`.
+        """
+        store = self._stores.store()
+        job = store.job_cancel(check_job_id(job_id), self._settings.clock(), connection)
+        if job is not None:
+            return job
+        job = self.get_job(job_id, connection=connection)
+        if job.state is JobState.CANCELLED:
+            return job
+        raise JobStateError(f"job {job_id} is {job.state}: only queued or running jobs can be cancelled")
+
+    def retry(self, job_id: UUID | str, *, connection: Conn | None = None) -> Job:
+        """Run a job again now: a queued job is brought forward; a failed or cancelled job is
+        queued again with a fresh attempt count (its error history kept).
+
+        Raises :class:`JobStateError` for a running or completed job.
+        """
+        store = self._stores.store()
+        job = store.job_retry(check_job_id(job_id), self._settings.clock(), connection)
+        if job is not None:
+            return job
+        job = self.get_job(job_id, connection=connection)
+        raise JobStateError(
+            f"job {job_id} is {job.state}: only queued, failed or cancelled jobs can be retried"
+        )
+
+    def create_queue(self, name: str, **policy: Any) -> Queue:
+        """Create a queue with a policy and defaults, or set them on an existing queue.
+
+        Options: ``policy`` (standard, short, singleton, stately), ``priority``, ``retry_limit``,
+        ``retry_delay``, ``retry_backoff``, ``retry_delay_max``, ``expire_in``, ``retention``,
+        ``dead_letter``, ``concurrency``, ``rate_limit`` (``n`` per second or ``(n, seconds)``).
+        """
+        check_queue_name(name)
+        values = queue_policy(policy, partial=False)
+        queue = self._stores.store().queue_upsert(name, values, True)
+        assert queue is not None  # create=True always returns the row
+        return queue
+
+    def update_queue(self, name: str, **policy: Any) -> Queue:
+        """Change some of a queue's policy; ``None`` clears a field back to the app default."""
+        check_queue_name(name)
+        values = queue_policy(policy, partial=True)
+        queue = self._stores.store().queue_upsert(name, values, False)
+        if queue is None:
+            raise QueueNotFound(f"no queue named {name!r}")
+        return queue
+
+    def delete_queue(self, name: str) -> int:
+        """Delete a queue and every job it holds, live or finished; return how many jobs."""
+        check_queue_name(name)
+        queues, jobs = self._stores.store().queue_delete(name)
+        if not queues:
+            raise QueueNotFound(f"no queue named {name!r}")
+        return jobs
+
+    def purge_queue(self, name: str) -> int:
+        """Delete the queued jobs of a queue (running and finished ones stay); return how many."""
+        self.get_queue(name)
+        return self._stores.store().queue_purge(name)
+
+    def get_queue(self, name: str) -> Queue:
+        """The queue of this name; :class:`QueueNotFound` if none."""
+        check_queue_name(name)
+        queue = self._stores.store().queue_get(name)
+        if queue is None:
+            raise QueueNotFound(f"no queue named {name!r}")
+        return queue
+
+    def list_queues(self) -> list[Queue]:
+        """Every queue, by name (queues are created on first send or by ``create_queue``)."""
+        return self._stores.store().queue_list()
+
+    @overload
+    def queue_stats(self, name: str) -> QueueStats: ...
+
+    @overload
+    def queue_stats(self, name: None = None) -> list[QueueStats]: ...
+
+    def queue_stats(self, name: str | None = None) -> QueueStats | list[QueueStats]:
+        """Counts by state and the oldest runnable job's wait, for one queue or for all."""
+        if name is not None:
+            check_queue_name(name)
+        found = self._stores.store().queue_stats(name, self._settings.clock())
+        stats = reporting.queue_stats(found)
+        if name is None:
+            return stats
+        if not stats:
+            raise QueueNotFound(f"no queue named {name!r}")
+        return stats[0]
+
+    def migrate(self) -> list[str]:
+        """Apply pending schema migrations; return the names of those applied by this call."""
+        applied = self._stores.migrator().apply()
+        return [f"{m.version:04d}_{m.name}" for m in applied]
+
+    def migration_status(self) -> MigrationStatus:
+        """Applied, pending and unknown migrations of the app's schema."""
+        return self._stores.migrator().status()
+
+    def migration_sql(self) -> str:
+        """The SQL of the pending migrations, for a DBA to review or run by hand."""
+        found = self._stores.migrator().status()
+        return pending_sql(found.pending, self._settings.schema)
+
+    def close(self) -> None:
+        """Close the async connection pool."""
+        self._stores.close()

@@ -1,0 +1,218 @@
+"""The public I/O API of :class:`~conveyor.Conveyor`: the ``*_async`` methods.
+
+``_client.py`` is generated from this file by ``tools/async_to_sync.py``; edit this one. Pure work
+(validation, folding a batch, shaping results) lives in modules both sides import, so the two files
+hold only the I/O sequence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, overload
+from uuid import UUID
+
+from conveyor import batching, reporting
+from conveyor._store.migrations import MigrationStatus, pending_sql
+from conveyor._store.store_async import AsyncConn
+from conveyor._store.stores import Stores
+from conveyor.config import Settings
+from conveyor.errors import ConveyorError, JobNotFound, JobStateError, QueueNotFound
+from conveyor.models import Job, JobState, Queue, QueueStats
+from conveyor.options import (
+    check_job_id,
+    check_queue_name,
+    job_spec,
+    list_filters,
+    queue_policy,
+)
+
+# A job in send_batch: (queue, data) or (queue, data, options).
+BatchItem = tuple[str, Any] | tuple[str, Any, Mapping[str, Any]]
+# Rounds of re-asking for a job whose key holder committed after the insert's snapshot.
+KEY_RESOLVE_ROUNDS = 5
+
+
+class AsyncClient:
+    """Enqueue, inspect and manage jobs and queues, asynchronously."""
+
+    _settings: Settings
+    _stores: Stores
+
+    async def send_async(
+        self,
+        queue: str,
+        data: Any = None,
+        *,
+        connection: AsyncConn | None = None,
+        **options: Any,
+    ) -> UUID:
+        """Enqueue one job and return its id.
+
+        With ``unique_key`` (or ``singleton_key`` + ``singleton_seconds``) the id may be that of the
+        job already holding the key. With ``connection=``, the job is written inside that
+        connection's open transaction and exists only if the caller commits.
+        """
+        return (await self.send_batch_async([(queue, data, options)], connection=connection))[0]
+
+    async def send_batch_async(
+        self, jobs: Iterable[BatchItem], *, connection: AsyncConn | None = None
+    ) -> list[UUID]:
+        """Enqueue many jobs in one round trip; return their ids in the order given.
+
+        Every job is validated before anything is written: one bad job refuses the whole batch.
+        """
+        settings = self._settings
+        specs = [
+            job_spec(item[0], item[1], item[2] if len(item) > 2 else {}, settings.max_payload_bytes)
+            for item in jobs
+        ]
+        if not specs:
+            return []
+        rows, where = batching.fold(specs)
+        store = self._stores.store_async()
+        resolved: list[UUID | None] = [None] * len(rows)
+        todo = list(range(len(rows)))
+        for _ in range(KEY_RESOLVE_ROUNDS):
+            found = await store.job_insert_many(
+                [rows[i] for i in todo], settings.defaults, settings.clock(), connection
+            )
+            for i, (job_id, _inserted) in zip(todo, found, strict=True):
+                resolved[i] = job_id
+            todo = [i for i in todo if resolved[i] is None]
+            if not todo:
+                return [resolved[i] for i in where]  # type: ignore[misc]
+        raise ConveyorError("could not resolve the job holding a unique or singleton key")
+
+    async def get_job_async(self, job_id: UUID | str, *, connection: AsyncConn | None = None) -> Job:
+        """The job with this id, queued, running or finished; :class:`JobNotFound` if none."""
+        job = await self._stores.store_async().job_get(check_job_id(job_id), connection)
+        if job is None:
+            raise JobNotFound(f"no job with id {job_id}")
+        return job
+
+    async def list_jobs_async(
+        self,
+        queue: str | None = None,
+        state: str | Iterable[str] | None = None,
+        *,
+        limit: int = 100,
+        offset: int = 0,
+        order: str = "desc",
+        connection: AsyncConn | None = None,
+    ) -> list[Job]:
+        """Jobs filtered by queue and state(s), newest first (``order="asc"``: oldest first)."""
+        filters = list_filters(queue, state, limit, offset, order)
+        return await self._stores.store_async().job_list(**filters, conn=connection)
+
+    async def cancel_async(self, job_id: UUID | str, *, connection: AsyncConn | None = None) -> Job:
+        """Cancel a queued or running job (a running handler is told at once).
+
+        Cancelling a cancelled job returns it unchanged; a completed or failed job raises
+        :class:`JobStateError`.
+        """
+        store = self._stores.store_async()
+        job = await store.job_cancel(check_job_id(job_id), self._settings.clock(), connection)
+        if job is not None:
+            return job
+        job = await self.get_job_async(job_id, connection=connection)
+        if job.state is JobState.CANCELLED:
+            return job
+        raise JobStateError(f"job {job_id} is {job.state}: only queued or running jobs can be cancelled")
+
+    async def retry_async(self, job_id: UUID | str, *, connection: AsyncConn | None = None) -> Job:
+        """Run a job again now: a queued job is brought forward; a failed or cancelled job is
+        queued again with a fresh attempt count (its error history kept).
+
+        Raises :class:`JobStateError` for a running or completed job.
+        """
+        store = self._stores.store_async()
+        job = await store.job_retry(check_job_id(job_id), self._settings.clock(), connection)
+        if job is not None:
+            return job
+        job = await self.get_job_async(job_id, connection=connection)
+        raise JobStateError(
+            f"job {job_id} is {job.state}: only queued, failed or cancelled jobs can be retried"
+        )
+
+    async def create_queue_async(self, name: str, **policy: Any) -> Queue:
+        """Create a queue with a policy and defaults, or set them on an existing queue.
+
+        Options: ``policy`` (standard, short, singleton, stately), ``priority``, ``retry_limit``,
+        ``retry_delay``, ``retry_backoff``, ``retry_delay_max``, ``expire_in``, ``retention``,
+        ``dead_letter``, ``concurrency``, ``rate_limit`` (``n`` per second or ``(n, seconds)``).
+        """
+        check_queue_name(name)
+        values = queue_policy(policy, partial=False)
+        queue = await self._stores.store_async().queue_upsert(name, values, True)
+        assert queue is not None  # create=True always returns the row
+        return queue
+
+    async def update_queue_async(self, name: str, **policy: Any) -> Queue:
+        """Change some of a queue's policy; ``None`` clears a field back to the app default."""
+        check_queue_name(name)
+        values = queue_policy(policy, partial=True)
+        queue = await self._stores.store_async().queue_upsert(name, values, False)
+        if queue is None:
+            raise QueueNotFound(f"no queue named {name!r}")
+        return queue
+
+    async def delete_queue_async(self, name: str) -> int:
+        """Delete a queue and every job it holds, live or finished; return how many jobs."""
+        check_queue_name(name)
+        queues, jobs = await self._stores.store_async().queue_delete(name)
+        if not queues:
+            raise QueueNotFound(f"no queue named {name!r}")
+        return jobs
+
+    async def purge_queue_async(self, name: str) -> int:
+        """Delete the queued jobs of a queue (running and finished ones stay); return how many."""
+        await self.get_queue_async(name)
+        return await self._stores.store_async().queue_purge(name)
+
+    async def get_queue_async(self, name: str) -> Queue:
+        """The queue of this name; :class:`QueueNotFound` if none."""
+        check_queue_name(name)
+        queue = await self._stores.store_async().queue_get(name)
+        if queue is None:
+            raise QueueNotFound(f"no queue named {name!r}")
+        return queue
+
+    async def list_queues_async(self) -> list[Queue]:
+        """Every queue, by name (queues are created on first send or by ``create_queue``)."""
+        return await self._stores.store_async().queue_list()
+
+    @overload
+    async def queue_stats_async(self, name: str) -> QueueStats: ...
+
+    @overload
+    async def queue_stats_async(self, name: None = None) -> list[QueueStats]: ...
+
+    async def queue_stats_async(self, name: str | None = None) -> QueueStats | list[QueueStats]:
+        """Counts by state and the oldest runnable job's wait, for one queue or for all."""
+        if name is not None:
+            check_queue_name(name)
+        found = await self._stores.store_async().queue_stats(name, self._settings.clock())
+        stats = reporting.queue_stats(found)
+        if name is None:
+            return stats
+        if not stats:
+            raise QueueNotFound(f"no queue named {name!r}")
+        return stats[0]
+
+    async def migrate_async(self) -> list[str]:
+        """Apply pending schema migrations; return the names of those applied by this call."""
+        applied = await self._stores.migrator_async().apply()
+        return [f"{m.version:04d}_{m.name}" for m in applied]
+
+    async def migration_status_async(self) -> MigrationStatus:
+        """Applied, pending and unknown migrations of the app's schema."""
+        return await self._stores.migrator_async().status()
+
+    async def migration_sql_async(self) -> str:
+        """The SQL of the pending migrations, for a DBA to review or run by hand."""
+        found = await self._stores.migrator_async().status()
+        return pending_sql(found.pending, self._settings.schema)
+
+    async def close_async(self) -> None:
+        """Close the async connection pool."""
+        await self._stores.close_async()

@@ -1,0 +1,98 @@
+# Generated from src/conveyor/_store/migrate_async.py by tools/async_to_sync.py: edit that file, not this one.
+"""Apply and check migrations (async; ``migrate.py`` is generated from this file).
+
+Any number of processes may migrate at once: each file is applied in its own transaction under a
+transaction-level advisory lock keyed by the schema name, and the applied versions are re-read
+under that lock, so exactly one process applies each file and the others find it done.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg import Connection
+
+from conveyor._store.migrations import Migration, MigrationStatus, migrations, status
+from conveyor._store.queries import queries
+from conveyor.errors import SchemaOutOfDate, SchemaTooNew
+
+
+class Migrator:
+    """Migrations of one schema, each run over a dedicated connection."""
+
+    def __init__(self, dsn: str, schema: str) -> None:
+        self.dsn = dsn
+        self.schema = schema
+        self._queries = queries(schema)
+
+    def _run(self, conn: Connection[Any], query: str, **params: Any) -> list[Any]:
+        cur = conn.execute(self._queries[query].sql, params or None)
+        return cur.fetchall() if cur.description is not None else []
+
+    def _applied(self, conn: Connection[Any]) -> dict[int, str]:
+        if not (self._run(conn, "migration_table_exists"))[0][0]:
+            return {}
+        return dict(self._run(conn, "migration_applied"))
+
+    def status(self) -> MigrationStatus:
+        """Applied, pending and unknown (newer) migrations of the schema."""
+        with Connection.connect(self.dsn, autocommit=True) as conn:
+            return status(self._applied(conn))
+
+    def apply(self) -> list[Migration]:
+        """Apply every pending migration; return those this call applied."""
+        done: list[Migration] = []
+        with Connection.connect(self.dsn, autocommit=True) as conn:
+            for migration in migrations():
+                if migration.transactional:
+                    with conn.transaction():
+                        self._run(conn, "migration_xact_lock")
+                        applied = self._apply_locked(conn, migration)
+                else:
+                    self._run(conn, "migration_session_lock")
+                    try:
+                        applied = self._apply_locked(conn, migration)
+                    finally:
+                        self._run(conn, "migration_session_unlock")
+                if applied:
+                    done.append(migration)
+        return done
+
+    def _apply_locked(self, conn: Connection[Any], migration: Migration) -> bool:
+        self._run(conn, "migration_bootstrap")
+        if migration.version in status(self._applied(conn)).applied:
+            return False
+        conn.execute(migration.sql(self.schema))
+        self._run(
+            conn,
+            "migration_record",
+            version=migration.version,
+            name=migration.name,
+            checksum=migration.checksum,
+        )
+        return True
+
+    def ensure_current(self) -> MigrationStatus:
+        """Raise unless the schema is exactly at this release's version."""
+        found = self.status()
+        if found.unknown:
+            raise SchemaTooNew(
+                f"schema {self.schema!r} has migrations {list(found.unknown)} this release does "
+                "not know: upgrade Conveyor"
+            )
+        if found.pending:
+            names = ", ".join(f"{m.version:04d}_{m.name}" for m in found.pending)
+            raise SchemaOutOfDate(
+                f"schema {self.schema!r} is missing migrations {names}: run `conveyor migrate`"
+            )
+        return found
+
+    def truncate(self) -> None:
+        """Empty every table of the schema, keeping its migrations (for test isolation)."""
+        with Connection.connect(self.dsn, autocommit=True) as conn:
+            self._run(conn, "schema_truncate")
+
+    def drop(self) -> None:
+        """Drop the schema with everything in it."""
+        with Connection.connect(self.dsn, autocommit=True) as conn:
+            self._run(conn, "schema_drop")

@@ -1,0 +1,97 @@
+"""Apply and check migrations (async; ``migrate.py`` is generated from this file).
+
+Any number of processes may migrate at once: each file is applied in its own transaction under a
+transaction-level advisory lock keyed by the schema name, and the applied versions are re-read
+under that lock, so exactly one process applies each file and the others find it done.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg import AsyncConnection
+
+from conveyor._store.migrations import Migration, MigrationStatus, migrations, status
+from conveyor._store.queries import queries
+from conveyor.errors import SchemaOutOfDate, SchemaTooNew
+
+
+class AsyncMigrator:
+    """Migrations of one schema, each run over a dedicated connection."""
+
+    def __init__(self, dsn: str, schema: str) -> None:
+        self.dsn = dsn
+        self.schema = schema
+        self._queries = queries(schema)
+
+    async def _run(self, conn: AsyncConnection[Any], query: str, **params: Any) -> list[Any]:
+        cur = await conn.execute(self._queries[query].sql, params or None)
+        return await cur.fetchall() if cur.description is not None else []
+
+    async def _applied(self, conn: AsyncConnection[Any]) -> dict[int, str]:
+        if not (await self._run(conn, "migration_table_exists"))[0][0]:
+            return {}
+        return dict(await self._run(conn, "migration_applied"))
+
+    async def status(self) -> MigrationStatus:
+        """Applied, pending and unknown (newer) migrations of the schema."""
+        async with await AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+            return status(await self._applied(conn))
+
+    async def apply(self) -> list[Migration]:
+        """Apply every pending migration; return those this call applied."""
+        done: list[Migration] = []
+        async with await AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+            for migration in migrations():
+                if migration.transactional:
+                    async with conn.transaction():
+                        await self._run(conn, "migration_xact_lock")
+                        applied = await self._apply_locked(conn, migration)
+                else:
+                    await self._run(conn, "migration_session_lock")
+                    try:
+                        applied = await self._apply_locked(conn, migration)
+                    finally:
+                        await self._run(conn, "migration_session_unlock")
+                if applied:
+                    done.append(migration)
+        return done
+
+    async def _apply_locked(self, conn: AsyncConnection[Any], migration: Migration) -> bool:
+        await self._run(conn, "migration_bootstrap")
+        if migration.version in status(await self._applied(conn)).applied:
+            return False
+        await conn.execute(migration.sql(self.schema))
+        await self._run(
+            conn,
+            "migration_record",
+            version=migration.version,
+            name=migration.name,
+            checksum=migration.checksum,
+        )
+        return True
+
+    async def ensure_current(self) -> MigrationStatus:
+        """Raise unless the schema is exactly at this release's version."""
+        found = await self.status()
+        if found.unknown:
+            raise SchemaTooNew(
+                f"schema {self.schema!r} has migrations {list(found.unknown)} this release does "
+                "not know: upgrade Conveyor"
+            )
+        if found.pending:
+            names = ", ".join(f"{m.version:04d}_{m.name}" for m in found.pending)
+            raise SchemaOutOfDate(
+                f"schema {self.schema!r} is missing migrations {names}: run `conveyor migrate`"
+            )
+        return found
+
+    async def truncate(self) -> None:
+        """Empty every table of the schema, keeping its migrations (for test isolation)."""
+        async with await AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+            await self._run(conn, "schema_truncate")
+
+    async def drop(self) -> None:
+        """Drop the schema with everything in it."""
+        async with await AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+            await self._run(conn, "schema_drop")

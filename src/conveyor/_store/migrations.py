@@ -1,0 +1,112 @@
+"""The numbered migration files: discovery, checksums and the SQL they render to.
+
+Files are ``NNNN_name.sql`` under ``sql/migrations``, forward-only and never edited once released:
+the checksum of each applied file is kept in the ``migration`` table and a changed file is refused.
+A file whose first line is ``-- conveyor: no-transaction`` runs outside a transaction (for
+``CREATE INDEX CONCURRENTLY``), under a session-level lock instead of a transaction-level one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+from psycopg import sql
+
+from conveyor._store.queries import queries, render
+from conveyor.errors import MigrationChecksumMismatch
+
+FILE_NAME = re.compile(r"(\d{4})_(\w+)\.sql")
+NO_TRANSACTION = "-- conveyor: no-transaction"
+
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One migration file."""
+
+    version: int
+    name: str
+    template: str
+
+    @property
+    def checksum(self) -> str:
+        """SHA-256 of the file as shipped (before the schema name is rendered in)."""
+        return hashlib.sha256(self.template.encode("utf-8")).hexdigest()
+
+    @property
+    def transactional(self) -> bool:
+        """False when the file must run outside a transaction."""
+        return not self.template.startswith(NO_TRANSACTION)
+
+    def sql(self, schema: str) -> str:
+        """The file's SQL for ``schema``."""
+        return render(self.template, schema)
+
+
+@cache
+def migrations() -> tuple[Migration, ...]:
+    """Every migration shipped with this release, in version order."""
+    folder = resources.files("conveyor") / "sql" / "migrations"
+    found = []
+    for entry in folder.iterdir():
+        match = FILE_NAME.fullmatch(entry.name)
+        if match:
+            template = entry.read_text(encoding="utf-8")
+            found.append(Migration(int(match.group(1)), match.group(2), template))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if versions != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"migration versions must run 1..N without gaps, found {versions}")
+    return tuple(found)
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationStatus:
+    """Where a database schema stands relative to this release."""
+
+    applied: tuple[int, ...]
+    pending: tuple[Migration, ...]
+    unknown: tuple[int, ...]
+
+    @property
+    def current(self) -> bool:
+        """True when nothing is pending and the database knows no newer migration."""
+        return not self.pending and not self.unknown
+
+
+def status(applied: dict[int, str]) -> MigrationStatus:
+    """Compare the applied versions (and their checksums) with the shipped files."""
+    shipped = {m.version: m for m in migrations()}
+    for version, checksum in applied.items():
+        known = shipped.get(version)
+        if known is not None and known.checksum != checksum:
+            raise MigrationChecksumMismatch(
+                f"migration {version:04d}_{known.name} changed after it was applied "
+                "(migrations are forward-only: add a new file instead)"
+            )
+    return MigrationStatus(
+        applied=tuple(sorted(applied)),
+        pending=tuple(m for v, m in sorted(shipped.items()) if v not in applied),
+        unknown=tuple(sorted(v for v in applied if v not in shipped)),
+    )
+
+
+def pending_sql(pending: tuple[Migration, ...], schema: str) -> str:
+    """The SQL a DBA would run to apply ``pending`` by hand, with the bookkeeping rows."""
+    named = queries(schema)
+    parts = [f"-- Conveyor migrations for schema {schema!r}", named["migration_bootstrap"].sql + ";"]
+    for m in pending:
+        parts.append(f"-- {m.version:04d}_{m.name}")
+        if m.transactional:
+            parts.append("BEGIN;")
+        parts.append(m.sql(schema).strip())
+        values = {"version": m.version, "name": m.name, "checksum": m.checksum}
+        literals = {k: sql.Literal(v).as_string() for k, v in values.items()}
+        parts.append(named["migration_record"].sql % literals + ";")
+        if m.transactional:
+            parts.append("COMMIT;")
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,60 @@
+"""Build the public records from database rows, and job specs into the insert's arrays."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from conveyor.models import Job, JobState, Queue, QueuePolicy
+from conveyor.options import JobSpec
+
+SPEC_ARRAYS = (
+    "id", "queue", "data", "priority", "run_at", "delay", "retry_limit", "retry_delay",
+    "retry_backoff", "retry_delay_max", "expire_in", "retention", "singleton_key",
+    "singleton_seconds", "unique_key", "unique_replace", "dead_letter", "group_key", "depends_on",
+)  # fmt: skip
+
+
+def job(row: dict[str, Any]) -> Job:
+    """A :class:`Job` from a ``SELECT *`` row of ``job`` or ``job_history``."""
+    row["state"] = JobState(row["state"])
+    row["depends_on"] = row["depends_on"] or []
+    return Job(**row)
+
+
+def queue(row: dict[str, Any]) -> Queue:
+    """A :class:`Queue` from a ``SELECT *`` row of ``queue``."""
+    row["policy"] = QueuePolicy(row["policy"])
+    return Queue(**row)
+
+
+def insert_params(
+    specs: Sequence[JobSpec], defaults: dict[str, Any], now: object
+) -> dict[str, Any]:
+    """The parameters of ``job_insert_many``: one array per column, one element per job.
+
+    An array with nothing set is sent as NULL: cheaper to send and parse, and for the key columns
+    it selects the insert's plain path.
+    """
+    params: dict[str, Any] = {}
+    for name in SPEC_ARRAYS:
+        values = [getattr(s, name) for s in specs]
+        params[name] = values if any(v is not None and v is not False for v in values) else None
+    params["defaults"] = json.dumps(defaults)
+    params["now"] = now
+    return params
+
+
+def insert_results(
+    specs: Sequence[JobSpec], params: dict[str, Any], found: list[dict[str, Any]]
+) -> list[tuple[Any, bool]]:
+    """Per spec: the job id it resolved to (None: ask again) and whether it was inserted."""
+    if params["unique_key"] is None and params["singleton_seconds"] is None:
+        return [(s.id, True) for s in specs]  # the plain path inserts every job, returns nothing
+    return [(r["id"], r["inserted"]) for r in found]
+
+
+def json_text(value: Any) -> str:
+    """JSON text for a ``::jsonb`` parameter."""
+    return json.dumps(value)

@@ -1,0 +1,164 @@
+# Generated from src/conveyor/_store/store_async.py by tools/async_to_sync.py: edit that file, not this one.
+"""The async store: one method per named query, and the connection pool they run on.
+
+Every method takes an optional ``conn``: the caller's own connection, whose open transaction the
+statement joins (transactional enqueue). Without one, the statement runs on a pooled autocommit
+connection: one round trip, committed on return.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from psycopg import Connection
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from conveyor._store import rows
+from conveyor._store.errors import translated
+from conveyor._store.queries import queries
+from conveyor.errors import ConveyorError, InvalidOption
+from conveyor.models import Job, Queue
+from conveyor.options import JobSpec
+
+Conn = Connection[Any]
+
+
+class Store:
+    """Runs Conveyor's named queries against one schema."""
+
+    def __init__(self, dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10) -> None:
+        self.schema = schema
+        self.channel = f"conveyor:{schema}"
+        self.cancel_channel = f"conveyor:{schema}:cancel"
+        self._queries = queries(schema)
+        self._pool = ConnectionPool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            open=False,
+            kwargs={"autocommit": True},
+            name=f"conveyor-{schema}",
+        )
+        self._closed = False
+
+    @contextmanager
+    def connection(self, conn: Conn | None = None) -> Iterator[Conn]:
+        """The caller's connection if given, else one from the pool (opened on first use)."""
+        if conn is not None:
+            if not isinstance(conn, Connection):
+                raise InvalidOption(
+                    f"connection= must be a psycopg Connection here, got {type(conn).__name__}"
+                )
+            yield conn
+            return
+        if self._closed:
+            raise ConveyorError("this Conveyor app was closed")
+        if self._pool.closed:
+            self._pool.open()
+        with self._pool.connection() as pooled:
+            yield pooled
+
+    def close(self) -> None:
+        """Close the pool; the store cannot be used afterwards."""
+        self._closed = True
+        self._pool.close()
+
+    def _rows(
+        self, name: str, params: dict[str, Any], conn: Conn | None
+    ) -> list[dict[str, Any]]:
+        query = self._queries[name]
+        with translated(self.schema):
+            with self.connection(conn) as c, c.cursor(row_factory=dict_row) as cur:
+                cur.execute(query.sql, params)
+                return cur.fetchall() if cur.description is not None else []
+
+    def job_insert_many(
+        self,
+        specs: Sequence[JobSpec],
+        defaults: dict[str, Any],
+        now: datetime | None,
+        conn: Conn | None = None,
+    ) -> list[tuple[UUID | None, bool]]:
+        """Insert jobs; per spec, in order: the id it resolved to (None: ask again) and if new."""
+        params = rows.insert_params(specs, defaults, now)
+        found = self._rows("job_insert_many", params, conn)
+        return rows.insert_results(specs, params, found)
+
+    def job_get(self, job_id: UUID, conn: Conn | None = None) -> Job | None:
+        """The job with this id, live or finished."""
+        found = self._rows("job_get", {"id": job_id}, conn)
+        return rows.job(found[0]) if found else None
+
+    def job_list(
+        self,
+        *,
+        queue: str | None,
+        states: list[str] | None,
+        limit: int,
+        offset: int,
+        descending: bool,
+        conn: Conn | None = None,
+    ) -> list[Job]:
+        """Jobs filtered by queue and states, newest (or oldest) first."""
+        params = {
+            "queue": queue,
+            "states": states,
+            "limit": limit,
+            "offset": offset,
+            "descending": descending,
+        }
+        return [rows.job(r) for r in self._rows("job_list", params, conn)]
+
+    def job_cancel(
+        self, job_id: UUID, now: datetime | None, conn: Conn | None = None
+    ) -> Job | None:
+        """Cancel a queued or running job; None if no live job has this id."""
+        params = {"id": job_id, "now": now, "cancel_channel": self.cancel_channel}
+        found = self._rows("job_cancel", params, conn)
+        return rows.job(found[0]) if found else None
+
+    def job_retry(
+        self, job_id: UUID, now: datetime | None, conn: Conn | None = None
+    ) -> Job | None:
+        """Make a queued, failed or cancelled job runnable now; None if it is none of those."""
+        params = {"id": job_id, "now": now, "channel": self.channel}
+        found = self._rows("job_retry", params, conn)
+        return rows.job(found[0]) if found else None
+
+    def queue_upsert(
+        self, name: str, policy: dict[str, Any], create: bool, conn: Conn | None = None
+    ) -> Queue | None:
+        """Set the given policy fields of a queue; create it if missing and ``create``."""
+        params = {"name": name, "policy": rows.json_text(policy), "create": create}
+        found = self._rows("queue_upsert", params, conn)
+        return rows.queue(found[0]) if found else None
+
+    def queue_get(self, name: str, conn: Conn | None = None) -> Queue | None:
+        """The queue of this name."""
+        found = self._rows("queue_get", {"name": name}, conn)
+        return rows.queue(found[0]) if found else None
+
+    def queue_list(self, conn: Conn | None = None) -> list[Queue]:
+        """Every queue, by name."""
+        return [rows.queue(r) for r in self._rows("queue_list", {}, conn)]
+
+    def queue_delete(self, name: str, conn: Conn | None = None) -> tuple[int, int]:
+        """Delete a queue and its jobs: (queues deleted, jobs deleted)."""
+        found = (self._rows("queue_delete", {"name": name}, conn))[0]
+        return found["queues"], found["jobs"]
+
+    def queue_purge(self, name: str, conn: Conn | None = None) -> int:
+        """Delete the queued jobs of a queue; how many."""
+        found = self._rows("queue_purge", {"name": name}, conn)
+        return int(found[0]["count"])
+
+    def queue_stats(
+        self, name: str | None, now: datetime | None, conn: Conn | None = None
+    ) -> list[dict[str, Any]]:
+        """Rows of (queue, state, n, oldest_waiting_seconds)."""
+        return self._rows("queue_stats", {"name": name, "now": now}, conn)

@@ -1,0 +1,163 @@
+"""The async store: one method per named query, and the connection pool they run on.
+
+Every method takes an optional ``conn``: the caller's own connection, whose open transaction the
+statement joins (transactional enqueue). Without one, the statement runs on a pooled autocommit
+connection: one round trip, committed on return.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from conveyor._store import rows
+from conveyor._store.errors import translated
+from conveyor._store.queries import queries
+from conveyor.errors import ConveyorError, InvalidOption
+from conveyor.models import Job, Queue
+from conveyor.options import JobSpec
+
+AsyncConn = AsyncConnection[Any]
+
+
+class AsyncStore:
+    """Runs Conveyor's named queries against one schema."""
+
+    def __init__(self, dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10) -> None:
+        self.schema = schema
+        self.channel = f"conveyor:{schema}"
+        self.cancel_channel = f"conveyor:{schema}:cancel"
+        self._queries = queries(schema)
+        self._pool = AsyncConnectionPool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            open=False,
+            kwargs={"autocommit": True},
+            name=f"conveyor-{schema}",
+        )
+        self._closed = False
+
+    @asynccontextmanager
+    async def connection(self, conn: AsyncConn | None = None) -> AsyncIterator[AsyncConn]:
+        """The caller's connection if given, else one from the pool (opened on first use)."""
+        if conn is not None:
+            if not isinstance(conn, AsyncConnection):
+                raise InvalidOption(
+                    f"connection= must be a psycopg AsyncConnection here, got {type(conn).__name__}"
+                )
+            yield conn
+            return
+        if self._closed:
+            raise ConveyorError("this Conveyor app was closed")
+        if self._pool.closed:
+            await self._pool.open()
+        async with self._pool.connection() as pooled:
+            yield pooled
+
+    async def close(self) -> None:
+        """Close the pool; the store cannot be used afterwards."""
+        self._closed = True
+        await self._pool.close()
+
+    async def _rows(
+        self, name: str, params: dict[str, Any], conn: AsyncConn | None
+    ) -> list[dict[str, Any]]:
+        query = self._queries[name]
+        with translated(self.schema):
+            async with self.connection(conn) as c, c.cursor(row_factory=dict_row) as cur:
+                await cur.execute(query.sql, params)
+                return await cur.fetchall() if cur.description is not None else []
+
+    async def job_insert_many(
+        self,
+        specs: Sequence[JobSpec],
+        defaults: dict[str, Any],
+        now: datetime | None,
+        conn: AsyncConn | None = None,
+    ) -> list[tuple[UUID | None, bool]]:
+        """Insert jobs; per spec, in order: the id it resolved to (None: ask again) and if new."""
+        params = rows.insert_params(specs, defaults, now)
+        found = await self._rows("job_insert_many", params, conn)
+        return rows.insert_results(specs, params, found)
+
+    async def job_get(self, job_id: UUID, conn: AsyncConn | None = None) -> Job | None:
+        """The job with this id, live or finished."""
+        found = await self._rows("job_get", {"id": job_id}, conn)
+        return rows.job(found[0]) if found else None
+
+    async def job_list(
+        self,
+        *,
+        queue: str | None,
+        states: list[str] | None,
+        limit: int,
+        offset: int,
+        descending: bool,
+        conn: AsyncConn | None = None,
+    ) -> list[Job]:
+        """Jobs filtered by queue and states, newest (or oldest) first."""
+        params = {
+            "queue": queue,
+            "states": states,
+            "limit": limit,
+            "offset": offset,
+            "descending": descending,
+        }
+        return [rows.job(r) for r in await self._rows("job_list", params, conn)]
+
+    async def job_cancel(
+        self, job_id: UUID, now: datetime | None, conn: AsyncConn | None = None
+    ) -> Job | None:
+        """Cancel a queued or running job; None if no live job has this id."""
+        params = {"id": job_id, "now": now, "cancel_channel": self.cancel_channel}
+        found = await self._rows("job_cancel", params, conn)
+        return rows.job(found[0]) if found else None
+
+    async def job_retry(
+        self, job_id: UUID, now: datetime | None, conn: AsyncConn | None = None
+    ) -> Job | None:
+        """Make a queued, failed or cancelled job runnable now; None if it is none of those."""
+        params = {"id": job_id, "now": now, "channel": self.channel}
+        found = await self._rows("job_retry", params, conn)
+        return rows.job(found[0]) if found else None
+
+    async def queue_upsert(
+        self, name: str, policy: dict[str, Any], create: bool, conn: AsyncConn | None = None
+    ) -> Queue | None:
+        """Set the given policy fields of a queue; create it if missing and ``create``."""
+        params = {"name": name, "policy": rows.json_text(policy), "create": create}
+        found = await self._rows("queue_upsert", params, conn)
+        return rows.queue(found[0]) if found else None
+
+    async def queue_get(self, name: str, conn: AsyncConn | None = None) -> Queue | None:
+        """The queue of this name."""
+        found = await self._rows("queue_get", {"name": name}, conn)
+        return rows.queue(found[0]) if found else None
+
+    async def queue_list(self, conn: AsyncConn | None = None) -> list[Queue]:
+        """Every queue, by name."""
+        return [rows.queue(r) for r in await self._rows("queue_list", {}, conn)]
+
+    async def queue_delete(self, name: str, conn: AsyncConn | None = None) -> tuple[int, int]:
+        """Delete a queue and its jobs: (queues deleted, jobs deleted)."""
+        found = (await self._rows("queue_delete", {"name": name}, conn))[0]
+        return found["queues"], found["jobs"]
+
+    async def queue_purge(self, name: str, conn: AsyncConn | None = None) -> int:
+        """Delete the queued jobs of a queue; how many."""
+        found = await self._rows("queue_purge", {"name": name}, conn)
+        return int(found[0]["count"])
+
+    async def queue_stats(
+        self, name: str | None, now: datetime | None, conn: AsyncConn | None = None
+    ) -> list[dict[str, Any]]:
+        """Rows of (queue, state, n, oldest_waiting_seconds)."""
+        return await self._rows("queue_stats", {"name": name, "now": now}, conn)

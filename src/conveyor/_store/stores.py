@@ -1,0 +1,71 @@
+"""The lazily built stores and migrators of one application, sync and async side by side.
+
+A sync user never opens the async pool and the other way round; each is built on first use.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from conveyor._store.migrate import Migrator
+from conveyor._store.migrate_async import AsyncMigrator
+from conveyor._store.store import Store
+from conveyor._store.store_async import AsyncStore
+from conveyor.config import Settings, resolve_dsn
+
+
+class Stores:
+    """Builds and owns the connection pools of one application."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._async: AsyncStore | None = None
+        self._sync: Store | None = None
+
+    @property
+    def dsn(self) -> str:
+        """The DSN, resolved from the environment when the app was given none."""
+        return resolve_dsn(self._settings.dsn)
+
+    def store_async(self) -> AsyncStore:
+        """The async store (its pool opens on first query)."""
+        with self._lock:
+            if self._async is None:
+                self._async = AsyncStore(
+                    self.dsn,
+                    self._settings.schema,
+                    min_size=self._settings.pool_min_size,
+                    max_size=self._settings.pool_max_size,
+                )
+            return self._async
+
+    def store(self) -> Store:
+        """The sync store (its pool opens on first query)."""
+        with self._lock:
+            if self._sync is None:
+                self._sync = Store(
+                    self.dsn,
+                    self._settings.schema,
+                    min_size=self._settings.pool_min_size,
+                    max_size=self._settings.pool_max_size,
+                )
+            return self._sync
+
+    def migrator_async(self) -> AsyncMigrator:
+        """Migrations over a dedicated async connection."""
+        return AsyncMigrator(self.dsn, self._settings.schema)
+
+    def migrator(self) -> Migrator:
+        """Migrations over a dedicated sync connection."""
+        return Migrator(self.dsn, self._settings.schema)
+
+    async def close_async(self) -> None:
+        """Close the async pool, if one was opened."""
+        if self._async is not None:
+            await self._async.close()
+
+    def close(self) -> None:
+        """Close the sync pool, if one was opened."""
+        if self._sync is not None:
+            self._sync.close()

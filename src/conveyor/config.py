@@ -1,0 +1,41 @@
+"""Configuration of a :class:`~conveyor.Conveyor` application."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from conveyor.clock import Clock, database_clock
+from conveyor.errors import ConfigurationError
+
+DSN_VARIABLES = ("CONVEYOR_DATABASE_URL", "DATABASE_URL")
+DEFAULT_SCHEMA = "conveyor"
+DEFAULT_PAYLOAD_LIMIT = 1024 * 1024
+
+
+def resolve_dsn(dsn: str | None) -> str:
+    """The DSN given, else ``CONVEYOR_DATABASE_URL``, else ``DATABASE_URL``."""
+    if dsn:
+        return dsn
+    for name in DSN_VARIABLES:
+        value = os.environ.get(name)
+        if value:
+            return value
+    raise ConfigurationError(
+        "no database configured: pass a DSN to Conveyor(...) or set CONVEYOR_DATABASE_URL "
+        "(or DATABASE_URL)"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything an application is configured with; built by :class:`~conveyor.Conveyor`."""
+
+    dsn: str | None
+    schema: str = DEFAULT_SCHEMA
+    defaults: dict[str, Any] = field(default_factory=dict)
+    max_payload_bytes: int = DEFAULT_PAYLOAD_LIMIT
+    pool_min_size: int = 1
+    pool_max_size: int = 10
+    clock: Clock = database_clock

@@ -1,0 +1,339 @@
+"""Validation of everything a caller may pass: queue names, payloads, job options, queue policies.
+
+Pure rules with no I/O: they turn loose user input into normalised values or raise a typed error
+from :mod:`conveyor.errors` before anything reaches the database. The database repeats the range
+rules as CHECK constraints, so raw SQL callers are held to them too.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import re
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from conveyor.errors import (
+    InvalidOption,
+    InvalidQueueName,
+    PayloadError,
+    PayloadTooLarge,
+    UnknownOption,
+)
+from conveyor.models import JobState, QueuePolicy
+
+QUEUE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-/:]{0,127}")
+SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
+INT32 = (-(2**31), 2**31 - 1)
+MAX_RETRY_LIMIT = 10_000
+TEN_YEARS = 10 * 366 * 86_400.0
+MAX_KEY_LENGTH = 255
+BACKOFF_KINDS = ("fixed", "linear", "exponential")
+UNIQUE_MODES = ("keep", "replace")
+
+# The options a job and a queue share; the most specific level that sets one wins (job > queue > app).
+DEFAULTABLE = (
+    "priority",
+    "retry_limit",
+    "retry_delay",
+    "retry_backoff",
+    "retry_delay_max",
+    "expire_in",
+    "retention",
+)
+JOB_OPTIONS = (
+    *DEFAULTABLE,
+    "start_after",
+    "singleton_key",
+    "singleton_seconds",
+    "unique_key",
+    "unique_mode",
+    "dead_letter",
+    "group_key",
+    "depends_on",
+)
+QUEUE_OPTIONS = (*DEFAULTABLE, "policy", "dead_letter", "concurrency", "rate_limit")
+
+
+def check_queue_name(name: object, what: str = "queue name") -> str:
+    """Return ``name`` if it is a valid queue name, else raise :class:`InvalidQueueName`."""
+    if not isinstance(name, str) or not QUEUE_NAME.fullmatch(name):
+        raise InvalidQueueName(
+            f"invalid {what} {name!r}: use 1-128 characters from letters, digits and _ . - / :, "
+            "not starting with a punctuation mark"
+        )
+    return name
+
+
+def check_schema_name(name: object) -> str:
+    """Return ``name`` if it is a valid schema name (lower-case identifier, at most 48 chars)."""
+    if not isinstance(name, str) or not SCHEMA_NAME.fullmatch(name):
+        raise InvalidOption(
+            f"invalid schema name {name!r}: use a lower-case identifier of at most 48 characters"
+        )
+    return name
+
+
+def encode_payload(data: object, limit: int) -> str:
+    """Serialise a payload to JSON text, refusing what PostgreSQL's jsonb cannot store."""
+    try:
+        text = json.dumps(data, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise PayloadError(f"payload is not JSON-serialisable: {exc}") from None
+    except RecursionError:
+        raise PayloadError("payload is nested too deeply to serialise") from None
+    if "\\u0000" in text and _contains_nul(data):
+        raise PayloadError("payload contains a NUL character (\\u0000), which jsonb cannot store")
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise PayloadError("payload contains invalid Unicode (a lone surrogate)") from None
+    if size > limit:
+        raise PayloadTooLarge(size, limit)
+    return text
+
+
+def _contains_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, Mapping):
+        return any(_contains_nul(k) or _contains_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_contains_nul(v) for v in value)
+    return False
+
+
+def check_int(name: str, value: object, low: int, high: int) -> int:
+    """An integer option within ``[low, high]``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidOption(f"{name} must be an integer, got {type(value).__name__}")
+    if not low <= value <= high:
+        raise InvalidOption(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def check_seconds(name: str, value: object, *, allow_zero: bool, high: float = TEN_YEARS) -> float:
+    """A duration given as seconds (int or float) or a timedelta, returned as float seconds."""
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise InvalidOption(
+            f"{name} must be a number of seconds or a timedelta, got {type(value).__name__}"
+        )
+    if math.isnan(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
+        raise InvalidOption(f"{name} must be {'>= 0' if allow_zero else '> 0'} seconds")
+    if seconds > high:
+        raise InvalidOption(f"{name} must be at most {high:g} seconds")
+    return seconds
+
+
+def check_key(name: str, value: object) -> str:
+    """A key (unique, singleton, group): a non-empty string of at most 255 characters."""
+    if not isinstance(value, str) or not value:
+        raise InvalidOption(f"{name} must be a non-empty string")
+    if len(value) > MAX_KEY_LENGTH or "\x00" in value:
+        raise InvalidOption(f"{name} must be at most {MAX_KEY_LENGTH} characters, without NUL")
+    return value
+
+
+def check_backoff(value: object) -> str:
+    """``True`` means exponential, ``False`` fixed; or one of the kinds by name."""
+    if value is True:
+        return "exponential"
+    if value is False:
+        return "fixed"
+    if value in BACKOFF_KINDS:
+        return str(value)
+    raise InvalidOption(f"retry_backoff must be a bool or one of {', '.join(BACKOFF_KINDS)}")
+
+
+def _check_unknown(given: Iterable[str], known: tuple[str, ...], what: str) -> None:
+    for name in given:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UnknownOption(f"unknown {what} {name!r}{hint}")
+
+
+def check_defaultable(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate the options shared by jobs, queues and the app; ``None`` means "not set"."""
+    out: dict[str, Any] = {}
+    for name in DEFAULTABLE:
+        value = options.get(name)
+        if value is None:
+            continue
+        if name == "priority":
+            out[name] = check_int(name, value, *INT32)
+        elif name == "retry_limit":
+            out[name] = check_int(name, value, 0, MAX_RETRY_LIMIT)
+        elif name == "retry_backoff":
+            out[name] = check_backoff(value)
+        else:
+            out[name] = check_seconds(name, value, allow_zero=name == "retry_delay")
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """One validated job, ready to insert. ``None`` options take the queue's or the app's default."""
+
+    id: uuid.UUID
+    queue: str
+    data: str
+    priority: int | None = None
+    run_at: datetime | None = None
+    delay: float | None = None
+    retry_limit: int | None = None
+    retry_delay: float | None = None
+    retry_backoff: str | None = None
+    retry_delay_max: float | None = None
+    expire_in: float | None = None
+    retention: float | None = None
+    singleton_key: str | None = None
+    singleton_seconds: int | None = None
+    unique_key: str | None = None
+    unique_replace: bool = False
+    dead_letter: str | None = None
+    group_key: str | None = None
+    depends_on: str | None = None
+
+
+def job_spec(queue: str, data: object, options: Mapping[str, Any], payload_limit: int) -> JobSpec:
+    """Validate a queue name, payload and job options into a :class:`JobSpec`."""
+    check_queue_name(queue)
+    _check_unknown(options, JOB_OPTIONS, "job option")
+    values = check_defaultable(options)
+    start_after = options.get("start_after")
+    if isinstance(start_after, datetime):
+        if start_after.tzinfo is None:
+            raise InvalidOption("start_after must be an aware datetime (give it a tzinfo)")
+        values["run_at"] = start_after
+    elif start_after is not None:
+        values["delay"] = check_seconds("start_after", start_after, allow_zero=True)
+    singleton_key = options.get("singleton_key")
+    singleton_seconds = options.get("singleton_seconds")
+    if singleton_seconds is not None:
+        values["singleton_seconds"] = check_int("singleton_seconds", singleton_seconds, 1, 2**31 - 1)
+        values["singleton_key"] = (
+            "" if singleton_key is None else check_key("singleton_key", singleton_key)
+        )
+    elif singleton_key is not None:
+        raise InvalidOption(
+            "singleton_key needs singleton_seconds (the throttle window); "
+            "to dedupe while a job is queued or running, use unique_key"
+        )
+    if options.get("unique_key") is not None:
+        if "singleton_key" in values:
+            raise InvalidOption("unique_key and singleton_key cannot be combined on one job")
+        values["unique_key"] = check_key("unique_key", options["unique_key"])
+        mode = options.get("unique_mode", "keep")
+        if mode not in UNIQUE_MODES:
+            raise InvalidOption(f"unique_mode must be one of {', '.join(UNIQUE_MODES)}")
+        values["unique_replace"] = mode == "replace"
+    elif options.get("unique_mode") is not None:
+        raise InvalidOption("unique_mode needs a unique_key")
+    if options.get("dead_letter") is not None:
+        values["dead_letter"] = check_queue_name(options["dead_letter"], "dead_letter queue")
+    if options.get("group_key") is not None:
+        values["group_key"] = check_key("group_key", options["group_key"])
+    if options.get("depends_on"):
+        values["depends_on"] = json.dumps([str(_check_uuid(v)) for v in options["depends_on"]])
+    return JobSpec(
+        id=new_job_id(),
+        queue=queue,
+        data=encode_payload(data, payload_limit),
+        **values,
+    )
+
+
+def _check_uuid(value: object) -> uuid.UUID:
+    if isinstance(value, uuid.UUID):
+        return value
+    if isinstance(value, str):
+        try:
+            return uuid.UUID(value)
+        except ValueError:
+            pass
+    raise InvalidOption(f"depends_on must hold job ids (UUIDs), got {value!r}")
+
+
+def check_job_id(value: object) -> uuid.UUID:
+    """A job id as a UUID; a malformed id is an :class:`InvalidOption`."""
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise InvalidOption(f"job id must be a UUID, got {value!r}") from None
+
+
+def new_job_id() -> uuid.UUID:
+    """A version-7 UUID: time-ordered, so new rows land at the right edge of the primary key."""
+    rand = bytearray(os.urandom(10))
+    rand[0] = (rand[0] & 0x0F) | 0x70  # version 7
+    rand[2] = (rand[2] & 0x3F) | 0x80  # RFC 4122 variant
+    millis = time.time_ns() // 1_000_000
+    return uuid.UUID(bytes=millis.to_bytes(6, "big") + bytes(rand))
+
+
+def queue_policy(options: Mapping[str, Any], *, partial: bool) -> dict[str, Any]:
+    """Validate a queue's policy and defaults. With ``partial``, only the given keys are returned."""
+    _check_unknown(options, QUEUE_OPTIONS, "queue option")
+    out = check_defaultable(options)
+    explicit_none = {k for k, v in options.items() if v is None}
+    if "policy" in options and options["policy"] is not None:
+        try:
+            out["policy"] = QueuePolicy(options["policy"]).value
+        except ValueError:
+            kinds = ", ".join(p.value for p in QueuePolicy)
+            raise InvalidOption(f"policy must be one of {kinds}") from None
+    if options.get("dead_letter") is not None:
+        out["dead_letter"] = check_queue_name(options["dead_letter"], "dead_letter queue")
+    if options.get("concurrency") is not None:
+        out["concurrency"] = check_int("concurrency", options["concurrency"], 1, 1_000_000)
+    rate = options.get("rate_limit")
+    if rate is not None:
+        count, interval = rate if isinstance(rate, tuple | list) else (rate, 1.0)
+        out["rate_limit"] = check_int("rate_limit", count, 1, 1_000_000_000)
+        out["rate_interval"] = check_seconds("rate_limit interval", interval, allow_zero=False)
+    if partial:
+        for name in explicit_none:
+            out.setdefault(name, None)
+            if name == "rate_limit":
+                out["rate_interval"] = None
+        if out.get("policy", "") is None:
+            out["policy"] = QueuePolicy.STANDARD.value
+    return out
+
+
+def list_filters(
+    queue: str | None, state: object, limit: object, offset: object, order: str
+) -> dict[str, Any]:
+    """Validate the filters of ``list_jobs`` into the store's parameters."""
+    if queue is not None:
+        check_queue_name(queue)
+    states: list[str] | None = None
+    if state is not None:
+        given = [state] if isinstance(state, str) else list(state)  # type: ignore[call-overload]
+        try:
+            states = [JobState(s).value for s in given]
+        except ValueError:
+            names = ", ".join(s.value for s in JobState)
+            raise InvalidOption(f"state must be one of {names}") from None
+    if order not in ("asc", "desc"):
+        raise InvalidOption("order must be 'asc' or 'desc'")
+    return {
+        "queue": queue,
+        "states": states,
+        "limit": check_int("limit", limit, 1, 10_000),
+        "offset": check_int("offset", offset, 0, 2**31 - 1),
+        "descending": order == "desc",
+    }

@@ -1,0 +1,399 @@
+-- Schema v1 of Conveyor.
+--
+-- Tokens: {schema} is the quoted schema name, {schema_literal} the same name as a string literal.
+-- The live table "job" holds only queued and running jobs (created, retry, active) so the fetch path
+-- never walks past finished rows; a job that reaches a terminal state (completed, cancelled, failed)
+-- moves to "job_history", which is also the dead-letter store (state = 'failed'). Both tables have the
+-- same columns in the same order, so a move is INSERT ... SELECT of the moved row.
+
+CREATE TABLE {schema}.queue (
+    name            text PRIMARY KEY
+                    CHECK (name ~ '^[A-Za-z0-9_][A-Za-z0-9_.\-/:]{0,127}$'),
+    policy          text NOT NULL DEFAULT 'standard'
+                    CHECK (policy IN ('standard', 'short', 'singleton', 'stately')),
+    priority        integer,
+    retry_limit     integer CHECK (retry_limit BETWEEN 0 AND 10000),
+    retry_delay     double precision CHECK (retry_delay >= 0),
+    retry_backoff   text CHECK (retry_backoff IN ('fixed', 'linear', 'exponential')),
+    retry_delay_max double precision CHECK (retry_delay_max > 0),
+    expire_in       double precision CHECK (expire_in > 0),
+    retention       double precision CHECK (retention > 0),
+    dead_letter     text,
+    concurrency     integer CHECK (concurrency > 0),
+    rate_limit      integer CHECK (rate_limit > 0),
+    rate_interval   double precision CHECK (rate_interval > 0),
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    CHECK ((rate_limit IS NULL) = (rate_interval IS NULL))
+);
+
+CREATE TABLE {schema}.job (
+    id                uuid PRIMARY KEY,
+    queue             text NOT NULL,
+    state             text NOT NULL DEFAULT 'created'
+                      CHECK (state IN ('created', 'retry', 'active')),
+    data              jsonb,
+    priority          integer NOT NULL DEFAULT 0,
+    run_at            timestamptz NOT NULL,
+    attempt           integer NOT NULL DEFAULT 0 CHECK (attempt >= 0),
+    retry_limit       integer NOT NULL CHECK (retry_limit BETWEEN 0 AND 10000),
+    retry_delay       double precision NOT NULL CHECK (retry_delay >= 0),
+    retry_backoff     text NOT NULL CHECK (retry_backoff IN ('fixed', 'linear', 'exponential')),
+    retry_delay_max   double precision CHECK (retry_delay_max > 0),
+    expire_in         double precision NOT NULL CHECK (expire_in > 0),
+    retention         double precision NOT NULL CHECK (retention > 0),
+    singleton_key     text,
+    singleton_seconds integer CHECK (singleton_seconds > 0),
+    unique_key        text,
+    dead_letter       text,
+    group_key         text,
+    depends_on        uuid[],
+    worker_id         uuid,
+    created_at        timestamptz NOT NULL,
+    started_at        timestamptz,
+    finished_at       timestamptz,
+    result            jsonb,
+    errors            jsonb NOT NULL DEFAULT '[]' CHECK (jsonb_typeof(errors) = 'array'),
+    progress          jsonb,
+    CHECK ((state = 'active') = (worker_id IS NOT NULL)),
+    CHECK (attempt <= retry_limit + 1 OR state <> 'active')
+) WITH (
+    -- The live table churns: every job is inserted, updated a few times and deleted. Vacuum it
+    -- early and without throttling so dead tuples never pile up in front of the fetch index.
+    fillfactor = 90,
+    autovacuum_vacuum_scale_factor = 0.01,
+    autovacuum_vacuum_threshold = 1000,
+    autovacuum_vacuum_insert_scale_factor = 0.05,
+    autovacuum_analyze_scale_factor = 0.02,
+    autovacuum_vacuum_cost_delay = 0
+);
+
+-- Fetch: runnable jobs of a queue, highest priority first, then oldest run_at.
+CREATE INDEX job_fetch_idx ON {schema}.job (queue, priority DESC, run_at, id)
+    WHERE state IN ('created', 'retry');
+-- Rescue: the jobs a (possibly dead) worker holds.
+CREATE INDEX job_worker_idx ON {schema}.job (worker_id) WHERE state = 'active';
+-- unique_key: at most one queued or running job per key and queue (everything in this table is).
+CREATE UNIQUE INDEX job_unique_key_idx ON {schema}.job (queue, unique_key)
+    WHERE unique_key IS NOT NULL;
+CREATE INDEX job_group_key_idx ON {schema}.job (queue, group_key) WHERE group_key IS NOT NULL;
+
+CREATE TABLE {schema}.job_history (LIKE {schema}.job INCLUDING DEFAULTS) WITH (
+    autovacuum_vacuum_scale_factor = 0.05,
+    autovacuum_analyze_scale_factor = 0.05,
+    autovacuum_vacuum_insert_scale_factor = 0.1
+);
+ALTER TABLE {schema}.job_history
+    ADD PRIMARY KEY (id),
+    ALTER COLUMN state DROP DEFAULT,
+    ALTER COLUMN finished_at SET NOT NULL,
+    ADD CHECK (state IN ('completed', 'cancelled', 'failed')),
+    ADD CHECK (jsonb_typeof(errors) = 'array');
+CREATE INDEX job_history_queue_idx ON {schema}.job_history (queue, state, finished_at);
+CREATE INDEX job_history_finished_idx ON {schema}.job_history (finished_at);
+
+-- The dead letters: failed jobs, with their whole error history.
+CREATE VIEW {schema}.dead_letter AS
+    SELECT * FROM {schema}.job_history WHERE state = 'failed';
+
+-- Throttle windows of singleton_key/singleton_seconds: the primary key admits one job per key per
+-- window, race-free; the job may since have finished, the window row outlives it until window_end.
+CREATE TABLE {schema}.throttle (
+    queue        text NOT NULL,
+    key          text NOT NULL,
+    window_start timestamptz NOT NULL,
+    window_end   timestamptz NOT NULL,
+    job_id       uuid NOT NULL,
+    PRIMARY KEY (queue, key, window_start)
+);
+CREATE INDEX throttle_window_end_idx ON {schema}.throttle (window_end);
+
+CREATE TABLE {schema}.schedule (
+    name        text PRIMARY KEY,
+    cron        text NOT NULL,
+    tz          text NOT NULL DEFAULT 'UTC',
+    queue       text NOT NULL,
+    data        jsonb,
+    options     jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(options) = 'object'),
+    missed      text NOT NULL DEFAULT 'skip' CHECK (missed IN ('skip', 'backfill')),
+    enabled     boolean NOT NULL DEFAULT true,
+    last_tick   timestamptz,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- One row per (schedule, tick): the conditional insert that makes a tick enqueue exactly one job.
+CREATE TABLE {schema}.schedule_tick (
+    schedule  text NOT NULL REFERENCES {schema}.schedule (name) ON DELETE CASCADE,
+    tick_at   timestamptz NOT NULL,
+    job_id    uuid NOT NULL,
+    PRIMARY KEY (schedule, tick_at)
+);
+
+CREATE TABLE {schema}.worker (
+    id           uuid PRIMARY KEY,
+    hostname     text NOT NULL,
+    pid          integer NOT NULL,
+    queues       text[] NOT NULL,
+    concurrency  integer NOT NULL CHECK (concurrency > 0),
+    started_at   timestamptz NOT NULL DEFAULT now(),
+    heartbeat_at timestamptz NOT NULL DEFAULT now(),
+    metadata     jsonb NOT NULL DEFAULT '{}'
+) WITH (fillfactor = 50);
+
+-- Leadership is a lease row: whoever holds an unexpired row is the leader for that role.
+CREATE TABLE {schema}.leader (
+    role       text PRIMARY KEY,
+    holder     uuid NOT NULL,
+    expires_at timestamptz NOT NULL
+) WITH (fillfactor = 50);
+
+-- The jobs described by parallel arrays (one element per job), with every option resolved: the
+-- job's own value, else its queue's default, else p_defaults (the application's), else the built-in
+-- default. A NULL array stands for "NULL for every job". Inlined by the planner into its callers.
+CREATE FUNCTION {schema}.resolve_jobs(
+    p_id uuid[], p_queue text[], p_data jsonb[], p_priority integer[], p_run_at timestamptz[],
+    p_delay double precision[], p_retry_limit integer[], p_retry_delay double precision[],
+    p_retry_backoff text[], p_retry_delay_max double precision[], p_expire_in double precision[],
+    p_retention double precision[], p_singleton_key text[], p_singleton_seconds integer[],
+    p_unique_key text[], p_unique_replace boolean[], p_dead_letter text[], p_group_key text[],
+    p_depends_on jsonb[], p_defaults jsonb, p_now timestamptz
+) RETURNS TABLE (
+    ord bigint, id uuid, queue text, data jsonb, priority integer, run_at timestamptz,
+    retry_limit integer, retry_delay double precision, retry_backoff text,
+    retry_delay_max double precision, expire_in double precision, retention double precision,
+    singleton_key text, singleton_seconds integer, singleton_on timestamptz, unique_key text,
+    unique_replace boolean, dead_letter text, group_key text, depends_on uuid[],
+    created_at timestamptz
+)
+LANGUAGE sql STABLE AS $fn$
+    SELECT i.ord, i.id, i.queue, i.data,
+           coalesce(i.priority, q.priority, (p_defaults->>'priority')::integer, 0),
+           coalesce(i.run_at, coalesce(p_now, now()) + make_interval(secs => coalesce(i.delay, 0))),
+           coalesce(i.retry_limit, q.retry_limit, (p_defaults->>'retry_limit')::integer, 2),
+           coalesce(i.retry_delay, q.retry_delay,
+                    (p_defaults->>'retry_delay')::double precision, 5),
+           coalesce(i.retry_backoff, q.retry_backoff, p_defaults->>'retry_backoff', 'exponential'),
+           coalesce(i.retry_delay_max, q.retry_delay_max,
+                    (p_defaults->>'retry_delay_max')::double precision, 3600),
+           coalesce(i.expire_in, q.expire_in, (p_defaults->>'expire_in')::double precision, 900),
+           coalesce(i.retention, q.retention,
+                    (p_defaults->>'retention')::double precision, 604800),
+           i.singleton_key, i.singleton_seconds,
+           to_timestamp(floor(extract(epoch FROM coalesce(p_now, now())) / i.singleton_seconds)
+                        * i.singleton_seconds),
+           i.unique_key, coalesce(i.unique_replace, false),
+           coalesce(i.dead_letter, q.dead_letter),
+           i.group_key,
+           CASE WHEN i.depends_on IS NOT NULL THEN
+               ARRAY(SELECT jsonb_array_elements_text(i.depends_on)::uuid)
+           END,
+           coalesce(p_now, now())
+    FROM unnest(p_id, p_queue, p_data, p_priority, p_run_at, p_delay, p_retry_limit,
+                p_retry_delay, p_retry_backoff, p_retry_delay_max, p_expire_in, p_retention,
+                p_singleton_key, p_singleton_seconds, p_unique_key, p_unique_replace,
+                p_dead_letter, p_group_key, p_depends_on)
+         WITH ORDINALITY AS i(id, queue, data, priority, run_at, delay, retry_limit,
+                              retry_delay, retry_backoff, retry_delay_max, expire_in,
+                              retention, singleton_key, singleton_seconds, unique_key,
+                              unique_replace, dead_letter, group_key, depends_on, ord)
+    LEFT JOIN {schema}.queue q ON q.name = i.queue
+$fn$;
+
+-- Insert jobs; the single write path of every enqueue (Python's send and send_batch, and the SQL
+-- function send below). Queues are created on first use.
+-- Without keys (p_unique_key and p_singleton_seconds both NULL) every job is inserted and nothing
+-- is returned. Otherwise the caller gives each (queue, unique_key) and each (queue, singleton key,
+-- seconds) at most once, and gets per input ordinal the job id it resolved to and whether it was
+-- inserted: a unique_key job either replaces the queued job holding its key (p_unique_replace) or
+-- resolves to the job holding it; a singleton job resolves to the job of its throttle window. The
+-- id is NULL only when the holder committed after this statement's snapshot: ask again for it.
+CREATE FUNCTION {schema}.insert_jobs(
+    p_id uuid[], p_queue text[], p_data jsonb[], p_priority integer[], p_run_at timestamptz[],
+    p_delay double precision[], p_retry_limit integer[], p_retry_delay double precision[],
+    p_retry_backoff text[], p_retry_delay_max double precision[], p_expire_in double precision[],
+    p_retention double precision[], p_singleton_key text[], p_singleton_seconds integer[],
+    p_unique_key text[], p_unique_replace boolean[], p_dead_letter text[], p_group_key text[],
+    p_depends_on jsonb[], p_defaults jsonb, p_now timestamptz
+) RETURNS TABLE (ord bigint, id uuid, inserted boolean)
+-- A generic plan, cached per session: re-planning these statements for each call costs more than
+-- running them. The planner's row guesses for the CTEs are far too high, which would trigger JIT
+-- compilation that costs seconds for a statement that runs in milliseconds.
+LANGUAGE plpgsql SET jit = off SET plan_cache_mode = force_generic_plan AS $fn$
+#variable_conflict use_column
+BEGIN
+    INSERT INTO {schema}.queue (name)
+    SELECT DISTINCT n FROM unnest(p_queue) AS n
+    ON CONFLICT (name) DO NOTHING;
+
+    IF p_unique_key IS NULL AND p_singleton_seconds IS NULL THEN
+        -- Wake workers only for jobs runnable now; PostgreSQL folds identical notifications of
+        -- one transaction into one.
+        WITH ins AS (
+            INSERT INTO {schema}.job (
+                id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
+                retry_backoff, retry_delay_max, expire_in, retention, dead_letter, group_key,
+                depends_on, created_at)
+            SELECT r.id, r.queue, 'created', r.data, r.priority, r.run_at, 0, r.retry_limit,
+                   r.retry_delay, r.retry_backoff, r.retry_delay_max, r.expire_in, r.retention,
+                   r.dead_letter, r.group_key, r.depends_on, r.created_at
+            FROM {schema}.resolve_jobs(
+                p_id, p_queue, p_data, p_priority, p_run_at, p_delay, p_retry_limit,
+                p_retry_delay, p_retry_backoff, p_retry_delay_max, p_expire_in, p_retention,
+                NULL, NULL, NULL, NULL, p_dead_letter, p_group_key, p_depends_on,
+                p_defaults, p_now) r
+            RETURNING {schema}.job.queue AS q, {schema}.job.run_at <= {schema}.job.created_at AS due
+        )
+        SELECT count(pg_notify('conveyor:' || {schema_literal}, w.q)) INTO STRICT ord
+        FROM (SELECT DISTINCT x.q FROM ins x WHERE x.due) w;
+        RETURN;
+    END IF;
+
+    RETURN QUERY
+    WITH resolved AS MATERIALIZED (
+        SELECT * FROM {schema}.resolve_jobs(
+            p_id, p_queue, p_data, p_priority, p_run_at, p_delay, p_retry_limit, p_retry_delay,
+            p_retry_backoff, p_retry_delay_max, p_expire_in, p_retention, p_singleton_key,
+            p_singleton_seconds, p_unique_key, p_unique_replace, p_dead_letter, p_group_key,
+            p_depends_on, p_defaults, p_now)
+    ),
+    replaced AS (
+        UPDATE {schema}.job j
+        SET data = r.data, priority = r.priority, run_at = r.run_at,
+            retry_limit = r.retry_limit, retry_delay = r.retry_delay,
+            retry_backoff = r.retry_backoff, retry_delay_max = r.retry_delay_max,
+            expire_in = r.expire_in, retention = r.retention, dead_letter = r.dead_letter,
+            group_key = r.group_key, depends_on = r.depends_on
+        FROM resolved r
+        WHERE r.unique_replace AND j.queue = r.queue AND j.unique_key = r.unique_key
+          AND j.state IN ('created', 'retry')
+        RETURNING j.id, j.queue, j.run_at, r.ord, r.created_at
+    ),
+    throttled AS (
+        INSERT INTO {schema}.throttle (queue, key, window_start, window_end, job_id)
+        SELECT DISTINCT ON (r.queue, r.singleton_key, r.singleton_on)
+               r.queue, r.singleton_key, r.singleton_on,
+               r.singleton_on + make_interval(secs => r.singleton_seconds), r.id
+        FROM resolved r
+        WHERE r.singleton_seconds IS NOT NULL
+        ORDER BY r.queue, r.singleton_key, r.singleton_on, r.ord
+        ON CONFLICT DO NOTHING
+        RETURNING job_id
+    ),
+    ins AS (
+        INSERT INTO {schema}.job (
+            id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
+            retry_backoff, retry_delay_max, expire_in, retention, singleton_key,
+            singleton_seconds, unique_key, dead_letter, group_key, depends_on, created_at)
+        SELECT r.id, r.queue, 'created', r.data, r.priority, r.run_at, 0, r.retry_limit,
+               r.retry_delay, r.retry_backoff, r.retry_delay_max, r.expire_in, r.retention,
+               r.singleton_key, r.singleton_seconds, r.unique_key, r.dead_letter, r.group_key,
+               r.depends_on, r.created_at
+        FROM resolved r
+        WHERE NOT EXISTS (SELECT FROM replaced x WHERE x.ord = r.ord)
+          AND (r.singleton_seconds IS NULL OR r.id IN (SELECT t.job_id FROM throttled t))
+        ON CONFLICT (queue, unique_key) WHERE unique_key IS NOT NULL DO NOTHING
+        RETURNING {schema}.job.id, {schema}.job.queue, {schema}.job.run_at,
+                  {schema}.job.created_at
+    ),
+    notified AS (
+        SELECT count(pg_notify('conveyor:' || {schema_literal}, w.queue)) AS n
+        FROM (SELECT DISTINCT s.queue FROM (
+                  SELECT x.queue, x.run_at, x.created_at FROM ins x
+                  UNION ALL SELECT y.queue, y.run_at, y.created_at FROM replaced y) s
+              WHERE s.run_at <= s.created_at) w
+    )
+    SELECT r.ord,
+           coalesce(
+               x.id,
+               y.id,
+               (SELECT j.id FROM {schema}.job j
+                 WHERE r.unique_key IS NOT NULL AND j.queue = r.queue
+                   AND j.unique_key = r.unique_key),
+               (SELECT t.job_id FROM {schema}.throttle t
+                 WHERE r.singleton_seconds IS NOT NULL AND t.queue = r.queue
+                   AND t.key = r.singleton_key AND t.window_start = r.singleton_on)),
+           x.id IS NOT NULL
+    FROM resolved r
+    CROSS JOIN notified
+    LEFT JOIN ins x ON x.id = r.id
+    LEFT JOIN replaced y ON y.ord = r.ord
+    ORDER BY r.ord;
+END
+$fn$;
+
+-- Enqueue from any SQL client, ORM or trigger, inside the caller's transaction:
+--   SELECT {schema}.send('email.send', '{"to": "a@b.c"}', '{"priority": 5, "start_after": 60}');
+-- start_after is seconds (a number) or a timestamp (a string). Raises invalid_parameter_value
+-- (SQLSTATE 22023) on a bad queue name, an unknown option or a payload over the size limit
+-- (1 MiB, or the setting conveyor.max_payload_bytes).
+CREATE FUNCTION {schema}.send(queue text, data jsonb DEFAULT NULL, options jsonb DEFAULT NULL)
+RETURNS uuid
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    o jsonb := coalesce(options, '{}'::jsonb);
+    opt text;
+    limit_bytes bigint := coalesce(
+        nullif(current_setting('conveyor.max_payload_bytes', true), '')::bigint, 1048576);
+    start_after jsonb;
+    job_id uuid;
+    backoff text;
+    keyed boolean;
+BEGIN
+    IF queue IS NULL OR queue !~ '^[A-Za-z0-9_][A-Za-z0-9_.\-/:]{0,127}$' THEN
+        RAISE EXCEPTION 'invalid queue name %', coalesce(quote_literal(queue), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF jsonb_typeof(o) <> 'object' THEN
+        RAISE EXCEPTION 'options must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR opt IN SELECT jsonb_object_keys(o) LOOP
+        IF opt <> ALL (ARRAY['priority', 'start_after', 'retry_limit', 'retry_delay',
+                             'retry_backoff', 'retry_delay_max', 'expire_in', 'retention',
+                             'singleton_key', 'singleton_seconds', 'unique_key', 'unique_mode',
+                             'dead_letter', 'group_key', 'depends_on']) THEN
+            RAISE EXCEPTION 'unknown job option %', quote_literal(opt)
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    END LOOP;
+    IF octet_length(data::text) > limit_bytes THEN
+        RAISE EXCEPTION 'payload is % bytes, over the limit of % bytes',
+            octet_length(data::text), limit_bytes USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF o ? 'singleton_key' AND NOT o ? 'singleton_seconds' THEN
+        RAISE EXCEPTION 'singleton_key needs singleton_seconds'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF o ? 'unique_mode' AND coalesce(o->>'unique_mode', '') NOT IN ('keep', 'replace') THEN
+        RAISE EXCEPTION 'unique_mode must be keep or replace'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    backoff := CASE o->'retry_backoff' WHEN 'true' THEN 'exponential' WHEN 'false' THEN 'fixed'
+                                        ELSE o->>'retry_backoff' END;
+    start_after := o->'start_after';
+    keyed := o ? 'unique_key' OR o ? 'singleton_seconds';
+    FOR attempt IN 1..3 LOOP
+        job_id := gen_random_uuid();
+        SELECT coalesce(r.id, CASE WHEN NOT keyed THEN job_id END) INTO job_id
+        FROM (SELECT NULL::uuid AS id) nothing
+        LEFT JOIN {schema}.insert_jobs(
+            ARRAY[job_id], ARRAY[queue], ARRAY[data],
+            ARRAY[(o->>'priority')::integer],
+            ARRAY[CASE WHEN jsonb_typeof(start_after) = 'string'
+                       THEN (start_after #>> '{}')::timestamptz END],
+            ARRAY[CASE WHEN jsonb_typeof(start_after) = 'number'
+                       THEN (start_after #>> '{}')::double precision END],
+            ARRAY[(o->>'retry_limit')::integer], ARRAY[(o->>'retry_delay')::double precision],
+            ARRAY[backoff], ARRAY[(o->>'retry_delay_max')::double precision],
+            ARRAY[(o->>'expire_in')::double precision], ARRAY[(o->>'retention')::double precision],
+            CASE WHEN keyed THEN ARRAY[CASE WHEN o ? 'singleton_seconds'
+                                            THEN coalesce(o->>'singleton_key', '') END] END,
+            CASE WHEN keyed THEN ARRAY[(o->>'singleton_seconds')::integer] END,
+            CASE WHEN keyed THEN ARRAY[o->>'unique_key'] END,
+            ARRAY[coalesce(o->>'unique_mode', 'keep') = 'replace'], ARRAY[o->>'dead_letter'],
+            ARRAY[o->>'group_key'], ARRAY[o->'depends_on'], NULL, NULL) r ON true;
+        EXIT WHEN job_id IS NOT NULL;
+    END LOOP;
+    RETURN job_id;
+END
+$fn$;

@@ -1,0 +1,82 @@
+-- Reads and operator actions on jobs. Both tables have the same columns, so a job is read with
+-- SELECT * from whichever of them holds it.
+
+-- name: job_insert_many :many
+SELECT ord, id, inserted
+FROM {schema}.insert_jobs(
+    %(id)b::uuid[], %(queue)b::text[], %(data)b::text[]::jsonb[], %(priority)b::integer[],
+    %(run_at)b::timestamptz[], %(delay)b::double precision[], %(retry_limit)b::integer[],
+    %(retry_delay)b::double precision[], %(retry_backoff)b::text[],
+    %(retry_delay_max)b::double precision[], %(expire_in)b::double precision[],
+    %(retention)b::double precision[], %(singleton_key)b::text[],
+    %(singleton_seconds)b::integer[], %(unique_key)b::text[], %(unique_replace)b::boolean[],
+    %(dead_letter)b::text[], %(group_key)b::text[], %(depends_on)b::text[]::jsonb[],
+    %(defaults)b::jsonb, %(now)b::timestamptz);
+
+-- name: job_get :one
+SELECT * FROM {schema}.job WHERE id = %(id)s
+UNION ALL
+SELECT * FROM {schema}.job_history WHERE id = %(id)s
+LIMIT 1;
+
+-- name: job_list :many
+SELECT * FROM (
+    SELECT * FROM {schema}.job
+    WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+      AND (%(states)b::text[] IS NULL OR state = ANY (%(states)b::text[]))
+    UNION ALL
+    SELECT * FROM {schema}.job_history
+    WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+      AND (%(states)b::text[] IS NULL OR state = ANY (%(states)b::text[]))
+) j
+ORDER BY
+    CASE WHEN %(descending)s::boolean THEN created_at END DESC,
+    CASE WHEN NOT %(descending)s::boolean THEN created_at END ASC,
+    id
+LIMIT %(limit)s::integer OFFSET %(offset)s::integer;
+
+-- Cancel a queued or running job: it leaves the live table for the history as 'cancelled'. A
+-- worker still running it is told on the cancel channel, and its guarded ack will match no row.
+-- name: job_cancel :one
+WITH moved AS (
+    DELETE FROM {schema}.job WHERE id = %(id)s RETURNING *
+), archived AS (
+    INSERT INTO {schema}.job_history
+    SELECT id, queue, 'cancelled', data, priority, run_at, attempt, retry_limit, retry_delay,
+           retry_backoff, retry_delay_max, expire_in, retention, singleton_key, singleton_seconds,
+           unique_key, dead_letter, group_key, depends_on, worker_id, created_at, started_at,
+           coalesce(%(now)s::timestamptz, now()), result, errors, progress
+    FROM moved
+    RETURNING *
+), told AS (
+    SELECT pg_notify(%(cancel_channel)s::text, m.id::text) FROM moved m WHERE m.state = 'active'
+)
+SELECT a.* FROM archived a LEFT JOIN told ON true;
+
+-- Make a job runnable now: a queued job is brought forward; a failed or cancelled one comes back
+-- from the history with a fresh attempt count and its error history kept.
+-- name: job_retry :one
+WITH t AS (
+    SELECT coalesce(%(now)s::timestamptz, now()) AS now
+), queued AS (
+    UPDATE {schema}.job j SET run_at = t.now
+    FROM t
+    WHERE j.id = %(id)s AND j.state IN ('created', 'retry')
+    RETURNING j.*
+), revived AS (
+    DELETE FROM {schema}.job_history
+    WHERE id = %(id)s AND state IN ('failed', 'cancelled')
+    RETURNING *
+), requeued AS (
+    INSERT INTO {schema}.job
+    SELECT r.id, r.queue, 'created', r.data, r.priority, t.now, 0, r.retry_limit, r.retry_delay,
+           r.retry_backoff, r.retry_delay_max, r.expire_in, r.retention, r.singleton_key,
+           r.singleton_seconds, r.unique_key, r.dead_letter, r.group_key, r.depends_on, NULL,
+           r.created_at, NULL, NULL, NULL, r.errors, NULL
+    FROM revived r, t
+    RETURNING *
+), woken AS (
+    SELECT pg_notify(%(channel)s::text, x.queue)
+    FROM (SELECT queue FROM queued UNION SELECT queue FROM requeued) x
+)
+SELECT q.* FROM (SELECT * FROM queued UNION ALL SELECT * FROM requeued) q LEFT JOIN woken ON true;

@@ -1,0 +1,85 @@
+-- Queues and their policies. A policy arrives as one jsonb object of the fields to set, so one
+-- static statement serves any subset of them; keys are whitelisted by conveyor.options first.
+
+-- Set the given fields of a queue's policy; with create, make the queue first if it is missing.
+-- name: queue_upsert :one
+INSERT INTO {schema}.queue AS q (
+    name, policy, priority, retry_limit, retry_delay, retry_backoff, retry_delay_max, expire_in,
+    retention, dead_letter, concurrency, rate_limit, rate_interval)
+SELECT %(name)s::text, coalesce(p->>'policy', 'standard'), (p->>'priority')::integer,
+       (p->>'retry_limit')::integer, (p->>'retry_delay')::double precision, p->>'retry_backoff',
+       (p->>'retry_delay_max')::double precision, (p->>'expire_in')::double precision,
+       (p->>'retention')::double precision, p->>'dead_letter', (p->>'concurrency')::integer,
+       (p->>'rate_limit')::integer, (p->>'rate_interval')::double precision
+FROM (SELECT %(policy)s::jsonb AS p) i
+WHERE %(create)s::boolean OR EXISTS (SELECT FROM {schema}.queue WHERE name = %(name)s::text)
+ON CONFLICT (name) DO UPDATE SET
+    policy = CASE WHEN %(policy)s::jsonb ? 'policy' THEN EXCLUDED.policy ELSE q.policy END,
+    priority = CASE WHEN %(policy)s::jsonb ? 'priority' THEN EXCLUDED.priority ELSE q.priority END,
+    retry_limit = CASE WHEN %(policy)s::jsonb ? 'retry_limit' THEN EXCLUDED.retry_limit ELSE q.retry_limit END,
+    retry_delay = CASE WHEN %(policy)s::jsonb ? 'retry_delay' THEN EXCLUDED.retry_delay ELSE q.retry_delay END,
+    retry_backoff = CASE WHEN %(policy)s::jsonb ? 'retry_backoff' THEN EXCLUDED.retry_backoff
+                         ELSE q.retry_backoff END,
+    retry_delay_max = CASE WHEN %(policy)s::jsonb ? 'retry_delay_max' THEN EXCLUDED.retry_delay_max
+                           ELSE q.retry_delay_max END,
+    expire_in = CASE WHEN %(policy)s::jsonb ? 'expire_in' THEN EXCLUDED.expire_in ELSE q.expire_in END,
+    retention = CASE WHEN %(policy)s::jsonb ? 'retention' THEN EXCLUDED.retention ELSE q.retention END,
+    dead_letter = CASE WHEN %(policy)s::jsonb ? 'dead_letter' THEN EXCLUDED.dead_letter ELSE q.dead_letter END,
+    concurrency = CASE WHEN %(policy)s::jsonb ? 'concurrency' THEN EXCLUDED.concurrency ELSE q.concurrency END,
+    rate_limit = CASE WHEN %(policy)s::jsonb ? 'rate_limit' THEN EXCLUDED.rate_limit ELSE q.rate_limit END,
+    rate_interval = CASE WHEN %(policy)s::jsonb ? 'rate_interval' THEN EXCLUDED.rate_interval
+                         ELSE q.rate_interval END,
+    updated_at = now()
+RETURNING *;
+
+-- name: queue_get :one
+SELECT * FROM {schema}.queue WHERE name = %(name)s;
+
+-- name: queue_list :many
+SELECT * FROM {schema}.queue ORDER BY name;
+
+-- Delete a queue with every job it holds, live or finished, and its throttle windows.
+-- name: queue_delete :one
+WITH gone AS (
+    DELETE FROM {schema}.queue WHERE name = %(name)s RETURNING name
+), live AS (
+    DELETE FROM {schema}.job WHERE queue IN (SELECT name FROM gone) RETURNING 1
+), finished AS (
+    DELETE FROM {schema}.job_history WHERE queue IN (SELECT name FROM gone) RETURNING 1
+), windows AS (
+    DELETE FROM {schema}.throttle WHERE queue IN (SELECT name FROM gone) RETURNING 1
+)
+SELECT (SELECT count(*) FROM gone) AS queues,
+       (SELECT count(*) FROM live) + (SELECT count(*) FROM finished) AS jobs,
+       (SELECT count(*) FROM windows) AS windows;
+
+-- Delete the queued (not running, not finished) jobs of a queue.
+-- name: queue_purge :scalar
+WITH gone AS (
+    DELETE FROM {schema}.job WHERE queue = %(name)s AND state IN ('created', 'retry') RETURNING 1
+)
+SELECT count(*) FROM gone;
+
+-- Counts by state; oldest_waiting_seconds is how long the oldest runnable job has waited past
+-- its run_at (NULL when none is runnable).
+-- name: queue_stats :many
+WITH t AS (SELECT coalesce(%(now)s::timestamptz, now()) AS now),
+counted AS (
+    SELECT queue, state, count(*) AS n,
+           min(run_at) FILTER (WHERE state IN ('created', 'retry') AND run_at <= t.now) AS oldest
+    FROM {schema}.job, t
+    WHERE %(name)s::text IS NULL OR queue = %(name)s::text
+    GROUP BY queue, state
+    UNION ALL
+    SELECT queue, state, count(*), NULL
+    FROM {schema}.job_history
+    WHERE %(name)s::text IS NULL OR queue = %(name)s::text
+    GROUP BY queue, state
+)
+SELECT q.name AS queue, c.state, coalesce(c.n, 0)::bigint AS n,
+       extract(epoch FROM t.now - c.oldest)::double precision AS oldest_waiting_seconds
+FROM {schema}.queue q
+CROSS JOIN t
+LEFT JOIN counted c ON c.queue = q.name
+WHERE %(name)s::text IS NULL OR q.name = %(name)s::text
+ORDER BY q.name, c.state;

@@ -1,0 +1,53 @@
+"""Pytest fixtures for applications built on Conveyor (registered as the ``conveyor`` plugin).
+
+- ``conveyor_dsn``: the test database (``CONVEYOR_TEST_DSN`` or 127.0.0.1:5432/test).
+- ``conveyor_schema``: a migrated schema of this xdist worker, emptied before each test.
+- ``app``: a :class:`~conveyor.Conveyor` on that schema for sync tests.
+- ``app_async``: the same for ``async def`` tests (its async pool is closed in the test's loop);
+  needs pytest-asyncio, which the ``dev`` extra installs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import pytest_asyncio
+
+from conveyor.app import Conveyor
+from conveyor.testing import IsolatedSchema, test_dsn
+
+
+@pytest.fixture(scope="session")
+def conveyor_dsn() -> str:
+    """The DSN of the test database."""
+    return test_dsn()
+
+
+@pytest.fixture(scope="session")
+def _conveyor_isolated_schema(conveyor_dsn: str) -> Iterator[IsolatedSchema]:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    schema = IsolatedSchema(conveyor_dsn, f"conveyor_test_{worker}")
+    yield schema
+    schema.drop()
+
+
+@pytest.fixture
+def conveyor_schema(_conveyor_isolated_schema: IsolatedSchema) -> str:
+    """A migrated, empty schema for this test."""
+    return _conveyor_isolated_schema.fresh()
+
+
+@pytest.fixture
+def app(conveyor_dsn: str, conveyor_schema: str) -> Iterator[Conveyor]:
+    """A Conveyor app on an isolated, migrated schema."""
+    with Conveyor(conveyor_dsn, schema=conveyor_schema) as conveyor:
+        yield conveyor
+
+
+@pytest_asyncio.fixture
+async def app_async(conveyor_dsn: str, conveyor_schema: str) -> AsyncIterator[Conveyor]:
+    """A Conveyor app on an isolated, migrated schema, for async tests."""
+    async with Conveyor(conveyor_dsn, schema=conveyor_schema) as conveyor:
+        yield conveyor

@@ -11,6 +11,7 @@ API can join the caller's sync transaction.
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -43,8 +44,24 @@ def convert(text: str, source: str) -> str:
     """The sync twin of an async source text."""
     for pattern, replacement in RULES:
         text = re.sub(pattern, replacement, text, flags=re.MULTILINE)
-    header = f"# Generated from {source} by tools/async_to_sync.py: edit that file, not this one.\n"
-    return header + text
+    header = (
+        f"# Generated from {source}\n# by tools/async_to_sync.py: edit that file, not this one.\n"
+    )
+    return _formatted(header + text)
+
+
+def _formatted(text: str) -> str:
+    """Format like the rest of the tree, so removing ``await`` never leaves odd line breaks."""
+    ruff = Path(sys.executable).parent / "ruff"
+    done = subprocess.run(
+        [str(ruff) if ruff.exists() else "ruff", "format", "--quiet", "-"],
+        input=text,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    return done.stdout
 
 
 def main(argv: list[str]) -> int:

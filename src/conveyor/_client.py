@@ -1,4 +1,5 @@
-# Generated from src/conveyor/_client_async.py by tools/async_to_sync.py: edit that file, not this one.
+# Generated from src/conveyor/_client_async.py
+# by tools/async_to_sync.py: edit that file, not this one.
 """The public I/O API of :class:`~conveyor.Conveyor`: the ``*_async`` methods.
 
 ``_client.py`` is generated from this file by ``tools/async_to_sync.py``; edit this one. Pure work
@@ -118,7 +119,9 @@ class Client:
         job = self.get_job(job_id, connection=connection)
         if job.state is JobState.CANCELLED:
             return job
-        raise JobStateError(f"job {job_id} is {job.state}: only queued or running jobs can be cancelled")
+        raise JobStateError(
+            f"job {job_id} is {job.state}: only queued or running jobs can be cancelled"
+        )
 
     def retry(self, job_id: UUID | str, *, connection: Conn | None = None) -> Job:
         """Run a job again now: a queued job is brought forward; a failed or cancelled job is

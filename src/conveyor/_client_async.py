@@ -83,7 +83,9 @@ class AsyncClient:
                 return [resolved[i] for i in where]  # type: ignore[misc]
         raise ConveyorError("could not resolve the job holding a unique or singleton key")
 
-    async def get_job_async(self, job_id: UUID | str, *, connection: AsyncConn | None = None) -> Job:
+    async def get_job_async(
+        self, job_id: UUID | str, *, connection: AsyncConn | None = None
+    ) -> Job:
         """The job with this id, queued, running or finished; :class:`JobNotFound` if none."""
         job = await self._stores.store_async().job_get(check_job_id(job_id), connection)
         if job is None:
@@ -117,7 +119,9 @@ class AsyncClient:
         job = await self.get_job_async(job_id, connection=connection)
         if job.state is JobState.CANCELLED:
             return job
-        raise JobStateError(f"job {job_id} is {job.state}: only queued or running jobs can be cancelled")
+        raise JobStateError(
+            f"job {job_id} is {job.state}: only queued or running jobs can be cancelled"
+        )
 
     async def retry_async(self, job_id: UUID | str, *, connection: AsyncConn | None = None) -> Job:
         """Run a job again now: a queued job is brought forward; a failed or cancelled job is

@@ -83,7 +83,7 @@ class SchemaTooNew(MigrationError):
     """The database schema has migrations this code does not know (a newer release applied them)."""
 
 
-class Retry(Exception):  # noqa: N818 - a control-flow signal raised by handlers, named for what it asks
+class Retry(Exception):
     """Raised by a handler to run the job again later without spending an attempt.
 
     ``after`` is a delay in seconds, a :class:`~datetime.timedelta`, or an absolute
@@ -96,5 +96,5 @@ class Retry(Exception):  # noqa: N818 - a control-flow signal raised by handlers
         self.reason = reason
 
 
-class Fail(Exception):  # noqa: N818 - a control-flow signal raised by handlers, named for what it asks
+class Fail(Exception):
     """Raised by a handler to fail the job at once, with no further retry."""

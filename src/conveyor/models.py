@@ -13,7 +13,8 @@ class JobState(StrEnum):
     """The states of a job.
 
     ``created`` and ``retry`` are queued (waiting for ``run_at``), ``active`` is held by a worker;
-    ``completed``, ``cancelled`` and ``failed`` are terminal. A failed job stands in the dead letters.
+    ``completed``, ``cancelled`` and ``failed`` are terminal; a failed job stands in the dead
+    letters.
     """
 
     CREATED = "created"

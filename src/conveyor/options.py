@@ -37,7 +37,8 @@ MAX_KEY_LENGTH = 255
 BACKOFF_KINDS = ("fixed", "linear", "exponential")
 UNIQUE_MODES = ("keep", "replace")
 
-# The options a job and a queue share; the most specific level that sets one wins (job > queue > app).
+# The options a job and a queue share; the most specific level that sets one wins:
+# job, then queue, then app.
 DEFAULTABLE = (
     "priority",
     "retry_limit",
@@ -183,7 +184,7 @@ def check_defaultable(options: Mapping[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class JobSpec:
-    """One validated job, ready to insert. ``None`` options take the queue's or the app's default."""
+    """One validated job, ready to insert; ``None`` options take the queue's or app's default."""
 
     id: uuid.UUID
     queue: str
@@ -221,7 +222,9 @@ def job_spec(queue: str, data: object, options: Mapping[str, Any], payload_limit
     singleton_key = options.get("singleton_key")
     singleton_seconds = options.get("singleton_seconds")
     if singleton_seconds is not None:
-        values["singleton_seconds"] = check_int("singleton_seconds", singleton_seconds, 1, 2**31 - 1)
+        values["singleton_seconds"] = check_int(
+            "singleton_seconds", singleton_seconds, 1, 2**31 - 1
+        )
         values["singleton_key"] = (
             "" if singleton_key is None else check_key("singleton_key", singleton_key)
         )
@@ -285,7 +288,7 @@ def new_job_id() -> uuid.UUID:
 
 
 def queue_policy(options: Mapping[str, Any], *, partial: bool) -> dict[str, Any]:
-    """Validate a queue's policy and defaults. With ``partial``, only the given keys are returned."""
+    """Validate a queue's policy and defaults; with ``partial``, only the given keys are kept."""
     _check_unknown(options, QUEUE_OPTIONS, "queue option")
     out = check_defaultable(options)
     explicit_none = {k for k, v in options.items() if v is None}

@@ -1,4 +1,5 @@
-# Generated from tests/integration/test_enqueue_async.py by tools/async_to_sync.py: edit that file, not this one.
+# Generated from tests/integration/test_enqueue_async.py
+# by tools/async_to_sync.py: edit that file, not this one.
 """Enqueue and inspect jobs against a real PostgreSQL.
 
 Written once, async; test_enqueue_sync.py is generated from it by tools/async_to_sync.py, so the
@@ -63,9 +64,7 @@ def test_start_after_takes_seconds_timedelta_or_datetime(app: Conveyor) -> None:
     now_id = app.send("q", None)
     base = (app.get_job(now_id)).created_at
     by_seconds = app.get_job(app.send("q", 1, start_after=60))
-    by_delta = app.get_job(
-        app.send("q", 2, start_after=timedelta(hours=1))
-    )
+    by_delta = app.get_job(app.send("q", 2, start_after=timedelta(hours=1)))
     when = datetime(2030, 1, 1, tzinfo=UTC)
     by_date = app.get_job(app.send("q", 3, start_after=when))
     assert abs((by_seconds.run_at - by_seconds.created_at).total_seconds() - 60) < 0.01
@@ -114,9 +113,7 @@ def test_send_batch_of_ten_thousand(app: Conveyor) -> None:
     assert (app.get_job(ids[-1])).data == {"i": 9_999}
 
 
-def test_transactional_send_exists_only_if_committed(
-    app: Conveyor, conveyor_dsn: str
-) -> None:
+def test_transactional_send_exists_only_if_committed(app: Conveyor, conveyor_dsn: str) -> None:
     with psycopg.Connection.connect(conveyor_dsn) as conn:
         rolled_back = app.send("tx", {"n": 1}, connection=conn)
         batch_rolled_back = app.send_batch([("tx", {"n": 2})], connection=conn)
@@ -143,9 +140,7 @@ def test_unique_key_keep_returns_the_holder(app: Conveyor) -> None:
 
 def test_unique_key_replace_updates_the_queued_job(app: Conveyor) -> None:
     first = app.send("u", {"v": 1}, unique_key="k")
-    again = app.send(
-        "u", {"v": 2}, unique_key="k", unique_mode="replace", priority=3
-    )
+    again = app.send("u", {"v": 2}, unique_key="k", unique_mode="replace", priority=3)
     job = app.get_job(first)
     assert again == first
     assert (job.data, job.priority) == ({"v": 2}, 3)
@@ -178,9 +173,7 @@ def test_singleton_throttles_one_job_per_window(app: Conveyor) -> None:
     second = app.send("t", {"v": 2}, singleton_key="k", singleton_seconds=3600)
     other = app.send("t", {"v": 3}, singleton_key="j", singleton_seconds=3600)
     app.cancel(first)
-    after_finish = app.send(
-        "t", {"v": 4}, singleton_key="k", singleton_seconds=3600
-    )
+    after_finish = app.send("t", {"v": 4}, singleton_key="k", singleton_seconds=3600)
     assert first == second == after_finish  # the window outlives the job
     assert other != first
     assert len(app.list_jobs(queue="t")) == 2
@@ -318,8 +311,6 @@ def test_payload_limit_is_configurable(conveyor_dsn: str, conveyor_schema: str) 
             app.send("q", "x" * 100)
 
 
-def test_connection_of_the_wrong_kind_is_refused(
-    app: Conveyor, conveyor_dsn: str
-) -> None:
+def test_connection_of_the_wrong_kind_is_refused(app: Conveyor, conveyor_dsn: str) -> None:
     with pytest.raises(InvalidOption):
         app.send("q", {}, connection=object())  # type: ignore[arg-type]

@@ -2,33 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
+from psycopg import Error
 from psycopg import errors as pg
 
-from conveyor.errors import DuplicateJob, InvalidOption, SchemaOutOfDate
-
+from conveyor.errors import ConveyorError, DuplicateJob, InvalidOption, SchemaOutOfDate
 
 # The messages of a missing schema object, as opposed to a mistake inside a statement.
 MISSING_OBJECT = ("relation ", "function ", "schema ")
 
 
-@contextmanager
-def translated(schema: str) -> Iterator[None]:
-    """Re-raise the database errors that stem from bad input or a missing schema as ours."""
-    try:
-        yield
-    except (pg.UndefinedTable, pg.UndefinedFunction, pg.InvalidSchemaName) as exc:
-        if not str(exc.diag.message_primary).startswith(MISSING_OBJECT):
-            raise
-        raise SchemaOutOfDate(
-            f"schema {schema!r} is not migrated ({exc.diag.message_primary}): "
-            "run `conveyor migrate` or app.migrate()"
-        ) from exc
-    except pg.UniqueViolation as exc:
-        raise DuplicateJob(
+def translated(exc: Error, schema: str) -> ConveyorError | None:
+    """Our error for a database error that stems from bad input or a missing schema, else None."""
+    message = str(exc.diag.message_primary)
+    if isinstance(exc, pg.UndefinedTable | pg.UndefinedFunction | pg.InvalidSchemaName):
+        if message.startswith(MISSING_OBJECT):
+            return SchemaOutOfDate(
+                f"schema {schema!r} is not migrated ({message}): "
+                "run `conveyor migrate` or app.migrate()"
+            )
+    elif isinstance(exc, pg.UniqueViolation):
+        return DuplicateJob(
             f"another queued or running job holds this unique_key ({exc.diag.message_detail})"
-        ) from exc
-    except (pg.CheckViolation, pg.InvalidParameterValue, pg.NumericValueOutOfRange) as exc:
-        raise InvalidOption(str(exc.diag.message_primary)) from exc
+        )
+    elif isinstance(exc, pg.CheckViolation | pg.InvalidParameterValue | pg.NumericValueOutOfRange):
+        return InvalidOption(message)
+    return None

@@ -1,4 +1,5 @@
-# Generated from src/conveyor/_store/migrate_async.py by tools/async_to_sync.py: edit that file, not this one.
+# Generated from src/conveyor/_store/migrate_async.py
+# by tools/async_to_sync.py: edit that file, not this one.
 """Apply and check migrations (async; ``migrate.py`` is generated from this file).
 
 Any number of processes may migrate at once: each file is applied in its own transaction under a

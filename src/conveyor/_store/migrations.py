@@ -23,7 +23,6 @@ FILE_NAME = re.compile(r"(\d{4})_(\w+)\.sql")
 NO_TRANSACTION = "-- conveyor: no-transaction"
 
 
-
 @dataclass(frozen=True, slots=True)
 class Migration:
     """One migration file."""
@@ -98,7 +97,10 @@ def status(applied: dict[int, str]) -> MigrationStatus:
 def pending_sql(pending: tuple[Migration, ...], schema: str) -> str:
     """The SQL a DBA would run to apply ``pending`` by hand, with the bookkeeping rows."""
     named = queries(schema)
-    parts = [f"-- Conveyor migrations for schema {schema!r}", named["migration_bootstrap"].sql + ";"]
+    parts = [
+        f"-- Conveyor migrations for schema {schema!r}",
+        named["migration_bootstrap"].sql + ";",
+    ]
     for m in pending:
         parts.append(f"-- {m.version:04d}_{m.name}")
         if m.transactional:

@@ -1,4 +1,5 @@
-# Generated from src/conveyor/_store/store_async.py by tools/async_to_sync.py: edit that file, not this one.
+# Generated from src/conveyor/_store/store_async.py
+# by tools/async_to_sync.py: edit that file, not this one.
 """The async store: one method per named query, and the connection pool they run on.
 
 Every method takes an optional ``conn``: the caller's own connection, whose open transaction the
@@ -14,7 +15,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from psycopg import Connection
+from psycopg import Connection, Error
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
@@ -68,14 +69,17 @@ class Store:
         self._closed = True
         self._pool.close()
 
-    def _rows(
-        self, name: str, params: dict[str, Any], conn: Conn | None
-    ) -> list[dict[str, Any]]:
+    def _rows(self, name: str, params: dict[str, Any], conn: Conn | None) -> list[dict[str, Any]]:
         query = self._queries[name]
-        with translated(self.schema):
+        try:
             with self.connection(conn) as c, c.cursor(row_factory=dict_row) as cur:
                 cur.execute(query.sql, params)
                 return cur.fetchall() if cur.description is not None else []
+        except Error as exc:
+            ours = translated(exc, self.schema)
+            if ours is None:
+                raise
+            raise ours from exc
 
     def job_insert_many(
         self,
@@ -122,9 +126,7 @@ class Store:
         found = self._rows("job_cancel", params, conn)
         return rows.job(found[0]) if found else None
 
-    def job_retry(
-        self, job_id: UUID, now: datetime | None, conn: Conn | None = None
-    ) -> Job | None:
+    def job_retry(self, job_id: UUID, now: datetime | None, conn: Conn | None = None) -> Job | None:
         """Make a queued, failed or cancelled job runnable now; None if it is none of those."""
         params = {"id": job_id, "now": now, "channel": self.channel}
         found = self._rows("job_retry", params, conn)

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, Error
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -71,10 +71,15 @@ class AsyncStore:
         self, name: str, params: dict[str, Any], conn: AsyncConn | None
     ) -> list[dict[str, Any]]:
         query = self._queries[name]
-        with translated(self.schema):
+        try:
             async with self.connection(conn) as c, c.cursor(row_factory=dict_row) as cur:
                 await cur.execute(query.sql, params)
                 return await cur.fetchall() if cur.description is not None else []
+        except Error as exc:
+            ours = translated(exc, self.schema)
+            if ours is None:
+                raise
+            raise ours from exc
 
     async def job_insert_many(
         self,

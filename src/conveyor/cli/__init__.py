@@ -1,0 +1,124 @@
+"""The ``conveyor`` command line.
+
+Exit codes: 0 success; 1 a check failed (``migrate --check`` found pending migrations); 2 bad
+usage or input; 3 the database could not be reached or refused the operation. Errors are one line
+on stderr.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+import click
+import psycopg
+
+from conveyor.app import Conveyor
+from conveyor.config import DEFAULT_SCHEMA
+from conveyor.errors import ConfigurationError, ConveyorError, ValidationError
+
+EXIT_CHECK_FAILED = 1
+EXIT_USAGE = 2
+EXIT_DATABASE = 3
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str, code: int) -> NoReturn:
+    """Print one line to stderr and exit with ``code``."""
+    click.echo(f"conveyor: error: {message}", err=True)
+    sys.exit(code)
+
+
+def one_line_errors(func: F) -> F:
+    """Turn Conveyor and database errors into a one-line message and a documented exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (ValidationError, ConfigurationError) as exc:
+            fail(str(exc), EXIT_USAGE)
+        except ConveyorError as exc:
+            fail(str(exc), EXIT_DATABASE)
+        except psycopg.Error as exc:
+            fail(f"database: {str(exc).strip().splitlines()[0]}", EXIT_DATABASE)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def load_app(spec: str) -> Conveyor:
+    """Import ``module:attribute`` and return the :class:`Conveyor` it names."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ConfigurationError(f"--app must look like module:attribute, got {spec!r}")
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import {module_name!r}: {exc}") from None
+    app = getattr(module, attribute, None)
+    if not isinstance(app, Conveyor):
+        raise ConfigurationError(f"{spec!r} is not a Conveyor app")
+    return app
+
+
+@click.group()
+@click.option("--dsn", envvar="CONVEYOR_DATABASE_URL", help="PostgreSQL URL (else DATABASE_URL).")
+@click.option(
+    "--schema", envvar="CONVEYOR_SCHEMA", default=DEFAULT_SCHEMA, show_default=True,
+    help="Schema holding Conveyor's tables.",
+)  # fmt: skip
+@click.option("--app", "app_spec", metavar="MODULE:ATTR", help="Take DSN and schema from an app.")
+@click.pass_context
+def main(ctx: click.Context, dsn: str | None, schema: str, app_spec: str | None) -> None:
+    """Conveyor: durable background jobs in PostgreSQL."""
+
+    @one_line_errors
+    def build() -> Conveyor:
+        return load_app(app_spec) if app_spec else Conveyor(dsn, schema=schema)
+
+    ctx.obj = build()
+    ctx.call_on_close(ctx.obj.close)
+
+
+@main.command()
+@click.option(
+    "--sql", "print_sql", is_flag=True, help="Print the pending SQL instead of running it."
+)
+@click.option("--check", is_flag=True, help="Exit 1 if migrations are pending; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+@one_line_errors
+def migrate(app: Conveyor, print_sql: bool, check: bool, as_json: bool) -> None:
+    """Bring the database schema up to date (safe to run from many processes at once)."""
+    if print_sql:
+        click.echo(app.migration_sql(), nl=False)
+        return
+    if check:
+        status = app.migration_status()
+        pending = [f"{m.version:04d}_{m.name}" for m in status.pending]
+        if as_json:
+            report = {"current": status.current, "pending": pending, "unknown": status.unknown}
+            click.echo(json.dumps(report))
+        elif pending:
+            click.echo(f"pending migrations: {', '.join(pending)}")
+        elif status.unknown:
+            click.echo(f"database has migrations this release does not know: {status.unknown}")
+        else:
+            click.echo(f"schema {app.schema!r} is up to date")
+        if not status.current:
+            sys.exit(EXIT_CHECK_FAILED)
+        return
+    applied = app.migrate()
+    if as_json:
+        click.echo(json.dumps({"applied": applied}))
+    elif applied:
+        click.echo(f"applied: {', '.join(applied)}")
+    else:
+        click.echo(f"schema {app.schema!r} is up to date")

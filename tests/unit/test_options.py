@@ -1,0 +1,119 @@
+"""Pure validation rules: no database."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from conveyor.batching import fold
+from conveyor.errors import InvalidOption, InvalidQueueName, PayloadError, UnknownOption
+from conveyor.options import (
+    check_backoff,
+    check_queue_name,
+    check_schema_name,
+    check_seconds,
+    encode_payload,
+    job_spec,
+    new_job_id,
+    queue_policy,
+)
+
+
+@pytest.mark.parametrize("name", ["a", "email.send", "reports/daily", "A_b-c:d", "_x", "9"])
+def test_good_queue_names(name: str) -> None:
+    assert check_queue_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", " a", "a b", ".a", "-a", "a\x00", "é", "a" * 129, 5, None])
+def test_bad_queue_names(name: object) -> None:
+    with pytest.raises(InvalidQueueName):
+        check_queue_name(name)
+
+
+@pytest.mark.parametrize("name", ["Conveyor", "1abc", "a-b", "", "x" * 49, 'a"b'])
+def test_bad_schema_names(name: str) -> None:
+    with pytest.raises(InvalidOption):
+        check_schema_name(name)
+
+
+def test_payload_is_compact_json() -> None:
+    assert encode_payload({"a": [1, 2.5, None, True]}, 100) == '{"a":[1,2.5,null,true]}'
+    assert encode_payload("é", 10) == '"é"'
+
+
+def test_payload_may_mention_a_nul_escape_as_text() -> None:
+    assert encode_payload("\\u0000", 100) == '"\\\\u0000"'  # a backslash, then u0000: storable
+
+
+def test_deep_payload_is_refused() -> None:
+    deep: list[object] = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(PayloadError):
+        encode_payload(deep, 10**9)
+
+
+def test_seconds_accept_numbers_and_timedeltas() -> None:
+    assert check_seconds("x", 1, allow_zero=False) == 1.0
+    assert check_seconds("x", timedelta(minutes=1), allow_zero=False) == 60.0
+    assert check_seconds("x", 0, allow_zero=True) == 0.0
+    for bad in (0, -1, "1", True, float("inf"), float("nan")):
+        with pytest.raises(InvalidOption):
+            check_seconds("x", bad, allow_zero=False)
+
+
+def test_backoff_kinds() -> None:
+    assert [check_backoff(v) for v in (True, False, "linear")] == ["exponential", "fixed", "linear"]
+
+
+def test_unknown_option_suggests_the_close_one() -> None:
+    with pytest.raises(UnknownOption, match="did you mean 'retry_limit'"):
+        job_spec("q", {}, {"retry_limt": 3}, 1000)
+
+
+def test_start_after_datetime_must_be_aware() -> None:
+    spec = job_spec("q", {}, {"start_after": datetime(2030, 1, 1, tzinfo=UTC)}, 1000)
+    assert spec.run_at == datetime(2030, 1, 1, tzinfo=UTC) and spec.delay is None
+    with pytest.raises(InvalidOption):
+        job_spec("q", {}, {"start_after": datetime(2030, 1, 1)}, 1000)
+
+
+def test_singleton_seconds_alone_throttles_the_whole_queue() -> None:
+    spec = job_spec("q", {}, {"singleton_seconds": 10}, 1000)
+    assert (spec.singleton_key, spec.singleton_seconds) == ("", 10)
+
+
+def test_job_ids_are_time_ordered_uuid7() -> None:
+    ids = [new_job_id() for _ in range(1000)]
+    assert all(i.version == 7 for i in ids)
+    assert all(i.variant == uuid.RFC_4122 for i in ids)
+    assert len(set(ids)) == 1000
+    assert [i.bytes[:6] for i in ids] == sorted(i.bytes[:6] for i in ids)
+
+
+def test_queue_policy_rate_limit_forms() -> None:
+    assert queue_policy({"rate_limit": 5}, partial=False) == {"rate_limit": 5, "rate_interval": 1.0}
+    assert queue_policy({"rate_limit": (5, 60)}, partial=False)["rate_interval"] == 60.0
+    assert queue_policy({"rate_limit": None}, partial=True) == {
+        "rate_limit": None,
+        "rate_interval": None,
+    }
+
+
+def test_fold_keeps_plain_jobs_and_merges_keys() -> None:
+    plain = [job_spec("q", {"n": n}, {}, 1000) for n in range(3)]
+    rows, where = fold(plain)
+    assert rows == plain and where == [0, 1, 2]
+    keyed = [
+        job_spec("q", 1, {"unique_key": "a"}, 1000),
+        job_spec("q", 2, {"unique_key": "a", "unique_mode": "replace"}, 1000),
+        job_spec("r", 3, {"unique_key": "a"}, 1000),
+        job_spec("q", 4, {"singleton_key": "s", "singleton_seconds": 5}, 1000),
+        job_spec("q", 5, {"singleton_key": "s", "singleton_seconds": 5}, 1000),
+    ]
+    rows, where = fold(keyed)
+    assert where == [0, 0, 1, 2, 2]
+    assert rows[0].id == keyed[0].id and rows[0].data == "2"
+    assert rows[2].data == "4"

@@ -1,0 +1,51 @@
+"""The public surface: names are fixed by SPEC §0, so a change here is a deliberate decision."""
+
+from __future__ import annotations
+
+import inspect
+
+import conveyor
+from conveyor import Conveyor
+from conveyor._store.queries import parse, queries
+
+EXPECTED_ALL = [
+    "ConfigurationError", "Conveyor", "ConveyorError", "DuplicateJob", "Fail", "FrozenClock",
+    "InvalidOption", "InvalidQueueName", "Job", "JobNotFound", "JobState", "JobStateError",
+    "MigrationError", "PayloadError", "PayloadTooLarge", "Queue", "QueueNotFound", "QueuePolicy",
+    "QueueStats", "Retry", "SchemaOutOfDate", "UnknownOption", "ValidationError",
+]  # fmt: skip
+
+IO_METHODS = [
+    "send", "send_batch", "get_job", "list_jobs", "cancel", "retry", "create_queue",
+    "update_queue", "delete_queue", "purge_queue", "get_queue", "list_queues", "queue_stats",
+    "migrate", "migration_status", "migration_sql", "close",
+]  # fmt: skip
+
+
+def test_all_is_pinned() -> None:
+    assert sorted(conveyor.__all__) == sorted(EXPECTED_ALL)
+    for name in conveyor.__all__:
+        assert hasattr(conveyor, name)
+
+
+def test_every_io_method_has_an_async_twin_with_the_same_parameters() -> None:
+    for name in IO_METHODS:
+        sync = getattr(Conveyor, name)
+        twin = getattr(Conveyor, f"{name}_async")
+        assert not inspect.iscoroutinefunction(sync), name
+        assert inspect.iscoroutinefunction(twin), name
+        assert list(inspect.signature(sync).parameters) == list(
+            inspect.signature(twin).parameters
+        ), name
+        assert sync.__doc__ and twin.__doc__
+
+
+def test_queries_render_the_schema_as_an_identifier() -> None:
+    rendered = queries("my_schema")
+    assert '"my_schema".job' in rendered["job_get"].sql
+    assert "{schema" not in "".join(q.sql for q in rendered.values())
+
+
+def test_parse_splits_named_statements() -> None:
+    text = "-- name: a :one\nSELECT 1;\n\n-- about b\n-- name: b :exec\nSELECT 2;\n"
+    assert parse(text) == [("a", "one", "SELECT 1"), ("b", "exec", "SELECT 2")]

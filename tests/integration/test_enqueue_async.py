@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any, Self
 
 import psycopg
 import pytest
@@ -111,6 +112,27 @@ async def test_send_batch_of_ten_thousand(app_async: Conveyor) -> None:
     stats = await app_async.queue_stats_async("bulk")
     assert stats.counts[JobState.CREATED] == 10_000
     assert (await app_async.get_job_async(ids[-1])).data == {"i": 9_999}
+
+
+class CountingCursor(psycopg.AsyncCursor[Any]):
+    executed = 0
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Self:
+        CountingCursor.executed += 1
+        return await super().execute(*args, **kwargs)
+
+
+async def test_send_batch_is_one_statement(app_async: Conveyor, conveyor_dsn: str) -> None:
+    CountingCursor.executed = 0
+    async with await psycopg.AsyncConnection.connect(
+        conveyor_dsn, cursor_factory=CountingCursor
+    ) as conn:
+        ids = await app_async.send_batch_async(
+            [("bulk", {"i": i}, {"priority": i % 3}) for i in range(10_000)], connection=conn
+        )
+        assert CountingCursor.executed == 1
+        await conn.commit()
+    assert len(ids) == 10_000
 
 
 async def test_transactional_send_exists_only_if_committed(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any, Self
 
 import psycopg
 import pytest
@@ -111,6 +112,25 @@ def test_send_batch_of_ten_thousand(app: Conveyor) -> None:
     stats = app.queue_stats("bulk")
     assert stats.counts[JobState.CREATED] == 10_000
     assert (app.get_job(ids[-1])).data == {"i": 9_999}
+
+
+class CountingCursor(psycopg.Cursor[Any]):
+    executed = 0
+
+    def execute(self, *args: Any, **kwargs: Any) -> Self:
+        CountingCursor.executed += 1
+        return super().execute(*args, **kwargs)
+
+
+def test_send_batch_is_one_statement(app: Conveyor, conveyor_dsn: str) -> None:
+    CountingCursor.executed = 0
+    with psycopg.Connection.connect(conveyor_dsn, cursor_factory=CountingCursor) as conn:
+        ids = app.send_batch(
+            [("bulk", {"i": i}, {"priority": i % 3}) for i in range(10_000)], connection=conn
+        )
+        assert CountingCursor.executed == 1
+        conn.commit()
+    assert len(ids) == 10_000
 
 
 def test_transactional_send_exists_only_if_committed(app: Conveyor, conveyor_dsn: str) -> None:

@@ -6,16 +6,42 @@ suite uses the same fixtures its users get.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
+
+import psycopg
 
 from conveyor._store.migrate import Migrator
+from conveyor.embedded import embedded_postgres
 
-DEFAULT_TEST_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+LOCAL_TEST_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 
 
-def test_dsn() -> str:
-    """``CONVEYOR_TEST_DSN``, else the local server on 127.0.0.1:5432 (database ``test``)."""
-    return os.environ.get("CONVEYOR_TEST_DSN") or DEFAULT_TEST_DSN
+def _answers(dsn: str) -> bool:
+    try:
+        with psycopg.connect(dsn, connect_timeout=3):
+            return True
+    except psycopg.OperationalError:
+        return False
+
+
+@contextlib.contextmanager
+def test_database() -> Iterator[str]:
+    """The DSN of a database for tests, started if need be.
+
+    ``CONVEYOR_TEST_DSN`` if set; else the local server on 127.0.0.1:5432 (database ``test``) if it
+    answers; else an embedded PostgreSQL, shared by every process of the test run (pytest-xdist
+    workers included). ``CONVEYOR_TEST_EMBEDDED=1`` skips straight to the embedded server.
+    """
+    configured = os.environ.get("CONVEYOR_TEST_DSN")
+    if configured:
+        yield configured
+    elif os.environ.get("CONVEYOR_TEST_EMBEDDED") != "1" and _answers(LOCAL_TEST_DSN):
+        yield LOCAL_TEST_DSN
+    else:
+        with embedded_postgres() as dsn:
+            yield dsn
 
 
 class IsolatedSchema:

@@ -1,6 +1,7 @@
 """Pytest fixtures for applications built on Conveyor (registered as the ``conveyor`` plugin).
 
-- ``conveyor_dsn``: the test database (``CONVEYOR_TEST_DSN`` or 127.0.0.1:5432/test).
+- ``conveyor_dsn``: the test database: ``CONVEYOR_TEST_DSN``, else 127.0.0.1:5432/test, else an
+  embedded PostgreSQL.
 - ``conveyor_schema``: a migrated schema of this xdist worker, emptied before each test.
 - ``app``: a :class:`~conveyor.Conveyor` on that schema for sync tests.
 - ``app_async``: the same for ``async def`` tests (its async pool is closed in the test's loop);
@@ -16,13 +17,14 @@ import pytest
 import pytest_asyncio
 
 from conveyor.app import Conveyor
-from conveyor.testing import IsolatedSchema, test_dsn
+from conveyor.testing import IsolatedSchema, test_database
 
 
 @pytest.fixture(scope="session")
-def conveyor_dsn() -> str:
-    """The DSN of the test database."""
-    return test_dsn()
+def conveyor_dsn() -> Iterator[str]:
+    """The DSN of the test database (see :func:`conveyor.testing.test_database`)."""
+    with test_database() as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="session")

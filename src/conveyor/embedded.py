@@ -47,17 +47,25 @@ def _server_module() -> Any:
 
 def _forget_dead_owners(module: Any, pgdata: Path) -> None:
     """Drop pids of processes that died without letting go (SIGKILL), or the server never stops."""
-    import psutil
-
     handles = pgdata / ".handle_pids.json"
     with module.PostgresServer._lock:
         if not handles.exists():
             return
         try:
-            alive = [p for p in json.loads(handles.read_text() or "[]") if psutil.pid_exists(p)]
+            alive = [p for p in json.loads(handles.read_text() or "[]") if _alive(p)]
             handles.write_text(json.dumps(alive))
         except (ValueError, OSError):
             handles.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextlib.contextmanager

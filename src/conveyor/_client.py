@@ -18,11 +18,19 @@ from conveyor._store.migrations import MigrationStatus, pending_sql
 from conveyor._store.store import Conn
 from conveyor._store.stores import Stores
 from conveyor.config import Settings
-from conveyor.errors import ConveyorError, JobNotFound, JobStateError, QueueNotFound
+from conveyor.errors import (
+    ConveyorError,
+    JobNotFound,
+    JobStateError,
+    QueueNotFound,
+    WaitTimeout,
+)
+from conveyor.handlers import Registry
 from conveyor.models import Job, JobState, Queue, QueueStats
 from conveyor.options import (
     check_job_id,
     check_queue_name,
+    check_seconds,
     job_spec,
     list_filters,
     queue_policy,
@@ -39,6 +47,7 @@ class Client:
 
     _settings: Settings
     _stores: Stores
+    _registry: Registry
 
     def send(
         self,
@@ -64,8 +73,14 @@ class Client:
         Every job is validated before anything is written: one bad job refuses the whole batch.
         """
         settings = self._settings
+        registry = self._registry
         specs = [
-            job_spec(item[0], item[1], item[2] if len(item) > 2 else {}, settings.max_payload_bytes)
+            job_spec(
+                item[0],
+                item[1],
+                {**registry.defaults_for(item[0]), **(item[2] if len(item) > 2 else {})},
+                settings.max_payload_bytes,
+            )
             for item in jobs
         ]
         if not specs:
@@ -130,13 +145,41 @@ class Client:
         Raises :class:`JobStateError` for a running or completed job.
         """
         store = self._stores.store()
-        job = store.job_retry(check_job_id(job_id), self._settings.clock(), connection)
+        job = store.job_retry(check_job_id(job_id), self._settings.clock(), False, connection)
         if job is not None:
             return job
         job = self.get_job(job_id, connection=connection)
         raise JobStateError(
             f"job {job_id} is {job.state}: only queued, failed or cancelled jobs can be retried"
         )
+
+    def retry_dead(self, job_id: UUID | str, *, connection: Conn | None = None) -> Job:
+        """Take a job out of the dead letters and queue it again with a fresh attempt count
+        (its error history kept). Raises :class:`JobStateError` if the job is not failed."""
+        store = self._stores.store()
+        job = store.job_retry(check_job_id(job_id), self._settings.clock(), True, connection)
+        if job is not None:
+            return job
+        job = self.get_job(job_id, connection=connection)
+        raise JobStateError(f"job {job_id} is {job.state}, not in the dead letters")
+
+    def retry_dead_all(self, queue: str, *, connection: Conn | None = None) -> int:
+        """Queue every dead letter of ``queue`` again, each with a fresh attempt count; how many."""
+        check_queue_name(queue)
+        store = self._stores.store()
+        return store.job_retry_dead_all(queue, self._settings.clock(), connection)
+
+    def wait_for(self, job_id: UUID | str, timeout: float = 60.0) -> Job:
+        """Wait until the job is completed, failed or cancelled and return it (``.result``,
+        ``.error``). Woken by NOTIFY, not by polling; raises :class:`WaitTimeout` after
+        ``timeout`` seconds (the job itself goes on)."""
+        check_seconds("timeout", timeout, allow_zero=True)
+        job = self._stores.store().job_wait(check_job_id(job_id), timeout)
+        if job is None:
+            raise JobNotFound(f"no job with id {job_id}")
+        if not job.state.is_terminal:
+            raise WaitTimeout(f"job {job_id} is still {job.state} after {timeout:g}s")
+        return job
 
     def create_queue(self, name: str, **policy: Any) -> Queue:
         """Create a queue with a policy and defaults, or set them on an existing queue.

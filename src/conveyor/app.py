@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Callable, Coroutine, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from conveyor._client import Client
 from conveyor._client_async import AsyncClient
 from conveyor._store.stores import Stores
+from conveyor.backoff import RetryPolicy
 from conveyor.clock import Clock, database_clock
 from conveyor.config import DEFAULT_PAYLOAD_LIMIT, DEFAULT_SCHEMA, Settings
-from conveyor.errors import UnknownOption
-from conveyor.options import DEFAULTABLE, check_defaultable, check_int, check_schema_name
+from conveyor.errors import ConfigurationError, UnknownOption
+from conveyor.events import Events, Listener
+from conveyor.handlers import HandlerFunc, Registry
+from conveyor.maintenance import Recovery
+from conveyor.options import (
+    DEFAULTABLE,
+    QUEUE_OPTIONS,
+    check_defaultable,
+    check_int,
+    check_schema_name,
+    check_seconds,
+)
+from conveyor.worker import signals
+from conveyor.worker.runner import Worker, WorkerOptions
+
+F = TypeVar("F", bound=HandlerFunc)
 
 
 class Conveyor(Client, AsyncClient):
@@ -44,6 +62,8 @@ class Conveyor(Client, AsyncClient):
             clock=clock,
         )
         self._stores = Stores(self._settings)
+        self._registry = Registry()
+        self._events = Events()
 
     @property
     def schema(self) -> str:
@@ -54,6 +74,165 @@ class Conveyor(Client, AsyncClient):
     def settings(self) -> Settings:
         """The app's configuration."""
         return self._settings
+
+    # -- handlers and events ---------------------------------------------------------------
+
+    def job(
+        self,
+        queue: str,
+        func: HandlerFunc | None = None,
+        *,
+        retry_policy: RetryPolicy | None = None,
+        **defaults: Any,
+    ) -> Callable[[F], F]:
+        """Register the handler of ``queue``: ``@app.job("email.send", retry_limit=5)``, or
+        ``app.job("email.send", send_email)`` as a plain call.
+
+        The handler takes a :class:`~conveyor.Job` and may be ``def`` or ``async def``; its return
+        value (JSON) becomes the job's result. ``defaults`` are job options applied to every job
+        this app sends to the queue, and written as the queue's defaults when a worker starts,
+        so jobs sent from SQL get them too. ``retry_policy(attempt, error)`` may return the
+        seconds before the next attempt, or None to fail at once.
+        """
+
+        def register(handler: F) -> F:
+            self._registry.register(queue, handler, retry_policy=retry_policy, **defaults)
+            return handler
+
+        if func is not None:
+            register(func)
+        return register
+
+    def on(self, event: str) -> Callable[[Listener], Listener]:
+        """Subscribe to a lifecycle event: ``job.started``, ``job.completed``, ``job.failed``,
+        ``job.retried``, ``job.snoozed``, ``job.dead``, ``worker.error``."""
+        return self._events.on(event)
+
+    # -- workers -----------------------------------------------------------------------------
+
+    async def run_worker_async(
+        self,
+        queues: Sequence[str] | None = None,
+        concurrency: int = 10,
+        *,
+        prefetch: int | None = None,
+        shutdown_timeout: float = 30.0,
+        poll_interval: float = 2.0,
+        heartbeat_interval: float = 5.0,
+        stale_after: float = 30.0,
+        recover_interval: float = 5.0,
+        stop: asyncio.Event | None = None,
+        install_signal_handlers: bool = False,
+        burst: bool = False,
+    ) -> int:
+        """Run a worker in the current event loop until ``stop`` is set (or, with ``burst``,
+        until no job is due); return how many attempts it ran.
+
+        ``queues`` defaults to every queue with a handler. ``concurrency`` attempts run at once;
+        up to ``prefetch`` more jobs (default: as many as ``concurrency``) are claimed ahead into a
+        local queue, so fetches come in batches; set 0 for long jobs that should stay available
+        to other workers until a slot is free.
+        On stop, fetching ends and in-flight jobs get ``shutdown_timeout`` seconds to finish; the
+        rest are handed back without spending an attempt. Jobs of a worker whose heartbeat is
+        older than ``stale_after`` seconds are recovered by the leader within about
+        ``stale_after + recover_interval`` seconds. With ``install_signal_handlers``, SIGTERM
+        and SIGINT stop the worker gracefully and a second signal stops it at once.
+        """
+        served = tuple(queues) if queues is not None else tuple(self._registry.queues())
+        options = WorkerOptions(
+            queues=served,
+            concurrency=check_int("concurrency", concurrency, 1, 10_000),
+            prefetch=concurrency
+            if prefetch is None
+            else check_int("prefetch", prefetch, 0, 10_000),
+            shutdown_timeout=check_seconds("shutdown_timeout", shutdown_timeout, allow_zero=True),
+            poll_interval=check_seconds("poll_interval", poll_interval, allow_zero=False),
+            heartbeat_interval=check_seconds(
+                "heartbeat_interval", heartbeat_interval, allow_zero=False
+            ),
+            stale_after=check_seconds("stale_after", stale_after, allow_zero=False),
+            burst=burst,
+            listen=not burst,
+            max_payload_bytes=self._settings.max_payload_bytes,
+        )
+        for queue in served:
+            policy = {
+                k: v for k, v in self._registry.defaults_for(queue).items() if k in QUEUE_OPTIONS
+            }
+            if policy:
+                await self.create_queue_async(queue, **policy)
+        services = [] if burst else [Recovery(stale_after=stale_after, interval=recover_interval)]
+        worker = Worker(
+            dsn=self._stores.dsn,
+            schema=self.schema,
+            registry=self._registry,
+            events=self._events,
+            services=services,
+            options=options,
+            clock=self._settings.clock,
+        )
+        async with contextlib.AsyncExitStack() as stack:
+            if install_signal_handlers:
+                stack.enter_context(signals.graceful(worker.stop, worker.stop_now))
+            if stop is not None:
+                watcher = asyncio.create_task(_stop_when(stop, worker.stop))
+                stack.callback(watcher.cancel)
+            return await worker.run()
+
+    def run_worker(
+        self,
+        queues: Sequence[str] | None = None,
+        concurrency: int = 10,
+        *,
+        prefetch: int | None = None,
+        shutdown_timeout: float = 30.0,
+        poll_interval: float = 2.0,
+        heartbeat_interval: float = 5.0,
+        stale_after: float = 30.0,
+        recover_interval: float = 5.0,
+        install_signal_handlers: bool = True,
+        burst: bool = False,
+    ) -> int:
+        """Run a worker until SIGTERM/SIGINT (blocking); see :meth:`run_worker_async`.
+
+        The worker is asyncio inside: this starts an event loop, so call it from plain code,
+        not from a running loop (there, await :meth:`run_worker_async`).
+        """
+        return _run(
+            self.run_worker_async(
+                queues,
+                concurrency,
+                prefetch=prefetch,
+                shutdown_timeout=shutdown_timeout,
+                poll_interval=poll_interval,
+                heartbeat_interval=heartbeat_interval,
+                stale_after=stale_after,
+                recover_interval=recover_interval,
+                install_signal_handlers=install_signal_handlers,
+                burst=burst,
+            )
+        )
+
+    async def drain_async(
+        self,
+        queues: Sequence[str] | None = None,
+        concurrency: int = 1,
+        *,
+        prefetch: int | None = None,
+    ) -> int:
+        """Run every job that is due now (and retries that fall due meanwhile), then return how
+        many attempts ran; for tests. Jobs scheduled later stay queued: move the app's clock."""
+        return await self.run_worker_async(queues, concurrency, prefetch=prefetch, burst=True)
+
+    def drain(
+        self,
+        queues: Sequence[str] | None = None,
+        concurrency: int = 1,
+        *,
+        prefetch: int | None = None,
+    ) -> int:
+        """Run every job that is due now, inline, then return; see :meth:`drain_async`."""
+        return _run(self.drain_async(queues, concurrency, prefetch=prefetch))
 
     def __repr__(self) -> str:
         return f"Conveyor(schema={self.schema!r})"
@@ -73,6 +252,23 @@ class Conveyor(Client, AsyncClient):
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close_async()
+
+
+async def _stop_when(event: asyncio.Event, stop: Callable[[], None]) -> None:
+    await event.wait()
+    stop()
+
+
+def _run(coro: Coroutine[Any, Any, int]) -> int:
+    """Run a coroutine in a new event loop, refusing politely inside a running one."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    coro.close()
+    raise ConfigurationError(
+        "an event loop is already running here: await the *_async method instead"
+    )
 
 
 def _known_defaults(defaults: dict[str, Any]) -> dict[str, Any]:

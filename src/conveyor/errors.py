@@ -67,6 +67,10 @@ class DuplicateJob(JobStateError):
     """The action would create a second queued job with the same ``unique_key``."""
 
 
+class WaitTimeout(ConveyorError, TimeoutError):
+    """``wait_for`` gave up: the job did not finish in time (it goes on; nothing is cancelled)."""
+
+
 class MigrationError(ConveyorError):
     """The database schema cannot be brought to, or is not at, the version this code needs."""
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
+
+from conveyor.errors import InvalidOption, JobStateError
 
 
 class JobState(StrEnum):
@@ -36,6 +41,8 @@ class JobState(StrEnum):
 
 
 TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.CANCELLED, JobState.FAILED})
+# The cancellation signal of a Job that is not running: nothing will ever set it.
+_NEVER_SET = threading.Event()
 
 
 class QueuePolicy(StrEnum):
@@ -47,9 +54,31 @@ class QueuePolicy(StrEnum):
     STATELY = "stately"  # one queued and one running
 
 
+class JobRuntime(Protocol):
+    """What a running attempt offers its handler; provided by the worker."""
+
+    @property
+    def logger(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger that tags each record with the job's id, queue and attempt."""
+        ...
+
+    @property
+    def cancelled(self) -> threading.Event:
+        """Set when the job was cancelled or ran past ``expire_in``, or the worker is stopping."""
+        ...
+
+    def report_progress(self, percent: float, message: str | None) -> None:
+        """Record progress; the worker writes it to the database in its next batch."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
-    """One job as stored: its payload, options, progress and outcome."""
+    """One job as stored: its payload, options, progress and outcome.
+
+    A handler receives a Job bound to its running attempt: ``report_progress``, ``logger`` and
+    ``cancelled`` work there; on a Job read with ``get_job`` they refuse or do nothing.
+    """
 
     id: UUID
     queue: str
@@ -77,6 +106,7 @@ class Job:
     group_key: str | None = None
     depends_on: list[UUID] = field(default_factory=list)
     worker_id: UUID | None = None
+    _runtime: JobRuntime | None = field(default=None, compare=False, repr=False)
 
     @property
     def max_attempts(self) -> int:
@@ -87,6 +117,45 @@ class Job:
     def error(self) -> dict[str, Any] | None:
         """The error of the latest failed attempt, or None."""
         return self.errors[-1] if self.errors else None
+
+    def bind(self, runtime: JobRuntime) -> Job:
+        """This job, bound to a running attempt (used by the worker)."""
+        return dataclasses.replace(self, _runtime=runtime)
+
+    def report_progress(self, percent: float, message: str | None = None) -> None:
+        """Record how far the handler got (0-100) with an optional message; callable from sync
+        and async handlers alike. It is stored in batches and shown by ``get_job().progress``.
+        """
+        if self._runtime is None:
+            raise JobStateError("report_progress works only inside a running handler")
+        if isinstance(percent, bool) or not isinstance(percent, int | float):
+            raise InvalidOption("percent must be a number from 0 to 100")
+        if not 0 <= percent <= 100:
+            raise InvalidOption("percent must be a number from 0 to 100")
+        if message is not None and not isinstance(message, str):
+            raise InvalidOption("message must be a string")
+        self._runtime.report_progress(float(percent), message)
+
+    @property
+    def logger(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger tagged with this job's id, queue and attempt."""
+        if self._runtime is not None:
+            return self._runtime.logger
+        extra = {"job_id": str(self.id), "queue": self.queue, "attempt": self.attempt}
+        return logging.LoggerAdapter(logging.getLogger("conveyor.job"), extra)
+
+    @property
+    def cancelled(self) -> threading.Event:
+        """Set when the handler should stop: the job was cancelled, ran past ``expire_in``, or
+        the worker is shutting down. Sync handlers poll it; async handlers are also cancelled.
+        """
+        if self._runtime is not None:
+            return self._runtime.cancelled
+        return _NEVER_SET
+
+    def is_cancelled(self) -> bool:
+        """Shorthand for ``job.cancelled.is_set()``."""
+        return self.cancelled.is_set()
 
 
 @dataclass(frozen=True, slots=True)

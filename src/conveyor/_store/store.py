@@ -9,13 +9,14 @@ connection: one round trip, committed on return.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from psycopg import Connection, Error
+from psycopg import Connection, Error, sql
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
@@ -36,6 +37,8 @@ class Store:
         self.schema = schema
         self.channel = f"conveyor:{schema}"
         self.cancel_channel = f"conveyor:{schema}:cancel"
+        self.done_channel = f"conveyor:{schema}:done"
+        self._dsn = dsn
         self._queries = queries(schema)
         self._pool = ConnectionPool(
             dsn,
@@ -122,15 +125,48 @@ class Store:
         self, job_id: UUID, now: datetime | None, conn: Conn | None = None
     ) -> Job | None:
         """Cancel a queued or running job; None if no live job has this id."""
-        params = {"id": job_id, "now": now, "cancel_channel": self.cancel_channel}
+        params = {
+            "id": job_id,
+            "now": now,
+            "cancel_channel": self.cancel_channel,
+            "done_channel": self.done_channel,
+        }
         found = self._rows("job_cancel", params, conn)
         return rows.job(found[0]) if found else None
 
-    def job_retry(self, job_id: UUID, now: datetime | None, conn: Conn | None = None) -> Job | None:
-        """Make a queued, failed or cancelled job runnable now; None if it is none of those."""
-        params = {"id": job_id, "now": now, "channel": self.channel}
+    def job_retry(
+        self,
+        job_id: UUID,
+        now: datetime | None,
+        dead_only: bool = False,
+        conn: Conn | None = None,
+    ) -> Job | None:
+        """Make a queued, failed or cancelled job (with ``dead_only``: a failed job) runnable
+        now; None if it is none of those."""
+        params = {"id": job_id, "now": now, "channel": self.channel, "dead_only": dead_only}
         found = self._rows("job_retry", params, conn)
         return rows.job(found[0]) if found else None
+
+    def job_retry_dead_all(self, queue: str, now: datetime | None, conn: Conn | None = None) -> int:
+        """Queue every dead letter of ``queue`` again; how many."""
+        params = {"queue": queue, "now": now, "channel": self.channel}
+        found = self._rows("job_retry_dead_all", params, conn)
+        return int(found[0]["count"])
+
+    def job_wait(self, job_id: UUID, timeout: float) -> Job | None:
+        """The job once it is finished, or as it stands when ``timeout`` runs out (None if no
+        such job). Woken by the NOTIFY that finishing sends, on a connection of its own."""
+        deadline = time.monotonic() + timeout
+        with Connection.connect(self._dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.done_channel)))
+            while True:
+                job = self.job_get(job_id, conn)
+                remaining = deadline - time.monotonic()
+                if job is None or job.state.is_terminal or remaining <= 0:
+                    return job
+                for note in conn.notifies(timeout=remaining):
+                    if str(job_id) in note.payload.split(","):
+                        break
 
     def queue_upsert(
         self, name: str, policy: dict[str, Any], create: bool, conn: Conn | None = None

@@ -7,13 +7,14 @@ connection: one round trip, committed on return.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from psycopg import AsyncConnection, Error
+from psycopg import AsyncConnection, Error, sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -34,6 +35,8 @@ class AsyncStore:
         self.schema = schema
         self.channel = f"conveyor:{schema}"
         self.cancel_channel = f"conveyor:{schema}:cancel"
+        self.done_channel = f"conveyor:{schema}:done"
+        self._dsn = dsn
         self._queries = queries(schema)
         self._pool = AsyncConnectionPool(
             dsn,
@@ -122,17 +125,50 @@ class AsyncStore:
         self, job_id: UUID, now: datetime | None, conn: AsyncConn | None = None
     ) -> Job | None:
         """Cancel a queued or running job; None if no live job has this id."""
-        params = {"id": job_id, "now": now, "cancel_channel": self.cancel_channel}
+        params = {
+            "id": job_id,
+            "now": now,
+            "cancel_channel": self.cancel_channel,
+            "done_channel": self.done_channel,
+        }
         found = await self._rows("job_cancel", params, conn)
         return rows.job(found[0]) if found else None
 
     async def job_retry(
-        self, job_id: UUID, now: datetime | None, conn: AsyncConn | None = None
+        self,
+        job_id: UUID,
+        now: datetime | None,
+        dead_only: bool = False,
+        conn: AsyncConn | None = None,
     ) -> Job | None:
-        """Make a queued, failed or cancelled job runnable now; None if it is none of those."""
-        params = {"id": job_id, "now": now, "channel": self.channel}
+        """Make a queued, failed or cancelled job (with ``dead_only``: a failed job) runnable
+        now; None if it is none of those."""
+        params = {"id": job_id, "now": now, "channel": self.channel, "dead_only": dead_only}
         found = await self._rows("job_retry", params, conn)
         return rows.job(found[0]) if found else None
+
+    async def job_retry_dead_all(
+        self, queue: str, now: datetime | None, conn: AsyncConn | None = None
+    ) -> int:
+        """Queue every dead letter of ``queue`` again; how many."""
+        params = {"queue": queue, "now": now, "channel": self.channel}
+        found = await self._rows("job_retry_dead_all", params, conn)
+        return int(found[0]["count"])
+
+    async def job_wait(self, job_id: UUID, timeout: float) -> Job | None:
+        """The job once it is finished, or as it stands when ``timeout`` runs out (None if no
+        such job). Woken by the NOTIFY that finishing sends, on a connection of its own."""
+        deadline = time.monotonic() + timeout
+        async with await AsyncConnection.connect(self._dsn, autocommit=True) as conn:
+            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.done_channel)))
+            while True:
+                job = await self.job_get(job_id, conn)
+                remaining = deadline - time.monotonic()
+                if job is None or job.state.is_terminal or remaining <= 0:
+                    return job
+                async for note in conn.notifies(timeout=remaining):
+                    if str(job_id) in note.payload.split(","):
+                        break
 
     async def queue_upsert(
         self, name: str, policy: dict[str, Any], create: bool, conn: AsyncConn | None = None

@@ -71,8 +71,10 @@ CREATE TABLE {schema}.job (
 -- Fetch: runnable jobs of a queue, highest priority first, then oldest run_at.
 CREATE INDEX job_fetch_idx ON {schema}.job (queue, priority DESC, run_at, id)
     WHERE state IN ('created', 'retry');
--- Rescue: the jobs a (possibly dead) worker holds.
-CREATE INDEX job_worker_idx ON {schema}.job (worker_id) WHERE state = 'active';
+-- Recovery and expiry: the running jobs, oldest first. (Not keyed by worker: acks find their rows
+-- by primary key, and an index on worker_id would lure the planner into scanning every row a
+-- worker holds for each acknowledged one.)
+CREATE INDEX job_active_idx ON {schema}.job (started_at) WHERE state = 'active';
 -- unique_key: at most one queued or running job per key and queue (everything in this table is).
 CREATE UNIQUE INDEX job_unique_key_idx ON {schema}.job (queue, unique_key)
     WHERE unique_key IS NOT NULL;
@@ -319,6 +321,142 @@ BEGIN
     LEFT JOIN ins x ON x.id = r.id
     LEFT JOIN replaced y ON y.ord = r.ord
     ORDER BY r.ord;
+END
+$fn$;
+
+-- Acknowledge attempts, set-based: the one place where a running job changes state. Every row is
+-- guarded by (id, worker, attempt, state = 'active'), so an attempt that lost its job (rescued,
+-- expired, cancelled) matches nothing and changes nothing. Outcomes:
+--   completed  to the history, with its result
+--   failed     to the history, error appended; a copy of the job goes to its dead_letter queue
+--   retry      queued again after p_delay seconds, error appended (the attempt is spent)
+--   snooze     queued again after p_delay seconds, the attempt given back (Retry(after=...))
+--   release    queued again now, the attempt given back (a worker shutting down hands it back)
+-- Returns the rows that changed, with their new state.
+CREATE FUNCTION {schema}.ack_jobs(
+    p_id uuid[], p_worker uuid[], p_attempt integer[], p_outcome text[], p_result jsonb[],
+    p_error jsonb[], p_delay double precision[], p_now timestamptz
+) RETURNS TABLE (id uuid, queue text, state text)
+LANGUAGE plpgsql SET jit = off SET plan_cache_mode = force_generic_plan AS $fn$
+#variable_conflict use_column
+DECLARE
+    t_now timestamptz := coalesce(p_now, now());
+    v_id uuid[];
+    v_queue text[];
+    v_state text[];
+    v_due text[];
+    dl_queue text[];
+    dl_data jsonb[];
+BEGIN
+    WITH a AS (
+        SELECT *
+        FROM unnest(p_id, p_worker, p_attempt, p_outcome, p_result, p_error, p_delay)
+             AS a(id, worker, attempt, outcome, result, error, delay)
+    ),
+    finished AS (
+        DELETE FROM {schema}.job j
+        USING a
+        WHERE j.id = a.id AND j.worker_id = a.worker AND j.attempt = a.attempt
+          AND j.state = 'active' AND a.outcome IN ('completed', 'failed')
+        RETURNING j.*, a.outcome, a.result AS new_result, a.error AS new_error
+    ),
+    archived AS (
+        INSERT INTO {schema}.job_history
+        SELECT f.id, f.queue, f.outcome, f.data, f.priority, f.run_at, f.attempt, f.retry_limit,
+               f.retry_delay, f.retry_backoff, f.retry_delay_max, f.expire_in, f.retention,
+               f.singleton_key, f.singleton_seconds, f.unique_key, f.dead_letter, f.group_key,
+               f.depends_on, f.worker_id, f.created_at, f.started_at, t_now, f.new_result,
+               CASE WHEN f.new_error IS NULL THEN f.errors ELSE f.errors || f.new_error END,
+               f.progress
+        FROM finished f
+        RETURNING {schema}.job_history.id, {schema}.job_history.queue,
+                  {schema}.job_history.state, {schema}.job_history.dead_letter,
+                  {schema}.job_history.data
+    ),
+    requeued AS (
+        UPDATE {schema}.job j
+        SET state = CASE WHEN a.outcome = 'retry' THEN 'retry' ELSE 'created' END,
+            attempt = CASE WHEN a.outcome = 'retry' THEN j.attempt ELSE j.attempt - 1 END,
+            run_at = t_now + make_interval(secs => coalesce(a.delay, 0)),
+            worker_id = NULL,
+            errors = CASE WHEN a.error IS NULL THEN j.errors ELSE j.errors || a.error END
+        FROM a
+        WHERE j.id = a.id AND j.worker_id = a.worker AND j.attempt = a.attempt
+          AND j.state = 'active' AND a.outcome IN ('retry', 'snooze', 'release')
+        RETURNING j.id, j.queue, j.state, coalesce(a.delay, 0) <= 0 AS due
+    ),
+    changed AS (
+        SELECT x.id, x.queue, x.state, x.dead_letter, x.data, false AS due FROM archived x
+        UNION ALL
+        SELECT y.id, y.queue, y.state, NULL, NULL, y.due FROM requeued y
+    )
+    SELECT array_agg(c.id), array_agg(c.queue), array_agg(c.state),
+           array_agg(DISTINCT c.queue) FILTER (WHERE c.due),
+           array_agg(c.dead_letter) FILTER (WHERE c.state = 'failed' AND c.dead_letter IS NOT NULL),
+           array_agg(c.data) FILTER (WHERE c.state = 'failed' AND c.dead_letter IS NOT NULL)
+    INTO v_id, v_queue, v_state, v_due, dl_queue, dl_data
+    FROM changed c;
+
+    IF v_id IS NULL THEN
+        RETURN;
+    END IF;
+    IF dl_queue IS NOT NULL THEN
+        PERFORM {schema}.insert_jobs(
+            ARRAY(SELECT gen_random_uuid() FROM generate_series(1, cardinality(dl_queue))),
+            dl_queue, dl_data, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+            NULL, NULL, NULL, NULL, NULL, '{}', p_now);
+    END IF;
+    -- Wake workers for jobs queued again now, and producers waiting for outcomes (wait_for):
+    -- finished ids go out 200 to a notification, well under NOTIFY's 8000-byte payload limit.
+    PERFORM pg_notify('conveyor:' || {schema_literal}, q) FROM unnest(v_due) AS q;
+    PERFORM pg_notify('conveyor:' || {schema_literal} || ':done', string_agg(d.id::text, ','))
+    FROM (SELECT u.id, (row_number() OVER () - 1) / 200 AS chunk
+          FROM unnest(v_id, v_state) AS u(id, state)
+          WHERE u.state IN ('completed', 'failed')) d
+    GROUP BY d.chunk;
+    RETURN QUERY SELECT * FROM unnest(v_id, v_queue, v_state);
+END
+$fn$;
+
+-- Recover jobs whose attempt can no longer finish: held by a worker whose heartbeat is older
+-- than p_stale_before (or whose row is gone), or running p_grace seconds past their expire_in.
+-- The attempt counts as failed: the job is retried at once while attempts remain, else failed.
+-- Stale worker rows are deleted first, so a worker that comes back must register again.
+CREATE FUNCTION {schema}.recover_jobs(
+    p_stale_before timestamptz, p_grace double precision, p_now timestamptz
+) RETURNS TABLE (id uuid, queue text, state text)
+LANGUAGE plpgsql SET jit = off AS $fn$
+#variable_conflict use_column
+DECLARE
+    t_now timestamptz := coalesce(p_now, now());
+    v_id uuid[];
+    v_worker uuid[];
+    v_attempt integer[];
+    v_outcome text[];
+    v_error jsonb[];
+BEGIN
+    DELETE FROM {schema}.worker w WHERE w.heartbeat_at < p_stale_before;
+    SELECT array_agg(j.id), array_agg(j.worker_id), array_agg(j.attempt),
+           array_agg(CASE WHEN j.attempt <= j.retry_limit THEN 'retry' ELSE 'failed' END),
+           array_agg(jsonb_build_object(
+               'attempt', j.attempt,
+               'type', CASE WHEN w.id IS NULL THEN 'WorkerLost' ELSE 'Expired' END,
+               'message', CASE WHEN w.id IS NULL
+                               THEN 'the worker running this attempt stopped sending heartbeats'
+                               ELSE 'the attempt ran past expire_in and its worker did not stop it'
+                          END,
+               'traceback', NULL, 'worker', j.worker_id, 'at', t_now))
+    INTO v_id, v_worker, v_attempt, v_outcome, v_error
+    FROM {schema}.job j
+    LEFT JOIN {schema}.worker w ON w.id = j.worker_id
+    WHERE j.state = 'active'
+      AND (w.id IS NULL
+           OR j.started_at + make_interval(secs => j.expire_in + p_grace) < t_now);
+    IF v_id IS NULL THEN
+        RETURN;
+    END IF;
+    RETURN QUERY SELECT * FROM {schema}.ack_jobs(
+        v_id, v_worker, v_attempt, v_outcome, NULL, v_error, NULL, p_now);
 END
 $fn$;
 

@@ -50,22 +50,27 @@ WITH moved AS (
     RETURNING *
 ), told AS (
     SELECT pg_notify(%(cancel_channel)s::text, m.id::text) FROM moved m WHERE m.state = 'active'
+    UNION ALL
+    SELECT pg_notify(%(done_channel)s::text, m.id::text) FROM moved m
 )
-SELECT a.* FROM archived a LEFT JOIN told ON true;
+SELECT a.* FROM archived a LEFT JOIN (SELECT count(*) FROM told) t ON true;
 
 -- Make a job runnable now: a queued job is brought forward; a failed or cancelled one comes back
--- from the history with a fresh attempt count and its error history kept.
+-- from the history with a fresh attempt count and its error history kept. With dead_only, only a
+-- failed job (a dead letter) qualifies.
 -- name: job_retry :one
 WITH t AS (
     SELECT coalesce(%(now)s::timestamptz, now()) AS now
 ), queued AS (
     UPDATE {schema}.job j SET run_at = t.now
     FROM t
-    WHERE j.id = %(id)s AND j.state IN ('created', 'retry')
+    WHERE j.id = %(id)s AND j.state IN ('created', 'retry') AND NOT %(dead_only)s::boolean
     RETURNING j.*
 ), revived AS (
     DELETE FROM {schema}.job_history
-    WHERE id = %(id)s AND state IN ('failed', 'cancelled')
+    WHERE id = %(id)s
+      AND state = ANY (CASE WHEN %(dead_only)s::boolean THEN ARRAY['failed']
+                            ELSE ARRAY['failed', 'cancelled'] END)
     RETURNING *
 ), requeued AS (
     INSERT INTO {schema}.job
@@ -80,3 +85,18 @@ WITH t AS (
     FROM (SELECT queue FROM queued UNION SELECT queue FROM requeued) x
 )
 SELECT q.* FROM (SELECT * FROM queued UNION ALL SELECT * FROM requeued) q LEFT JOIN woken ON true;
+
+-- Queue every dead letter of a queue again, with a fresh attempt count; how many.
+-- name: job_retry_dead_all :scalar
+WITH revived AS (
+    DELETE FROM {schema}.job_history WHERE queue = %(queue)s AND state = 'failed' RETURNING *
+), requeued AS (
+    INSERT INTO {schema}.job
+    SELECT r.id, r.queue, 'created', r.data, r.priority, coalesce(%(now)s::timestamptz, now()),
+           0, r.retry_limit, r.retry_delay, r.retry_backoff, r.retry_delay_max, r.expire_in,
+           r.retention, r.singleton_key, r.singleton_seconds, r.unique_key, r.dead_letter,
+           r.group_key, r.depends_on, NULL, r.created_at, NULL, NULL, NULL, r.errors, NULL
+    FROM revived r
+    RETURNING queue
+)
+SELECT count(*) FROM (SELECT pg_notify(%(channel)s::text, x.queue) FROM requeued x) n;

@@ -1,0 +1,75 @@
+"""The dedicated LISTEN connection of a worker: wake-ups and cancellations, with reconnects.
+
+LISTEN cannot share a pooled connection (the pool would hand the subscription to someone else),
+and behind PgBouncer in transaction mode it needs a direct connection; so it has its own. When the
+connection drops, it reconnects with a growing, jittered delay, LISTENs again and reports the
+reconnect, since notifications sent meanwhile are lost and the caller should look for work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable, Sequence
+
+import psycopg
+from psycopg import sql
+
+log = logging.getLogger("conveyor.listen")
+
+
+class Listener:
+    """Listens on some channels and passes each notification to ``on_notify(channel, payload)``."""
+
+    def __init__(
+        self,
+        dsn: str,
+        channels: Sequence[str],
+        on_notify: Callable[[str, str], None],
+        on_connect: Callable[[], None],
+        *,
+        max_backoff: float = 10.0,
+        probe_every: float = 1.0,
+    ) -> None:
+        self._dsn = dsn
+        self._channels = list(channels)
+        self._on_notify = on_notify
+        self._on_connect = on_connect
+        self._max_backoff = max_backoff
+        self._probe_every = probe_every
+        self.connected = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Listen until ``stop`` is set, reconnecting whenever the connection is lost."""
+        failures = 0
+        while not stop.is_set():
+            try:
+                await self._listen(stop)
+                failures = 0
+            except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
+                self.connected.clear()
+                failures += 1
+                delay = min(self._max_backoff, 0.1 * 2**failures) * (0.5 + random.random() / 2)
+                log.warning("LISTEN connection lost (%s); reconnecting in %.1fs", exc, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+
+    async def _listen(self, stop: asyncio.Event) -> None:
+        conn = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
+        try:
+            for channel in self._channels:
+                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+            self.connected.set()
+            self._on_connect()
+            while not stop.is_set():
+                async for note in conn.notifies(timeout=self._probe_every):
+                    self._on_notify(note.channel, note.payload)
+                    if stop.is_set():
+                        break
+                # After a quiet spell, make sure the connection is still alive.
+                await conn.execute("SELECT 1")
+        finally:
+            self.connected.clear()
+            await conn.close()

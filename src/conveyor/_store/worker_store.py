@@ -1,0 +1,122 @@
+"""The worker's queries: fetch, acknowledge, progress, heartbeats, the leader lease, recovery.
+
+Async only, like the worker itself; it shares the named-query machinery of :class:`AsyncStore`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from conveyor._store import rows
+from conveyor._store.store_async import AsyncStore
+from conveyor.models import Job
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The outcome of one attempt, to be written in the next batch.
+
+    ``outcome`` is one of completed, failed, retry, snooze, release; ``result`` and ``error`` are
+    JSON text; ``delay`` is seconds before the job may run again (retry, snooze).
+    """
+
+    job_id: UUID
+    attempt: int
+    outcome: str
+    result: str | None = None
+    error: str | None = None
+    delay: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Changed:
+    """A job whose state an acknowledgement or a recovery changed."""
+
+    id: UUID
+    queue: str
+    state: str
+
+
+class WorkerStore(AsyncStore):
+    """Named queries of the worker, on a pool sized for one worker process."""
+
+    async def job_fetch(
+        self, queues: Sequence[str], worker: UUID, limit: int, now: datetime | None
+    ) -> list[Job]:
+        """Claim up to ``limit`` runnable jobs: each comes back active, its attempt counted."""
+        params = {"queues": list(queues), "worker": worker, "limit": limit, "now": now}
+        return [rows.job(r) for r in await self._rows("job_fetch", params, None)]
+
+    async def job_ack_many(
+        self, worker: UUID, acks: Sequence[Ack], now: datetime | None
+    ) -> list[Changed]:
+        """Write outcomes, guarded by worker and attempt; return the jobs that changed."""
+        params = {
+            "id": [a.job_id for a in acks],
+            "worker": [worker] * len(acks),
+            "attempt": [a.attempt for a in acks],
+            "outcome": [a.outcome for a in acks],
+            "result": [a.result for a in acks],
+            "error": [a.error for a in acks],
+            "delay": [a.delay for a in acks],
+            "now": now,
+        }
+        found = await self._rows("job_ack_many", params, None)
+        return [Changed(r["id"], r["queue"], r["state"]) for r in found]
+
+    async def job_progress_many(
+        self, worker: UUID, progress: dict[tuple[UUID, int], dict[str, Any]]
+    ) -> None:
+        """Store the latest progress of running attempts."""
+        keys = list(progress)
+        params = {
+            "id": [k[0] for k in keys],
+            "attempt": [k[1] for k in keys],
+            "progress": [json.dumps(progress[k]) for k in keys],
+            "worker": worker,
+        }
+        await self._rows("job_progress_many", params, None)
+
+    async def worker_register(
+        self, worker: UUID, hostname: str, pid: int, queues: Sequence[str], concurrency: int
+    ) -> None:
+        """Create (or refresh) this worker's heartbeat row."""
+        params = {
+            "id": worker,
+            "hostname": hostname,
+            "pid": pid,
+            "queues": list(queues),
+            "concurrency": concurrency,
+            "metadata": "{}",
+        }
+        await self._rows("worker_register", params, None)
+
+    async def worker_heartbeat(self, worker: UUID) -> bool:
+        """Refresh the heartbeat; False if the row was removed as stale."""
+        return bool((await self._rows("worker_heartbeat", {"id": worker}, None))[0]["exists"])
+
+    async def worker_deregister(self, worker: UUID) -> None:
+        """Remove this worker's row (clean shutdown)."""
+        await self._rows("worker_deregister", {"id": worker}, None)
+
+    async def leader_acquire(self, role: str, holder: UUID, ttl: float) -> bool:
+        """Take or renew the lease of ``role`` for ``ttl`` seconds; True if held."""
+        params = {"role": role, "holder": holder, "ttl": ttl}
+        return bool((await self._rows("leader_acquire", params, None))[0]["exists"])
+
+    async def leader_release(self, role: str, holder: UUID) -> None:
+        """Give the lease of ``role`` up, if this holder has it."""
+        await self._rows("leader_release", {"role": role, "holder": holder}, None)
+
+    async def job_recover(
+        self, stale_after: float, grace: float, now: datetime | None
+    ) -> list[Changed]:
+        """Fail the attempts of dead workers and of jobs far past ``expire_in``."""
+        params = {"stale_after": stale_after, "grace": grace, "now": now}
+        found = await self._rows("job_recover", params, None)
+        return [Changed(r["id"], r["queue"], r["state"]) for r in found]

@@ -1,0 +1,68 @@
+"""Lifecycle events of jobs and workers, for logs, metrics and tracing.
+
+Subscribe with ``@app.on("job.completed")``. Callbacks run in the worker's event loop and must be
+quick; an exception in one is logged and never reaches the job or the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from conveyor.errors import InvalidOption
+from conveyor.models import Job
+
+log = logging.getLogger("conveyor.events")
+
+EVENTS = (
+    "job.started",  # a worker began an attempt
+    "job.completed",  # the job finished; its result is stored
+    "job.failed",  # an attempt failed (the job may still be retried)
+    "job.retried",  # the job was queued again after a failed attempt
+    "job.snoozed",  # the handler raised Retry: queued again, attempt not spent
+    "job.dead",  # the last attempt failed: the job is in the dead letters
+    "worker.error",  # the worker hit an error of its own (database unreachable, ...)
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """What happened, to which job, with the error or result when there is one."""
+
+    name: str
+    worker_id: UUID
+    job: Job | None = None
+    error: dict[str, Any] | None = None
+    result: Any = None
+
+
+Listener = Callable[[Event], object]
+
+
+class Events:
+    """The subscribers of each event."""
+
+    def __init__(self) -> None:
+        self._listeners: dict[str, list[Listener]] = {name: [] for name in EVENTS}
+
+    def on(self, name: str) -> Callable[[Listener], Listener]:
+        """Decorator: call the function with an :class:`Event` each time ``name`` happens."""
+        if name not in self._listeners:
+            raise InvalidOption(f"unknown event {name!r}; events are {', '.join(EVENTS)}")
+
+        def register(func: Listener) -> Listener:
+            self._listeners[name].append(func)
+            return func
+
+        return register
+
+    def emit(self, event: Event) -> None:
+        """Call every subscriber of the event; their errors are logged, never raised."""
+        for listener in self._listeners[event.name]:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("listener %r of %s failed", listener, event.name)

@@ -1,0 +1,135 @@
+"""Batched acknowledgements: outcomes and progress go to the database a batch per statement.
+
+An ack waits at most ``flush_interval`` seconds, or until ``batch_size`` acks are pending. If the
+database is unreachable, pending acks stay queued in memory and are retried; if the process dies
+first, recovery runs those jobs again (at-least-once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import psycopg
+
+from conveyor._store.worker_store import Ack, Changed, WorkerStore
+
+log = logging.getLogger("conveyor.worker")
+
+
+class Completer:
+    """Collects acks and progress and writes them in batches."""
+
+    def __init__(
+        self,
+        store: WorkerStore,
+        worker_id: UUID,
+        clock: Callable[[], datetime | None],
+        on_changed: Callable[[Ack, Changed | None], None],
+        on_error: Callable[[BaseException], None],
+        *,
+        flush_interval: float = 0.005,
+        batch_size: int = 200,
+    ) -> None:
+        self._store = store
+        self._worker_id = worker_id
+        self._clock = clock
+        self._on_changed = on_changed
+        self._on_error = on_error
+        self._flush_interval = flush_interval
+        self._batch_size = batch_size
+        self._acks: list[Ack] = []
+        self._progress: dict[tuple[UUID, int], dict[str, Any]] = {}
+        self._pending = asyncio.Event()
+        self._full = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def add(self, ack: Ack) -> None:
+        """Queue one outcome for the next batch."""
+        self._acks.append(ack)
+        self._idle.clear()
+        self._pending.set()
+        if len(self._acks) >= self._batch_size:
+            self._full.set()
+
+    def progress(self, job_id: UUID, attempt: int, value: dict[str, Any]) -> None:
+        """Queue the latest progress of a running attempt (older values are dropped)."""
+        self._progress[(job_id, attempt)] = value
+        self._idle.clear()
+        self._pending.set()
+
+    @property
+    def busy(self) -> bool:
+        """True while something is queued or being written."""
+        return not self._idle.is_set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Flush batches until ``stop`` is set; the caller flushes what remains with drain()."""
+        failures = 0
+        while not stop.is_set():
+            await _first(self._pending.wait(), stop.wait())
+            if not self._full.is_set():
+                await _first(self._full.wait(), asyncio.sleep(self._flush_interval))
+            try:
+                await self.flush()
+                failures = 0
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                failures += 1
+                self._on_error(exc)
+                await _first(stop.wait(), asyncio.sleep(min(5.0, 0.05 * 2**failures)))
+
+    async def flush(self) -> None:
+        """Write everything queued now; on failure, it stays queued."""
+        self._pending.clear()
+        self._full.clear()
+        progress, self._progress = self._progress, {}
+        acks, self._acks = self._acks, []
+        try:
+            if progress:
+                # Progress first: an ack in the same batch would finish the job before it.
+                await self._store.job_progress_many(self._worker_id, progress)
+            if acks:
+                changed = await self._store.job_ack_many(self._worker_id, acks, self._clock())
+                by_id = {c.id: c for c in changed}
+                for ack in acks:
+                    self._on_changed(ack, by_id.get(ack.job_id))
+        except BaseException:
+            self._acks[:0] = acks
+            for key, value in progress.items():
+                self._progress.setdefault(key, value)
+            self._pending.set()
+            raise
+        if not self._acks and not self._progress:
+            self._idle.set()
+
+    async def drain(self, attempts: int = 5) -> None:
+        """Write everything queued, retrying a few times if the database is unreachable."""
+        for attempt in range(attempts):
+            if not self._acks and not self._progress:
+                self._idle.set()
+                return
+            try:
+                await self.flush()
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                self._on_error(exc)
+                await asyncio.sleep(0.2 * 2**attempt)
+        if self._acks:
+            log.error(
+                "could not write %d outcomes before stopping; recovery will run those jobs again",
+                len(self._acks),
+            )
+
+
+async def _first(*aws: Any) -> None:
+    """Wait until the first of some awaitables finishes; cancel the others."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()

@@ -1,0 +1,378 @@
+"""The worker process's main loop: fetch jobs into free slots, run them, hand outcomes to the
+completer, keep the heartbeat, listen for wake-ups and cancellations, and shut down gracefully.
+
+Slots: ``concurrency`` attempts run at once (asyncio tasks; sync handlers in a thread pool of the
+same size). A fetch never claims more jobs than free slots. When a fetch comes back full, more jobs
+are probably waiting, so the next fetch happens as soon as enough slots free up; otherwise the
+worker sleeps until a NOTIFY for one of its queues, or the jittered poll interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from conveyor._store.listen import Listener
+from conveyor._store.worker_store import Ack, Changed, WorkerStore
+from conveyor.errors import ConfigurationError, Retry
+from conveyor.events import Event, Events
+from conveyor.handlers import Handler, Registry
+from conveyor.models import Job
+from conveyor.worker import outcome
+from conveyor.worker.completer import Completer, _first
+from conveyor.worker.runtime import Runtime
+from conveyor.worker.service import Service, ServiceContext
+
+log = logging.getLogger("conveyor.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    """How a worker runs; see :meth:`conveyor.Conveyor.run_worker` for each field."""
+
+    queues: tuple[str, ...]
+    concurrency: int = 10
+    prefetch: int = 0
+    shutdown_timeout: float = 30.0
+    poll_interval: float = 2.0
+    heartbeat_interval: float = 5.0
+    stale_after: float = 30.0
+    burst: bool = False
+    listen: bool = True
+    max_payload_bytes: int = 1024 * 1024
+    flush_interval: float = 0.005
+
+
+@dataclass(eq=False)
+class Running:
+    """One attempt in flight."""
+
+    job: Job
+    runtime: Runtime
+    task: asyncio.Task[None] | None = None
+    stop_reason: str | None = None  # "cancelled", "shutdown"
+    started: float = field(default_factory=time.monotonic)
+
+
+class Worker:
+    """Runs the jobs of some queues until stopped (or, in burst mode, until none is due)."""
+
+    def __init__(
+        self,
+        *,
+        dsn: str,
+        schema: str,
+        registry: Registry,
+        events: Events,
+        services: Sequence[Service],
+        options: WorkerOptions,
+        clock: Callable[[], datetime | None],
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        missing = [q for q in options.queues if registry.get(q) is None]
+        if missing:
+            raise ConfigurationError(f"no handler registered for queue(s): {', '.join(missing)}")
+        if not options.queues:
+            raise ConfigurationError("the worker has no queue to serve: register a handler first")
+        self.id = uuid.uuid4()
+        self.options = options
+        self._dsn = dsn
+        self._schema = schema
+        self._registry = registry
+        self._events = events
+        self._services = list(services)
+        self._clock = clock
+        self._rng = rng
+        self._store = WorkerStore(dsn, schema, min_size=1, max_size=4)
+        self._running: dict[uuid.UUID, Running] = {}
+        self._buffer: collections.deque[Job] = collections.deque()  # claimed, not yet started
+        self._refill_at = 1
+        self._pending: dict[tuple[uuid.UUID, int], Job] = {}  # acked jobs, until written
+        self._threads = ThreadPoolExecutor(
+            max_workers=options.concurrency, thread_name_prefix="conveyor-job"
+        )
+        self._wake = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._hard_stop = asyncio.Event()
+        self.jobs_run = 0
+        self._completer = Completer(
+            self._store,
+            self.id,
+            clock,
+            self._on_acked,
+            self._on_worker_error,
+            flush_interval=options.flush_interval,
+        )
+
+    # -- control ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop fetching and finish in-flight jobs within the shutdown timeout."""
+        self._stop.set()
+
+    def stop_now(self) -> None:
+        """Stop at once: in-flight jobs are handed back to the queue, attempt not spent."""
+        self._stop.set()
+        self._hard_stop.set()
+
+    # -- main loop -------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Serve until stopped; return how many attempts this worker ran."""
+        background: list[asyncio.Task[Any]] = []
+        services_stop = asyncio.Event()
+        try:
+            await self._store.worker_register(
+                self.id, socket.gethostname(), os.getpid(), self.options.queues,
+                self.options.concurrency,
+            )  # fmt: skip
+            background.append(asyncio.create_task(self._completer.run(services_stop)))
+            background.append(asyncio.create_task(self._heartbeat(services_stop)))
+            context = ServiceContext(self._store, self.id, self._events, self._clock)
+            for service in self._services:
+                background.append(asyncio.create_task(service.run(context, services_stop)))
+            if self.options.listen and not self.options.burst:
+                listener = Listener(
+                    self._dsn,
+                    [self._store.channel, self._store.cancel_channel],
+                    self._on_notify,
+                    self._wake.set,
+                )
+                background.append(asyncio.create_task(listener.run(services_stop)))
+            await self._produce()
+            await self._shutdown()
+        finally:
+            services_stop.set()
+            for task in background:
+                with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(task, 5)
+            await self._completer.drain()
+            with contextlib.suppress(psycopg.Error):
+                await self._store.worker_deregister(self.id)
+            self._threads.shutdown(wait=False, cancel_futures=True)
+            await self._store.close()
+        return self.jobs_run
+
+    async def _produce(self) -> None:
+        opts = self.options
+        capacity = opts.concurrency + opts.prefetch
+        failures = 0
+        while not self._stop.is_set():
+            room = capacity - len(self._running) - len(self._buffer)
+            if room < min(opts.concurrency, self._refill_at) or room <= 0:
+                await self._wait(self._slot_freed)
+                continue
+            try:
+                jobs = await self._store.job_fetch(opts.queues, self.id, room, self._clock())
+                failures = 0
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                failures += 1
+                self._on_worker_error(exc)
+                await self._wait(None, min(10.0, 0.1 * 2**failures))
+                continue
+            self._buffer.extend(jobs)
+            self._start_buffered()
+            if len(jobs) == room:
+                # A full batch: more may be waiting. Refill once a good share of the room is
+                # free again, so fetches stay batched instead of one per finished job.
+                self._refill_at = max(1, capacity // 4)
+                continue
+            self._refill_at = 1
+            if opts.burst:
+                if jobs or self._running:
+                    await self._wait(self._slot_freed)
+                    continue
+                # Nothing due and nothing running: write pending outcomes (a retry due now exists
+                # only once acknowledged), then look once more before calling it done.
+                await self._completer.drain()
+                again = await self._store.job_fetch(opts.queues, self.id, room, self._clock())
+                if not again:
+                    return
+                self._buffer.extend(again)
+                self._start_buffered()
+                continue
+            poll = opts.poll_interval * (0.75 + random.random() / 2)
+            await self._wait(self._wake, poll)
+
+    def _start_buffered(self) -> None:
+        """Move claimed jobs from the local buffer into free slots."""
+        while self._buffer and len(self._running) < self.options.concurrency:
+            self._start(self._buffer.popleft())
+
+    async def _wait(self, event: asyncio.Event | None, timeout: float | None = None) -> None:
+        waits: list[Any] = [self._stop.wait()]
+        if event is not None:
+            waits.append(event.wait())
+        if timeout is not None:
+            waits.append(asyncio.sleep(timeout))
+        await _first(*waits)
+        if event is not None:
+            event.clear()
+
+    # -- one attempt -----------------------------------------------------------------------
+
+    def _start(self, job: Job) -> None:
+        runtime = Runtime(job, asyncio.get_running_loop(), self._completer.progress)
+        running = Running(job, runtime)
+        self._running[job.id] = running
+        running.task = asyncio.create_task(self._attempt(running))
+        self.jobs_run += 1
+        self._events.emit(Event("job.started", self.id, job))
+
+    async def _attempt(self, running: Running) -> None:
+        job = running.job
+        handler = self._registry.get(job.queue)
+        bound = job.bind(running.runtime)
+        ack: Ack | None
+        try:
+            ack = await self._call(handler, bound, running)
+        except BaseException as exc:  # nothing a handler raises may reach the loop
+            ack = self._failure(job, handler, exc)
+        finally:
+            self._running.pop(job.id, None)
+            self._slot_freed.set()
+            if not self._stop.is_set():
+                self._start_buffered()
+        if ack is not None:
+            self._pending[(ack.job_id, ack.attempt)] = job
+            self._completer.add(ack)
+
+    async def _call(self, handler: Handler | None, job: Job, running: Running) -> Ack | None:
+        if handler is None:
+            raise ConfigurationError(f"no handler for queue {job.queue!r} in this worker")
+        try:
+            async with asyncio.timeout(job.expire_in) as deadline:
+                if handler.is_async:
+                    result = await handler.func(job)
+                else:
+                    loop = asyncio.get_running_loop()
+                    future = loop.run_in_executor(self._threads, handler.func, job)
+                    result = await asyncio.shield(future)
+        except TimeoutError as exc:
+            if not deadline.expired():
+                raise
+            running.runtime.cancelled.set()
+            return self._failure(job, handler, exc, kind="Expired", message=(
+                f"the attempt ran past expire_in ({job.expire_in:g} s) and was stopped"
+            ))  # fmt: skip
+        except asyncio.CancelledError:
+            running.runtime.cancelled.set()
+            if running.stop_reason == "cancelled":
+                return None  # cancel() already moved the job to the history
+            if running.stop_reason == "shutdown":
+                return Ack(job.id, job.attempt, "release")
+            raise
+        except Retry as request:
+            self._events.emit(Event("job.snoozed", self.id, job))
+            return outcome.snoozed(job, request, self._clock())
+        ack = outcome.completed(job, result, self.options.max_payload_bytes)
+        if ack is None:
+            bad = TypeError("the handler's return value cannot be stored as JSON")
+            return self._failure(job, handler, bad, kind="ResultNotStorable")
+        return ack
+
+    def _failure(
+        self,
+        job: Job,
+        handler: Handler | None,
+        exc: BaseException,
+        *,
+        kind: str | None = None,
+        message: str | None = None,
+    ) -> Ack:
+        error = outcome.describe(exc, job, self.id, kind)
+        if message is not None:
+            error["message"] = message
+        self._events.emit(Event("job.failed", self.id, job, error=error))
+        return outcome.failed(job, handler, exc, error, self._rng)
+
+    # -- acks, notifications, liveness -----------------------------------------------------
+
+    def _on_acked(self, ack: Ack, changed: Changed | None) -> None:
+        job = self._pending.pop((ack.job_id, ack.attempt), None)
+        if changed is None:
+            if ack.outcome != "release":
+                log.warning(
+                    "outcome %s of job %s attempt %d refused: the attempt no longer holds the job "
+                    "(rescued, expired or cancelled)", ack.outcome, ack.job_id, ack.attempt,
+                )  # fmt: skip
+            return
+        name = {
+            "completed": "job.completed",
+            "failed": "job.dead",
+            "retry": "job.retried",
+        }.get(ack.outcome)
+        if name is not None:
+            result = json.loads(ack.result) if ack.result is not None else None
+            error = json.loads(ack.error) if ack.error is not None else None
+            self._events.emit(Event(name, self.id, job, error=error, result=result))
+
+    def _on_worker_error(self, exc: BaseException) -> None:
+        log.warning("worker %s: %s", self.id, exc)
+        self._events.emit(Event("worker.error", self.id, error={"message": str(exc)}))
+
+    def _on_notify(self, channel: str, payload: str) -> None:
+        if channel == self._store.cancel_channel:
+            with contextlib.suppress(ValueError):
+                running = self._running.get(uuid.UUID(payload))
+                if running is not None and running.task is not None:
+                    running.stop_reason = "cancelled"
+                    running.runtime.cancelled.set()
+                    running.task.cancel()
+        elif payload in self.options.queues:
+            self._wake.set()
+
+    async def _heartbeat(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            interval = self.options.heartbeat_interval * (0.8 + random.random() * 0.4)
+            await _first(stop.wait(), asyncio.sleep(interval))
+            if stop.is_set():
+                return
+            try:
+                if not await self._store.worker_heartbeat(self.id):
+                    log.warning("worker %s was presumed dead; registering again", self.id)
+                    await self._store.worker_register(
+                        self.id, socket.gethostname(), os.getpid(), self.options.queues,
+                        self.options.concurrency,
+                    )  # fmt: skip
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                self._on_worker_error(exc)
+
+    # -- shutdown --------------------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        # Claimed but never started: hand back at once, the attempt not spent.
+        while self._buffer:
+            job = self._buffer.popleft()
+            self._completer.add(Ack(job.id, job.attempt, "release"))
+        tasks = [r.task for r in self._running.values() if r.task is not None]
+        if tasks and not self._hard_stop.is_set():
+            log.info("waiting up to %gs for %d job(s)", self.options.shutdown_timeout, len(tasks))
+            await _first(
+                asyncio.wait(tasks), asyncio.sleep(self.options.shutdown_timeout),
+                self._hard_stop.wait(),
+            )  # fmt: skip
+        leftovers = list(self._running.values())
+        for running in leftovers:
+            running.stop_reason = "shutdown"
+            running.runtime.cancelled.set()
+            if running.task is not None:
+                running.task.cancel()
+        if leftovers:
+            await asyncio.wait([r.task for r in leftovers if r.task is not None], timeout=5)

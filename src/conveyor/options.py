@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -278,13 +279,29 @@ def check_job_id(value: object) -> uuid.UUID:
         raise InvalidOption(f"job id must be a UUID, got {value!r}") from None
 
 
+_id_lock = threading.Lock()
+_id_last = [0, 0]  # the millisecond of the last id, and the counter within it
+
+
 def new_job_id() -> uuid.UUID:
-    """A version-7 UUID: time-ordered, so new rows land at the right edge of the primary key."""
-    rand = bytearray(os.urandom(10))
-    rand[0] = (rand[0] & 0x0F) | 0x70  # version 7
-    rand[2] = (rand[2] & 0x3F) | 0x80  # RFC 4122 variant
-    millis = time.time_ns() // 1_000_000
-    return uuid.UUID(bytes=millis.to_bytes(6, "big") + bytes(rand))
+    """A version-7 UUID: time-ordered, so new rows land at the right edge of the primary key,
+    and monotonic within this process (a 12-bit counter orders ids of the same millisecond), so
+    jobs of equal priority and run time run in the order they were sent."""
+    with _id_lock:
+        millis = time.time_ns() // 1_000_000
+        if millis <= _id_last[0]:
+            millis = _id_last[0]
+            _id_last[1] += 1
+            if _id_last[1] > 0xFFF:
+                millis += 1
+                _id_last[1] = 0
+        else:
+            _id_last[1] = 0
+        _id_last[0] = millis
+        counter = _id_last[1]
+    tail = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    value = (millis << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | tail
+    return uuid.UUID(int=value)
 
 
 def queue_policy(options: Mapping[str, Any], *, partial: bool) -> dict[str, Any]:

@@ -117,3 +117,8 @@ def test_fold_keeps_plain_jobs_and_merges_keys() -> None:
     assert where == [0, 0, 1, 2, 2]
     assert rows[0].id == keyed[0].id and rows[0].data == "2"
     assert rows[2].data == "4"
+
+
+def test_job_ids_are_monotonic_within_a_millisecond() -> None:
+    ids = [new_job_id() for _ in range(10_000)]
+    assert ids == sorted(ids, key=lambda i: i.bytes)

@@ -82,6 +82,15 @@ class WorkerStore(AsyncStore):
         }
         await self._rows("job_progress_many", params, None)
 
+    async def job_held(self, worker: UUID, attempts: Sequence[tuple[UUID, int]]) -> set[UUID]:
+        """The ids among ``attempts`` (id, attempt) that this worker still holds."""
+        params = {
+            "id": [a[0] for a in attempts],
+            "attempt": [a[1] for a in attempts],
+            "worker": worker,
+        }
+        return {r["id"] for r in await self._rows("job_held", params, None)}
+
     async def worker_register(
         self, worker: UUID, hostname: str, pid: int, queues: Sequence[str], concurrency: int
     ) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -21,6 +22,7 @@ import psycopg
 from conveyor.app import Conveyor
 from conveyor.config import DEFAULT_SCHEMA
 from conveyor.errors import ConfigurationError, ConveyorError, ValidationError
+from conveyor.worker.processes import supervise
 
 EXIT_CHECK_FAILED = 1
 EXIT_USAGE = 2
@@ -68,6 +70,28 @@ def load_app(spec: str) -> Conveyor:
     return app
 
 
+class CliContext:
+    """The global options; the app is built on first use, so ``--help`` needs no database."""
+
+    def __init__(self, dsn: str | None, schema: str, app_spec: str | None) -> None:
+        self.dsn = dsn
+        self.schema = schema
+        self.app_spec = app_spec
+        self._app: Conveyor | None = None
+
+    def app(self, spec: str | None = None) -> Conveyor:
+        """The app named by ``spec`` or ``--app``, else one built from ``--dsn``/``--schema``."""
+        if self._app is None:
+            spec = spec or self.app_spec
+            self._app = load_app(spec) if spec else Conveyor(self.dsn, schema=self.schema)
+        return self._app
+
+    def close(self) -> None:
+        """Close the app's pools."""
+        if self._app is not None:
+            self._app.close()
+
+
 @click.group()
 @click.option("--dsn", envvar="CONVEYOR_DATABASE_URL", help="PostgreSQL URL (else DATABASE_URL).")
 @click.option(
@@ -78,12 +102,7 @@ def load_app(spec: str) -> Conveyor:
 @click.pass_context
 def main(ctx: click.Context, dsn: str | None, schema: str, app_spec: str | None) -> None:
     """Conveyor: durable background jobs in PostgreSQL."""
-
-    @one_line_errors
-    def build() -> Conveyor:
-        return load_app(app_spec) if app_spec else Conveyor(dsn, schema=schema)
-
-    ctx.obj = build()
+    ctx.obj = CliContext(dsn, schema, app_spec)
     ctx.call_on_close(ctx.obj.close)
 
 
@@ -95,8 +114,9 @@ def main(ctx: click.Context, dsn: str | None, schema: str, app_spec: str | None)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 @one_line_errors
-def migrate(app: Conveyor, print_sql: bool, check: bool, as_json: bool) -> None:
+def migrate(cli: CliContext, print_sql: bool, check: bool, as_json: bool) -> None:
     """Bring the database schema up to date (safe to run from many processes at once)."""
+    app = cli.app()
     if print_sql:
         click.echo(app.migration_sql(), nl=False)
         return
@@ -122,3 +142,62 @@ def migrate(app: Conveyor, print_sql: bool, check: bool, as_json: bool) -> None:
         click.echo(f"applied: {', '.join(applied)}")
     else:
         click.echo(f"schema {app.schema!r} is up to date")
+
+
+@main.command()
+@click.argument("app_spec", metavar="APP")
+@click.option("--queues", help="Comma-separated queues to serve (default: every handler's).")
+@click.option("--concurrency", type=int, default=10, show_default=True, help="Jobs at once.")
+@click.option(
+    "--prefetch", type=int, help="Jobs claimed ahead of free slots (default: concurrency)."
+)
+@click.option("--processes", type=int, default=1, show_default=True, help="Worker processes.")
+@click.option("--shutdown-timeout", type=float, default=30.0, show_default=True)
+@click.option("--burst", is_flag=True, help="Run the jobs due now, then exit.")
+@click.option("--log-level", default="INFO", show_default=True)
+@click.pass_obj
+@one_line_errors
+def worker(
+    cli: CliContext,
+    app_spec: str,
+    queues: str | None,
+    concurrency: int,
+    prefetch: int | None,
+    processes: int,
+    shutdown_timeout: float,
+    burst: bool,
+    log_level: str,
+) -> None:
+    """Run the jobs of APP (module:attribute) until SIGTERM or SIGINT."""
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if processes < 1:
+        raise ValidationError("--processes must be at least 1")
+    if processes > 1:
+        # Each child is this same command line with one process.
+        command = [sys.executable, "-m", "conveyor.cli", *sys.argv[1:]]
+        sys.exit(supervise(_without_option(command, "--processes"), processes))
+    app = cli.app(app_spec)
+    served = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    app.run_worker(
+        served,
+        concurrency,
+        prefetch=prefetch,
+        shutdown_timeout=shutdown_timeout,
+        burst=burst,
+    )
+
+
+def _without_option(command: list[str], name: str) -> list[str]:
+    """``command`` without ``name VALUE`` or ``name=VALUE``."""
+    out: list[str] = []
+    skip = False
+    for part in command:
+        if skip:
+            skip = False
+        elif part == name:
+            skip = True
+        elif not part.startswith(name + "="):
+            out.append(part)
+    return out

@@ -46,13 +46,11 @@ class Completer:
         self._progress: dict[tuple[UUID, int], dict[str, Any]] = {}
         self._pending = asyncio.Event()
         self._full = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._lock = asyncio.Lock()
 
     def add(self, ack: Ack) -> None:
         """Queue one outcome for the next batch."""
         self._acks.append(ack)
-        self._idle.clear()
         self._pending.set()
         if len(self._acks) >= self._batch_size:
             self._full.set()
@@ -60,13 +58,7 @@ class Completer:
     def progress(self, job_id: UUID, attempt: int, value: dict[str, Any]) -> None:
         """Queue the latest progress of a running attempt (older values are dropped)."""
         self._progress[(job_id, attempt)] = value
-        self._idle.clear()
         self._pending.set()
-
-    @property
-    def busy(self) -> bool:
-        """True while something is queued or being written."""
-        return not self._idle.is_set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Flush batches until ``stop`` is set; the caller flushes what remains with drain()."""
@@ -84,7 +76,12 @@ class Completer:
                 await _first(stop.wait(), asyncio.sleep(min(5.0, 0.05 * 2**failures)))
 
     async def flush(self) -> None:
-        """Write everything queued now; on failure, it stays queued."""
+        """Write everything queued now; on failure, it stays queued. Flushes never overlap, so
+        once a flush returns, every ack queued before it was called is written."""
+        async with self._lock:
+            await self._flush_locked()
+
+    async def _flush_locked(self) -> None:
         self._pending.clear()
         self._full.clear()
         progress, self._progress = self._progress, {}
@@ -104,17 +101,14 @@ class Completer:
                 self._progress.setdefault(key, value)
             self._pending.set()
             raise
-        if not self._acks and not self._progress:
-            self._idle.set()
 
     async def drain(self, attempts: int = 5) -> None:
         """Write everything queued, retrying a few times if the database is unreachable."""
         for attempt in range(attempts):
-            if not self._acks and not self._progress:
-                self._idle.set()
-                return
             try:
-                await self.flush()
+                await self.flush()  # also waits for a flush already under way
+                if not self._acks and not self._progress:
+                    return
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 self._on_error(exc)
                 await asyncio.sleep(0.2 * 2**attempt)

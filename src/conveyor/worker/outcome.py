@@ -32,7 +32,7 @@ def _clean(text: str) -> str:
 def describe(exc: BaseException, job: Job, worker: UUID, kind: str | None = None) -> dict[str, Any]:
     """The stored form of an attempt's error. Never raises, whatever the exception does."""
     try:
-        name = kind or type(exc).__qualname__
+        name = kind or type(exc).__name__
     except Exception:
         name = "Exception"
     try:

@@ -155,6 +155,9 @@ class Worker:
                     self._wake.set,
                 )
                 background.append(asyncio.create_task(listener.run(services_stop)))
+                # Listen before the first fetch, so no cancellation of a job it runs is missed.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(listener.connected.wait(), 5)
             await self._produce()
             await self._shutdown()
         finally:
@@ -330,11 +333,7 @@ class Worker:
     def _on_notify(self, channel: str, payload: str) -> None:
         if channel == self._store.cancel_channel:
             with contextlib.suppress(ValueError):
-                running = self._running.get(uuid.UUID(payload))
-                if running is not None and running.task is not None:
-                    running.stop_reason = "cancelled"
-                    running.runtime.cancelled.set()
-                    running.task.cancel()
+                self._cancel_running(uuid.UUID(payload))
         elif payload in self.options.queues:
             self._wake.set()
 
@@ -345,6 +344,7 @@ class Worker:
             if stop.is_set():
                 return
             try:
+                await self._stop_lost_attempts()
                 if not await self._store.worker_heartbeat(self.id):
                     log.warning("worker %s was presumed dead; registering again", self.id)
                     await self._store.worker_register(
@@ -353,6 +353,23 @@ class Worker:
                     )  # fmt: skip
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 self._on_worker_error(exc)
+
+    async def _stop_lost_attempts(self) -> None:
+        """Stop attempts whose job was cancelled or recovered while a NOTIFY was missed."""
+        running = [(r.job.id, r.job.attempt) for r in self._running.values()]
+        if not running:
+            return
+        held = await self._store.job_held(self.id, running)
+        for job_id, _attempt in running:
+            if job_id not in held:
+                self._cancel_running(job_id)
+
+    def _cancel_running(self, job_id: uuid.UUID) -> None:
+        running = self._running.get(job_id)
+        if running is not None and running.task is not None and running.stop_reason is None:
+            running.stop_reason = "cancelled"
+            running.runtime.cancelled.set()
+            running.task.cancel()
 
     # -- shutdown --------------------------------------------------------------------------
 

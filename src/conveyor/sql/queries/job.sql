@@ -53,7 +53,8 @@ WITH moved AS (
     UNION ALL
     SELECT pg_notify(%(done_channel)s::text, m.id::text) FROM moved m
 )
-SELECT a.* FROM archived a LEFT JOIN (SELECT count(*) FROM told) t ON true;
+-- The count forces the notifications: a CTE nobody reads is never run.
+SELECT a.* FROM archived a CROSS JOIN (SELECT count(*) FROM told) t;
 
 -- Make a job runnable now: a queued job is brought forward; a failed or cancelled one comes back
 -- from the history with a fresh attempt count and its error history kept. With dead_only, only a
@@ -84,7 +85,8 @@ WITH t AS (
     SELECT pg_notify(%(channel)s::text, x.queue)
     FROM (SELECT queue FROM queued UNION SELECT queue FROM requeued) x
 )
-SELECT q.* FROM (SELECT * FROM queued UNION ALL SELECT * FROM requeued) q LEFT JOIN woken ON true;
+SELECT q.* FROM (SELECT * FROM queued UNION ALL SELECT * FROM requeued) q
+CROSS JOIN (SELECT count(*) FROM woken) w;
 
 -- Queue every dead letter of a queue again, with a fresh attempt count; how many.
 -- name: job_retry_dead_all :scalar

@@ -75,3 +75,11 @@ DELETE FROM {schema}.leader WHERE role = %(role)s AND holder = %(holder)s;
 SELECT id, queue, state
 FROM {schema}.recover_jobs(
     now() - make_interval(secs => %(stale_after)s), %(grace)s, %(now)s::timestamptz);
+
+-- Which of the attempts this worker runs still hold their job; the others were cancelled,
+-- recovered or expired while a notification was missed, and should stop.
+-- name: job_held :many
+SELECT j.id
+FROM {schema}.job j
+JOIN unnest(%(id)s::uuid[], %(attempt)s::integer[]) AS h(id, attempt) ON h.id = j.id
+WHERE j.attempt = h.attempt AND j.state = 'active' AND j.worker_id = %(worker)s::uuid;

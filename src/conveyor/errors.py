@@ -47,6 +47,12 @@ class InvalidOption(ValidationError):
     """An option has the wrong type or a value out of range."""
 
 
+class DatabaseUnavailable(ConveyorError):
+    """The database could not be reached, or the connection broke mid-statement; safe to retry
+    (an enqueue that raised this may or may not have committed, unless it ran in your own
+    transaction, which is then broken)."""
+
+
 class NotFound(ConveyorError, LookupError):
     """Something looked up by id or name does not exist."""
 

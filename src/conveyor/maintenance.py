@@ -13,8 +13,7 @@ import contextlib
 import logging
 import random
 
-import psycopg
-
+from conveyor.errors import DatabaseUnavailable
 from conveyor.events import Event
 from conveyor.leader import Lease
 from conveyor.worker.completer import _first
@@ -43,13 +42,13 @@ class Recovery:
                     held = await lease.hold()
                     if held:
                         await self._recover(context)
-                except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                except DatabaseUnavailable as exc:
                     context.events.emit(
                         Event("worker.error", context.worker_id, error={"message": str(exc)})
                     )
         finally:
             if held:
-                with contextlib.suppress(psycopg.Error):
+                with contextlib.suppress(DatabaseUnavailable):
                     await lease.release()
 
     async def _recover(self, context: ServiceContext) -> None:

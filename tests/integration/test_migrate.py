@@ -127,7 +127,7 @@ def test_cli_errors_are_one_line(conveyor_dsn: str, scratch_schema: str) -> None
     assert bad_schema.stderr.count("\n") == 1 and "schema" in bad_schema.stderr
     unreachable = cli("postgresql://nobody@127.0.0.1:9/none", scratch_schema, "migrate")
     assert unreachable.returncode == 3
-    assert unreachable.stderr.startswith("conveyor: error: database:")
+    assert unreachable.stderr.startswith("conveyor: error: database unavailable:")
     assert unreachable.stderr.count("\n") == 1
 
 

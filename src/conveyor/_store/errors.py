@@ -5,7 +5,13 @@ from __future__ import annotations
 from psycopg import Error
 from psycopg import errors as pg
 
-from conveyor.errors import ConveyorError, DuplicateJob, InvalidOption, SchemaOutOfDate
+from conveyor.errors import (
+    ConveyorError,
+    DatabaseUnavailable,
+    DuplicateJob,
+    InvalidOption,
+    SchemaOutOfDate,
+)
 
 # The messages of a missing schema object, as opposed to a mistake inside a statement.
 MISSING_OBJECT = ("relation ", "function ", "schema ")
@@ -13,7 +19,11 @@ MISSING_OBJECT = ("relation ", "function ", "schema ")
 
 def translated(exc: Error, schema: str) -> ConveyorError | None:
     """Our error for a database error that stems from bad input or a missing schema, else None."""
-    message = str(exc.diag.message_primary)
+    message = str(exc.diag.message_primary or exc)
+    if isinstance(exc, pg.OperationalError | pg.InterfaceError) and not isinstance(
+        exc, pg.QueryCanceled
+    ):
+        return DatabaseUnavailable(f"database unavailable: {str(exc).strip()}")
     if isinstance(exc, pg.UndefinedTable | pg.UndefinedFunction | pg.InvalidSchemaName):
         if message.startswith(MISSING_OBJECT):
             return SchemaOutOfDate(

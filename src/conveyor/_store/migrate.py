@@ -9,10 +9,13 @@ under that lock, so exactly one process applies each file and the others find it
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from psycopg import Connection
+from psycopg import Connection, Error
 
+from conveyor._store.errors import translated
 from conveyor._store.migrations import Migration, MigrationStatus, migrations, status
 from conveyor._store.queries import queries
 from conveyor.errors import SchemaOutOfDate, SchemaTooNew
@@ -26,6 +29,18 @@ class Migrator:
         self.schema = schema
         self._queries = queries(schema)
 
+    @contextmanager
+    def _connection(self) -> Iterator[Connection[Any]]:
+        """A dedicated autocommit connection; database errors come out as Conveyor's."""
+        try:
+            with Connection.connect(self.dsn, autocommit=True) as conn:
+                yield conn
+        except Error as exc:
+            ours = translated(exc, self.schema)
+            if ours is None:
+                raise
+            raise ours from exc
+
     def _run(self, conn: Connection[Any], query: str, **params: Any) -> list[Any]:
         cur = conn.execute(self._queries[query].sql, params or None)
         return cur.fetchall() if cur.description is not None else []
@@ -37,13 +52,13 @@ class Migrator:
 
     def status(self) -> MigrationStatus:
         """Applied, pending and unknown (newer) migrations of the schema."""
-        with Connection.connect(self.dsn, autocommit=True) as conn:
+        with self._connection() as conn:
             return status(self._applied(conn))
 
     def apply(self) -> list[Migration]:
         """Apply every pending migration; return those this call applied."""
         done: list[Migration] = []
-        with Connection.connect(self.dsn, autocommit=True) as conn:
+        with self._connection() as conn:
             for migration in migrations():
                 if migration.transactional:
                     with conn.transaction():
@@ -90,10 +105,10 @@ class Migrator:
 
     def truncate(self) -> None:
         """Empty every table of the schema, keeping its migrations (for test isolation)."""
-        with Connection.connect(self.dsn, autocommit=True) as conn:
+        with self._connection() as conn:
             self._run(conn, "schema_truncate")
 
     def drop(self) -> None:
         """Drop the schema with everything in it."""
-        with Connection.connect(self.dsn, autocommit=True) as conn:
+        with self._connection() as conn:
             self._run(conn, "schema_drop")

@@ -7,10 +7,13 @@ under that lock, so exactly one process applies each file and the others find it
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, Error
 
+from conveyor._store.errors import translated
 from conveyor._store.migrations import Migration, MigrationStatus, migrations, status
 from conveyor._store.queries import queries
 from conveyor.errors import SchemaOutOfDate, SchemaTooNew
@@ -24,6 +27,18 @@ class AsyncMigrator:
         self.schema = schema
         self._queries = queries(schema)
 
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection[Any]]:
+        """A dedicated autocommit connection; database errors come out as Conveyor's."""
+        try:
+            async with await AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+                yield conn
+        except Error as exc:
+            ours = translated(exc, self.schema)
+            if ours is None:
+                raise
+            raise ours from exc
+
     async def _run(self, conn: AsyncConnection[Any], query: str, **params: Any) -> list[Any]:
         cur = await conn.execute(self._queries[query].sql, params or None)
         return await cur.fetchall() if cur.description is not None else []
@@ -35,13 +50,13 @@ class AsyncMigrator:
 
     async def status(self) -> MigrationStatus:
         """Applied, pending and unknown (newer) migrations of the schema."""
-        async with await AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+        async with self._connection() as conn:
             return status(await self._applied(conn))
 
     async def apply(self) -> list[Migration]:
         """Apply every pending migration; return those this call applied."""
         done: list[Migration] = []
-        async with await AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+        async with self._connection() as conn:
             for migration in migrations():
                 if migration.transactional:
                     async with conn.transaction():
@@ -88,10 +103,10 @@ class AsyncMigrator:
 
     async def truncate(self) -> None:
         """Empty every table of the schema, keeping its migrations (for test isolation)."""
-        async with await AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+        async with self._connection() as conn:
             await self._run(conn, "schema_truncate")
 
     async def drop(self) -> None:
         """Drop the schema with everything in it."""
-        async with await AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+        async with self._connection() as conn:
             await self._run(conn, "schema_drop")

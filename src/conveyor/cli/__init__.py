@@ -17,11 +17,15 @@ from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
 import click
-import psycopg
 
 from conveyor.app import Conveyor
 from conveyor.config import DEFAULT_SCHEMA
-from conveyor.errors import ConfigurationError, ConveyorError, ValidationError
+from conveyor.errors import (
+    ConfigurationError,
+    ConveyorError,
+    DatabaseUnavailable,
+    ValidationError,
+)
 from conveyor.worker.processes import supervise
 
 EXIT_CHECK_FAILED = 1
@@ -46,10 +50,10 @@ def one_line_errors(func: F) -> F:
             return func(*args, **kwargs)
         except (ValidationError, ConfigurationError) as exc:
             fail(str(exc), EXIT_USAGE)
+        except DatabaseUnavailable as exc:
+            fail(str(exc).strip().splitlines()[0], EXIT_DATABASE)
         except ConveyorError as exc:
             fail(str(exc), EXIT_DATABASE)
-        except psycopg.Error as exc:
-            fail(f"database: {str(exc).strip().splitlines()[0]}", EXIT_DATABASE)
 
     return wrapper  # type: ignore[return-value]
 

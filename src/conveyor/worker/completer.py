@@ -14,9 +14,8 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-import psycopg
-
 from conveyor._store.worker_store import Ack, Changed, WorkerStore
+from conveyor.errors import DatabaseUnavailable
 
 log = logging.getLogger("conveyor.worker")
 
@@ -70,7 +69,7 @@ class Completer:
             try:
                 await self.flush()
                 failures = 0
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            except DatabaseUnavailable as exc:
                 failures += 1
                 self._on_error(exc)
                 await _first(stop.wait(), asyncio.sleep(min(5.0, 0.05 * 2**failures)))
@@ -109,7 +108,7 @@ class Completer:
                 await self.flush()  # also waits for a flush already under way
                 if not self._acks and not self._progress:
                     return
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            except DatabaseUnavailable as exc:
                 self._on_error(exc)
                 await asyncio.sleep(0.2 * 2**attempt)
         if self._acks:

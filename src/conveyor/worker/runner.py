@@ -25,11 +25,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import psycopg
-
 from conveyor._store.listen import Listener
 from conveyor._store.worker_store import Ack, Changed, WorkerStore
-from conveyor.errors import ConfigurationError, Retry
+from conveyor.errors import ConfigurationError, DatabaseUnavailable, Retry
 from conveyor.events import Event, Events
 from conveyor.handlers import Handler, Registry
 from conveyor.models import Job
@@ -166,7 +164,7 @@ class Worker:
                 with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                     await asyncio.wait_for(task, 5)
             await self._completer.drain()
-            with contextlib.suppress(psycopg.Error):
+            with contextlib.suppress(DatabaseUnavailable):
                 await self._store.worker_deregister(self.id)
             self._threads.shutdown(wait=False, cancel_futures=True)
             await self._store.close()
@@ -184,7 +182,7 @@ class Worker:
             try:
                 jobs = await self._store.job_fetch(opts.queues, self.id, room, self._clock())
                 failures = 0
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            except DatabaseUnavailable as exc:
                 failures += 1
                 self._on_worker_error(exc)
                 await self._wait(None, min(10.0, 0.1 * 2**failures))
@@ -351,7 +349,7 @@ class Worker:
                         self.id, socket.gethostname(), os.getpid(), self.options.queues,
                         self.options.concurrency,
                     )  # fmt: skip
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            except DatabaseUnavailable as exc:
                 self._on_worker_error(exc)
 
     async def _stop_lost_attempts(self) -> None:

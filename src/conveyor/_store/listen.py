@@ -32,6 +32,7 @@ class Listener:
         *,
         max_backoff: float = 10.0,
         probe_every: float = 1.0,
+        application_name: str = "conveyor listen",
     ) -> None:
         self._dsn = dsn
         self._channels = list(channels)
@@ -39,6 +40,7 @@ class Listener:
         self._on_connect = on_connect
         self._max_backoff = max_backoff
         self._probe_every = probe_every
+        self._application_name = application_name
         self.connected = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -57,7 +59,9 @@ class Listener:
                     await asyncio.wait_for(stop.wait(), delay)
 
     async def _listen(self, stop: asyncio.Event) -> None:
-        conn = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
+        conn = await psycopg.AsyncConnection.connect(
+            self._dsn, autocommit=True, application_name=self._application_name
+        )
         try:
             for channel in self._channels:
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))

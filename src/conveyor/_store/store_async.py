@@ -31,7 +31,15 @@ AsyncConn = AsyncConnection[Any]
 class AsyncStore:
     """Runs Conveyor's named queries against one schema."""
 
-    def __init__(self, dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        schema: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        application_name: str | None = None,
+    ) -> None:
         self.schema = schema
         self.channel = f"conveyor:{schema}"
         self.cancel_channel = f"conveyor:{schema}:cancel"
@@ -43,7 +51,10 @@ class AsyncStore:
             min_size=min_size,
             max_size=max_size,
             open=False,
-            kwargs={"autocommit": True},
+            kwargs={
+                "autocommit": True,
+                "application_name": application_name or f"conveyor {schema}",
+            },
             name=f"conveyor-{schema}",
         )
         self._closed = False

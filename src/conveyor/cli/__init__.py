@@ -158,6 +158,22 @@ def migrate(cli: CliContext, print_sql: bool, check: bool, as_json: bool) -> Non
 @click.option("--processes", type=int, default=1, show_default=True, help="Worker processes.")
 @click.option("--shutdown-timeout", type=float, default=30.0, show_default=True)
 @click.option("--burst", is_flag=True, help="Run the jobs due now, then exit.")
+@click.option(
+    "--stale-after",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds without heartbeat before a worker's jobs are recovered.",
+)
+@click.option("--heartbeat-interval", type=float, default=5.0, show_default=True)
+@click.option(
+    "--poll-interval",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="Seconds between polls when no NOTIFY arrives.",
+)
+@click.option("--recover-interval", type=float, default=5.0, show_default=True)
 @click.option("--log-level", default="INFO", show_default=True)
 @click.pass_obj
 @one_line_errors
@@ -170,6 +186,10 @@ def worker(
     processes: int,
     shutdown_timeout: float,
     burst: bool,
+    stale_after: float,
+    heartbeat_interval: float,
+    poll_interval: float,
+    recover_interval: float,
     log_level: str,
 ) -> None:
     """Run the jobs of APP (module:attribute) until SIGTERM or SIGINT."""
@@ -190,6 +210,10 @@ def worker(
         prefetch=prefetch,
         shutdown_timeout=shutdown_timeout,
         burst=burst,
+        stale_after=stale_after,
+        heartbeat_interval=heartbeat_interval,
+        poll_interval=poll_interval,
+        recover_interval=recover_interval,
     )
 
 

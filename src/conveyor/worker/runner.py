@@ -20,7 +20,6 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -35,6 +34,7 @@ from conveyor.worker import outcome
 from conveyor.worker.completer import Completer, _first
 from conveyor.worker.runtime import Runtime
 from conveyor.worker.service import Service, ServiceContext
+from conveyor.worker.threads import DaemonThreadPool
 
 log = logging.getLogger("conveyor.worker")
 
@@ -96,14 +96,14 @@ class Worker:
         self._services = list(services)
         self._clock = clock
         self._rng = rng
-        self._store = WorkerStore(dsn, schema, min_size=1, max_size=4)
+        self._store = WorkerStore(
+            dsn, schema, min_size=1, max_size=4, application_name=f"conveyor-worker {schema}"
+        )
         self._running: dict[uuid.UUID, Running] = {}
         self._buffer: collections.deque[Job] = collections.deque()  # claimed, not yet started
         self._refill_at = 1
         self._pending: dict[tuple[uuid.UUID, int], Job] = {}  # acked jobs, until written
-        self._threads = ThreadPoolExecutor(
-            max_workers=options.concurrency, thread_name_prefix="conveyor-job"
-        )
+        self._threads = DaemonThreadPool(options.concurrency, "conveyor-job")
         self._wake = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._stop = asyncio.Event()
@@ -151,6 +151,7 @@ class Worker:
                     [self._store.channel, self._store.cancel_channel],
                     self._on_notify,
                     self._wake.set,
+                    application_name=f"conveyor-worker {self._schema}",
                 )
                 background.append(asyncio.create_task(listener.run(services_stop)))
                 # Listen before the first fetch, so no cancellation of a job it runs is missed.
@@ -166,7 +167,7 @@ class Worker:
             await self._completer.drain()
             with contextlib.suppress(DatabaseUnavailable):
                 await self._store.worker_deregister(self.id)
-            self._threads.shutdown(wait=False, cancel_futures=True)
+            self._threads.shutdown()
             await self._store.close()
         return self.jobs_run
 
@@ -262,8 +263,7 @@ class Worker:
                 if handler.is_async:
                     result = await handler.func(job)
                 else:
-                    loop = asyncio.get_running_loop()
-                    future = loop.run_in_executor(self._threads, handler.func, job)
+                    future = asyncio.wrap_future(self._threads.submit(handler.func, job))
                     result = await asyncio.shield(future)
         except TimeoutError as exc:
             if not deadline.expired():
@@ -307,6 +307,10 @@ class Worker:
 
     def _on_acked(self, ack: Ack, changed: Changed | None) -> None:
         job = self._pending.pop((ack.job_id, ack.attempt), None)
+        if changed is not None and ack.delay:
+            # A retry or snooze this worker scheduled: no NOTIFY will announce it when it falls
+            # due, so wake up then instead of waiting for the next poll.
+            asyncio.get_running_loop().call_later(ack.delay, self._wake.set)
         if changed is None:
             if ack.outcome != "release":
                 log.warning(

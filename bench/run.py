@@ -1,0 +1,256 @@
+"""Conveyor's benchmark: every figure beside a pgbench floor doing the same SQL with no client.
+
+    .venv/bin/python -m bench.run [--dsn DSN] [--jobs 20000] [--quick]
+
+Needs a PostgreSQL (default 127.0.0.1:5432/test) and its pgbench. Each figure is a median of
+``--rounds`` runs on a fresh schema and is printed as a ratio to its floor, measured in the same
+run. It also checks that every drained job ran exactly once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from conveyor import Conveyor
+from conveyor.testing import LOCAL_TEST_DSN
+
+SCHEMA = "conveyor_bench"
+ROOT = Path(__file__).resolve().parent.parent
+
+# The SQL floors: what our hot path does, as plain statements pgbench runs with no client work.
+INSERT_ONE = """
+INSERT INTO {s}.job (id, queue, data, run_at, retry_limit, retry_delay, retry_backoff,
+                     retry_delay_max, expire_in, retention, created_at)
+VALUES (gen_random_uuid(), 'floor', '{{"i": 1}}', now(), 2, 5, 'exponential', 3600, 900,
+        604800, now());
+"""
+INSERT_MANY = """
+INSERT INTO {s}.job (id, queue, data, run_at, retry_limit, retry_delay, retry_backoff,
+                     retry_delay_max, expire_in, retention, created_at)
+SELECT gen_random_uuid(), 'floor', jsonb_build_object('i', g), now(), 2, 5, 'exponential',
+       3600, 900, 604800, now()
+FROM generate_series(1, {n}) g;
+"""
+CLAIM_COMPLETE = """
+WITH picked AS (
+    SELECT id FROM {s}.job
+    WHERE queue = 'floor' AND state IN ('created', 'retry') AND run_at <= now()
+    ORDER BY priority DESC, run_at, id
+    LIMIT 100
+    FOR UPDATE SKIP LOCKED
+), done AS (
+    DELETE FROM {s}.job j USING picked WHERE j.id = picked.id RETURNING j.*
+)
+INSERT INTO {s}.job_history
+SELECT id, queue, 'completed', data, priority, run_at, attempt + 1, retry_limit, retry_delay,
+       retry_backoff, retry_delay_max, expire_in, retention, singleton_key, singleton_seconds,
+       unique_key, dead_letter, group_key, depends_on, gen_random_uuid(), created_at, now(),
+       now(), NULL, errors, progress
+FROM done;
+"""
+
+
+def pgbench_binary() -> str:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pgbench"))
+    if not found:
+        sys.exit("bench: pgbench not found (apt-get install postgresql-client)")
+    return found[-1]
+
+
+def reset(dsn: str) -> Conveyor:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+    app = Conveyor(dsn, schema=SCHEMA)
+    app.migrate()
+    return app
+
+
+def pgbench(dsn: str, script: str, transactions: int) -> float:
+    """Seconds pgbench takes to run ``script`` ``transactions`` times on one connection."""
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
+        f.write(script.format(s=SCHEMA, n=100))
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(dsn)
+        env = {**os.environ, "PGPASSWORD": str(params.get("password") or "")}
+        cmd = [pgbench_binary(), "-n", "-c", "1", "-t", str(transactions), "-f", f.name]
+        for flag, key in (("-h", "host"), ("-p", "port"), ("-U", "user")):
+            if params.get(key):
+                cmd += [flag, str(params[key])]
+        cmd.append(str(params.get("dbname", "postgres")))
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True, env=env)
+        return time.perf_counter() - start
+    finally:
+        os.unlink(f.name)
+
+
+def median_of(rounds: int, run: Callable[[], float]) -> float:
+    return statistics.median(run() for _ in range(rounds))
+
+
+def floor_insert_one(dsn: str, n: int) -> float:
+    reset(dsn).close()
+    return n / pgbench(dsn, INSERT_ONE, n)
+
+
+def floor_insert_many(dsn: str, n: int) -> float:
+    reset(dsn).close()
+    return n / pgbench(dsn, INSERT_MANY, n // 100)
+
+
+def floor_claim_complete(dsn: str, n: int) -> float:
+    with reset(dsn) as app:
+        app.send_batch([("floor", {"i": i}) for i in range(n)])
+    return n / pgbench(dsn, CLAIM_COMPLETE, n // 100)
+
+
+def conveyor_send(dsn: str, n: int) -> float:
+    with reset(dsn) as app:
+        for i in range(20):
+            app.send("warm", {"i": i})
+        start = time.perf_counter()
+        for i in range(n):
+            app.send("bench", {"i": i})
+        return n / (time.perf_counter() - start)
+
+
+def conveyor_send_batch(dsn: str, n: int, size: int) -> float:
+    with reset(dsn) as app:
+        app.send_batch([("warm", {"i": i}) for i in range(size)])
+        batches = [[("bench", {"i": i}) for i in range(size)] for _ in range(max(1, n // size))]
+        start = time.perf_counter()
+        for batch in batches:
+            app.send_batch(batch)
+        return size * len(batches) / (time.perf_counter() - start)
+
+
+def run_workers(dsn: str, mode: str, concurrency: int, processes: int) -> list[dict[str, Any]]:
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "bench.worker_proc", dsn, SCHEMA, mode, str(concurrency)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(processes)
+    ]
+    return [json.loads(p.communicate(timeout=900)[0].strip().splitlines()[-1]) for p in procs]
+
+
+def exactly_once(dsn: str, n: int) -> bool:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            f"SELECT count(*), count(*) FILTER (WHERE attempt = 1 AND state = 'completed'),"
+            f" (SELECT count(*) FROM {SCHEMA}.job) FROM {SCHEMA}.job_history"
+        ).fetchone()
+    return row == (n, n, 0)
+
+
+def conveyor_drain(dsn: str, n: int, concurrency: int, processes: int) -> tuple[float, float]:
+    """Jobs/s draining n pre-loaded no-op jobs, and the peak RSS (MB) of a worker process."""
+    with reset(dsn) as app:
+        app.send_batch([("bench", {"i": i}) for i in range(n)])
+    start = time.perf_counter()
+    results = run_workers(dsn, "drain", concurrency, processes)
+    elapsed = time.perf_counter() - start
+    if not exactly_once(dsn, n):
+        sys.exit(f"bench: drain lost or repeated jobs (concurrency {concurrency})")
+    work = max(r["seconds"] for r in results)  # excludes interpreter start-up
+    del elapsed
+    return n / work, max(r["rss_mb"] for r in results)
+
+
+def conveyor_latency(dsn: str, n: int) -> tuple[float, float, float]:
+    """Enqueue-to-start latency (ms) with an idle worker woken by NOTIFY: p50, p95, p99."""
+    reset(dsn).close()
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "bench.worker_proc", dsn, SCHEMA, "serve", "10"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with Conveyor(dsn, schema=SCHEMA) as app:
+            time.sleep(1.5)  # the worker is up, listening and idle
+            for i in range(n):
+                app.send("bench", {"i": i})
+                time.sleep(0.01)
+            time.sleep(0.5)
+        with psycopg.connect(dsn) as conn:
+            rows = conn.execute(
+                f"SELECT extract(epoch FROM started_at - created_at) * 1000"
+                f" FROM {SCHEMA}.job_history WHERE queue = 'bench'"
+            ).fetchall()
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=60)
+    values = sorted(float(r[0]) for r in rows)
+    if len(values) != n:
+        sys.exit(f"bench: latency run completed {len(values)} of {n} jobs")
+    quantiles = statistics.quantiles(values, n=100)
+    return quantiles[49], quantiles[94], quantiles[98]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--dsn", default=os.environ.get("CONVEYOR_BENCH_DSN", LOCAL_TEST_DSN))
+    parser.add_argument("--jobs", type=int, default=20_000)
+    parser.add_argument("--sends", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="1 round, 5,000 jobs")
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.jobs, args.sends = 1, 5000, 500
+    dsn, n, r = args.dsn, args.jobs, args.rounds
+
+    rows: list[tuple[str, float, float, str]] = []
+
+    def add(name: str, value: float, floor: float, unit: str = "jobs/s") -> None:
+        rows.append((name, value, floor, unit))
+        print(f"  {name}: {value:,.0f} {unit} (floor {floor:,.0f}, {value / floor:.2f}x)",
+              flush=True)  # fmt: skip
+
+    print(f"bench: {n} jobs, {r} round(s), {os.cpu_count()} cores", flush=True)
+    one = median_of(r, lambda: floor_insert_one(dsn, args.sends))
+    add("send, 1 per call", median_of(r, lambda: conveyor_send(dsn, args.sends)), one)
+    many = median_of(r, lambda: floor_insert_many(dsn, n))
+    add("send_batch, 100 per call", median_of(r, lambda: conveyor_send_batch(dsn, n, 100)), many)
+    add("send_batch, 10,000 per call",
+        median_of(r, lambda: conveyor_send_batch(dsn, 10_000, 10_000)), many)  # fmt: skip
+    claim = median_of(r, lambda: floor_claim_complete(dsn, n))
+    peak = 0.0
+    for concurrency, processes in ((10, 1), (50, 1), (10, 2)):
+        results = [conveyor_drain(dsn, n, concurrency, processes) for _ in range(r)]
+        peak = max(peak, max(m for _, m in results))
+        label = f"drain, {processes} process{'es' if processes > 1 else ''} x {concurrency}"
+        add(label, statistics.median(v for v, _ in results), claim)
+    p50, p95, p99 = conveyor_latency(dsn, 300 if not args.quick else 100)
+    print(f"  enqueue->start latency: p50 {p50:.2f} ms, p95 {p95:.2f} ms, p99 {p99:.2f} ms")
+    print(f"  worker peak RSS: {peak:.0f} MB")
+    print("  exactly once: every drained job completed on its first attempt, none left")
+
+    print("\n| figure | Conveyor | floor (pgbench) | ratio |\n|---|---:|---:|---:|")
+    for name, value, floor, unit in rows:
+        print(f"| {name} | {value:,.0f} {unit} | {floor:,.0f} | {value / floor:.2f}x |")
+    print(f"| enqueue->start p50 / p95 / p99 | {p50:.2f} / {p95:.2f} / {p99:.2f} ms | - | - |")
+    print(f"| worker peak RSS | {peak:.0f} MB | - | - |")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+
+
+if __name__ == "__main__":
+    main()

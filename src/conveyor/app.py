@@ -129,9 +129,10 @@ class Conveyor(Client, AsyncClient):
         until no job is due); return how many attempts it ran.
 
         ``queues`` defaults to every queue with a handler. ``concurrency`` attempts run at once;
-        up to ``prefetch`` more jobs (default: as many as ``concurrency``) are claimed ahead into a
-        local queue, so fetches come in batches; set 0 for long jobs that should stay available
-        to other workers until a slot is free.
+        ``prefetch`` more jobs are claimed ahead into a local queue, so fetches come in batches.
+        By default it adapts: only as many as the slots should finish within 0.1 s at the recent
+        average job time (none for slow jobs, up to 200 for very quick ones). Set 0 to claim
+        only for free slots.
         On stop, fetching ends and in-flight jobs get ``shutdown_timeout`` seconds to finish; the
         rest are handed back without spending an attempt. Jobs of a worker whose heartbeat is
         older than ``stale_after`` seconds are recovered by the leader within about
@@ -142,9 +143,7 @@ class Conveyor(Client, AsyncClient):
         options = WorkerOptions(
             queues=served,
             concurrency=check_int("concurrency", concurrency, 1, 10_000),
-            prefetch=concurrency
-            if prefetch is None
-            else check_int("prefetch", prefetch, 0, 10_000),
+            prefetch=None if prefetch is None else check_int("prefetch", prefetch, 0, 10_000),
             shutdown_timeout=check_seconds("shutdown_timeout", shutdown_timeout, allow_zero=True),
             poll_interval=check_seconds("poll_interval", poll_interval, allow_zero=False),
             heartbeat_interval=check_seconds(

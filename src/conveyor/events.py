@@ -59,6 +59,10 @@ class Events:
 
         return register
 
+    def wanted(self, name: str) -> bool:
+        """True if anyone listens to ``name`` (so the event is worth building)."""
+        return bool(self._listeners[name])
+
     def emit(self, event: Event) -> None:
         """Call every subscriber of the event; their errors are logged, never raised."""
         for listener in self._listeners[event.name]:

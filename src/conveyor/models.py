@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -117,10 +116,6 @@ class Job:
     def error(self) -> dict[str, Any] | None:
         """The error of the latest failed attempt, or None."""
         return self.errors[-1] if self.errors else None
-
-    def bind(self, runtime: JobRuntime) -> Job:
-        """This job, bound to a running attempt (used by the worker)."""
-        return dataclasses.replace(self, _runtime=runtime)
 
     def report_progress(self, percent: float, message: str | None = None) -> None:
         """Record how far the handler got (0-100) with an optional message; callable from sync

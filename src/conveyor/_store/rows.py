@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from conveyor.models import Job, JobState, Queue, QueuePolicy
+from conveyor.models import Job, JobRuntime, JobState, Queue, QueuePolicy
 from conveyor.options import JobSpec
 
 SPEC_ARRAYS = (
@@ -16,11 +16,12 @@ SPEC_ARRAYS = (
 )  # fmt: skip
 
 
-def job(row: dict[str, Any]) -> Job:
-    """A :class:`Job` from a ``SELECT *`` row of ``job`` or ``job_history``."""
+def job(row: dict[str, Any], runtime: JobRuntime | None = None) -> Job:
+    """A :class:`Job` from a ``SELECT *`` row of ``job`` or ``job_history``, optionally bound to
+    the running attempt."""
     row["state"] = JobState(row["state"])
     row["depends_on"] = row["depends_on"] or []
-    return Job(**row)
+    return Job(**row, _runtime=runtime)
 
 
 def queue(row: dict[str, Any]) -> Queue:

@@ -12,9 +12,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from conveyor._store import rows
 from conveyor._store.store_async import AsyncStore
-from conveyor.models import Job
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,10 +45,11 @@ class WorkerStore(AsyncStore):
 
     async def job_fetch(
         self, queues: Sequence[str], worker: UUID, limit: int, now: datetime | None
-    ) -> list[Job]:
-        """Claim up to ``limit`` runnable jobs: each comes back active, its attempt counted."""
+    ) -> list[dict[str, Any]]:
+        """Claim up to ``limit`` runnable jobs: each comes back active, its attempt counted, as
+        a row for :func:`conveyor._store.rows.job` (the worker binds it to its attempt)."""
         params = {"queues": list(queues), "worker": worker, "limit": limit, "now": now}
-        return [rows.job(r) for r in await self._rows("job_fetch", params, None)]
+        return await self._rows("job_fetch", params, None)
 
     async def job_ack_many(
         self, worker: UUID, acks: Sequence[Ack], now: datetime | None

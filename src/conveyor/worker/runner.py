@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from conveyor._store import rows
 from conveyor._store.listen import Listener
 from conveyor._store.worker_store import Ack, Changed, WorkerStore
 from conveyor.errors import ConfigurationError, DatabaseUnavailable, Retry
@@ -38,6 +39,12 @@ from conveyor.worker.threads import DaemonThreadPool
 
 log = logging.getLogger("conveyor.worker")
 
+# Adaptive prefetch claims only what the slots should get through within this many seconds, going
+# by the recent average attempt time: a crash strands little, and long jobs stay available to
+# other workers until a slot is free.
+PREFETCH_WINDOW = 0.1
+MAX_PREFETCH = 200
+
 
 @dataclass(frozen=True, slots=True)
 class WorkerOptions:
@@ -45,7 +52,7 @@ class WorkerOptions:
 
     queues: tuple[str, ...]
     concurrency: int = 10
-    prefetch: int = 0
+    prefetch: int | None = None  # None: adapt to how long jobs take, up to MAX_PREFETCH
     shutdown_timeout: float = 30.0
     poll_interval: float = 2.0
     heartbeat_interval: float = 5.0
@@ -100,7 +107,8 @@ class Worker:
             dsn, schema, min_size=1, max_size=4, application_name=f"conveyor-worker {schema}"
         )
         self._running: dict[uuid.UUID, Running] = {}
-        self._buffer: collections.deque[Job] = collections.deque()  # claimed, not yet started
+        self._buffer: collections.deque[dict[str, Any]] = collections.deque()  # claimed rows
+        self._avg_duration: float | None = None
         self._refill_at = 1
         self._pending: dict[tuple[uuid.UUID, int], Job] = {}  # acked jobs, until written
         self._threads = DaemonThreadPool(options.concurrency, "conveyor-job")
@@ -133,6 +141,7 @@ class Worker:
 
     async def run(self) -> int:
         """Serve until stopped; return how many attempts this worker ran."""
+        self._loop = asyncio.get_running_loop()
         background: list[asyncio.Task[Any]] = []
         services_stop = asyncio.Event()
         try:
@@ -173,9 +182,9 @@ class Worker:
 
     async def _produce(self) -> None:
         opts = self.options
-        capacity = opts.concurrency + opts.prefetch
         failures = 0
         while not self._stop.is_set():
+            capacity = self._capacity()
             room = capacity - len(self._running) - len(self._buffer)
             if room < min(opts.concurrency, self._refill_at) or room <= 0:
                 await self._wait(self._slot_freed)
@@ -212,6 +221,16 @@ class Worker:
             poll = opts.poll_interval * (0.75 + random.random() / 2)
             await self._wait(self._wake, poll)
 
+    def _capacity(self) -> int:
+        """Slots plus how many jobs may wait claimed in the local buffer."""
+        concurrency = self.options.concurrency
+        if self.options.prefetch is not None:
+            return concurrency + self.options.prefetch
+        if self._avg_duration is None:
+            return concurrency
+        ahead = int(concurrency * PREFETCH_WINDOW / max(self._avg_duration, 1e-5))
+        return concurrency + min(MAX_PREFETCH, ahead)
+
     def _start_buffered(self) -> None:
         """Move claimed jobs from the local buffer into free slots."""
         while self._buffer and len(self._running) < self.options.concurrency:
@@ -229,28 +248,36 @@ class Worker:
 
     # -- one attempt -----------------------------------------------------------------------
 
-    def _start(self, job: Job) -> None:
-        runtime = Runtime(job, asyncio.get_running_loop(), self._completer.progress)
+    def _start(self, row: dict[str, Any]) -> None:
+        runtime = Runtime(
+            row["id"], row["queue"], row["attempt"], self._loop, self._completer.progress
+        )
+        job = rows.job(row, runtime)
         running = Running(job, runtime)
         self._running[job.id] = running
         running.task = asyncio.create_task(self._attempt(running))
         self.jobs_run += 1
-        self._events.emit(Event("job.started", self.id, job))
+        if self._events.wanted("job.started"):
+            self._events.emit(Event("job.started", self.id, job))
 
     async def _attempt(self, running: Running) -> None:
         job = running.job
         handler = self._registry.get(job.queue)
-        bound = job.bind(running.runtime)
         ack: Ack | None
         try:
-            ack = await self._call(handler, bound, running)
+            ack = await self._call(handler, job, running)
         except BaseException as exc:  # nothing a handler raises may reach the loop
             ack = self._failure(job, handler, exc)
         finally:
+            took = time.monotonic() - running.started
+            avg = self._avg_duration
+            self._avg_duration = took if avg is None else avg + (took - avg) * 0.1
             self._running.pop(job.id, None)
-            self._slot_freed.set()
             if not self._stop.is_set():
                 self._start_buffered()
+            room = self._capacity() - len(self._running) - len(self._buffer)
+            if room >= self._refill_at or not self._running:
+                self._slot_freed.set()
         if ack is not None:
             self._pending[(ack.job_id, ack.attempt)] = job
             self._completer.add(ack)
@@ -268,12 +295,12 @@ class Worker:
         except TimeoutError as exc:
             if not deadline.expired():
                 raise
-            running.runtime.cancelled.set()
+            running.runtime.request_stop()
             return self._failure(job, handler, exc, kind="Expired", message=(
                 f"the attempt ran past expire_in ({job.expire_in:g} s) and was stopped"
             ))  # fmt: skip
         except asyncio.CancelledError:
-            running.runtime.cancelled.set()
+            running.runtime.request_stop()
             if running.stop_reason == "cancelled":
                 return None  # cancel() already moved the job to the history
             if running.stop_reason == "shutdown":
@@ -323,7 +350,7 @@ class Worker:
             "failed": "job.dead",
             "retry": "job.retried",
         }.get(ack.outcome)
-        if name is not None:
+        if name is not None and self._events.wanted(name):
             result = json.loads(ack.result) if ack.result is not None else None
             error = json.loads(ack.error) if ack.error is not None else None
             self._events.emit(Event(name, self.id, job, error=error, result=result))
@@ -370,7 +397,7 @@ class Worker:
         running = self._running.get(job_id)
         if running is not None and running.task is not None and running.stop_reason is None:
             running.stop_reason = "cancelled"
-            running.runtime.cancelled.set()
+            running.runtime.request_stop()
             running.task.cancel()
 
     # -- shutdown --------------------------------------------------------------------------
@@ -378,8 +405,8 @@ class Worker:
     async def _shutdown(self) -> None:
         # Claimed but never started: hand back at once, the attempt not spent.
         while self._buffer:
-            job = self._buffer.popleft()
-            self._completer.add(Ack(job.id, job.attempt, "release"))
+            row = self._buffer.popleft()
+            self._completer.add(Ack(row["id"], row["attempt"], "release"))
         tasks = [r.task for r in self._running.values() if r.task is not None]
         if tasks and not self._hard_stop.is_set():
             log.info("waiting up to %gs for %d job(s)", self.options.shutdown_timeout, len(tasks))
@@ -390,7 +417,7 @@ class Worker:
         leftovers = list(self._running.values())
         for running in leftovers:
             running.stop_reason = "shutdown"
-            running.runtime.cancelled.set()
+            running.runtime.request_stop()
             if running.task is not None:
                 running.task.cancel()
         if leftovers:

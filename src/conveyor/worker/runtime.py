@@ -9,43 +9,67 @@ from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
-from conveyor.models import Job
-
 job_log = logging.getLogger("conveyor.job")
 
 
 class Runtime:
-    """Implements :class:`conveyor.models.JobRuntime` for one attempt."""
+    """Implements :class:`conveyor.models.JobRuntime` for one attempt.
+
+    Built for every attempt on the hot path, so the logger and the event are made on first use.
+    """
+
+    __slots__ = ("_attempt", "_cancelled", "_job_id", "_logger", "_loop", "_on_progress", "_queue",
+                 "_stop_requested")  # fmt: skip
 
     def __init__(
         self,
-        job: Job,
+        job_id: UUID,
+        queue: str,
+        attempt: int,
         loop: asyncio.AbstractEventLoop,
         on_progress: Callable[[UUID, int, dict[str, Any]], None],
     ) -> None:
-        self._job_id = job.id
-        self._attempt = job.attempt
+        self._job_id = job_id
+        self._queue = queue
+        self._attempt = attempt
         self._loop = loop
-        self._loop_thread = threading.get_ident()
         self._on_progress = on_progress
-        self._cancelled = threading.Event()
-        extra = {"job_id": str(job.id), "queue": job.queue, "attempt": job.attempt}
-        self._logger = logging.LoggerAdapter(job_log, extra)
+        self._cancelled: threading.Event | None = None
+        self._logger: logging.LoggerAdapter[logging.Logger] | None = None
+        self._stop_requested = False
 
     @property
     def logger(self) -> logging.LoggerAdapter[logging.Logger]:
         """A logger tagged with the job's id, queue and attempt."""
+        if self._logger is None:
+            extra = {"job_id": str(self._job_id), "queue": self._queue, "attempt": self._attempt}
+            self._logger = logging.LoggerAdapter(job_log, extra)
         return self._logger
 
     @property
     def cancelled(self) -> threading.Event:
         """Set when the handler should stop."""
+        if self._cancelled is None:
+            event = threading.Event()
+            if self._stop_requested:
+                event.set()
+            self._cancelled = event
         return self._cancelled
+
+    def request_stop(self) -> None:
+        """Tell the handler to stop (cancelled, expired, or the worker is shutting down)."""
+        self._stop_requested = True
+        if self._cancelled is not None:
+            self._cancelled.set()
 
     def report_progress(self, percent: float, message: str | None) -> None:
         """Queue progress for the next batch; safe from the loop and from handler threads."""
         value = {"percent": percent, "message": message}
-        if threading.get_ident() == self._loop_thread:
+        try:
+            running_here = asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            running_here = False
+        if running_here:
             self._on_progress(self._job_id, self._attempt, value)
         else:
             self._loop.call_soon_threadsafe(self._on_progress, self._job_id, self._attempt, value)

@@ -124,6 +124,7 @@ class Conveyor(Client, AsyncClient):
         stop: asyncio.Event | None = None,
         install_signal_handlers: bool = False,
         burst: bool = False,
+        migrate: bool = False,
     ) -> int:
         """Run a worker in the current event loop until ``stop`` is set (or, with ``burst``,
         until no job is due); return how many attempts it ran.
@@ -138,7 +139,14 @@ class Conveyor(Client, AsyncClient):
         older than ``stale_after`` seconds are recovered by the leader within about
         ``stale_after + recover_interval`` seconds. With ``install_signal_handlers``, SIGTERM
         and SIGINT stop the worker gracefully and a second signal stops it at once.
+
+        The worker refuses to start on a schema that is behind this release
+        (:class:`~conveyor.SchemaOutOfDate`) unless ``migrate`` is set, and on one that a newer
+        release migrated further (:class:`~conveyor.errors.SchemaTooNew`).
         """
+        if migrate:
+            await self.migrate_async()
+        await self._stores.migrator_async().ensure_current()
         served = tuple(queues) if queues is not None else tuple(self._registry.queues())
         options = WorkerOptions(
             queues=served,
@@ -191,6 +199,7 @@ class Conveyor(Client, AsyncClient):
         recover_interval: float = 5.0,
         install_signal_handlers: bool = True,
         burst: bool = False,
+        migrate: bool = False,
     ) -> int:
         """Run a worker until SIGTERM/SIGINT (blocking); see :meth:`run_worker_async`.
 
@@ -209,6 +218,7 @@ class Conveyor(Client, AsyncClient):
                 recover_interval=recover_interval,
                 install_signal_handlers=install_signal_handlers,
                 burst=burst,
+                migrate=migrate,
             )
         )
 

@@ -508,3 +508,20 @@ def test_transactional_send_then_work(app: Conveyor, conveyor_dsn: str) -> None:
         conn.rollback()
     assert app.drain() == 1
     assert app.get_job(kept).result == "ran"
+
+
+def test_a_worker_refuses_a_schema_that_is_behind(conveyor_dsn: str, scratch_schema: str) -> None:
+    from conveyor import SchemaOutOfDate
+
+    with Conveyor(conveyor_dsn, schema=scratch_schema) as fresh:
+
+        @fresh.job("q")
+        def handler(job: Job) -> str:
+            return "ran"
+
+        with pytest.raises(SchemaOutOfDate):
+            fresh.drain()
+        fresh.run_worker(burst=True, migrate=True, install_signal_handlers=False)
+        job_id = fresh.send("q", {})
+        fresh.drain()
+        assert fresh.get_job(job_id).result == "ran"

@@ -148,7 +148,7 @@ def migrate(cli: CliContext, print_sql: bool, check: bool, as_json: bool) -> Non
         click.echo(f"schema {app.schema!r} is up to date")
 
 
-@main.command()
+@main.command("worker")
 @click.argument("app_spec", metavar="APP")
 @click.option("--queues", help="Comma-separated queues to serve (default: every handler's).")
 @click.option("--concurrency", type=int, default=10, show_default=True, help="Jobs at once.")
@@ -158,6 +158,7 @@ def migrate(cli: CliContext, print_sql: bool, check: bool, as_json: bool) -> Non
 @click.option("--processes", type=int, default=1, show_default=True, help="Worker processes.")
 @click.option("--shutdown-timeout", type=float, default=30.0, show_default=True)
 @click.option("--burst", is_flag=True, help="Run the jobs due now, then exit.")
+@click.option("--migrate", is_flag=True, help="Apply pending migrations before starting.")
 @click.option(
     "--stale-after",
     type=float,
@@ -186,6 +187,7 @@ def worker(
     processes: int,
     shutdown_timeout: float,
     burst: bool,
+    migrate: bool,
     stale_after: float,
     heartbeat_interval: float,
     poll_interval: float,
@@ -210,6 +212,7 @@ def worker(
         prefetch=prefetch,
         shutdown_timeout=shutdown_timeout,
         burst=burst,
+        migrate=migrate,
         stale_after=stale_after,
         heartbeat_interval=heartbeat_interval,
         poll_interval=poll_interval,

@@ -71,10 +71,10 @@ CREATE TABLE {schema}.job (
 -- Fetch: runnable jobs of a queue, highest priority first, then oldest run_at.
 CREATE INDEX job_fetch_idx ON {schema}.job (queue, priority DESC, run_at, id)
     WHERE state IN ('created', 'retry');
--- Recovery and expiry: the running jobs, oldest first. (Not keyed by worker: acks find their rows
--- by primary key, and an index on worker_id would lure the planner into scanning every row a
--- worker holds for each acknowledged one.)
-CREATE INDEX job_active_idx ON {schema}.job (started_at) WHERE state = 'active';
+-- No index serves "the running jobs": acks find their rows by primary key, and a small partial
+-- index on state = 'active' lures the planner (whose row counts for it are always stale) into
+-- walking every running job for each acknowledged one. Recovery, which runs on the leader every
+-- few seconds, reads the live table instead; it holds only queued and running jobs.
 -- unique_key: at most one queued or running job per key and queue (everything in this table is).
 CREATE UNIQUE INDEX job_unique_key_idx ON {schema}.job (queue, unique_key)
     WHERE unique_key IS NOT NULL;

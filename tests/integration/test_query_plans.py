@@ -1,0 +1,94 @@
+"""The hot path keeps to its indexes on a large table: fetch walks job_fetch_idx (never a scan
+of the whole job table, whatever waits in the future or sits in the history), and the ack finds
+its rows by primary key."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from conveyor import Conveyor
+from conveyor._store.queries import queries
+
+
+def seed(conn: psycopg.Connection[Any], schema: str) -> None:
+    """20,000 jobs due now, 100,000 scheduled in the future, 200,000 finished."""
+    columns = (
+        "id, queue, data, run_at, retry_limit, retry_delay, retry_backoff, expire_in, retention, "
+        "created_at"
+    )
+    values = (
+        "gen_random_uuid(), 'bench', jsonb_build_object('i', g), {run_at}, 2, 5, 'exponential', "
+        "900, 604800, now()"
+    )
+    conn.execute(
+        f"INSERT INTO {schema}.job ({columns}) "
+        f"SELECT {values.format(run_at='now()')} FROM generate_series(1, 20000) g"
+    )
+    future = values.format(run_at="now() + interval '1 day'")
+    conn.execute(
+        f"INSERT INTO {schema}.job ({columns}) SELECT {future} FROM generate_series(1, 100000) g"
+    )
+    conn.execute(
+        f"INSERT INTO {schema}.job_history ({columns}, state, finished_at) "
+        f"SELECT {values.format(run_at='now()')}, 'completed', now() "
+        "FROM generate_series(1, 200000) g"
+    )
+    conn.execute(f"ANALYZE {schema}.job")
+    conn.execute(f"ANALYZE {schema}.job_history")
+
+
+def plan(conn: psycopg.Connection[Any], sql: str, params: dict[str, Any]) -> str:
+    rows = conn.execute(f"EXPLAIN (COSTS OFF) {sql}", params).fetchall()
+    return "\n".join(r["QUERY PLAN"] for r in rows)
+
+
+def test_fetch_and_ack_use_their_indexes_on_a_large_table(app: Conveyor, conveyor_dsn: str) -> None:
+    named = queries(app.schema)
+    with psycopg.connect(conveyor_dsn, row_factory=dict_row) as conn:
+        seed(conn, app.schema)
+        worker = uuid.uuid4()
+        fetch = plan(
+            conn,
+            named["job_fetch"].sql,
+            {"queues": ["bench"], "worker": worker, "limit": 100, "now": None},
+        )
+        assert "job_fetch_idx" in fetch
+        assert "Seq Scan on job" not in fetch
+        claimed = conn.execute(
+            named["job_fetch"].sql,
+            {"queues": ["bench"], "worker": worker, "limit": 100, "now": None},
+        ).fetchall()
+        assert len(claimed) == 100
+        try:
+            conn.execute("LOAD 'auto_explain'")
+        except psycopg.errors.UndefinedFile:
+            pytest.skip("auto_explain is not installed on this server: the ack plan is unchecked")
+        notices: list[str] = []
+        conn.add_notice_handler(lambda d: notices.append(str(d.message_primary)))
+        conn.execute(
+            "SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;"
+            " SET auto_explain.log_level = notice"
+        )
+        conn.execute(
+            named["job_ack_many"].sql,
+            {
+                "id": [r["id"] for r in claimed],
+                "worker": [worker] * 100,
+                "attempt": [1] * 100,
+                "outcome": ["completed"] * 100,
+                "result": [None] * 100,
+                "error": [None] * 100,
+                "delay": [None] * 100,
+                "now": None,
+            },
+        )
+        conn.rollback()
+    ack = next(n for n in notices if "DELETE FROM" in n and ".job j" in n)
+    assert "job_pkey" in ack
+    assert "Index Cond: (id = a" in ack  # one key lookup per acknowledged job
+    assert "Seq Scan on job " not in ack

@@ -47,11 +47,22 @@ def insert_params(
     return params
 
 
+def insert_one_params(spec: JobSpec, defaults: str, now: object) -> dict[str, Any]:
+    """The parameters of ``job_insert_one``."""
+    params = {name: getattr(spec, name) for name in SPEC_ARRAYS}
+    params["keyed"] = spec.unique_key is not None or spec.singleton_seconds is not None
+    params["defaults"] = defaults
+    params["now"] = now
+    return params
+
+
 def insert_results(
     specs: Sequence[JobSpec], params: dict[str, Any], found: list[dict[str, Any]]
 ) -> list[tuple[Any, bool]]:
     """Per spec: the job id it resolved to (None: ask again) and whether it was inserted."""
-    if params["unique_key"] is None and params["singleton_seconds"] is None:
+    keyed = params.get("keyed")
+    if keyed is False or (keyed is None and params["unique_key"] is None
+                          and params["singleton_seconds"] is None):  # fmt: skip
         return [(s.id, True) for s in specs]  # the plain path inserts every job, returns nothing
     return [(r["id"], r["inserted"]) for r in found]
 

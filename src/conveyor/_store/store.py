@@ -47,6 +47,7 @@ class Store:
         self.cancel_channel = f"conveyor:{schema}:cancel"
         self.done_channel = f"conveyor:{schema}:done"
         self._dsn = dsn
+        self._defaults_cache: tuple[dict[str, Any], str] | None = None
         self._queries = queries(schema)
         self._pool = ConnectionPool(
             dsn,
@@ -103,9 +104,18 @@ class Store:
         conn: Conn | None = None,
     ) -> list[tuple[UUID | None, bool]]:
         """Insert jobs; per spec, in order: the id it resolved to (None: ask again) and if new."""
-        params = rows.insert_params(specs, defaults, now)
-        found = self._rows("job_insert_many", params, conn)
+        if len(specs) == 1:
+            params = rows.insert_one_params(specs[0], self._defaults_json(defaults), now)
+            found = self._rows("job_insert_one", params, conn)
+        else:
+            params = rows.insert_params(specs, defaults, now)
+            found = self._rows("job_insert_many", params, conn)
         return rows.insert_results(specs, params, found)
+
+    def _defaults_json(self, defaults: dict[str, Any]) -> str:
+        if self._defaults_cache is None or self._defaults_cache[0] is not defaults:
+            self._defaults_cache = (defaults, rows.json_text(defaults))
+        return self._defaults_cache[1]
 
     def job_get(self, job_id: UUID, conn: Conn | None = None) -> Job | None:
         """The job with this id, live or finished."""

@@ -405,7 +405,7 @@ async def test_jobs_of_a_dead_worker_are_recovered_and_its_late_ack_refused(
     store = WorkerStore(conveyor_dsn, app_async.schema, min_size=0, max_size=1)
     try:
         [claimed] = await store.job_fetch(["orphan"], ghost, 1, None)
-        assert claimed["id"] == job_id
+        assert claimed[0] == job_id
         async for _stop, _task in worker_in_background(
             app_async, poll_interval=0.1, stale_after=1, recover_interval=0.2
         ):

@@ -49,3 +49,14 @@ def test_queries_render_the_schema_as_an_identifier() -> None:
 def test_parse_splits_named_statements() -> None:
     text = "-- name: a :one\nSELECT 1;\n\n-- about b\n-- name: b :exec\nSELECT 2;\n"
     assert parse(text) == [("a", "one", "SELECT 1"), ("b", "exec", "SELECT 2")]
+
+
+def test_job_fetch_returns_the_columns_in_the_order_of_job_fields() -> None:
+    import dataclasses
+    import re
+
+    from conveyor.models import Job
+
+    sql = queries("s")["job_fetch"].sql
+    returned = re.findall(r"j\.(\w+)", sql[sql.index("RETURNING") :])
+    assert returned == [f.name for f in dataclasses.fields(Job) if f.name != "_runtime"]

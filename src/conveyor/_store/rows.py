@@ -24,6 +24,20 @@ def job(row: dict[str, Any], runtime: JobRuntime | None = None) -> Job:
     return Job(**row, _runtime=runtime)
 
 
+# Positions in the tuples job_fetch returns (the order of Job's fields).
+FETCHED_ID, FETCHED_QUEUE, FETCHED_STATE, FETCHED_ATTEMPT, FETCHED_DEPENDS_ON = 0, 1, 2, 5, 24
+
+
+def fetched_job(values: tuple[Any, ...], runtime: JobRuntime) -> Job:
+    """A :class:`Job` bound to its attempt, from a ``job_fetch`` tuple; positional construction
+    is the cheapest way to build one, and the worker builds one per job."""
+    fields = list(values)
+    fields[FETCHED_STATE] = JobState(fields[FETCHED_STATE])
+    fields[FETCHED_DEPENDS_ON] = fields[FETCHED_DEPENDS_ON] or []
+    fields.append(runtime)  # the last field, _runtime
+    return Job(*fields)
+
+
 def queue(row: dict[str, Any]) -> Queue:
     """A :class:`Queue` from a ``SELECT *`` row of ``queue``."""
     row["policy"] = QueuePolicy(row["policy"])

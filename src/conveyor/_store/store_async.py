@@ -85,9 +85,14 @@ class AsyncStore:
     async def _rows(
         self, name: str, params: dict[str, Any], conn: AsyncConn | None
     ) -> list[dict[str, Any]]:
+        return await self._fetch(name, params, conn, dict_row)
+
+    async def _fetch(
+        self, name: str, params: dict[str, Any], conn: AsyncConn | None, factory: Any
+    ) -> list[Any]:
         query = self._queries[name]
         try:
-            async with self.connection(conn) as c, c.cursor(row_factory=dict_row) as cur:
+            async with self.connection(conn) as c, c.cursor(row_factory=factory) as cur:
                 await cur.execute(query.sql, params)
                 return await cur.fetchall() if cur.description is not None else []
         except Error as exc:

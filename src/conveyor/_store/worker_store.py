@@ -12,6 +12,8 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from psycopg.rows import tuple_row
+
 from conveyor._store.store_async import AsyncStore
 
 
@@ -45,11 +47,11 @@ class WorkerStore(AsyncStore):
 
     async def job_fetch(
         self, queues: Sequence[str], worker: UUID, limit: int, now: datetime | None
-    ) -> list[dict[str, Any]]:
+    ) -> list[tuple[Any, ...]]:
         """Claim up to ``limit`` runnable jobs: each comes back active, its attempt counted, as
-        a row for :func:`conveyor._store.rows.job` (the worker binds it to its attempt)."""
+        a tuple for :func:`conveyor._store.rows.fetched_job` (which binds it to its attempt)."""
         params = {"queues": list(queues), "worker": worker, "limit": limit, "now": now}
-        return await self._rows("job_fetch", params, None)
+        return await self._fetch("job_fetch", params, None, tuple_row)
 
     async def job_ack_many(
         self, worker: UUID, acks: Sequence[Ack], now: datetime | None

@@ -55,6 +55,8 @@ def describe(exc: BaseException, job: Job, worker: UUID, kind: str | None = None
 
 def completed(job: Job, result: object, limit: int) -> Ack | None:
     """The ack of a handler's return value, or None if the value cannot be stored as JSON."""
+    if result is None:
+        return Ack(job.id, job.attempt, "completed", result="null")
     try:
         text = json.dumps(result, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
         if "\\u0000" in text or len(text.encode("utf-8")) > limit:

@@ -107,7 +107,7 @@ class Worker:
             dsn, schema, min_size=1, max_size=4, application_name=f"conveyor-worker {schema}"
         )
         self._running: dict[uuid.UUID, Running] = {}
-        self._buffer: collections.deque[dict[str, Any]] = collections.deque()  # claimed rows
+        self._buffer: collections.deque[tuple[Any, ...]] = collections.deque()  # claimed rows
         self._avg_duration: float | None = None
         self._refill_at = 1
         self._pending: dict[tuple[uuid.UUID, int], Job] = {}  # acked jobs, until written
@@ -248,11 +248,15 @@ class Worker:
 
     # -- one attempt -----------------------------------------------------------------------
 
-    def _start(self, row: dict[str, Any]) -> None:
+    def _start(self, row: tuple[Any, ...]) -> None:
         runtime = Runtime(
-            row["id"], row["queue"], row["attempt"], self._loop, self._completer.progress
+            row[rows.FETCHED_ID],
+            row[rows.FETCHED_QUEUE],
+            row[rows.FETCHED_ATTEMPT],
+            self._loop,
+            self._completer.progress,
         )
-        job = rows.job(row, runtime)
+        job = rows.fetched_job(row, runtime)
         running = Running(job, runtime)
         self._running[job.id] = running
         running.task = asyncio.create_task(self._attempt(running))
@@ -406,7 +410,7 @@ class Worker:
         # Claimed but never started: hand back at once, the attempt not spent.
         while self._buffer:
             row = self._buffer.popleft()
-            self._completer.add(Ack(row["id"], row["attempt"], "release"))
+            self._completer.add(Ack(row[rows.FETCHED_ID], row[rows.FETCHED_ATTEMPT], "release"))
         tasks = [r.task for r in self._running.values() if r.task is not None]
         if tasks and not self._hard_stop.is_set():
             log.info("waiting up to %gs for %d job(s)", self.options.shutdown_timeout, len(tasks))

@@ -2,7 +2,8 @@
 
 -- Claim up to %(limit)s runnable jobs of the given queues, highest priority first, then oldest
 -- run_at. Each queue is read through its own ordered index scan (LATERAL), so the cost does not
--- depend on how many jobs wait in other queues or in the future.
+-- depend on how many jobs wait in other queues or in the future. The columns come back in the
+-- order of conveyor.models.Job's fields, so the worker builds each Job from a plain tuple.
 -- name: job_fetch :many
 WITH picked AS (
     SELECT c.id
@@ -24,7 +25,11 @@ SET state = 'active', attempt = j.attempt + 1, worker_id = %(worker)s::uuid,
     started_at = coalesce(%(now)s::timestamptz, now())
 FROM picked
 WHERE j.id = picked.id
-RETURNING j.*;
+RETURNING j.id, j.queue, j.state, j.data, j.priority, j.attempt, j.retry_limit, j.retry_delay,
+          j.retry_backoff, j.retry_delay_max, j.expire_in, j.retention, j.run_at, j.created_at,
+          j.started_at, j.finished_at, j.result, j.errors, j.progress, j.singleton_key,
+          j.singleton_seconds, j.unique_key, j.dead_letter, j.group_key, j.depends_on,
+          j.worker_id;
 
 -- name: job_ack_many :many
 SELECT id, queue, state

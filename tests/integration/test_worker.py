@@ -525,3 +525,32 @@ def test_a_worker_refuses_a_schema_that_is_behind(conveyor_dsn: str, scratch_sch
         job_id = fresh.send("q", {})
         fresh.drain()
         assert fresh.get_job(job_id).result == "ran"
+
+
+async def test_a_cancelled_job_waiting_in_the_prefetch_buffer_never_starts(
+    app_async: Conveyor,
+) -> None:
+    gate = asyncio.Event()
+    ran: list[int] = []
+
+    @app_async.job("buffered")
+    async def buffered(job: Job) -> None:
+        ran.append(job.data["n"])
+        await gate.wait()
+
+    first = await app_async.send_async("buffered", {"n": 1})
+    second = await app_async.send_async("buffered", {"n": 2})
+    async for _stop, _task in worker_in_background(
+        app_async, concurrency=1, prefetch=1, poll_interval=0.1
+    ):
+        while not ran:
+            await asyncio.sleep(0.01)
+        held = await app_async.get_job_async(second)
+        assert held.state is JobState.ACTIVE  # claimed into the buffer, behind the first
+        await app_async.cancel_async(second)
+        await asyncio.sleep(0.3)
+        gate.set()
+        assert (await app_async.wait_for_async(first, timeout=10)).state is JobState.COMPLETED
+        await asyncio.sleep(0.3)
+    assert ran == [1]
+    assert (await app_async.get_job_async(second)).state is JobState.CANCELLED

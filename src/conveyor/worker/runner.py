@@ -398,6 +398,12 @@ class Worker:
                 self._cancel_running(job_id)
 
     def _cancel_running(self, job_id: uuid.UUID) -> None:
+        if any(row[rows.FETCHED_ID] == job_id for row in self._buffer):
+            # Claimed but not started: it must not start at all.
+            self._buffer = collections.deque(
+                row for row in self._buffer if row[rows.FETCHED_ID] != job_id
+            )
+            return
         running = self._running.get(job_id)
         if running is not None and running.task is not None and running.stop_reason is None:
             running.stop_reason = "cancelled"

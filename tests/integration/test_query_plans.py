@@ -16,7 +16,8 @@ from conveyor._store.queries import queries
 
 
 def seed(conn: psycopg.Connection[Any], schema: str) -> None:
-    """20,000 jobs due now, 100,000 scheduled in the future, 200,000 finished."""
+    """100,000 jobs scheduled in the future and 200,000 finished, analysed before 20,000 due jobs
+    arrive: statistics that say "nothing is due", the trap that once made fetch sort the table."""
     columns = (
         "id, queue, data, run_at, retry_limit, retry_delay, retry_backoff, expire_in, retention, "
         "created_at"
@@ -24,10 +25,6 @@ def seed(conn: psycopg.Connection[Any], schema: str) -> None:
     values = (
         "gen_random_uuid(), 'bench', jsonb_build_object('i', g), {run_at}, 2, 5, 'exponential', "
         "900, 604800, now()"
-    )
-    conn.execute(
-        f"INSERT INTO {schema}.job ({columns}) "
-        f"SELECT {values.format(run_at='now()')} FROM generate_series(1, 20000) g"
     )
     future = values.format(run_at="now() + interval '1 day'")
     conn.execute(
@@ -40,46 +37,43 @@ def seed(conn: psycopg.Connection[Any], schema: str) -> None:
     )
     conn.execute(f"ANALYZE {schema}.job")
     conn.execute(f"ANALYZE {schema}.job_history")
-
-
-def plan(conn: psycopg.Connection[Any], sql: str, params: dict[str, Any]) -> str:
-    rows = conn.execute(f"EXPLAIN (COSTS OFF) {sql}", params).fetchall()
-    return "\n".join(r["QUERY PLAN"] for r in rows)
+    conn.execute(
+        f"INSERT INTO {schema}.job ({columns}) "
+        f"SELECT {values.format(run_at='now()')} FROM generate_series(1, 20000) g"
+    )
 
 
 def test_fetch_and_ack_use_their_indexes_on_a_large_table(app: Conveyor, conveyor_dsn: str) -> None:
     named = queries(app.schema)
     with psycopg.connect(conveyor_dsn, row_factory=dict_row) as conn:
         seed(conn, app.schema)
-        worker = uuid.uuid4()
-        fetch = plan(
-            conn,
-            named["job_fetch"].sql,
-            {"queues": ["bench"], "worker": worker, "limit": 100, "now": None},
-        )
-        assert "job_fetch_idx" in fetch
-        assert "Seq Scan on job" not in fetch
-        claimed = conn.execute(
-            named["job_fetch"].sql,
-            {"queues": ["bench"], "worker": worker, "limit": 100, "now": None},
-        ).fetchall()
-        assert len(claimed) == 100
+        conn.commit()
         try:
             conn.execute("LOAD 'auto_explain'")
         except psycopg.errors.UndefinedFile:
-            pytest.skip("auto_explain is not installed on this server: the ack plan is unchecked")
+            pytest.skip("auto_explain is not installed on this server: plans cannot be read")
         notices: list[str] = []
         conn.add_notice_handler(lambda d: notices.append(str(d.message_primary)))
         conn.execute(
             "SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;"
             " SET auto_explain.log_level = notice"
         )
+        worker = uuid.uuid4()
+        for _ in range(6):  # past the point where a cached generic plan takes over
+            claimed = conn.execute(
+                named["job_fetch"].sql,
+                {"queues": ["bench"], "worker": worker, "limit": 100, "now": None},
+            ).fetchall()
+        assert len(claimed) == 100
+        fetch = [n for n in notices if "LATERAL" in n][-1]
+        assert "job_fetch_idx" in fetch
+        assert "Seq Scan on job" not in fetch and "Sort Method" not in fetch.split("LockRows")[1]
         conn.execute(
             named["job_ack_many"].sql,
             {
                 "id": [r["id"] for r in claimed],
                 "worker": [worker] * 100,
-                "attempt": [1] * 100,
+                "attempt": [r["attempt"] for r in claimed],
                 "outcome": ["completed"] * 100,
                 "result": [None] * 100,
                 "error": [None] * 100,

@@ -55,8 +55,14 @@ def test_job_fetch_returns_the_columns_in_the_order_of_job_fields() -> None:
     import dataclasses
     import re
 
+    from conveyor._store.migrations import migrations
     from conveyor.models import Job
 
-    sql = queries("s")["job_fetch"].sql
-    returned = re.findall(r"j\.(\w+)", sql[sql.index("RETURNING") :])
-    assert returned == [f.name for f in dataclasses.fields(Job) if f.name != "_runtime"]
+    sql = migrations()[0].template
+    body = sql[sql.index("CREATE FUNCTION {schema}.fetch_jobs(") :]
+    returned = re.findall(r"j\.(\w+)", body[body.index("RETURNING") : body.index("END")])
+    table = body[body.index("RETURNS TABLE (") + 15 : body.index(")\nLANGUAGE")]
+    declared = [column.split()[0] for column in table.split(",")]
+    fields = [f.name for f in dataclasses.fields(Job) if f.name != "_runtime"]
+    assert returned == fields
+    assert declared[: len(fields)] == fields

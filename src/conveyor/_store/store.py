@@ -85,9 +85,14 @@ class Store:
         self._pool.close()
 
     def _rows(self, name: str, params: dict[str, Any], conn: Conn | None) -> list[dict[str, Any]]:
+        return self._fetch(name, params, conn, dict_row)
+
+    def _fetch(
+        self, name: str, params: dict[str, Any], conn: Conn | None, factory: Any
+    ) -> list[Any]:
         query = self._queries[name]
         try:
-            with self.connection(conn) as c, c.cursor(row_factory=dict_row) as cur:
+            with self.connection(conn) as c, c.cursor(row_factory=factory) as cur:
                 cur.execute(query.sql, params)
                 return cur.fetchall() if cur.description is not None else []
         except Error as exc:

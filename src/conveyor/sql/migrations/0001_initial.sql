@@ -324,6 +324,57 @@ BEGIN
 END
 $fn$;
 
+-- Claim up to p_limit runnable jobs of the given queues for a worker: highest priority first,
+-- then oldest run_at; each comes back active, its attempt counted. Each queue is read through its
+-- own ordered walk of job_fetch_idx (LATERAL), so the cost depends neither on other queues nor on
+-- jobs scheduled for later. The settings pin that plan: with the statistics of a moment when most
+-- rows lay in the future, the planner would otherwise sort the whole table on every fetch.
+-- Columns come back in the order of conveyor.models.Job's fields.
+CREATE FUNCTION {schema}.fetch_jobs(
+    p_queues text[], p_worker uuid, p_limit integer, p_now timestamptz
+) RETURNS TABLE (
+    id uuid, queue text, state text, data jsonb, priority integer, attempt integer,
+    retry_limit integer, retry_delay double precision, retry_backoff text,
+    retry_delay_max double precision, expire_in double precision, retention double precision,
+    run_at timestamptz, created_at timestamptz, started_at timestamptz, finished_at timestamptz,
+    result jsonb, errors jsonb, progress jsonb, singleton_key text, singleton_seconds integer,
+    unique_key text, dead_letter text, group_key text, depends_on uuid[], worker_id uuid
+)
+LANGUAGE plpgsql
+SET enable_seqscan = off SET enable_bitmapscan = off SET jit = off
+SET plan_cache_mode = force_generic_plan
+AS $fn$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    WITH picked AS (
+        SELECT c.id
+        FROM unnest(p_queues) AS q(name)
+        CROSS JOIN LATERAL (
+            SELECT j.id, j.priority, j.run_at
+            FROM {schema}.job j
+            WHERE j.queue = q.name AND j.state IN ('created', 'retry')
+              AND j.run_at <= coalesce(p_now, now())
+            ORDER BY j.priority DESC, j.run_at, j.id
+            LIMIT p_limit
+            FOR UPDATE SKIP LOCKED
+        ) c
+        ORDER BY c.priority DESC, c.run_at, c.id
+        LIMIT p_limit
+    )
+    UPDATE {schema}.job j
+    SET state = 'active', attempt = j.attempt + 1, worker_id = p_worker,
+        started_at = coalesce(p_now, now())
+    FROM picked
+    WHERE j.id = picked.id
+    RETURNING j.id, j.queue, j.state, j.data, j.priority, j.attempt, j.retry_limit,
+              j.retry_delay, j.retry_backoff, j.retry_delay_max, j.expire_in, j.retention,
+              j.run_at, j.created_at, j.started_at, j.finished_at, j.result, j.errors,
+              j.progress, j.singleton_key, j.singleton_seconds, j.unique_key, j.dead_letter,
+              j.group_key, j.depends_on, j.worker_id;
+END
+$fn$;
+
 -- Acknowledge attempts, set-based: the one place where a running job changes state. Every row is
 -- guarded by (id, worker, attempt, state = 'active'), so an attempt that lost its job (rescued,
 -- expired, cancelled) matches nothing and changes nothing. Outcomes:

@@ -1,35 +1,9 @@
 -- The worker's hot path (fetch, ack) and its liveness: heartbeats, the leader lease, recovery.
 
--- Claim up to %(limit)s runnable jobs of the given queues, highest priority first, then oldest
--- run_at. Each queue is read through its own ordered index scan (LATERAL), so the cost does not
--- depend on how many jobs wait in other queues or in the future. The columns come back in the
--- order of conveyor.models.Job's fields, so the worker builds each Job from a plain tuple.
 -- name: job_fetch :many
-WITH picked AS (
-    SELECT c.id
-    FROM unnest(%(queues)s::text[]) AS q(name)
-    CROSS JOIN LATERAL (
-        SELECT j.id, j.priority, j.run_at
-        FROM {schema}.job j
-        WHERE j.queue = q.name AND j.state IN ('created', 'retry')
-          AND j.run_at <= coalesce(%(now)s::timestamptz, now())
-        ORDER BY j.priority DESC, j.run_at, j.id
-        LIMIT %(limit)s
-        FOR UPDATE SKIP LOCKED
-    ) c
-    ORDER BY c.priority DESC, c.run_at, c.id
-    LIMIT %(limit)s
-)
-UPDATE {schema}.job j
-SET state = 'active', attempt = j.attempt + 1, worker_id = %(worker)s::uuid,
-    started_at = coalesce(%(now)s::timestamptz, now())
-FROM picked
-WHERE j.id = picked.id
-RETURNING j.id, j.queue, j.state, j.data, j.priority, j.attempt, j.retry_limit, j.retry_delay,
-          j.retry_backoff, j.retry_delay_max, j.expire_in, j.retention, j.run_at, j.created_at,
-          j.started_at, j.finished_at, j.result, j.errors, j.progress, j.singleton_key,
-          j.singleton_seconds, j.unique_key, j.dead_letter, j.group_key, j.depends_on,
-          j.worker_id;
+SELECT *
+FROM {schema}.fetch_jobs(
+    %(queues)s::text[], %(worker)s::uuid, %(limit)s::integer, %(now)s::timestamptz);
 
 -- name: job_ack_many :many
 SELECT id, queue, state

@@ -16,12 +16,11 @@ SPEC_ARRAYS = (
 )  # fmt: skip
 
 
-def job(row: dict[str, Any], runtime: JobRuntime | None = None) -> Job:
-    """A :class:`Job` from a ``SELECT *`` row of ``job`` or ``job_history``, optionally bound to
-    the running attempt."""
+def job(row: dict[str, Any]) -> Job:
+    """A :class:`Job` from a ``SELECT *`` row of ``job`` or ``job_history``."""
     row["state"] = JobState(row["state"])
     row["depends_on"] = row["depends_on"] or []
-    return Job(**row, _runtime=runtime)
+    return Job(**row)
 
 
 # Positions in the tuples job_fetch returns (the order of Job's fields).

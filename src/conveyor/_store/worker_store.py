@@ -67,8 +67,8 @@ class WorkerStore(AsyncStore):
             "delay": [a.delay for a in acks],
             "now": now,
         }
-        found = await self._rows("job_ack_many", params, None)
-        return [Changed(r["id"], r["queue"], r["state"]) for r in found]
+        found = await self._fetch("job_ack_many", params, None, tuple_row)
+        return [Changed(*r) for r in found]
 
     async def job_progress_many(
         self, worker: UUID, progress: dict[tuple[UUID, int], dict[str, Any]]

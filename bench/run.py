@@ -236,6 +236,65 @@ def conveyor_latency(dsn: str, n: int) -> tuple[float, float, float]:
     return quantiles[49], quantiles[94], quantiles[98]
 
 
+def conveyor_steady(dsn: str, rate: int, seconds: float) -> dict[str, float]:
+    """A producer sends ``rate`` jobs/s (batches every 10 ms) for ``seconds`` while one worker
+    process runs them: the backlog at the start and end of the second half, and the latency
+    (created to started) percentiles of every job."""
+    reset(dsn).close()
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "bench.worker_proc", dsn, SCHEMA, "serve", "10"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    backlog: list[tuple[float, int]] = []
+    try:
+        with Conveyor(dsn, schema=SCHEMA) as app, psycopg.connect(dsn, autocommit=True) as conn:
+            time.sleep(1.5)
+            per_tick = max(1, rate // 100)
+            start = time.perf_counter()
+            tick = 0
+            sent = 0
+            while (now := time.perf_counter() - start) < seconds:
+                app.send_batch([("bench", {"i": sent + k}) for k in range(per_tick)])
+                sent += per_tick
+                tick += 1
+                if tick % 100 == 0:
+                    row = conn.execute(
+                        f"SELECT count(*) FROM {SCHEMA}.job WHERE state IN ('created', 'retry')"
+                    ).fetchone()
+                    backlog.append((now, int(row[0]) if row else 0))
+                pause = tick * 0.01 - (time.perf_counter() - start)
+                if pause > 0:
+                    time.sleep(pause)
+            achieved = sent / (time.perf_counter() - start)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                left = conn.execute(f"SELECT count(*) FROM {SCHEMA}.job").fetchone()
+                if left and left[0] == 0:
+                    break
+                time.sleep(0.2)
+            rows = conn.execute(
+                f"SELECT extract(epoch FROM started_at - created_at) * 1000"
+                f" FROM {SCHEMA}.job_history"
+            ).fetchall()
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=60)
+    values = sorted(float(r[0]) for r in rows)
+    if len(values) != sent:
+        sys.exit(f"bench: steady run completed {len(values)} of {sent} jobs")
+    q = statistics.quantiles(values, n=100)
+    half = [b for t, b in backlog if t >= seconds / 2]
+    return {
+        "rate": achieved,
+        "p50": q[49],
+        "p99": q[98],
+        "backlog_mid": float(half[0]) if half else 0.0,
+        "backlog_end": float(half[-1]) if half else 0.0,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dsn", default=os.environ.get("CONVEYOR_BENCH_DSN", LOCAL_TEST_DSN))
@@ -243,6 +302,8 @@ def main() -> None:
     parser.add_argument("--sends", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="1 round, 5,000 jobs")
+    parser.add_argument("--steady-rate", type=int, default=5000, help="jobs/s for the steady run")
+    parser.add_argument("--steady-seconds", type=float, default=60.0)
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.jobs, args.sends = 1, 5000, 500
@@ -278,6 +339,13 @@ def main() -> None:
     p50, p95, p99 = conveyor_latency(dsn, 300 if not args.quick else 100)
     print(f"  enqueue->start latency: p50 {p50:.2f} ms, p95 {p95:.2f} ms, p99 {p99:.2f} ms")
     print(f"  worker peak RSS: {peak:.0f} MB")
+    steady = conveyor_steady(dsn, args.steady_rate, 10.0 if args.quick else args.steady_seconds)
+    print(
+        f"  steady: sent {steady['rate']:,.0f} jobs/s for {args.steady_seconds:g}s; backlog "
+        f"{steady['backlog_mid']:.0f} at half time, {steady['backlog_end']:.0f} at the end; "
+        f"latency p50 {steady['p50']:.2f} ms, p99 {steady['p99']:.2f} ms",
+        flush=True,
+    )
     print("  exactly once: every drained job completed on its first attempt, none left")
 
     print("\n| figure | Conveyor | floor (pgbench) | ratio |\n|---|---:|---:|---:|")
@@ -285,6 +353,11 @@ def main() -> None:
         print(f"| {name} | {value:,.0f} {unit} | {floor:,.0f} | {value / floor:.2f}x |")
     print(f"| enqueue->start p50 / p95 / p99 | {p50:.2f} / {p95:.2f} / {p99:.2f} ms | - | - |")
     print(f"| worker peak RSS | {peak:.0f} MB | - | - |")
+    print(
+        f"| steady {steady['rate']:,.0f} jobs/s: backlog mid / end, p50 / p99 |"
+        f" {steady['backlog_mid']:.0f} / {steady['backlog_end']:.0f} jobs,"
+        f" {steady['p50']:.2f} / {steady['p99']:.2f} ms | - | - |"
+    )
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
 

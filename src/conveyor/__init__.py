@@ -16,11 +16,12 @@ from conveyor.errors import (
     PayloadTooLarge,
     QueueNotFound,
     Retry,
+    ScheduleNotFound,
     SchemaOutOfDate,
     UnknownOption,
     ValidationError,
 )
-from conveyor.models import Job, JobState, Queue, QueuePolicy, QueueStats
+from conveyor.models import Job, JobState, Queue, QueuePolicy, QueueStats, Schedule
 
 __all__ = [
     "ConfigurationError",
@@ -43,6 +44,8 @@ __all__ = [
     "QueuePolicy",
     "QueueStats",
     "Retry",
+    "Schedule",
+    "ScheduleNotFound",
     "SchemaOutOfDate",
     "UnknownOption",
     "ValidationError",

@@ -10,6 +10,7 @@ hold only the I/O sequence.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import timedelta
 from typing import Any, overload
 from uuid import UUID
 
@@ -23,10 +24,11 @@ from conveyor.errors import (
     JobNotFound,
     JobStateError,
     QueueNotFound,
+    ScheduleNotFound,
     WaitTimeout,
 )
 from conveyor.handlers import Registry
-from conveyor.models import Job, JobState, Queue, QueueStats
+from conveyor.models import Job, JobState, Queue, QueueStats, Schedule
 from conveyor.options import (
     check_job_id,
     check_queue_name,
@@ -34,6 +36,7 @@ from conveyor.options import (
     job_spec,
     list_filters,
     queue_policy,
+    schedule_values,
 )
 
 # A job in send_batch: (queue, data) or (queue, data, options).
@@ -245,6 +248,50 @@ class Client:
         if not stats:
             raise QueueNotFound(f"no queue named {name!r}")
         return stats[0]
+
+    def schedule(
+        self,
+        name: str,
+        cron: str | None = None,
+        *,
+        every: float | timedelta | None = None,
+        queue: str | None = None,
+        data: Any = None,
+        tz: str = "UTC",
+        missed: str = "skip",
+        backfill_limit: int = 10,
+        **options: Any,
+    ) -> Schedule:
+        """Create or replace a recurring job: at every tick of ``cron`` (five fields, or six
+        with seconds last, evaluated in ``tz``) or every ``every`` seconds, one job is sent to
+        ``queue`` (default: the schedule's name) with ``data`` and the job ``options``.
+
+        Each tick sends exactly one job however many workers run (the leader fires them).
+        Ticks missed while no worker ran: ``missed="skip"`` sends only the newest,
+        ``"backfill"`` up to ``backfill_limit`` of the newest.
+        """
+        values = schedule_values(
+            name, cron, every, queue, data, tz, missed, backfill_limit, options,
+            self._settings.max_payload_bytes,
+        )  # fmt: skip
+        return self._stores.store().schedule_upsert(values)
+
+    def unschedule(self, name: str) -> bool:
+        """Remove a schedule; jobs it already sent stay. False if there was none."""
+        check_queue_name(name, "schedule name")
+        return self._stores.store().schedule_delete(name)
+
+    def get_schedule(self, name: str) -> Schedule:
+        """The schedule of this name; :class:`ScheduleNotFound` if none."""
+        check_queue_name(name, "schedule name")
+        found = self._stores.store().schedule_get(name)
+        if found is None:
+            raise ScheduleNotFound(f"no schedule named {name!r}")
+        return found
+
+    def list_schedules(self) -> list[Schedule]:
+        """Every schedule, by name."""
+        return self._stores.store().schedule_list()
 
     def migrate(self) -> list[str]:
         """Apply pending schema migrations; return the names of those applied by this call."""

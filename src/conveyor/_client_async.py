@@ -8,6 +8,7 @@ hold only the I/O sequence.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import timedelta
 from typing import Any, overload
 from uuid import UUID
 
@@ -21,10 +22,11 @@ from conveyor.errors import (
     JobNotFound,
     JobStateError,
     QueueNotFound,
+    ScheduleNotFound,
     WaitTimeout,
 )
 from conveyor.handlers import Registry
-from conveyor.models import Job, JobState, Queue, QueueStats
+from conveyor.models import Job, JobState, Queue, QueueStats, Schedule
 from conveyor.options import (
     check_job_id,
     check_queue_name,
@@ -32,6 +34,7 @@ from conveyor.options import (
     job_spec,
     list_filters,
     queue_policy,
+    schedule_values,
 )
 
 # A job in send_batch: (queue, data) or (queue, data, options).
@@ -247,6 +250,50 @@ class AsyncClient:
         if not stats:
             raise QueueNotFound(f"no queue named {name!r}")
         return stats[0]
+
+    async def schedule_async(
+        self,
+        name: str,
+        cron: str | None = None,
+        *,
+        every: float | timedelta | None = None,
+        queue: str | None = None,
+        data: Any = None,
+        tz: str = "UTC",
+        missed: str = "skip",
+        backfill_limit: int = 10,
+        **options: Any,
+    ) -> Schedule:
+        """Create or replace a recurring job: at every tick of ``cron`` (five fields, or six
+        with seconds last, evaluated in ``tz``) or every ``every`` seconds, one job is sent to
+        ``queue`` (default: the schedule's name) with ``data`` and the job ``options``.
+
+        Each tick sends exactly one job however many workers run (the leader fires them).
+        Ticks missed while no worker ran: ``missed="skip"`` sends only the newest,
+        ``"backfill"`` up to ``backfill_limit`` of the newest.
+        """
+        values = schedule_values(
+            name, cron, every, queue, data, tz, missed, backfill_limit, options,
+            self._settings.max_payload_bytes,
+        )  # fmt: skip
+        return await self._stores.store_async().schedule_upsert(values)
+
+    async def unschedule_async(self, name: str) -> bool:
+        """Remove a schedule; jobs it already sent stay. False if there was none."""
+        check_queue_name(name, "schedule name")
+        return await self._stores.store_async().schedule_delete(name)
+
+    async def get_schedule_async(self, name: str) -> Schedule:
+        """The schedule of this name; :class:`ScheduleNotFound` if none."""
+        check_queue_name(name, "schedule name")
+        found = await self._stores.store_async().schedule_get(name)
+        if found is None:
+            raise ScheduleNotFound(f"no schedule named {name!r}")
+        return found
+
+    async def list_schedules_async(self) -> list[Schedule]:
+        """Every schedule, by name."""
+        return await self._stores.store_async().schedule_list()
 
     async def migrate_async(self) -> list[str]:
         """Apply pending schema migrations; return the names of those applied by this call."""

@@ -26,8 +26,10 @@ from conveyor.options import (
     check_schema_name,
     check_seconds,
 )
+from conveyor.scheduler import Scheduler
 from conveyor.worker import signals
 from conveyor.worker.runner import Worker, WorkerOptions
+from conveyor.worker.service import Service
 
 F = TypeVar("F", bound=HandlerFunc)
 
@@ -168,7 +170,11 @@ class Conveyor(Client, AsyncClient):
             }
             if policy:
                 await self.create_queue_async(queue, **policy)
-        services = [] if burst else [Recovery(stale_after=stale_after, interval=recover_interval)]
+        services: list[Service] = (
+            []
+            if burst
+            else [Recovery(stale_after=stale_after, interval=recover_interval), Scheduler()]
+        )
         worker = Worker(
             dsn=self._stores.dsn,
             schema=self.schema,

@@ -65,6 +65,10 @@ class QueueNotFound(NotFound):
     """No queue has this name."""
 
 
+class ScheduleNotFound(NotFound):
+    """No schedule has this name."""
+
+
 class JobStateError(ConveyorError):
     """The job is in a state that does not allow the requested action."""
 

@@ -186,3 +186,23 @@ class QueueStats:
     def queued(self) -> int:
         """Jobs waiting to run (``created`` plus ``retry``)."""
         return self.counts[JobState.CREATED] + self.counts[JobState.RETRY]
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """A recurring job: every tick of ``cron`` (in ``tz``) or every ``every`` seconds sends one
+    job to ``queue`` with ``data`` and job ``options``."""
+
+    name: str
+    cron: str | None
+    every: float | None
+    tz: str
+    queue: str
+    data: Any
+    options: dict[str, Any]
+    missed: str
+    backfill_limit: int
+    enabled: bool
+    last_tick: datetime | None
+    created_at: datetime
+    updated_at: datetime

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from conveyor.cron import MISSED_POLICIES, check_cron, check_timezone
 from conveyor.errors import (
     InvalidOption,
     InvalidQueueName,
@@ -356,4 +357,62 @@ def list_filters(
         "limit": check_int("limit", limit, 1, 10_000),
         "offset": check_int("offset", offset, 0, 2**31 - 1),
         "descending": order == "desc",
+    }
+
+
+def schedule_options(queue: str, data: object, options: Mapping[str, Any], limit: int) -> str:
+    """Validate the job options of a schedule and return them as the JSON object that the SQL
+    function ``send`` takes (durations in seconds, keys as strings)."""
+    spec = job_spec(queue, data, options, limit)
+    out: dict[str, Any] = {}
+    for name in ("priority", "retry_limit", "retry_delay", "retry_backoff", "retry_delay_max",
+                 "expire_in", "retention", "dead_letter", "group_key"):  # fmt: skip
+        value = getattr(spec, name)
+        if value is not None:
+            out[name] = value
+    if spec.delay is not None:
+        out["start_after"] = spec.delay
+    if spec.run_at is not None:
+        raise InvalidOption("a schedule's start_after must be a delay, not a datetime")
+    if spec.unique_key is not None:
+        out["unique_key"] = spec.unique_key
+        out["unique_mode"] = "replace" if spec.unique_replace else "keep"
+    if spec.singleton_seconds is not None:
+        out["singleton_key"] = spec.singleton_key
+        out["singleton_seconds"] = spec.singleton_seconds
+    if spec.depends_on is not None:
+        raise InvalidOption("a schedule cannot depend on other jobs")
+    return json.dumps(out)
+
+
+def schedule_values(
+    name: str,
+    cron: object,
+    every: object,
+    queue: str | None,
+    data: object,
+    tz: object,
+    missed: object,
+    backfill_limit: object,
+    options: Mapping[str, Any],
+    payload_limit: int,
+) -> dict[str, Any]:
+    """Validate a schedule into the parameters of ``schedule_upsert``."""
+    check_queue_name(name, "schedule name")
+    target = check_queue_name(queue if queue is not None else name)
+    zone = check_timezone(tz)
+    if (cron is None) == (every is None):
+        raise InvalidOption("give a schedule either cron or every, not both or neither")
+    if missed not in MISSED_POLICIES:
+        raise InvalidOption(f"missed must be one of {', '.join(MISSED_POLICIES)}")
+    return {
+        "name": name,
+        "cron": check_cron(cron, zone) if cron is not None else None,
+        "every": check_seconds("every", every, allow_zero=False) if every is not None else None,
+        "tz": zone,
+        "queue": target,
+        "data": encode_payload(data, payload_limit),
+        "options": schedule_options(target, data, options, payload_limit),
+        "missed": missed,
+        "backfill_limit": check_int("backfill_limit", backfill_limit, 1, 10_000),
     }

@@ -12,13 +12,15 @@ EXPECTED_ALL = [
     "ConfigurationError", "Conveyor", "ConveyorError", "DuplicateJob", "Fail", "FrozenClock",
     "InvalidOption", "InvalidQueueName", "Job", "JobNotFound", "JobState", "JobStateError",
     "MigrationError", "PayloadError", "PayloadTooLarge", "Queue", "QueueNotFound", "QueuePolicy",
-    "QueueStats", "Retry", "SchemaOutOfDate", "UnknownOption", "ValidationError",
+    "QueueStats", "Retry", "Schedule", "ScheduleNotFound", "SchemaOutOfDate", "UnknownOption",
+    "ValidationError",
 ]  # fmt: skip
 
 IO_METHODS = [
     "send", "send_batch", "get_job", "list_jobs", "cancel", "retry", "create_queue",
     "update_queue", "delete_queue", "purge_queue", "get_queue", "list_queues", "queue_stats",
-    "migrate", "migration_status", "migration_sql", "close",
+    "migrate", "migration_status", "migration_sql", "close", "schedule", "unschedule",
+    "get_schedule", "list_schedules", "wait_for", "retry_dead", "retry_dead_all",
 ]  # fmt: skip
 
 

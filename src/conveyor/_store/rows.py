@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from conveyor.models import Job, JobRuntime, JobState, Queue, QueuePolicy
+from conveyor.models import Job, JobRuntime, JobState, Queue, QueuePolicy, Schedule
 from conveyor.options import JobSpec
 
 SPEC_ARRAYS = (
@@ -35,6 +35,11 @@ def fetched_job(values: tuple[Any, ...], runtime: JobRuntime) -> Job:
     fields[FETCHED_DEPENDS_ON] = fields[FETCHED_DEPENDS_ON] or []
     fields.append(runtime)  # the last field, _runtime
     return Job(*fields)
+
+
+def schedule(row: dict[str, Any]) -> Schedule:
+    """A :class:`Schedule` from a ``SELECT *`` row of ``schedule``."""
+    return Schedule(**row)
 
 
 def queue(row: dict[str, Any]) -> Queue:

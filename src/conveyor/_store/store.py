@@ -24,7 +24,7 @@ from conveyor._store import rows
 from conveyor._store.errors import translated
 from conveyor._store.queries import queries
 from conveyor.errors import ConveyorError, InvalidOption
-from conveyor.models import Job, Queue
+from conveyor.models import Job, Queue, Schedule
 from conveyor.options import JobSpec
 
 Conn = Connection[Any]
@@ -193,6 +193,23 @@ class Store:
                 for note in conn.notifies(timeout=remaining):
                     if str(job_id) in note.payload.split(","):
                         break
+
+    def schedule_upsert(self, values: dict[str, Any], conn: Conn | None = None) -> Schedule:
+        """Create or replace a schedule."""
+        return rows.schedule((self._rows("schedule_upsert", values, conn))[0])
+
+    def schedule_delete(self, name: str, conn: Conn | None = None) -> bool:
+        """Remove a schedule (its tick history goes with it); False if there was none."""
+        return bool((self._rows("schedule_delete", {"name": name}, conn))[0]["count"])
+
+    def schedule_get(self, name: str, conn: Conn | None = None) -> Schedule | None:
+        """The schedule of this name."""
+        found = self._rows("schedule_get", {"name": name}, conn)
+        return rows.schedule(found[0]) if found else None
+
+    def schedule_list(self, conn: Conn | None = None) -> list[Schedule]:
+        """Every schedule, by name."""
+        return [rows.schedule(r) for r in self._rows("schedule_list", {}, conn)]
 
     def queue_upsert(
         self, name: str, policy: dict[str, Any], create: bool, conn: Conn | None = None

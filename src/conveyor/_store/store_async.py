@@ -22,7 +22,7 @@ from conveyor._store import rows
 from conveyor._store.errors import translated
 from conveyor._store.queries import queries
 from conveyor.errors import ConveyorError, InvalidOption
-from conveyor.models import Job, Queue
+from conveyor.models import Job, Queue, Schedule
 from conveyor.options import JobSpec
 
 AsyncConn = AsyncConnection[Any]
@@ -195,6 +195,25 @@ class AsyncStore:
                 async for note in conn.notifies(timeout=remaining):
                     if str(job_id) in note.payload.split(","):
                         break
+
+    async def schedule_upsert(
+        self, values: dict[str, Any], conn: AsyncConn | None = None
+    ) -> Schedule:
+        """Create or replace a schedule."""
+        return rows.schedule((await self._rows("schedule_upsert", values, conn))[0])
+
+    async def schedule_delete(self, name: str, conn: AsyncConn | None = None) -> bool:
+        """Remove a schedule (its tick history goes with it); False if there was none."""
+        return bool((await self._rows("schedule_delete", {"name": name}, conn))[0]["count"])
+
+    async def schedule_get(self, name: str, conn: AsyncConn | None = None) -> Schedule | None:
+        """The schedule of this name."""
+        found = await self._rows("schedule_get", {"name": name}, conn)
+        return rows.schedule(found[0]) if found else None
+
+    async def schedule_list(self, conn: AsyncConn | None = None) -> list[Schedule]:
+        """Every schedule, by name."""
+        return [rows.schedule(r) for r in await self._rows("schedule_list", {}, conn)]
 
     async def queue_upsert(
         self, name: str, policy: dict[str, Any], create: bool, conn: AsyncConn | None = None

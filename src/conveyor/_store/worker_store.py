@@ -92,6 +92,11 @@ class WorkerStore(AsyncStore):
         }
         return {r["id"] for r in await self._rows("job_held", params, None)}
 
+    async def schedule_fire(self, name: str, ticks: Sequence[datetime]) -> list[UUID]:
+        """Fire ticks of a schedule; the jobs of the ticks this call won."""
+        found = await self._rows("schedule_fire", {"name": name, "ticks": list(ticks)}, None)
+        return [r["job_id"] for r in found]
+
     async def worker_register(
         self, worker: UUID, hostname: str, pid: int, queues: Sequence[str], concurrency: int
     ) -> None:

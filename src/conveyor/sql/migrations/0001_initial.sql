@@ -110,18 +110,23 @@ CREATE TABLE {schema}.throttle (
 );
 CREATE INDEX throttle_window_end_idx ON {schema}.throttle (window_end);
 
+-- Recurring jobs: a cron expression in a time zone, or a fixed interval (every, in seconds).
 CREATE TABLE {schema}.schedule (
-    name        text PRIMARY KEY,
-    cron        text NOT NULL,
-    tz          text NOT NULL DEFAULT 'UTC',
-    queue       text NOT NULL,
-    data        jsonb,
-    options     jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(options) = 'object'),
-    missed      text NOT NULL DEFAULT 'skip' CHECK (missed IN ('skip', 'backfill')),
-    enabled     boolean NOT NULL DEFAULT true,
-    last_tick   timestamptz,
-    created_at  timestamptz NOT NULL DEFAULT now(),
-    updated_at  timestamptz NOT NULL DEFAULT now()
+    name           text PRIMARY KEY
+                   CHECK (name ~ '^[A-Za-z0-9_][A-Za-z0-9_.\-/:]{0,127}$'),
+    cron           text,
+    every          double precision CHECK (every > 0),
+    tz             text NOT NULL DEFAULT 'UTC',
+    queue          text NOT NULL,
+    data           jsonb,
+    options        jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(options) = 'object'),
+    missed         text NOT NULL DEFAULT 'skip' CHECK (missed IN ('skip', 'backfill')),
+    backfill_limit integer NOT NULL DEFAULT 10 CHECK (backfill_limit BETWEEN 1 AND 10000),
+    enabled        boolean NOT NULL DEFAULT true,
+    last_tick      timestamptz,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    updated_at     timestamptz NOT NULL DEFAULT now(),
+    CHECK ((cron IS NULL) <> (every IS NULL))
 );
 
 -- One row per (schedule, tick): the conditional insert that makes a tick enqueue exactly one job.
@@ -508,6 +513,41 @@ BEGIN
     END IF;
     RETURN QUERY SELECT * FROM {schema}.ack_jobs(
         v_id, v_worker, v_attempt, v_outcome, NULL, v_error, NULL, p_now);
+END
+$fn$;
+
+-- Fire ticks of a schedule: each tick enqueues exactly one job, however many schedulers race
+-- (the tick row's primary key admits one; a loser waits for the winner's commit and skips).
+-- Returns the ticks this call fired, with their jobs.
+CREATE FUNCTION {schema}.fire_schedule(p_name text, p_ticks timestamptz[])
+RETURNS TABLE (tick_at timestamptz, job_id uuid)
+LANGUAGE plpgsql AS $fn$
+#variable_conflict use_column
+DECLARE
+    s {schema}.schedule;
+    t timestamptz;
+    v_job uuid;
+BEGIN
+    SELECT * INTO s FROM {schema}.schedule WHERE name = p_name AND enabled;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    FOR t IN SELECT u FROM unnest(p_ticks) AS u ORDER BY u LOOP
+        INSERT INTO {schema}.schedule_tick (schedule, tick_at, job_id)
+        VALUES (p_name, t, '00000000-0000-0000-0000-000000000000')
+        ON CONFLICT DO NOTHING;
+        IF FOUND THEN
+            v_job := {schema}.send(s.queue, s.data, s.options);
+            UPDATE {schema}.schedule_tick SET job_id = v_job
+            WHERE schedule = p_name AND tick_at = t;
+            tick_at := t;
+            job_id := v_job;
+            RETURN NEXT;
+        END IF;
+    END LOOP;
+    UPDATE {schema}.schedule
+    SET last_tick = greatest(last_tick, (SELECT max(u) FROM unnest(p_ticks) AS u))
+    WHERE name = p_name;
 END
 $fn$;
 

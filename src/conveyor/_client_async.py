@@ -17,6 +17,7 @@ from conveyor._store.migrations import MigrationStatus, pending_sql
 from conveyor._store.store_async import AsyncConn
 from conveyor._store.stores import Stores
 from conveyor.config import Settings
+from conveyor.cron import parse_crontab
 from conveyor.errors import (
     ConveyorError,
     JobNotFound,
@@ -49,6 +50,7 @@ class AsyncClient:
     _settings: Settings
     _stores: Stores
     _registry: Registry
+    _declared_schedules: dict[str, dict[str, Any]]
 
     async def send_async(
         self,
@@ -276,11 +278,54 @@ class AsyncClient:
             name, cron, every, queue, data, tz, missed, backfill_limit, options,
             self._settings.max_payload_bytes,
         )  # fmt: skip
-        return await self._stores.store_async().schedule_upsert(values)
+        found = await self._stores.store_async().schedule_upsert(values)
+        self._declared_schedules[name] = values
+        return found
+
+    async def schedule_crontab_async(self, text: str, *, prune: bool = False) -> list[Schedule]:
+        """Create or replace the schedules of a crontab text, one per line::
+
+            0 9 10 * * bills.monthly ?tz=Asia/Ulaanbaatar
+            */15 * * * * reports.refresh {"full": false} ?name=refresh&priority=3
+
+        Five cron fields (or six, seconds last), the queue, optional JSON data, and after the
+        last `` ?`` settings: ``tz``, ``name`` (default: the queue), ``missed``,
+        ``backfill_limit`` and any job option. Every line is checked before anything is written.
+        With ``prune``, schedules that the text does not name are removed.
+        """
+        limit = self._settings.max_payload_bytes
+        wanted = [
+            schedule_values(
+                e.name,
+                e.cron,
+                None,
+                e.queue,
+                e.data,
+                e.settings.get("tz", "UTC"),
+                e.settings.get("missed", "skip"),
+                e.settings.get("backfill_limit", 10),
+                e.options,
+                limit,
+            )
+            for e in parse_crontab(text)
+        ]
+        store = self._stores.store_async()
+        made = []
+        for values in wanted:
+            made.append(await store.schedule_upsert(values))
+            self._declared_schedules[values["name"]] = values
+        if prune:
+            keep = {v["name"] for v in wanted}
+            for existing in await store.schedule_list():
+                if existing.name not in keep:
+                    await store.schedule_delete(existing.name)
+                    self._declared_schedules.pop(existing.name, None)
+        return made
 
     async def unschedule_async(self, name: str) -> bool:
         """Remove a schedule; jobs it already sent stay. False if there was none."""
         check_queue_name(name, "schedule name")
+        self._declared_schedules.pop(name, None)
         return await self._stores.store_async().schedule_delete(name)
 
     async def get_schedule_async(self, name: str) -> Schedule:

@@ -65,6 +65,7 @@ class Conveyor(Client, AsyncClient):
         )
         self._stores = Stores(self._settings)
         self._registry = Registry()
+        self._declared_schedules: dict[str, dict[str, Any]] = {}
         self._events = Events()
 
     @property
@@ -149,6 +150,9 @@ class Conveyor(Client, AsyncClient):
         if migrate:
             await self.migrate_async()
         await self._stores.migrator_async().ensure_current()
+        # Schedules declared in code are written again, so they exist after a schema reset.
+        for values in list(self._declared_schedules.values()):
+            await self._stores.store_async().schedule_upsert(values)
         served = tuple(queues) if queues is not None else tuple(self._registry.queues())
         options = WorkerOptions(
             queues=served,

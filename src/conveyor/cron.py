@@ -8,9 +8,14 @@ runs once, while schedules finer than an hour keep firing through both copies of
 
 from __future__ import annotations
 
+import json
 import math
+import re
+import urllib.parse
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
@@ -101,3 +106,80 @@ def next_tick(
         return anchor + timedelta(seconds=max(count, 1) * every)
     assert cron is not None
     return next(CronSim(cron, now.astimezone(ZoneInfo(tz)))).astimezone(UTC)
+
+
+# A crontab line: five cron fields (or six, seconds last), a queue, optional JSON data, and
+# optional ?key=value&... settings: tz, name, missed, backfill_limit and any job option.
+#   0 9 10 * * bills.monthly ?tz=Asia/Ulaanbaatar
+#   */15 * * * * reports.refresh {"full": false} ?name=refresh&priority=3
+_CRON_FIELD = re.compile(r"[\d*/,\-A-Za-z?LW#]+")
+_SCHEDULE_SETTINGS = ("tz", "name", "missed", "backfill_limit")
+
+
+@dataclass(frozen=True, slots=True)
+class CrontabEntry:
+    """One parsed crontab line."""
+
+    name: str
+    cron: str
+    queue: str
+    data: Any
+    settings: dict[str, Any]
+    options: dict[str, Any]
+
+
+def _value(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def parse_crontab(text: str) -> list[CrontabEntry]:
+    """Parse crontab text; blank lines and ``#`` comments are skipped. Errors name the line."""
+    entries: list[CrontabEntry] = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            entries.append(_parse_line(line))
+        except (InvalidOption, ValueError) as exc:
+            raise InvalidOption(f"crontab line {number}: {exc}") from None
+    names = [e.name for e in entries]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise InvalidOption(f"crontab names {', '.join(twice)} twice: add ?name=... to tell apart")
+    return entries
+
+
+def _parse_line(line: str) -> CrontabEntry:
+    query = ""
+    if " ?" in line:
+        line, query = line.rsplit(" ?", 1)
+    tokens = line.split(None, 6)
+    if len(tokens) < 6:
+        raise InvalidOption("expected five cron fields and a queue")
+    fields = 6 if len(tokens) >= 7 and _CRON_FIELD.fullmatch(tokens[5]) else 5
+    rest = line.split(None, fields)
+    cron, tail = " ".join(rest[:fields]), rest[fields] if len(rest) > fields else ""
+    queue, _, data_text = tail.partition(" ")
+    if not queue:
+        raise InvalidOption("expected a queue after the cron fields")
+    data = json.loads(data_text) if data_text.strip() else None
+    settings: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    for key, value in urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=bool(
+            query)):  # fmt: skip
+        target = settings if key in _SCHEDULE_SETTINGS else options
+        target[key] = value if key in ("tz", "name", "missed") else _value(value)
+    return CrontabEntry(
+        name=str(settings.pop("name", queue)),
+        cron=cron,
+        queue=queue,
+        data=data,
+        settings=settings,
+        options=options,
+    )

@@ -148,3 +148,56 @@ async def test_three_workers_fire_a_per_second_schedule_once_per_tick(
     jobs = await app_async.list_jobs_async(queue="every.second", limit=1000)
     assert sorted(str(j.id) for j in jobs) == sorted(str(t[1]) for t in ticks)
     assert len(set(ran)) == len(ran)  # and each ran once
+
+
+def test_a_crontab_text_creates_schedules_and_can_prune(app: Conveyor) -> None:
+    made = app.schedule_crontab(
+        """
+        # the helpdesk
+        0 9 10 * * bills.monthly ?tz=Asia/Ulaanbaatar
+        */15 * * * * reports.refresh {"full": false} ?name=refresh&priority=3&missed=backfill
+        */5 * * * * * heartbeat
+        """
+    )
+    assert [(s.name, s.cron, s.queue, s.tz) for s in made] == [
+        ("bills.monthly", "0 9 10 * *", "bills.monthly", "Asia/Ulaanbaatar"),
+        ("refresh", "*/15 * * * *", "reports.refresh", "UTC"),
+        ("heartbeat", "*/5 * * * * *", "heartbeat", "UTC"),
+    ]
+    refresh = app.get_schedule("refresh")
+    assert (refresh.data, refresh.options, refresh.missed) == (
+        {"full": False}, {"priority": 3}, "backfill"
+    )  # fmt: skip
+    app.schedule_crontab("0 9 10 * * bills.monthly", prune=True)
+    assert [s.name for s in app.list_schedules()] == ["bills.monthly"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "0 9 10 * *",
+        "0 9 10 * * q {not json}",
+        "61 9 10 * * q",
+        "0 9 10 * * q ?tz=Nowhere",
+        "0 9 * * * q\n0 10 * * * q",
+        "0 9 * * * q ?prority=1",
+    ],
+)
+def test_a_bad_crontab_writes_nothing(app: Conveyor, text: str) -> None:
+    with pytest.raises((InvalidOption, UnknownOption)):
+        app.schedule_crontab("0 8 * * * fine\n" + text)
+    assert app.list_schedules() == []
+
+
+async def test_a_worker_writes_the_declared_schedules_again_at_start(
+    app_async: Conveyor, conveyor_dsn: str
+) -> None:
+    @app_async.job("declared")
+    async def declared(job: Job) -> None:
+        pass
+
+    await app_async.schedule_async("declared", "0 0 1 1 *")
+    with psycopg.connect(conveyor_dsn, autocommit=True) as conn:
+        conn.execute(f"DELETE FROM {app_async.schema}.schedule")
+    await app_async.drain_async()
+    assert [s.name for s in await app_async.list_schedules_async()] == ["declared"]

@@ -62,10 +62,11 @@ def test_job_fetch_returns_the_columns_in_the_order_of_job_fields() -> None:
     from conveyor.models import Job
 
     sql = migrations()[0].template
-    body = sql[sql.index("CREATE FUNCTION {schema}.fetch_jobs(") :]
+    body = sql[sql.index("CREATE FUNCTION {schema}.claim_jobs(") :]
     returned = re.findall(r"j\.(\w+)", body[body.index("RETURNING") : body.index("END")])
-    table = body[body.index("RETURNS TABLE (") + 15 : body.index(")\nLANGUAGE")]
-    declared = [column.split()[0] for column in table.split(",")]
+    marker = "CREATE TYPE {schema}.job_fetched AS ("
+    kind = sql[sql.index(marker) + len(marker) :]
+    declared = [column.split()[0] for column in kind[: kind.index(");")].split(",")]
     fields = [f.name for f in dataclasses.fields(Job) if f.name != "_runtime"]
     assert returned == fields
     assert declared[: len(fields)] == fields

@@ -43,8 +43,10 @@ def schedule(row: dict[str, Any]) -> Schedule:
 
 
 def queue(row: dict[str, Any]) -> Queue:
-    """A :class:`Queue` from a ``SELECT *`` row of ``queue``."""
+    """A :class:`Queue` from a ``SELECT *`` row of ``queue`` (the rate limiter's bookkeeping
+    columns are left out)."""
     row["policy"] = QueuePolicy(row["policy"])
+    del row["rate_tokens"], row["rate_refilled_at"]
     return Queue(**row)
 
 

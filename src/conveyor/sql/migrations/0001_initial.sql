@@ -22,6 +22,9 @@ CREATE TABLE {schema}.queue (
     concurrency     integer CHECK (concurrency > 0),
     rate_limit      integer CHECK (rate_limit > 0),
     rate_interval   double precision CHECK (rate_interval > 0),
+    -- The rate limit's token bucket, kept by fetch_jobs under the queue row's lock.
+    rate_tokens     double precision,
+    rate_refilled_at timestamptz,
     created_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now(),
     CHECK ((rate_limit IS NULL) = (rate_interval IS NULL))
@@ -71,10 +74,11 @@ CREATE TABLE {schema}.job (
 -- Fetch: runnable jobs of a queue, highest priority first, then oldest run_at.
 CREATE INDEX job_fetch_idx ON {schema}.job (queue, priority DESC, run_at, id)
     WHERE state IN ('created', 'retry');
--- No index serves "the running jobs": acks find their rows by primary key, and a small partial
--- index on state = 'active' lures the planner (whose row counts for it are always stale) into
--- walking every running job for each acknowledged one. Recovery, which runs on the leader every
--- few seconds, reads the live table instead; it holds only queued and running jobs.
+-- The running jobs of a queue, counted by fetch_jobs for queues with a concurrency limit. Acks,
+-- which find their rows by primary key, guard on worker_id (which implies state = 'active', by
+-- the CHECK above) and never name the state, so this small index cannot lure their plans into
+-- walking every running job for each acknowledged one.
+CREATE INDEX job_active_idx ON {schema}.job (queue) WHERE state = 'active';
 -- unique_key: at most one queued or running job per key and queue (everything in this table is).
 CREATE UNIQUE INDEX job_unique_key_idx ON {schema}.job (queue, unique_key)
     WHERE unique_key IS NOT NULL;
@@ -334,17 +338,19 @@ $fn$;
 -- own ordered walk of job_fetch_idx (LATERAL), so the cost depends neither on other queues nor on
 -- jobs scheduled for later. The settings pin that plan: with the statistics of a moment when most
 -- rows lay in the future, the planner would otherwise sort the whole table on every fetch.
--- Columns come back in the order of conveyor.models.Job's fields.
-CREATE FUNCTION {schema}.fetch_jobs(
-    p_queues text[], p_worker uuid, p_limit integer, p_now timestamptz
-) RETURNS TABLE (
+-- Columns come back in the order of conveyor.models.Job's fields (the type job_fetched).
+CREATE TYPE {schema}.job_fetched AS (
     id uuid, queue text, state text, data jsonb, priority integer, attempt integer,
     retry_limit integer, retry_delay double precision, retry_backoff text,
     retry_delay_max double precision, expire_in double precision, retention double precision,
     run_at timestamptz, created_at timestamptz, started_at timestamptz, finished_at timestamptz,
     result jsonb, errors jsonb, progress jsonb, singleton_key text, singleton_seconds integer,
     unique_key text, dead_letter text, group_key text, depends_on uuid[], worker_id uuid
-)
+);
+
+CREATE FUNCTION {schema}.claim_jobs(
+    p_queues text[], p_worker uuid, p_limit integer, p_now timestamptz
+) RETURNS SETOF {schema}.job_fetched
 LANGUAGE plpgsql
 SET enable_seqscan = off SET enable_bitmapscan = off SET jit = off
 SET plan_cache_mode = force_generic_plan
@@ -377,6 +383,70 @@ BEGIN
               j.run_at, j.created_at, j.started_at, j.finished_at, j.result, j.errors,
               j.progress, j.singleton_key, j.singleton_seconds, j.unique_key, j.dead_letter,
               j.group_key, j.depends_on, j.worker_id;
+END
+$fn$;
+
+-- Claim jobs for a worker (see claim_jobs), within the limits of their queues: a queue with a
+-- concurrency limit or the singleton/stately policy (one running job) or a rate limit is claimed
+-- under its row's lock, so fetchers of that queue take turns and each sees the others' claims.
+-- Locks are taken in name order (no deadlock between workers); unlimited queues skip all this.
+CREATE FUNCTION {schema}.fetch_jobs(
+    p_queues text[], p_worker uuid, p_limit integer, p_now timestamptz
+) RETURNS SETOF {schema}.job_fetched
+LANGUAGE plpgsql SET jit = off SET plan_cache_mode = force_generic_plan AS $fn$
+#variable_conflict use_column
+DECLARE
+    t_now timestamptz := coalesce(p_now, now());
+    left_over integer := p_limit;
+    limited text[];
+    qname text;
+    q {schema}.queue;
+    allowed integer;
+    running integer;
+    tokens double precision;
+    got integer;
+BEGIN
+    SELECT coalesce(array_agg(x.name ORDER BY x.name), '{}') INTO limited
+    FROM {schema}.queue x
+    WHERE x.name = ANY (p_queues)
+      AND (x.concurrency IS NOT NULL OR x.policy IN ('singleton', 'stately')
+           OR x.rate_limit IS NOT NULL);
+    FOREACH qname IN ARRAY limited LOOP
+        EXIT WHEN left_over <= 0;
+        SELECT * INTO q FROM {schema}.queue x WHERE x.name = qname FOR UPDATE;
+        allowed := left_over;
+        IF q.concurrency IS NOT NULL OR q.policy IN ('singleton', 'stately') THEN
+            SELECT count(*) INTO running FROM {schema}.job j
+            WHERE j.queue = qname AND j.state = 'active';
+            allowed := least(allowed, coalesce(q.concurrency, 1) - running);
+            IF q.policy IN ('singleton', 'stately') THEN
+                allowed := least(allowed, 1 - running);
+            END IF;
+        END IF;
+        IF q.rate_limit IS NOT NULL THEN
+            tokens := least(q.rate_limit::double precision,
+                            coalesce(q.rate_tokens, q.rate_limit)
+                            + greatest(extract(epoch FROM t_now - coalesce(q.rate_refilled_at,
+                                                                           t_now)), 0)
+                              * q.rate_limit / q.rate_interval);
+            allowed := least(allowed, floor(tokens)::integer);
+        END IF;
+        got := 0;
+        IF allowed > 0 THEN
+            RETURN QUERY SELECT * FROM {schema}.claim_jobs(ARRAY[qname], p_worker, allowed, p_now);
+            GET DIAGNOSTICS got = ROW_COUNT;
+            left_over := left_over - got;
+        END IF;
+        IF q.rate_limit IS NOT NULL THEN
+            UPDATE {schema}.queue x SET rate_tokens = tokens - got, rate_refilled_at = t_now
+            WHERE x.name = qname;
+        END IF;
+    END LOOP;
+    IF left_over > 0 AND cardinality(p_queues) > cardinality(limited) THEN
+        RETURN QUERY SELECT * FROM {schema}.claim_jobs(
+            ARRAY(SELECT u FROM unnest(p_queues) AS u WHERE u <> ALL (limited)),
+            p_worker, left_over, p_now);
+    END IF;
 END
 $fn$;
 
@@ -413,7 +483,7 @@ BEGIN
         DELETE FROM {schema}.job j
         USING a
         WHERE j.id = a.id AND j.worker_id = a.worker AND j.attempt = a.attempt
-          AND j.state = 'active' AND a.outcome IN ('completed', 'failed')
+          AND a.outcome IN ('completed', 'failed')
         RETURNING j.*, a.outcome, a.result AS new_result, a.error AS new_error
     ),
     archived AS (
@@ -438,7 +508,7 @@ BEGIN
             errors = CASE WHEN a.error IS NULL THEN j.errors ELSE j.errors || a.error END
         FROM a
         WHERE j.id = a.id AND j.worker_id = a.worker AND j.attempt = a.attempt
-          AND j.state = 'active' AND a.outcome IN ('retry', 'snooze', 'release')
+          AND a.outcome IN ('retry', 'snooze', 'release')
         RETURNING j.id, j.queue, j.state, coalesce(a.delay, 0) <= 0 AS due
     ),
     changed AS (
@@ -465,6 +535,11 @@ BEGIN
     -- Wake workers for jobs queued again now, and producers waiting for outcomes (wait_for):
     -- finished ids go out 200 to a notification, well under NOTIFY's 8000-byte payload limit.
     PERFORM pg_notify('conveyor:' || {schema_literal}, q) FROM unnest(v_due) AS q;
+    -- A finished job frees a slot of a limited queue: wake the workers waiting on it.
+    PERFORM pg_notify('conveyor:' || {schema_literal}, x.name)
+    FROM {schema}.queue x
+    WHERE x.name IN (SELECT DISTINCT u FROM unnest(v_queue) AS u)
+      AND (x.concurrency IS NOT NULL OR x.policy IN ('singleton', 'stately'));
     PERFORM pg_notify('conveyor:' || {schema_literal} || ':done', string_agg(d.id::text, ','))
     FROM (SELECT u.id, (row_number() OVER () - 1) / 200 AS chunk
           FROM unnest(v_id, v_state) AS u(id, state)

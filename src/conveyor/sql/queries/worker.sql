@@ -18,8 +18,7 @@ UPDATE {schema}.job j
 SET progress = p.progress
 FROM unnest(%(id)b::uuid[], %(attempt)b::integer[], %(progress)b::text[]::jsonb[])
      AS p(id, attempt, progress)
-WHERE j.id = p.id AND j.attempt = p.attempt AND j.state = 'active'
-  AND j.worker_id = %(worker)s::uuid;
+WHERE j.id = p.id AND j.attempt = p.attempt AND j.worker_id = %(worker)s::uuid;
 
 -- name: worker_register :exec
 INSERT INTO {schema}.worker (id, hostname, pid, queues, concurrency, metadata)
@@ -61,4 +60,4 @@ FROM {schema}.recover_jobs(
 SELECT j.id
 FROM {schema}.job j
 JOIN unnest(%(id)s::uuid[], %(attempt)s::integer[]) AS h(id, attempt) ON h.id = j.id
-WHERE j.attempt = h.attempt AND j.state = 'active' AND j.worker_id = %(worker)s::uuid;
+WHERE j.attempt = h.attempt AND j.worker_id = %(worker)s::uuid;

@@ -103,3 +103,71 @@ async def test_a_rate_limit_holds_across_workers(app_async: Conveyor) -> None:
     later = [s for s in starts if s - starts[0] >= 1.0]
     for i, first in enumerate(later):
         assert sum(1 for s in later[i:] if s - first < 1.0) <= 11
+
+
+async def test_a_short_queue_keeps_at_most_one_job_waiting(app_async: Conveyor) -> None:
+    await app_async.create_queue_async("short", policy="short")
+    first = await app_async.send_async("short", {"n": 1})
+    assert await app_async.send_async("short", {"n": 2}) == first
+    assert await app_async.send_batch_async([("short", {"n": 3}), ("short", {"n": 4})]) == [
+        first,
+        first,
+    ]
+    assert [j.data for j in await app_async.list_jobs_async(queue="short")] == [{"n": 1}]
+    ran: list[int] = []
+
+    @app_async.job("short")
+    async def short(job: Job) -> None:
+        ran.append(job.data["n"])
+
+    await app_async.drain_async()
+    second = await app_async.send_async("short", {"n": 5})  # nothing waits now: accepted
+    assert second != first
+    await app_async.drain_async()
+    assert ran == [1, 5]
+
+
+async def test_a_stately_queue_has_one_waiting_and_one_running(app_async: Conveyor) -> None:
+    await app_async.create_queue_async("stately", policy="stately")
+    gate = asyncio.Event()
+    started = asyncio.Event()
+    overlap = Overlap()
+
+    @app_async.job("stately")
+    async def stately(job: Job) -> None:
+        started.set()
+        overlap.now += 1
+        overlap.peak = max(overlap.peak, overlap.now)
+        await gate.wait()
+        overlap.now -= 1
+
+    running = await app_async.send_async("stately", {"n": 1})
+    async for _ in workers(app_async, 2):
+        await asyncio.wait_for(started.wait(), 10)
+        waiting = await app_async.send_async("stately", {"n": 2})
+        assert waiting != running
+        assert await app_async.send_async("stately", {"n": 3}) == waiting
+        await asyncio.sleep(0.3)
+        assert overlap.peak == 1
+        gate.set()
+        await all_done(app_async, "stately", 2)
+    assert overlap.peak == 1
+
+
+async def test_a_failing_job_of_a_short_queue_retries_beside_the_waiting_one(
+    app_async: Conveyor,
+) -> None:
+    await app_async.create_queue_async("short", policy="short")
+    attempts: list[int] = []
+
+    @app_async.job("short", retry_limit=1, retry_delay=0)
+    async def flaky(job: Job) -> None:
+        attempts.append(job.data["n"])
+        if job.attempt == 1 and job.data["n"] == 1:
+            await app_async.send_async("short", {"n": 2})  # waits while n=1 is running
+            raise RuntimeError("first attempt fails")
+
+    await app_async.send_async("short", {"n": 1})
+    await app_async.drain_async()
+    assert sorted(attempts) == [1, 1, 2]
+    assert all(j.state is JobState.COMPLETED for j in await app_async.list_jobs_async())

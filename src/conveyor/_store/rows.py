@@ -18,6 +18,7 @@ SPEC_ARRAYS = (
 
 def job(row: dict[str, Any]) -> Job:
     """A :class:`Job` from a ``SELECT *`` row of ``job`` or ``job_history``."""
+    del row["queued_key"]  # bookkeeping of the short and stately policies
     row["state"] = JobState(row["state"])
     row["depends_on"] = row["depends_on"] or []
     return Job(**row)
@@ -76,13 +77,9 @@ def insert_one_params(spec: JobSpec, defaults: str, now: object) -> dict[str, An
     return params
 
 
-def insert_results(
-    specs: Sequence[JobSpec], params: dict[str, Any], found: list[dict[str, Any]]
-) -> list[tuple[Any, bool]]:
+def insert_results(specs: Sequence[JobSpec], found: list[dict[str, Any]]) -> list[tuple[Any, bool]]:
     """Per spec: the job id it resolved to (None: ask again) and whether it was inserted."""
-    keyed = params.get("keyed")
-    if keyed is False or (keyed is None and params["unique_key"] is None
-                          and params["singleton_seconds"] is None):  # fmt: skip
+    if not found:
         return [(s.id, True) for s in specs]  # the plain path inserts every job, returns nothing
     return [(r["id"], r["inserted"]) for r in found]
 

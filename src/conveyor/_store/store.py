@@ -115,7 +115,7 @@ class Store:
         else:
             params = rows.insert_params(specs, defaults, now)
             found = self._rows("job_insert_many", params, conn)
-        return rows.insert_results(specs, params, found)
+        return rows.insert_results(specs, found)
 
     def _defaults_json(self, defaults: dict[str, Any]) -> str:
         if self._defaults_cache is None or self._defaults_cache[0] is not defaults:

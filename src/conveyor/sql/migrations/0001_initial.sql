@@ -58,6 +58,9 @@ CREATE TABLE {schema}.job (
     result            jsonb,
     errors            jsonb NOT NULL DEFAULT '[]' CHECK (jsonb_typeof(errors) = 'array'),
     progress          jsonb,
+    -- The queue's name when it was sent to a queue with the short or stately policy: at most one
+    -- such job may wait in state 'created' (a job waiting to retry does not count).
+    queued_key        text,
     CHECK ((state = 'active') = (worker_id IS NOT NULL)),
     CHECK (attempt <= retry_limit + 1 OR state <> 'active')
 ) WITH (
@@ -83,6 +86,8 @@ CREATE INDEX job_active_idx ON {schema}.job (queue) WHERE state = 'active';
 CREATE UNIQUE INDEX job_unique_key_idx ON {schema}.job (queue, unique_key)
     WHERE unique_key IS NOT NULL;
 CREATE INDEX job_group_key_idx ON {schema}.job (queue, group_key) WHERE group_key IS NOT NULL;
+CREATE UNIQUE INDEX job_queued_key_idx ON {schema}.job (queued_key)
+    WHERE queued_key IS NOT NULL AND state = 'created';
 
 CREATE TABLE {schema}.job_history (LIKE {schema}.job INCLUDING DEFAULTS) WITH (
     autovacuum_vacuum_scale_factor = 0.05,
@@ -175,7 +180,7 @@ CREATE FUNCTION {schema}.resolve_jobs(
     retry_delay_max double precision, expire_in double precision, retention double precision,
     singleton_key text, singleton_seconds integer, singleton_on timestamptz, unique_key text,
     unique_replace boolean, dead_letter text, group_key text, depends_on uuid[],
-    created_at timestamptz
+    created_at timestamptz, queued_key text
 )
 LANGUAGE sql STABLE AS $fn$
     SELECT i.ord, i.id, i.queue, i.data,
@@ -199,7 +204,8 @@ LANGUAGE sql STABLE AS $fn$
            CASE WHEN i.depends_on IS NOT NULL THEN
                ARRAY(SELECT jsonb_array_elements_text(i.depends_on)::uuid)
            END,
-           coalesce(p_now, now())
+           coalesce(p_now, now()),
+           CASE WHEN q.policy IN ('short', 'stately') THEN i.queue END
     FROM unnest(p_id, p_queue, p_data, p_priority, p_run_at, p_delay, p_retry_limit,
                 p_retry_delay, p_retry_backoff, p_retry_delay_max, p_expire_in, p_retention,
                 p_singleton_key, p_singleton_seconds, p_unique_key, p_unique_replace,
@@ -237,7 +243,10 @@ BEGIN
     SELECT DISTINCT n FROM unnest(p_queue) AS n
     ON CONFLICT (name) DO NOTHING;
 
-    IF p_unique_key IS NULL AND p_singleton_seconds IS NULL THEN
+    IF p_unique_key IS NULL AND p_singleton_seconds IS NULL AND NOT EXISTS (
+        SELECT FROM {schema}.queue x
+        WHERE x.name = ANY (p_queue) AND x.policy IN ('short', 'stately')
+    ) THEN
         -- Wake workers only for jobs runnable now; PostgreSQL folds identical notifications of
         -- one transaction into one.
         WITH ins AS (
@@ -295,15 +304,17 @@ BEGIN
         INSERT INTO {schema}.job (
             id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
             retry_backoff, retry_delay_max, expire_in, retention, singleton_key,
-            singleton_seconds, unique_key, dead_letter, group_key, depends_on, created_at)
+            singleton_seconds, unique_key, dead_letter, group_key, depends_on, created_at,
+            queued_key)
         SELECT r.id, r.queue, 'created', r.data, r.priority, r.run_at, 0, r.retry_limit,
                r.retry_delay, r.retry_backoff, r.retry_delay_max, r.expire_in, r.retention,
                r.singleton_key, r.singleton_seconds, r.unique_key, r.dead_letter, r.group_key,
-               r.depends_on, r.created_at
+               r.depends_on, r.created_at, r.queued_key
         FROM resolved r
         WHERE NOT EXISTS (SELECT FROM replaced x WHERE x.ord = r.ord)
           AND (r.singleton_seconds IS NULL OR r.id IN (SELECT t.job_id FROM throttled t))
-        ON CONFLICT (queue, unique_key) WHERE unique_key IS NOT NULL DO NOTHING
+        -- Any unique index: unique_key, or the one waiting job of a short or stately queue.
+        ON CONFLICT DO NOTHING
         RETURNING {schema}.job.id, {schema}.job.queue, {schema}.job.run_at,
                   {schema}.job.created_at
     ),
@@ -323,7 +334,10 @@ BEGIN
                    AND j.unique_key = r.unique_key),
                (SELECT t.job_id FROM {schema}.throttle t
                  WHERE r.singleton_seconds IS NOT NULL AND t.queue = r.queue
-                   AND t.key = r.singleton_key AND t.window_start = r.singleton_on)),
+                   AND t.key = r.singleton_key AND t.window_start = r.singleton_on),
+               (SELECT j.id FROM {schema}.job j
+                 WHERE r.queued_key IS NOT NULL AND j.queued_key = r.queued_key
+                   AND j.state = 'created')),
            x.id IS NOT NULL
     FROM resolved r
     CROSS JOIN notified
@@ -501,7 +515,10 @@ BEGIN
     ),
     requeued AS (
         UPDATE {schema}.job j
-        SET state = CASE WHEN a.outcome = 'retry' THEN 'retry' ELSE 'created' END,
+        -- A job of a short or stately queue comes back as 'retry', so it never collides with
+        -- the one job allowed to wait in 'created'.
+        SET state = CASE WHEN a.outcome = 'retry' OR j.queued_key IS NOT NULL THEN 'retry'
+                         ELSE 'created' END,
             attempt = CASE WHEN a.outcome = 'retry' THEN j.attempt ELSE j.attempt - 1 END,
             run_at = t_now + make_interval(secs => coalesce(a.delay, 0)),
             worker_id = NULL,

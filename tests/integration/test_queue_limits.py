@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator
 
@@ -171,3 +172,44 @@ async def test_a_failing_job_of_a_short_queue_retries_beside_the_waiting_one(
     await app_async.drain_async()
     assert sorted(attempts) == [1, 1, 2]
     assert all(j.state is JobState.COMPLETED for j in await app_async.list_jobs_async())
+
+
+async def test_jobs_of_a_group_run_one_at_a_time_in_order(app_async: Conveyor) -> None:
+    runs: list[tuple[str, int, float, float]] = []
+
+    @app_async.job("grouped")
+    async def grouped(job: Job) -> None:
+        start = time.monotonic()
+        await asyncio.sleep(0.02)
+        runs.append((job.group_key or "", job.data["n"], start, time.monotonic()))
+
+    jobs = [("grouped", {"n": n}, {"group_key": g}) for n in range(8) for g in ("a", "b", "c")]
+    await app_async.send_batch_async(jobs)
+    async for _ in workers(app_async, 3):
+        await all_done(app_async, "grouped", len(jobs))
+    for group in ("a", "b", "c"):
+        mine = sorted((r for r in runs if r[0] == group), key=lambda r: r[2])
+        assert [r[1] for r in mine] == list(range(8))  # in the order sent
+        assert all(b[2] >= a[3] for a, b in itertools.pairwise(mine))  # never overlapping
+    spans = {g: (min(r[2] for r in runs if r[0] == g), max(r[3] for r in runs if r[0] == g))
+             for g in ("a", "b", "c")}  # fmt: skip
+    assert spans["a"][0] < spans["b"][1] and spans["b"][0] < spans["a"][1]  # groups in parallel
+
+
+async def test_a_retrying_job_holds_its_group(app_async: Conveyor) -> None:
+    order: list[tuple[int, int]] = []
+
+    @app_async.job("held", retry_limit=1, retry_delay=0.3, retry_backoff="fixed")
+    async def held(job: Job) -> None:
+        order.append((job.data["n"], job.attempt))
+        if job.data["n"] == 1 and job.attempt == 1:
+            raise RuntimeError("first attempt fails")
+
+    await app_async.send_batch_async(
+        [("held", {"n": n}, {"group_key": "g"}) for n in (1, 2)] + [("held", {"n": 3})]
+    )
+    async for _ in workers(app_async, 2):
+        await all_done(app_async, "held", 3)
+    grouped = [entry for entry in order if entry[0] != 3]
+    assert grouped == [(1, 1), (1, 2), (2, 1)]  # job 2 waited for job 1's retry
+    assert (3, 1) in order  # the ungrouped job did not wait

@@ -379,7 +379,7 @@ BEGIN
             SELECT j.id, j.priority, j.run_at
             FROM {schema}.job j
             WHERE j.queue = q.name AND j.state IN ('created', 'retry')
-              AND j.run_at <= coalesce(p_now, now())
+              AND j.run_at <= coalesce(p_now, now()) AND j.group_key IS NULL
             ORDER BY j.priority DESC, j.run_at, j.id
             LIMIT p_limit
             FOR UPDATE SKIP LOCKED
@@ -397,6 +397,67 @@ BEGIN
               j.run_at, j.created_at, j.started_at, j.finished_at, j.result, j.errors,
               j.progress, j.singleton_key, j.singleton_seconds, j.unique_key, j.dead_letter,
               j.group_key, j.depends_on, j.worker_id;
+END
+$fn$;
+
+-- Claim the heads of job groups (group_key): the jobs of a group run one at a time, in the order
+-- they were sent (higher priority first). The head of a group is its running job, else its
+-- earliest job by (priority, id); the group moves on only when its head is due and not running.
+-- So a job waiting to retry holds its group until it completes or dies; a dead job releases it.
+-- Each group is taken under a transaction-level advisory lock (others skip it), and its head is
+-- read again after the lock, with a fresh snapshot, so two fetchers never start two of its jobs.
+CREATE FUNCTION {schema}.claim_group_heads(
+    p_queues text[], p_worker uuid, p_limit integer, p_now timestamptz
+) RETURNS SETOF {schema}.job_fetched
+LANGUAGE plpgsql SET jit = off AS $fn$
+#variable_conflict use_column
+DECLARE
+    t_now timestamptz := coalesce(p_now, now());
+    c record;
+    got integer := 0;
+    n integer;
+BEGIN
+    FOR c IN
+        SELECT h.queue, h.group_key
+        FROM (
+            SELECT DISTINCT ON (j.queue, j.group_key)
+                   j.queue, j.group_key, j.state, j.run_at, j.priority, j.id
+            FROM {schema}.job j
+            WHERE j.queue = ANY (p_queues) AND j.group_key IS NOT NULL
+            ORDER BY j.queue, j.group_key, (j.state = 'active') DESC, j.priority DESC, j.id
+        ) h
+        WHERE h.state <> 'active' AND h.run_at <= t_now
+        ORDER BY h.priority DESC, h.id
+    LOOP
+        EXIT WHEN got >= p_limit;
+        CONTINUE WHEN NOT pg_try_advisory_xact_lock(hashtextextended(
+            'conveyor:group:' || {schema_literal} || ':' || c.queue || ':' || c.group_key, 0));
+        RETURN QUERY
+        WITH head AS (
+            SELECT j.id, j.state, j.run_at
+            FROM {schema}.job j
+            WHERE j.queue = c.queue AND j.group_key = c.group_key
+            ORDER BY (j.state = 'active') DESC, j.priority DESC, j.id
+            LIMIT 1
+        ), picked AS (
+            SELECT j.id
+            FROM {schema}.job j
+            JOIN head ON head.id = j.id
+            WHERE head.state <> 'active' AND head.run_at <= t_now
+            FOR UPDATE OF j SKIP LOCKED
+        )
+        UPDATE {schema}.job j
+        SET state = 'active', attempt = j.attempt + 1, worker_id = p_worker, started_at = t_now
+        FROM picked
+        WHERE j.id = picked.id
+        RETURNING j.id, j.queue, j.state, j.data, j.priority, j.attempt, j.retry_limit,
+                  j.retry_delay, j.retry_backoff, j.retry_delay_max, j.expire_in, j.retention,
+                  j.run_at, j.created_at, j.started_at, j.finished_at, j.result, j.errors,
+                  j.progress, j.singleton_key, j.singleton_seconds, j.unique_key, j.dead_letter,
+                  j.group_key, j.depends_on, j.worker_id;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        got := got + n;
+    END LOOP;
 END
 $fn$;
 
@@ -419,6 +480,8 @@ DECLARE
     running integer;
     tokens double precision;
     got integer;
+    more integer;
+    free text[];
 BEGIN
     SELECT coalesce(array_agg(x.name ORDER BY x.name), '{}') INTO limited
     FROM {schema}.queue x
@@ -449,6 +512,12 @@ BEGIN
         IF allowed > 0 THEN
             RETURN QUERY SELECT * FROM {schema}.claim_jobs(ARRAY[qname], p_worker, allowed, p_now);
             GET DIAGNOSTICS got = ROW_COUNT;
+            IF got < allowed THEN
+                RETURN QUERY SELECT * FROM {schema}.claim_group_heads(
+                    ARRAY[qname], p_worker, allowed - got, p_now);
+                GET DIAGNOSTICS more = ROW_COUNT;
+                got := got + more;
+            END IF;
             left_over := left_over - got;
         END IF;
         IF q.rate_limit IS NOT NULL THEN
@@ -457,9 +526,13 @@ BEGIN
         END IF;
     END LOOP;
     IF left_over > 0 AND cardinality(p_queues) > cardinality(limited) THEN
-        RETURN QUERY SELECT * FROM {schema}.claim_jobs(
-            ARRAY(SELECT u FROM unnest(p_queues) AS u WHERE u <> ALL (limited)),
-            p_worker, left_over, p_now);
+        free := ARRAY(SELECT u FROM unnest(p_queues) AS u WHERE u <> ALL (limited));
+        RETURN QUERY SELECT * FROM {schema}.claim_jobs(free, p_worker, left_over, p_now);
+        GET DIAGNOSTICS got = ROW_COUNT;
+        IF got < left_over THEN
+            RETURN QUERY SELECT * FROM {schema}.claim_group_heads(
+                free, p_worker, left_over - got, p_now);
+        END IF;
     END IF;
 END
 $fn$;

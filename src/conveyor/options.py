@@ -57,6 +57,7 @@ JOB_OPTIONS = (
     "singleton_seconds",
     "unique_key",
     "unique_mode",
+    "debounce_seconds",
     "dead_letter",
     "group_key",
     "depends_on",
@@ -245,6 +246,17 @@ def job_spec(queue: str, data: object, options: Mapping[str, Any], payload_limit
         values["unique_replace"] = mode == "replace"
     elif options.get("unique_mode") is not None:
         raise InvalidOption("unique_mode needs a unique_key")
+    if options.get("debounce_seconds") is not None:
+        # Debounce: the job runs debounce_seconds after the last send of its key; each send in
+        # the meantime replaces the waiting job's payload and pushes its start back.
+        if "unique_key" not in values or options.get("unique_mode") == "keep":
+            raise InvalidOption("debounce_seconds needs a unique_key (the debounce key)")
+        if start_after is not None:
+            raise InvalidOption("debounce_seconds sets the start: do not give start_after too")
+        values["delay"] = check_seconds(
+            "debounce_seconds", options["debounce_seconds"], allow_zero=False
+        )
+        values["unique_replace"] = True
     if options.get("dead_letter") is not None:
         values["dead_letter"] = check_queue_name(options["dead_letter"], "dead_letter queue")
     if options.get("group_key") is not None:

@@ -344,3 +344,21 @@ async def test_connection_of_the_wrong_kind_is_refused(
 ) -> None:
     with pytest.raises(InvalidOption):
         await app_async.send_async("q", {}, connection=object())  # type: ignore[arg-type]
+
+
+async def test_debounce_runs_the_last_send_after_the_quiet_period(
+    conveyor_dsn: str, conveyor_schema: str
+) -> None:
+    from conveyor import FrozenClock
+
+    clock = FrozenClock(datetime(2031, 5, 1, 12, 0, 0, tzinfo=UTC))
+    async with Conveyor(conveyor_dsn, schema=conveyor_schema, clock=clock) as app:
+        first = await app.send_async("d", {"v": 1}, unique_key="doc-7", debounce_seconds=30)
+        clock.advance(20)
+        second = await app.send_async("d", {"v": 2}, unique_key="doc-7", debounce_seconds=30)
+        job = await app.get_job_async(first)
+        assert second == first
+        assert job.data == {"v": 2}
+        assert job.run_at == clock() + timedelta(seconds=30)  # pushed back by the later send
+        with pytest.raises(InvalidOption):
+            await app.send_async("d", {}, debounce_seconds=30)

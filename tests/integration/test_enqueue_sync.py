@@ -334,3 +334,21 @@ def test_payload_limit_is_configurable(conveyor_dsn: str, conveyor_schema: str) 
 def test_connection_of_the_wrong_kind_is_refused(app: Conveyor, conveyor_dsn: str) -> None:
     with pytest.raises(InvalidOption):
         app.send("q", {}, connection=object())  # type: ignore[arg-type]
+
+
+def test_debounce_runs_the_last_send_after_the_quiet_period(
+    conveyor_dsn: str, conveyor_schema: str
+) -> None:
+    from conveyor import FrozenClock
+
+    clock = FrozenClock(datetime(2031, 5, 1, 12, 0, 0, tzinfo=UTC))
+    with Conveyor(conveyor_dsn, schema=conveyor_schema, clock=clock) as app:
+        first = app.send("d", {"v": 1}, unique_key="doc-7", debounce_seconds=30)
+        clock.advance(20)
+        second = app.send("d", {"v": 2}, unique_key="doc-7", debounce_seconds=30)
+        job = app.get_job(first)
+        assert second == first
+        assert job.data == {"v": 2}
+        assert job.run_at == clock() + timedelta(seconds=30)  # pushed back by the later send
+        with pytest.raises(InvalidOption):
+            app.send("d", {}, debounce_seconds=30)

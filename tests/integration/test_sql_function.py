@@ -119,3 +119,13 @@ def test_sql_send_payload_limit(app: Conveyor, conveyor_dsn: str) -> None:
         with pytest.raises(psycopg.errors.InvalidParameterValue):
             sql_send(conn, app.schema, "q", '"' + "x" * 60 + '"', "{}")
     assert app.list_jobs() == []
+
+
+def test_sql_send_debounces(app: Conveyor, conveyor_dsn: str) -> None:
+    with psycopg.connect(conveyor_dsn, autocommit=True) as conn:
+        options = '{"unique_key": "k", "debounce_seconds": 30}'
+        first = sql_send(conn, app.schema, "q", '{"v": 1}', options)
+        second = sql_send(conn, app.schema, "q", '{"v": 2}', options)
+    job = app.get_job(first)
+    assert first == second and job.data == {"v": 2}
+    assert abs((job.run_at - job.created_at).total_seconds() - 30) < 5

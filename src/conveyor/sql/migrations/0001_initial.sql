@@ -745,7 +745,7 @@ BEGIN
         IF opt <> ALL (ARRAY['priority', 'start_after', 'retry_limit', 'retry_delay',
                              'retry_backoff', 'retry_delay_max', 'expire_in', 'retention',
                              'singleton_key', 'singleton_seconds', 'unique_key', 'unique_mode',
-                             'dead_letter', 'group_key', 'depends_on']) THEN
+                             'debounce_seconds', 'dead_letter', 'group_key', 'depends_on']) THEN
             RAISE EXCEPTION 'unknown job option %', quote_literal(opt)
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
@@ -765,6 +765,15 @@ BEGIN
     backoff := CASE o->'retry_backoff' WHEN 'true' THEN 'exponential' WHEN 'false' THEN 'fixed'
                                         ELSE o->>'retry_backoff' END;
     start_after := o->'start_after';
+    IF o ? 'debounce_seconds' THEN
+        -- The job runs this long after the last send of its unique_key, which replaces it.
+        IF NOT o ? 'unique_key' OR o ? 'start_after' THEN
+            RAISE EXCEPTION 'debounce_seconds needs a unique_key and no start_after'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        start_after := o->'debounce_seconds';
+        o := o || '{"unique_mode": "replace"}';
+    END IF;
     keyed := o ? 'unique_key' OR o ? 'singleton_seconds';
     FOR attempt IN 1..3 LOOP
         job_id := gen_random_uuid();

@@ -187,11 +187,20 @@ def seed_large_tables(dsn: str, history: int, future: int) -> None:
 
 
 def conveyor_drain(
-    dsn: str, n: int, concurrency: int, processes: int, *, large: bool = False
+    dsn: str,
+    n: int,
+    concurrency: int,
+    processes: int,
+    *,
+    large: bool = False,
+    limited: bool = False,
 ) -> tuple[float, float]:
     """Jobs/s draining n pre-loaded no-op jobs, and the peak RSS (MB) of a worker process.
-    With ``large``, 1,000,000 finished jobs and 100,000 future ones sit in the tables too."""
+    With ``large``, 1,000,000 finished jobs and 100,000 future ones sit in the tables too; with
+    ``limited`` the queue has a concurrency limit that never binds (what a limit costs)."""
     with reset(dsn) as app:
+        if limited:
+            app.create_queue("bench", concurrency=10_000)
         if large:
             seed_large_tables(dsn, 1_000_000, 100_000)
         app.send_batch([("bench", {"i": i}) for i in range(n)])
@@ -332,6 +341,9 @@ def main() -> None:
         label = f"drain, {processes} process{'es' if processes > 1 else ''} x {concurrency}"
         drained[(concurrency, processes)] = statistics.median(v for v, _ in results)
         add(label, drained[(concurrency, processes)], claim)
+    limited = statistics.median(conveyor_drain(dsn, n, 10, 1, limited=True)[0] for _ in range(r))
+    add("drain, 1 x 10, queue with a concurrency limit", limited, claim)
+    print(f"  a limit costs: {limited / drained[(10, 1)]:.2f}x the unlimited drain", flush=True)
     if not args.quick:
         flat = statistics.median(conveyor_drain(dsn, n, 10, 1, large=True)[0] for _ in range(r))
         add("drain, 1 x 10, with 1M finished + 100k future jobs", flat, claim)

@@ -136,12 +136,12 @@ async def test_three_workers_fire_a_per_second_schedule_once_per_tick(
 
     await app_async.schedule_async("every.second", "* * * * * *")
     async for _ in run_workers(app_async, 3):
-        await asyncio.sleep(3.5)
+        await asyncio.sleep(10)
     with psycopg.connect(conveyor_dsn) as conn:
         ticks = conn.execute(
             f"SELECT tick_at, job_id FROM {app_async.schema}.schedule_tick ORDER BY tick_at"
         ).fetchall()
-    assert len(ticks) >= 2
+    assert len(ticks) >= 9
     seconds = [t[0] for t in ticks]
     assert len(set(seconds)) == len(seconds)  # one row, so one job, per tick
     assert all((b - a).total_seconds() == 1 for a, b in itertools.pairwise(seconds))

@@ -109,6 +109,9 @@ class Worker:
         self._running: dict[uuid.UUID, Running] = {}
         self._buffer: collections.deque[tuple[Any, ...]] = collections.deque()  # claimed rows
         self._avg_duration: float | None = None
+        # A rate-limited queue gains a token every interval / limit seconds and no NOTIFY says
+        # so: the worker looks again that often (the tightest of its queues), not at the poll.
+        self._token_interval = float("inf")
         self._refill_at = 1
         self._pending: dict[tuple[uuid.UUID, int], Job] = {}  # acked jobs, until written
         self._threads = DaemonThreadPool(options.concurrency, "conveyor-job")
@@ -149,6 +152,11 @@ class Worker:
                 self.id, socket.gethostname(), os.getpid(), self.options.queues,
                 self.options.concurrency,
             )  # fmt: skip
+            served = set(self.options.queues)
+            for queue in await self._store.queue_list():
+                if queue.name in served and queue.rate_limit and queue.rate_interval:
+                    every = max(0.01, queue.rate_interval / queue.rate_limit)
+                    self._token_interval = min(self._token_interval, every)
             background.append(asyncio.create_task(self._completer.run(services_stop)))
             background.append(asyncio.create_task(self._heartbeat(services_stop)))
             context = ServiceContext(self._store, self.id, self._events, self._clock)
@@ -218,7 +226,7 @@ class Worker:
                 self._buffer.extend(again)
                 self._start_buffered()
                 continue
-            poll = opts.poll_interval * (0.75 + random.random() / 2)
+            poll = min(opts.poll_interval, self._token_interval) * (0.75 + random.random() / 2)
             await self._wait(self._wake, poll)
 
     def _capacity(self) -> int:

@@ -351,9 +351,10 @@ def main() -> None:
     p50, p95, p99 = conveyor_latency(dsn, 300 if not args.quick else 100)
     print(f"  enqueue->start latency: p50 {p50:.2f} ms, p95 {p95:.2f} ms, p99 {p99:.2f} ms")
     print(f"  worker peak RSS: {peak:.0f} MB")
-    steady = conveyor_steady(dsn, args.steady_rate, 10.0 if args.quick else args.steady_seconds)
+    steady_seconds = 10.0 if args.quick else args.steady_seconds
+    steady = conveyor_steady(dsn, args.steady_rate, steady_seconds)
     print(
-        f"  steady: sent {steady['rate']:,.0f} jobs/s for {args.steady_seconds:g}s; backlog "
+        f"  steady: sent {steady['rate']:,.0f} jobs/s for {steady_seconds:g}s; backlog "
         f"{steady['backlog_mid']:.0f} at half time, {steady['backlog_end']:.0f} at the end; "
         f"latency p50 {steady['p50']:.2f} ms, p99 {steady['p99']:.2f} ms",
         flush=True,

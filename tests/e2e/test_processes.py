@@ -30,6 +30,9 @@ def e2e(conveyor_dsn: str, conveyor_schema: str) -> Iterator[Conveyor]:
         conn.execute(f'TRUNCATE "{conveyor_schema}".ledger')
     with Conveyor(conveyor_dsn, schema=conveyor_schema) as app:
         yield app
+    with psycopg.connect(conveyor_dsn, autocommit=True) as conn:
+        # The schema is shared by the tests of this xdist worker: leave only Conveyor's tables.
+        conn.execute(f'DROP TABLE "{conveyor_schema}".ledger')
 
 
 def start_worker(dsn: str, schema: str, *args: str) -> subprocess.Popen[str]:

@@ -10,6 +10,7 @@ run. It also checks that every drained job ran exactly once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import os
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -214,9 +215,9 @@ def conveyor_drain(
     return n / work, max(r["rss_mb"] for r in results)
 
 
-def conveyor_latency(dsn: str, n: int) -> tuple[float, float, float]:
-    """Enqueue-to-start latency (ms) with an idle worker woken by NOTIFY: p50, p95, p99."""
-    reset(dsn).close()
+@contextlib.contextmanager
+def serving_worker(dsn: str) -> Iterator[None]:
+    """A worker process (concurrency 10) serving the bench queue, stopped with SIGTERM."""
     worker = subprocess.Popen(
         [sys.executable, "-m", "bench.worker_proc", dsn, SCHEMA, "serve", "10"],
         cwd=ROOT,
@@ -224,21 +225,31 @@ def conveyor_latency(dsn: str, n: int) -> tuple[float, float, float]:
         text=True,
     )
     try:
-        with Conveyor(dsn, schema=SCHEMA) as app:
-            time.sleep(1.5)  # the worker is up, listening and idle
-            for i in range(n):
-                app.send("bench", {"i": i})
-                time.sleep(0.01)
-            time.sleep(0.5)
-        with psycopg.connect(dsn) as conn:
-            rows = conn.execute(
-                f"SELECT extract(epoch FROM started_at - created_at) * 1000"
-                f" FROM {SCHEMA}.job_history WHERE queue = 'bench'"
-            ).fetchall()
+        time.sleep(1.5)  # up, listening and idle
+        yield
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.communicate(timeout=60)
-    values = sorted(float(r[0]) for r in rows)
+
+
+def latencies(conn: psycopg.Connection[Any]) -> list[float]:
+    """Created-to-started milliseconds of every finished bench job, sorted."""
+    rows = conn.execute(
+        f"SELECT extract(epoch FROM started_at - created_at) * 1000 FROM {SCHEMA}.job_history"
+    ).fetchall()
+    return sorted(float(r[0]) for r in rows)
+
+
+def conveyor_latency(dsn: str, n: int) -> tuple[float, float, float]:
+    """Enqueue-to-start latency (ms) with an idle worker woken by NOTIFY: p50, p95, p99."""
+    reset(dsn).close()
+    with serving_worker(dsn), Conveyor(dsn, schema=SCHEMA) as app:
+        for i in range(n):
+            app.send("bench", {"i": i})
+            time.sleep(0.01)
+        time.sleep(0.5)
+    with psycopg.connect(dsn) as conn:
+        values = latencies(conn)
     if len(values) != n:
         sys.exit(f"bench: latency run completed {len(values)} of {n} jobs")
     quantiles = statistics.quantiles(values, n=100)
@@ -250,47 +261,35 @@ def conveyor_steady(dsn: str, rate: int, seconds: float) -> dict[str, float]:
     process runs them: the backlog at the start and end of the second half, and the latency
     (created to started) percentiles of every job."""
     reset(dsn).close()
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "bench.worker_proc", dsn, SCHEMA, "serve", "10"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
     backlog: list[tuple[float, int]] = []
-    try:
-        with Conveyor(dsn, schema=SCHEMA) as app, psycopg.connect(dsn, autocommit=True) as conn:
-            time.sleep(1.5)
-            per_tick = max(1, rate // 100)
-            start = time.perf_counter()
-            tick = 0
-            sent = 0
-            while (now := time.perf_counter() - start) < seconds:
-                app.send_batch([("bench", {"i": sent + k}) for k in range(per_tick)])
-                sent += per_tick
-                tick += 1
-                if tick % 100 == 0:
-                    row = conn.execute(
-                        f"SELECT count(*) FROM {SCHEMA}.job WHERE state IN ('created', 'retry')"
-                    ).fetchone()
-                    backlog.append((now, int(row[0]) if row else 0))
-                pause = tick * 0.01 - (time.perf_counter() - start)
-                if pause > 0:
-                    time.sleep(pause)
-            achieved = sent / (time.perf_counter() - start)
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                left = conn.execute(f"SELECT count(*) FROM {SCHEMA}.job").fetchone()
-                if left and left[0] == 0:
-                    break
-                time.sleep(0.2)
-            rows = conn.execute(
-                f"SELECT extract(epoch FROM started_at - created_at) * 1000"
-                f" FROM {SCHEMA}.job_history"
-            ).fetchall()
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.communicate(timeout=60)
-    values = sorted(float(r[0]) for r in rows)
+    with (
+        serving_worker(dsn),
+        Conveyor(dsn, schema=SCHEMA) as app,
+        psycopg.connect(dsn, autocommit=True) as conn,
+    ):
+        per_tick = max(1, rate // 100)
+        start = time.perf_counter()
+        tick = sent = 0
+        while (now := time.perf_counter() - start) < seconds:
+            app.send_batch([("bench", {"i": sent + k}) for k in range(per_tick)])
+            sent += per_tick
+            tick += 1
+            if tick % 100 == 0:
+                row = conn.execute(
+                    f"SELECT count(*) FROM {SCHEMA}.job WHERE state IN ('created', 'retry')"
+                ).fetchone()
+                backlog.append((now, int(row[0]) if row else 0))
+            pause = tick * 0.01 - (time.perf_counter() - start)
+            if pause > 0:
+                time.sleep(pause)
+        achieved = sent / (time.perf_counter() - start)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            left = conn.execute(f"SELECT count(*) FROM {SCHEMA}.job").fetchone()
+            if left and left[0] == 0:
+                break
+            time.sleep(0.2)
+        values = latencies(conn)
     if len(values) != sent:
         sys.exit(f"bench: steady run completed {len(values)} of {sent} jobs")
     q = statistics.quantiles(values, n=100)

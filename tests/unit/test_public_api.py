@@ -62,8 +62,8 @@ def test_job_fetch_returns_the_columns_in_the_order_of_job_fields() -> None:
     from conveyor.models import Job
 
     sql = migrations()[0].template
-    body = sql[sql.index("CREATE FUNCTION {schema}.claim_jobs(") :]
-    returned = re.findall(r"j\.(\w+)", body[body.index("RETURNING") : body.index("END")])
+    body = sql[sql.index("CREATE FUNCTION {schema}.as_fetched(") :]
+    returned = re.findall(r"j\.(\w+)", body[body.index("SELECT") : body.index("$fn$;")])
     marker = "CREATE TYPE {schema}.job_fetched AS ("
     kind = sql[sql.index(marker) + len(marker) :]
     declared = [column.split()[0] for column in kind[: kind.index(");")].split(",")]

@@ -362,6 +362,16 @@ CREATE TYPE {schema}.job_fetched AS (
     unique_key text, dead_letter text, group_key text, depends_on uuid[], worker_id uuid
 );
 
+-- A claimed job as the worker reads it: the columns of conveyor.models.Job, in its field order.
+CREATE FUNCTION {schema}.as_fetched(j {schema}.job) RETURNS {schema}.job_fetched
+LANGUAGE sql IMMUTABLE AS $fn$
+    SELECT j.id, j.queue, j.state, j.data, j.priority, j.attempt, j.retry_limit, j.retry_delay,
+           j.retry_backoff, j.retry_delay_max, j.expire_in, j.retention, j.run_at, j.created_at,
+           j.started_at, j.finished_at, j.result, j.errors, j.progress, j.singleton_key,
+           j.singleton_seconds, j.unique_key, j.dead_letter, j.group_key, j.depends_on,
+           j.worker_id
+$fn$;
+
 CREATE FUNCTION {schema}.claim_jobs(
     p_queues text[], p_worker uuid, p_limit integer, p_now timestamptz
 ) RETURNS SETOF {schema}.job_fetched
@@ -386,17 +396,15 @@ BEGIN
         ) c
         ORDER BY c.priority DESC, c.run_at, c.id
         LIMIT p_limit
+    ), claimed AS (
+        UPDATE {schema}.job j
+        SET state = 'active', attempt = j.attempt + 1, worker_id = p_worker,
+            started_at = coalesce(p_now, now())
+        FROM picked
+        WHERE j.id = picked.id
+        RETURNING {schema}.as_fetched(j) AS f
     )
-    UPDATE {schema}.job j
-    SET state = 'active', attempt = j.attempt + 1, worker_id = p_worker,
-        started_at = coalesce(p_now, now())
-    FROM picked
-    WHERE j.id = picked.id
-    RETURNING j.id, j.queue, j.state, j.data, j.priority, j.attempt, j.retry_limit,
-              j.retry_delay, j.retry_backoff, j.retry_delay_max, j.expire_in, j.retention,
-              j.run_at, j.created_at, j.started_at, j.finished_at, j.result, j.errors,
-              j.progress, j.singleton_key, j.singleton_seconds, j.unique_key, j.dead_letter,
-              j.group_key, j.depends_on, j.worker_id;
+    SELECT (done.f).* FROM claimed done;
 END
 $fn$;
 
@@ -445,16 +453,14 @@ BEGIN
             JOIN head ON head.id = j.id
             WHERE head.state <> 'active' AND head.run_at <= t_now
             FOR UPDATE OF j SKIP LOCKED
+        ), claimed AS (
+            UPDATE {schema}.job j
+            SET state = 'active', attempt = j.attempt + 1, worker_id = p_worker, started_at = t_now
+            FROM picked
+            WHERE j.id = picked.id
+            RETURNING {schema}.as_fetched(j) AS f
         )
-        UPDATE {schema}.job j
-        SET state = 'active', attempt = j.attempt + 1, worker_id = p_worker, started_at = t_now
-        FROM picked
-        WHERE j.id = picked.id
-        RETURNING j.id, j.queue, j.state, j.data, j.priority, j.attempt, j.retry_limit,
-                  j.retry_delay, j.retry_backoff, j.retry_delay_max, j.expire_in, j.retention,
-                  j.run_at, j.created_at, j.started_at, j.finished_at, j.result, j.errors,
-                  j.progress, j.singleton_key, j.singleton_seconds, j.unique_key, j.dead_letter,
-                  j.group_key, j.depends_on, j.worker_id;
+        SELECT (done.f).* FROM claimed done;
         GET DIAGNOSTICS n = ROW_COUNT;
         got := got + n;
     END LOOP;

@@ -16,8 +16,8 @@ import random
 from conveyor.errors import DatabaseUnavailable
 from conveyor.events import Event
 from conveyor.leader import Lease
-from conveyor.worker.completer import _first
 from conveyor.worker.service import ServiceContext
+from conveyor.worker.waiting import first_of
 
 log = logging.getLogger("conveyor.maintenance")
 
@@ -35,7 +35,7 @@ class Recovery:
         held = False
         try:
             while not stop.is_set():
-                await _first(stop.wait(), asyncio.sleep(self.interval * (0.5 + random.random())))
+                await first_of(stop.wait(), asyncio.sleep(self.interval * (0.5 + random.random())))
                 if stop.is_set():
                     break
                 try:

@@ -18,8 +18,8 @@ from conveyor.cron import due_ticks, next_tick
 from conveyor.errors import DatabaseUnavailable
 from conveyor.events import Event
 from conveyor.leader import Lease
-from conveyor.worker.completer import _first
 from conveyor.worker.service import ServiceContext
+from conveyor.worker.waiting import first_of
 
 log = logging.getLogger("conveyor.scheduler")
 
@@ -47,7 +47,7 @@ class Scheduler:
                         Event("worker.error", context.worker_id, error={"message": str(exc)})
                     )
                 pause = max(0.01, wait) + random.random() * 0.01
-                await _first(stop.wait(), asyncio.sleep(pause))
+                await first_of(stop.wait(), asyncio.sleep(pause))
         finally:
             if held:
                 with contextlib.suppress(DatabaseUnavailable):

@@ -16,6 +16,7 @@ from uuid import UUID
 
 from conveyor._store.worker_store import Ack, Changed, WorkerStore
 from conveyor.errors import DatabaseUnavailable
+from conveyor.worker.waiting import first_of
 
 log = logging.getLogger("conveyor.worker")
 
@@ -63,16 +64,16 @@ class Completer:
         """Flush batches until ``stop`` is set; the caller flushes what remains with drain()."""
         failures = 0
         while not stop.is_set():
-            await _first(self._pending.wait(), stop.wait())
+            await first_of(self._pending.wait(), stop.wait())
             if not self._full.is_set():
-                await _first(self._full.wait(), asyncio.sleep(self._flush_interval))
+                await first_of(self._full.wait(), asyncio.sleep(self._flush_interval))
             try:
                 await self.flush()
                 failures = 0
             except DatabaseUnavailable as exc:
                 failures += 1
                 self._on_error(exc)
-                await _first(stop.wait(), asyncio.sleep(min(5.0, 0.05 * 2**failures)))
+                await first_of(stop.wait(), asyncio.sleep(min(5.0, 0.05 * 2**failures)))
 
     async def flush(self) -> None:
         """Write everything queued now; on failure, it stays queued. Flushes never overlap, so
@@ -116,13 +117,3 @@ class Completer:
                 "could not write %d outcomes before stopping; recovery will run those jobs again",
                 len(self._acks),
             )
-
-
-async def _first(*aws: Any) -> None:
-    """Wait until the first of some awaitables finishes; cancel the others."""
-    tasks = [asyncio.ensure_future(a) for a in aws]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()

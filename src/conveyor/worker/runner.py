@@ -32,10 +32,11 @@ from conveyor.events import Event, Events
 from conveyor.handlers import Handler, Registry
 from conveyor.models import Job
 from conveyor.worker import outcome
-from conveyor.worker.completer import Completer, _first
+from conveyor.worker.completer import Completer
 from conveyor.worker.runtime import Runtime
 from conveyor.worker.service import Service, ServiceContext
 from conveyor.worker.threads import DaemonThreadPool
+from conveyor.worker.waiting import first_of
 
 log = logging.getLogger("conveyor.worker")
 
@@ -250,7 +251,7 @@ class Worker:
             waits.append(event.wait())
         if timeout is not None:
             waits.append(asyncio.sleep(timeout))
-        await _first(*waits)
+        await first_of(*waits)
         if event is not None:
             event.clear()
 
@@ -381,7 +382,7 @@ class Worker:
     async def _heartbeat(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             interval = self.options.heartbeat_interval * (0.8 + random.random() * 0.4)
-            await _first(stop.wait(), asyncio.sleep(interval))
+            await first_of(stop.wait(), asyncio.sleep(interval))
             if stop.is_set():
                 return
             try:
@@ -428,7 +429,7 @@ class Worker:
         tasks = [r.task for r in self._running.values() if r.task is not None]
         if tasks and not self._hard_stop.is_set():
             log.info("waiting up to %gs for %d job(s)", self.options.shutdown_timeout, len(tasks))
-            await _first(
+            await first_of(
                 asyncio.wait(tasks), asyncio.sleep(self.options.shutdown_timeout),
                 self._hard_stop.wait(),
             )  # fmt: skip

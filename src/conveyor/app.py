@@ -165,7 +165,6 @@ class Conveyor(Client, AsyncClient):
             ),
             stale_after=check_seconds("stale_after", stale_after, allow_zero=False),
             burst=burst,
-            listen=not burst,
             max_payload_bytes=self._settings.max_payload_bytes,
         )
         for queue in served:

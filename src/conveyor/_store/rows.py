@@ -51,9 +51,7 @@ def queue(row: dict[str, Any]) -> Queue:
     return Queue(**row)
 
 
-def insert_params(
-    specs: Sequence[JobSpec], defaults: dict[str, Any], now: object
-) -> dict[str, Any]:
+def insert_params(specs: Sequence[JobSpec], defaults: str, now: object) -> dict[str, Any]:
     """The parameters of ``job_insert_many``: one array per column, one element per job.
 
     An array with nothing set is sent as NULL: cheaper to send and parse, and for the key columns
@@ -63,7 +61,7 @@ def insert_params(
     for name in SPEC_ARRAYS:
         values = [getattr(s, name) for s in specs]
         params[name] = values if any(v is not None and v is not False for v in values) else None
-    params["defaults"] = json.dumps(defaults)
+    params["defaults"] = defaults
     params["now"] = now
     return params
 

@@ -113,7 +113,7 @@ class AsyncStore:
             params = rows.insert_one_params(specs[0], self._defaults_json(defaults), now)
             found = await self._rows("job_insert_one", params, conn)
         else:
-            params = rows.insert_params(specs, defaults, now)
+            params = rows.insert_params(specs, self._defaults_json(defaults), now)
             found = await self._rows("job_insert_many", params, conn)
         return rows.insert_results(specs, found)
 

@@ -18,6 +18,7 @@ from conveyor.backoff import retry_delay
 from conveyor.errors import Fail, Retry
 from conveyor.handlers import Handler
 from conveyor.models import Job
+from conveyor.options import encode_payload
 
 # Error texts are kept whole up to this size; a traceback of a deep recursion is cut.
 MAX_TEXT = 64 * 1024
@@ -53,16 +54,10 @@ def describe(exc: BaseException, job: Job, worker: UUID, kind: str | None = None
     }
 
 
-def completed(job: Job, result: object, limit: int) -> Ack | None:
-    """The ack of a handler's return value, or None if the value cannot be stored as JSON."""
-    if result is None:
-        return Ack(job.id, job.attempt, "completed", result="null")
-    try:
-        text = json.dumps(result, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
-        if "\\u0000" in text or len(text.encode("utf-8")) > limit:
-            return None
-    except (TypeError, ValueError, RecursionError, UnicodeEncodeError):
-        return None
+def completed(job: Job, result: object, limit: int) -> Ack:
+    """The ack of a handler's return value; :class:`PayloadError` if jsonb cannot store it
+    (the same rules as a job's payload)."""
+    text = "null" if result is None else encode_payload(result, limit)
     return Ack(job.id, job.attempt, "completed", result=text)
 
 

@@ -27,7 +27,7 @@ from typing import Any
 from conveyor._store import rows
 from conveyor._store.listen import Listener
 from conveyor._store.worker_store import Ack, Changed, WorkerStore
-from conveyor.errors import ConfigurationError, DatabaseUnavailable, Retry
+from conveyor.errors import ConfigurationError, DatabaseUnavailable, PayloadError, Retry
 from conveyor.events import Event, Events
 from conveyor.handlers import Handler, Registry
 from conveyor.models import Job
@@ -59,7 +59,6 @@ class WorkerOptions:
     heartbeat_interval: float = 5.0
     stale_after: float = 30.0
     burst: bool = False
-    listen: bool = True
     max_payload_bytes: int = 1024 * 1024
     flush_interval: float = 0.005
 
@@ -114,7 +113,11 @@ class Worker:
         # so: the worker looks again that often (the tightest of its queues), not at the poll.
         self._token_interval = float("inf")
         self._refill_at = 1
-        self._pending: dict[tuple[uuid.UUID, int], Job] = {}  # acked jobs, until written
+        # Acked jobs until written, kept only to hand them to outcome listeners.
+        self._pending: dict[tuple[uuid.UUID, int], Job] = {}
+        self._outcome_listeners = any(
+            events.wanted(name) for name in ("job.completed", "job.dead", "job.retried")
+        )
         self._threads = DaemonThreadPool(options.concurrency, "conveyor-job")
         self._wake = asyncio.Event()
         self._slot_freed = asyncio.Event()
@@ -163,7 +166,7 @@ class Worker:
             context = ServiceContext(self._store, self.id, self._events, self._clock)
             for service in self._services:
                 background.append(asyncio.create_task(service.run(context, services_stop)))
-            if self.options.listen and not self.options.burst:
+            if not self.options.burst:
                 listener = Listener(
                     self._dsn,
                     [self._store.channel, self._store.cancel_channel],
@@ -292,7 +295,8 @@ class Worker:
             if room >= self._refill_at or not self._running:
                 self._slot_freed.set()
         if ack is not None:
-            self._pending[(ack.job_id, ack.attempt)] = job
+            if self._outcome_listeners:
+                self._pending[(ack.job_id, ack.attempt)] = job
             self._completer.add(ack)
 
     async def _call(self, handler: Handler | None, job: Job, running: Running) -> Ack | None:
@@ -322,11 +326,10 @@ class Worker:
         except Retry as request:
             self._events.emit(Event("job.snoozed", self.id, job))
             return outcome.snoozed(job, request, self._clock())
-        ack = outcome.completed(job, result, self.options.max_payload_bytes)
-        if ack is None:
-            bad = TypeError("the handler's return value cannot be stored as JSON")
+        try:
+            return outcome.completed(job, result, self.options.max_payload_bytes)
+        except PayloadError as bad:
             return self._failure(job, handler, bad, kind="ResultNotStorable")
-        return ack
 
     def _failure(
         self,

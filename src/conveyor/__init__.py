@@ -21,7 +21,7 @@ from conveyor.errors import (
     UnknownOption,
     ValidationError,
 )
-from conveyor.models import Job, JobState, Queue, QueuePolicy, QueueStats, Schedule
+from conveyor.models import Job, JobState, Queue, QueuePolicy, QueueStats, Schedule, WorkerInfo
 
 __all__ = [
     "ConfigurationError",
@@ -49,5 +49,6 @@ __all__ = [
     "SchemaOutOfDate",
     "UnknownOption",
     "ValidationError",
+    "WorkerInfo",
 ]
 __version__ = "0.1.0"

@@ -10,7 +10,7 @@ hold only the I/O sequence.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, overload
 from uuid import UUID
 
@@ -29,8 +29,9 @@ from conveyor.errors import (
     WaitTimeout,
 )
 from conveyor.handlers import Registry
-from conveyor.models import Job, JobState, Queue, QueueStats, Schedule
+from conveyor.models import Job, JobState, Queue, QueueStats, Schedule, WorkerInfo
 from conveyor.options import (
+    check_int,
     check_job_id,
     check_queue_name,
     check_seconds,
@@ -117,14 +118,59 @@ class Client:
         queue: str | None = None,
         state: str | Iterable[str] | None = None,
         *,
+        since: datetime | timedelta | float | None = None,
+        search: str | None = None,
         limit: int = 100,
         offset: int = 0,
         order: str = "desc",
         connection: Conn | None = None,
     ) -> list[Job]:
-        """Jobs filtered by queue and state(s), newest first (``order="asc"``: oldest first)."""
-        filters = list_filters(queue, state, limit, offset, order)
-        return self._stores.store().job_list(**filters, conn=connection)
+        """Jobs filtered by queue and state(s), newest first (``order="asc"``: oldest first).
+
+        ``since``: only jobs created at or after it (an aware datetime, or a timedelta or
+        seconds before now). ``search``: only jobs whose payload (as JSON text) or id contains
+        this text, ignoring case; ``%`` and ``_`` are matched literally.
+        """
+        filters = list_filters(queue, state, limit, offset, order, since, search)
+        store = self._stores.store()
+        return store.job_list(**filters, now=self._settings.clock(), conn=connection)
+
+    def delete_job(self, job_id: UUID | str, *, connection: Conn | None = None) -> None:
+        """Delete a queued, finished or dead job for good. A running job raises
+        :class:`JobStateError` (cancel it first); an unknown id raises :class:`JobNotFound`."""
+        store = self._stores.store()
+        if store.job_delete(check_job_id(job_id), connection):
+            return
+        job = self.get_job(job_id, connection=connection)
+        raise JobStateError(f"job {job_id} is {job.state}: cancel a running job before deleting it")
+
+    def list_dead(
+        self, queue: str | None = None, *, limit: int = 100, offset: int = 0
+    ) -> list[Job]:
+        """The dead letters (failed jobs, with their error history), newest first."""
+        if queue is not None:
+            check_queue_name(queue)
+        limit = check_int("limit", limit, 1, 10_000)
+        offset = check_int("offset", offset, 0, 2**31 - 1)
+        return self._stores.store().job_list_dead(queue, limit, offset)
+
+    def purge_dead(
+        self, queue: str | None = None, *, older_than: float | timedelta | None = None
+    ) -> int:
+        """Delete the dead letters (of ``queue``; with ``older_than``, only those that failed
+        more than that many seconds ago); return how many."""
+        if queue is not None:
+            check_queue_name(queue)
+        seconds = (
+            None if older_than is None else check_seconds("older_than", older_than, allow_zero=True)
+        )
+        store = self._stores.store()
+        return store.job_purge_dead(queue, seconds, self._settings.clock())
+
+    def list_workers(self) -> list[WorkerInfo]:
+        """The registered workers with their queues and last heartbeat, oldest first. A worker
+        whose heartbeat is older than the recovery threshold is presumed dead."""
+        return self._stores.store().worker_list()
 
     def cancel(self, job_id: UUID | str, *, connection: Conn | None = None) -> Job:
         """Cancel a queued or running job (a running handler is told at once).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
 from uuid import UUID
@@ -206,3 +206,22 @@ class Schedule:
     last_tick: datetime | None
     created_at: datetime
     updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A registered worker process, as its heartbeat row stands."""
+
+    id: UUID
+    hostname: str
+    pid: int
+    queues: list[str]
+    concurrency: int
+    started_at: datetime
+    heartbeat_at: datetime
+    metadata: dict[str, Any]
+
+    @property
+    def heartbeat_age(self) -> float:
+        """Seconds since the worker's last heartbeat, by this host's clock."""
+        return (datetime.now(UTC) - self.heartbeat_at).total_seconds()

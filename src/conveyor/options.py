@@ -348,9 +348,19 @@ def queue_policy(options: Mapping[str, Any], *, partial: bool) -> dict[str, Any]
 
 
 def list_filters(
-    queue: str | None, state: object, limit: object, offset: object, order: str
+    queue: str | None,
+    state: object,
+    limit: object,
+    offset: object,
+    order: str,
+    since: object = None,
+    search: object = None,
 ) -> dict[str, Any]:
-    """Validate the filters of ``list_jobs`` into the store's parameters."""
+    """Validate the filters of ``list_jobs`` into the store's parameters.
+
+    ``since`` is an aware datetime, or a timedelta or seconds before now; ``search`` a substring
+    of the payload's JSON text or of the job id, matched case-insensitively and literally.
+    """
     if queue is not None:
         check_queue_name(queue)
     states: list[str] | None = None
@@ -369,7 +379,34 @@ def list_filters(
         "limit": check_int("limit", limit, 1, 10_000),
         "offset": check_int("offset", offset, 0, 2**31 - 1),
         "descending": order == "desc",
+        **since_filter(since),
+        "search": search_pattern(search),
     }
+
+
+def since_filter(since: object) -> dict[str, Any]:
+    """``since`` as the store's ``since_at`` (a point in time) or ``since_seconds`` (before now)."""
+    if since is None:
+        return {"since_at": None, "since_seconds": None}
+    if isinstance(since, datetime):
+        if since.tzinfo is None:
+            raise InvalidOption("since must be an aware datetime (with a time zone)")
+        return {"since_at": since, "since_seconds": None}
+    return {"since_at": None, "since_seconds": check_seconds("since", since, allow_zero=True)}
+
+
+def search_pattern(search: object) -> str | None:
+    """An ILIKE pattern matching ``search`` anywhere, its wildcards and escapes taken literally."""
+    if search is None:
+        return None
+    if not isinstance(search, str) or not search:
+        raise InvalidOption("search must be a non-empty string")
+    if len(search) > 1000:
+        raise InvalidOption("search must be at most 1000 characters")
+    if "\x00" in search:
+        raise InvalidOption("search must not contain a NUL character")
+    escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
 
 
 def schedule_options(queue: str, data: object, options: Mapping[str, Any], limit: int) -> str:

@@ -13,7 +13,7 @@ EXPECTED_ALL = [
     "InvalidOption", "InvalidQueueName", "Job", "JobNotFound", "JobState", "JobStateError",
     "MigrationError", "PayloadError", "PayloadTooLarge", "Queue", "QueueNotFound", "QueuePolicy",
     "QueueStats", "Retry", "Schedule", "ScheduleNotFound", "SchemaOutOfDate", "UnknownOption",
-    "ValidationError",
+    "ValidationError", "WorkerInfo",
 ]  # fmt: skip
 
 IO_METHODS = [
@@ -21,7 +21,7 @@ IO_METHODS = [
     "update_queue", "delete_queue", "purge_queue", "get_queue", "list_queues", "queue_stats",
     "migrate", "migration_status", "migration_sql", "close", "schedule", "unschedule",
     "get_schedule", "list_schedules", "schedule_crontab", "wait_for", "retry_dead",
-    "retry_dead_all",
+    "retry_dead_all", "delete_job", "list_dead", "purge_dead", "list_workers",
 ]  # fmt: skip
 
 

@@ -24,7 +24,7 @@ from conveyor._store import rows
 from conveyor._store.errors import translated
 from conveyor._store.queries import queries
 from conveyor.errors import ConveyorError, InvalidOption
-from conveyor.models import Job, Queue, Schedule
+from conveyor.models import Job, Queue, Schedule, WorkerInfo
 from conveyor.options import JobSpec
 
 Conn = Connection[Any]
@@ -135,15 +135,24 @@ class Store:
         limit: int,
         offset: int,
         descending: bool,
+        since_at: datetime | None = None,
+        since_seconds: float | None = None,
+        search: str | None = None,
+        now: datetime | None = None,
         conn: Conn | None = None,
     ) -> list[Job]:
-        """Jobs filtered by queue and states, newest (or oldest) first."""
+        """Jobs filtered by queue, states, creation time and a search pattern, newest (or
+        oldest) first."""
         params = {
             "queue": queue,
             "states": states,
             "limit": limit,
             "offset": offset,
             "descending": descending,
+            "since_at": since_at,
+            "since_seconds": since_seconds,
+            "search": search,
+            "now": now,
         }
         return [rows.job(r) for r in self._rows("job_list", params, conn)]
 
@@ -178,6 +187,33 @@ class Store:
         params = {"queue": queue, "now": now, "channel": self.channel}
         found = self._rows("job_retry_dead_all", params, conn)
         return int(found[0]["count"])
+
+    def job_delete(self, job_id: UUID, conn: Conn | None = None) -> bool:
+        """Delete a job that is not running; False if no such job is deletable."""
+        params = {"id": job_id, "done_channel": self.done_channel}
+        return bool((self._rows("job_delete", params, conn))[0]["count"])
+
+    def job_list_dead(
+        self, queue: str | None, limit: int, offset: int, conn: Conn | None = None
+    ) -> list[Job]:
+        """Failed jobs, newest first."""
+        params = {"queue": queue, "limit": limit, "offset": offset}
+        return [rows.job(r) for r in self._rows("job_list_dead", params, conn)]
+
+    def job_purge_dead(
+        self,
+        queue: str | None,
+        older_than: float | None,
+        now: datetime | None,
+        conn: Conn | None = None,
+    ) -> int:
+        """Delete failed jobs (those finished more than ``older_than`` seconds ago); how many."""
+        params = {"queue": queue, "older_than": older_than, "now": now}
+        return int((self._rows("job_purge_dead", params, conn))[0]["count"])
+
+    def worker_list(self, conn: Conn | None = None) -> list[WorkerInfo]:
+        """Every registered worker, oldest first."""
+        return [WorkerInfo(**r) for r in self._rows("worker_list", {}, conn)]
 
     def job_wait(self, job_id: UUID, timeout: float) -> Job | None:
         """The job once it is finished, or as it stands when ``timeout`` runs out (None if no

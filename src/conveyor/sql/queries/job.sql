@@ -36,15 +36,28 @@ UNION ALL
 SELECT * FROM {schema}.job_history WHERE id = %(id)s
 LIMIT 1;
 
+-- since: created at or after since_at, or since_seconds before now. search: an ILIKE pattern
+-- (escaped by conveyor.options) matched against the payload's JSON text and the id.
 -- name: job_list :many
-SELECT * FROM (
+WITH t AS (
+    SELECT coalesce(%(since_at)s::timestamptz,
+                    coalesce(%(now)s::timestamptz, now())
+                    - make_interval(secs => %(since_seconds)s::double precision)) AS since
+)
+SELECT j.* FROM (
     SELECT * FROM {schema}.job
     WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
       AND (%(states)b::text[] IS NULL OR state = ANY (%(states)b::text[]))
+      AND (created_at >= (SELECT since FROM t) OR (SELECT since FROM t) IS NULL)
+      AND (%(search)s::text IS NULL OR data::text ILIKE %(search)s::text
+           OR id::text ILIKE %(search)s::text)
     UNION ALL
     SELECT * FROM {schema}.job_history
     WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
       AND (%(states)b::text[] IS NULL OR state = ANY (%(states)b::text[]))
+      AND (created_at >= (SELECT since FROM t) OR (SELECT since FROM t) IS NULL)
+      AND (%(search)s::text IS NULL OR data::text ILIKE %(search)s::text
+           OR id::text ILIKE %(search)s::text)
 ) j
 ORDER BY
     CASE WHEN %(descending)s::boolean THEN created_at END DESC,
@@ -119,3 +132,34 @@ WITH revived AS (
     RETURNING queue
 )
 SELECT count(*) FROM (SELECT pg_notify(%(channel)s::text, x.queue) FROM requeued x) n;
+
+-- Delete a job that is not running, from whichever table holds it; anyone waiting for it is told.
+-- name: job_delete :scalar
+WITH live AS (
+    DELETE FROM {schema}.job WHERE id = %(id)s AND state <> 'active' RETURNING id
+), finished AS (
+    DELETE FROM {schema}.job_history WHERE id = %(id)s RETURNING id
+), told AS (
+    SELECT pg_notify(%(done_channel)s::text, g.id::text)
+    FROM (SELECT id FROM live UNION ALL SELECT id FROM finished) g
+)
+SELECT count(*) FROM told;
+
+-- The dead letters (failed jobs), newest first.
+-- name: job_list_dead :many
+SELECT * FROM {schema}.job_history
+WHERE state = 'failed' AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+ORDER BY finished_at DESC, id
+LIMIT %(limit)s::integer OFFSET %(offset)s::integer;
+
+-- Delete dead letters, with older_than only those that failed longer ago than that; how many.
+-- name: job_purge_dead :scalar
+WITH gone AS (
+    DELETE FROM {schema}.job_history
+    WHERE state = 'failed' AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+      AND (%(older_than)s::double precision IS NULL
+           OR finished_at < coalesce(%(now)s::timestamptz, now())
+                            - make_interval(secs => %(older_than)s::double precision))
+    RETURNING 1
+)
+SELECT count(*) FROM gone;

@@ -61,3 +61,6 @@ SELECT j.id
 FROM {schema}.job j
 JOIN unnest(%(id)s::uuid[], %(attempt)s::integer[]) AS h(id, attempt) ON h.id = j.id
 WHERE j.attempt = h.attempt AND j.worker_id = %(worker)s::uuid;
+
+-- name: worker_list :many
+SELECT * FROM {schema}.worker ORDER BY started_at, id;

@@ -11,8 +11,8 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any
-from uuid import UUID
+from typing import Any, Protocol
+from uuid import UUID, uuid4
 
 from psycopg import AsyncConnection, Error, sql
 from psycopg.rows import dict_row
@@ -39,6 +39,7 @@ class AsyncStore:
         min_size: int = 1,
         max_size: int = 10,
         application_name: str | None = None,
+        timeout: float = 30.0,
     ) -> None:
         self.schema = schema
         self.channel = f"conveyor:{schema}"
@@ -52,6 +53,7 @@ class AsyncStore:
             min_size=min_size,
             max_size=max_size,
             open=False,
+            timeout=timeout,
             kwargs={
                 "autocommit": True,
                 "application_name": application_name or f"conveyor {schema}",
@@ -109,7 +111,10 @@ class AsyncStore:
         conn: AsyncConn | None = None,
     ) -> list[tuple[UUID | None, bool]]:
         """Insert jobs; per spec, in order: the id it resolved to (None: ask again) and if new."""
-        if len(specs) == 1:
+        if any(s.linked for s in specs):
+            params = rows.insert_linked_params(specs, self._defaults_json(defaults), now)
+            found = await self._rows("job_insert_linked", params, conn)
+        elif len(specs) == 1:
             params = rows.insert_one_params(specs[0], self._defaults_json(defaults), now)
             found = await self._rows("job_insert_one", params, conn)
         else:
@@ -126,6 +131,40 @@ class AsyncStore:
         """The job with this id, live or finished."""
         found = await self._rows("job_get", {"id": job_id}, conn)
         return rows.job(found[0]) if found else None
+
+    async def job_results(
+        self, job_ids: Sequence[UUID], conn: AsyncConn | None = None
+    ) -> dict[UUID, Any]:
+        """The results of those of these jobs that completed, by id, in the order given."""
+        found = await self._rows("job_results", {"ids": list(job_ids)}, conn)
+        results = {r["id"]: r["result"] for r in found}
+        return {i: results[i] for i in job_ids if i in results}
+
+    async def job_publish(
+        self, event: str, data: str, options: str, conn: AsyncConn | None = None
+    ) -> list[UUID]:
+        """Send one job to each queue subscribed to ``event``; their ids, by queue name."""
+        params = {"event": event, "data": data, "options": options}
+        return [r["job_id"] for r in await self._rows("job_publish", params, conn)]
+
+    async def subscription_add(self, event: str, queue: str, conn: AsyncConn | None = None) -> bool:
+        """Subscribe a queue to an event; False if it already was."""
+        found = await self._rows("subscription_add", {"event": event, "queue": queue}, conn)
+        return bool(found)
+
+    async def subscription_remove(
+        self, event: str, queue: str | None, conn: AsyncConn | None = None
+    ) -> int:
+        """Unsubscribe a queue (None: every queue) from an event; how many subscriptions ended."""
+        found = await self._rows("subscription_remove", {"event": event, "queue": queue}, conn)
+        return len(found)
+
+    async def subscription_list(
+        self, event: str | None, conn: AsyncConn | None = None
+    ) -> list[tuple[str, str]]:
+        """(event, queue) pairs, of one event or all."""
+        found = await self._rows("subscription_list", {"event": event}, conn)
+        return [(r["event"], r["queue"]) for r in found]
 
     async def job_list(
         self,
@@ -217,6 +256,17 @@ class AsyncStore:
         """Every registered worker, oldest first."""
         return [WorkerInfo(**r) for r in await self._rows("worker_list", {}, conn)]
 
+    async def queue_live_counts(
+        self, now: datetime | None, conn: AsyncConn | None = None
+    ) -> list[dict[str, Any]]:
+        """Per queue: queued, retrying, running and dead jobs, and the oldest runnable's wait."""
+        return await self._rows("queue_live_counts", {"now": now}, conn)
+
+    async def worker_count_alive(self, stale_after: float, conn: AsyncConn | None = None) -> int:
+        """How many workers sent a heartbeat within ``stale_after`` seconds."""
+        found = await self._rows("worker_count_alive", {"stale_after": stale_after}, conn)
+        return int(found[0]["count"])
+
     async def job_wait(self, job_id: UUID, timeout: float) -> Job | None:
         """The job once it is finished, or as it stands when ``timeout`` runs out (None if no
         such job). Woken by the NOTIFY that finishing sends, on a connection of its own."""
@@ -283,3 +333,76 @@ class AsyncStore:
     ) -> list[dict[str, Any]]:
         """Rows of (queue, state, n, oldest_waiting_seconds)."""
         return await self._rows("queue_stats", {"name": name, "now": now}, conn)
+
+    # -- maintenance and diagnosis ---------------------------------------------------------
+
+    async def maintain(
+        self,
+        *,
+        dead_retention: float,
+        tick_keep: float,
+        chunk: int,
+        now: datetime | None,
+        stop: Flag | None = None,
+    ) -> dict[str, int]:
+        """Delete what outlived its use, ``chunk`` rows per statement, until nothing is left
+        (or ``stop`` is set): rows deleted per kind (history, dead_letters, throttle,
+        schedule_ticks)."""
+        params = {
+            "now": now,
+            "dead_retention": dead_retention,
+            "tick_keep": tick_keep,
+            "limit": chunk,
+        }
+        counts: dict[str, int] = {}
+        for kind, name in MAINTENANCE_QUERIES:
+            total = 0
+            while stop is None or not stop.is_set():
+                deleted = int((await self._rows(name, params, None))[0]["count"])
+                total += deleted
+                if deleted < chunk:
+                    break
+            counts[kind] = total
+        return counts
+
+    async def doctor_rows(self, name: str, stale_after: float = 0.0) -> list[dict[str, Any]]:
+        """The rows of one of the doctor's read-only queries (``doctor_*``)."""
+        if not name.startswith("doctor_") or name == "doctor_notify":
+            raise InvalidOption(f"{name!r} is not a doctor query")
+        return await self._rows(name, {"stale_after": stale_after}, None)
+
+    async def notify_round_trip(self, timeout: float) -> float | None:
+        """Seconds a NOTIFY on a private channel took to reach a LISTEN on another connection;
+        None if it did not arrive within ``timeout``."""
+        channel = f"conveyor:{self.schema}:doctor:{uuid4().hex}"
+        try:
+            async with await AsyncConnection.connect(self._dsn, autocommit=True) as conn:
+                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+                start = time.monotonic()
+                await self._rows("doctor_notify", {"channel": channel, "payload": "ping"}, None)
+                async for note in conn.notifies(timeout=timeout):
+                    if note.channel == channel:
+                        return time.monotonic() - start
+        except Error as exc:
+            ours = translated(exc, self.schema)
+            if ours is None:
+                raise
+            raise ours from exc
+        return None
+
+
+class Flag(Protocol):
+    """Anything with ``is_set()``, such as an asyncio or a threading Event."""
+
+    def is_set(self) -> bool:
+        """True once set."""
+        ...
+
+
+# (kind, query) in the order a maintenance pass runs them.
+MAINTENANCE_QUERIES = (
+    ("history", "maintain_history"),
+    ("dead_letters", "maintain_dead"),
+    ("throttle", "maintain_throttle"),
+    ("schedule_ticks", "maintain_ticks"),
+)

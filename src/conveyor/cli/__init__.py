@@ -176,6 +176,8 @@ def migrate(cli: CliContext, print_sql: bool, check: bool, as_json: bool) -> Non
 )
 @click.option("--recover-interval", type=float, default=5.0, show_default=True)
 @click.option("--log-level", default="INFO", show_default=True)
+@click.option("--metrics-port", type=int, help="Serve Prometheus metrics on this port.")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True)
 @click.pass_obj
 @one_line_errors
 def worker(
@@ -193,6 +195,8 @@ def worker(
     poll_interval: float,
     recover_interval: float,
     log_level: str,
+    metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
     """Run the jobs of APP (module:attribute) until SIGTERM or SIGINT."""
     logging.basicConfig(
@@ -200,12 +204,16 @@ def worker(
     )
     if processes < 1:
         raise ValidationError("--processes must be at least 1")
+    if processes > 1 and metrics_port is not None:
+        raise ValidationError("--metrics-port serves one process: use it with --processes 1")
     if processes > 1:
         # Each child is this same command line with one process.
         command = [sys.executable, "-m", "conveyor.cli", *sys.argv[1:]]
         sys.exit(supervise(_without_option(command, "--processes"), processes))
     app = cli.app(app_spec)
     served = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    if metrics_port is not None:
+        serve_metrics(app, metrics_host, metrics_port, stale_after)
     app.run_worker(
         served,
         concurrency,
@@ -218,6 +226,20 @@ def worker(
         poll_interval=poll_interval,
         recover_interval=recover_interval,
     )
+
+
+def serve_metrics(app: Conveyor, host: str, port: int, stale_after: float) -> None:
+    """Count the app's events and serve them at ``http://host:port/metrics`` from a thread."""
+    from prometheus_client import start_http_server
+
+    from conveyor.metrics import Metrics
+
+    metrics = Metrics(app, stale_after=stale_after)
+    metrics.install()
+    try:
+        start_http_server(port, host, registry=metrics.registry)
+    except OSError as exc:
+        raise ValidationError(f"cannot serve metrics on {host}:{port}: {exc.strerror}") from None
 
 
 def _without_option(command: list[str], name: str) -> list[str]:

@@ -83,3 +83,29 @@ CROSS JOIN t
 LEFT JOIN counted c ON c.queue = q.name
 WHERE %(name)s::text IS NULL OR q.name = %(name)s::text
 ORDER BY q.name, c.state;
+
+-- The cheap counts a metrics scrape takes: live jobs by state from the small live table, and
+-- the dead letters of each queue through job_history_queue_idx; never a scan of all history.
+-- name: queue_live_counts :many
+WITH t AS (SELECT coalesce(%(now)s::timestamptz, now()) AS now),
+live AS (
+    SELECT queue,
+           count(*) FILTER (WHERE state = 'created') AS created,
+           count(*) FILTER (WHERE state = 'retry') AS retry,
+           count(*) FILTER (WHERE state = 'active') AS active,
+           min(run_at) FILTER (WHERE state IN ('created', 'retry') AND run_at <= t.now) AS oldest
+    FROM {schema}.job, t
+    GROUP BY queue
+)
+SELECT q.name AS queue,
+       coalesce(l.created, 0)::bigint AS created,
+       coalesce(l.retry, 0)::bigint AS retry,
+       coalesce(l.active, 0)::bigint AS active,
+       (SELECT count(*) FROM {schema}.job_history h
+        WHERE h.queue = q.name AND h.state = 'failed')::bigint AS failed,
+       greatest(extract(epoch FROM t.now - l.oldest), 0)::double precision
+           AS oldest_waiting_seconds
+FROM {schema}.queue q
+CROSS JOIN t
+LEFT JOIN live l ON l.queue = q.name
+ORDER BY q.name;

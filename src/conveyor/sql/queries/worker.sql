@@ -64,3 +64,8 @@ WHERE j.attempt = h.attempt AND j.worker_id = %(worker)s::uuid;
 
 -- name: worker_list :many
 SELECT * FROM {schema}.worker ORDER BY started_at, id;
+
+-- Workers whose last heartbeat is younger than stale_after seconds.
+-- name: worker_count_alive :scalar
+SELECT count(*) FROM {schema}.worker
+WHERE heartbeat_at > now() - make_interval(secs => %(stale_after)s::double precision);

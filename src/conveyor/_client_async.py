@@ -8,35 +8,50 @@ hold only the I/O sequence.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, overload
 from uuid import UUID
 
-from conveyor import batching, reporting
+from conveyor import batching, diagnosis, reporting
 from conveyor._store.migrations import MigrationStatus, pending_sql
 from conveyor._store.store_async import AsyncConn
 from conveyor._store.stores import Stores
-from conveyor.config import Settings
+from conveyor.config import SCHEDULE_TICK_KEEP, Settings
 from conveyor.cron import parse_crontab
 from conveyor.errors import (
     ConveyorError,
+    DatabaseUnavailable,
     JobNotFound,
     JobStateError,
     QueueNotFound,
     ScheduleNotFound,
     WaitTimeout,
 )
+from conveyor.flows import FlowNode, flatten
 from conveyor.handlers import Registry
-from conveyor.models import Job, JobState, Queue, QueueStats, Schedule, WorkerInfo
+from conveyor.models import (
+    Finding,
+    Health,
+    Job,
+    JobState,
+    Queue,
+    QueueStats,
+    Schedule,
+    WorkerInfo,
+)
 from conveyor.options import (
+    JobSpec,
     check_int,
     check_job_id,
     check_queue_name,
     check_seconds,
+    encode_payload,
     job_spec,
     list_filters,
     queue_policy,
     schedule_values,
+    sql_send_options,
 )
 
 # A job in send_batch: (queue, data) or (queue, data, options).
@@ -87,8 +102,12 @@ class AsyncClient:
             )
             for item in jobs
         ]
+        return await self._insert_async(specs, connection)
+
+    async def _insert_async(self, specs: list[JobSpec], connection: AsyncConn | None) -> list[UUID]:
         if not specs:
             return []
+        settings = self._settings
         rows, where = batching.fold(specs)
         store = self._stores.store_async()
         resolved: list[UUID | None] = [None] * len(rows)
@@ -104,13 +123,90 @@ class AsyncClient:
                 return [resolved[i] for i in where]  # type: ignore[misc]
         raise ConveyorError("could not resolve the job holding a unique or singleton key")
 
+    async def flow_async(
+        self,
+        parent: FlowNode,
+        children: Iterable[FlowNode] = (),
+        *,
+        connection: AsyncConn | None = None,
+    ) -> UUID:
+        """Send a parent job and its children (nested to any depth) in one round trip and one
+        transaction; return the parent's id.
+
+        Each node is ``(queue, data)``, ``(queue, data, options)`` or a mapping with ``queue``,
+        ``data``, ``options`` and ``children``. A parent waits (state ``waiting``) until all its
+        children finished, then runs once and reads their results in ``job.results``; if a child
+        fails or is cancelled, the parent fails too, unless its options say
+        ``on_dependency_failure="run"``. ``get_job(parent).depends_on`` lists the children.
+        """
+        settings = self._settings
+        registry = self._registry
+        specs = flatten(
+            parent,
+            children,
+            lambda queue, data, options: job_spec(
+                queue,
+                data,
+                {**registry.defaults_for(queue), **options},
+                settings.max_payload_bytes,
+            ),
+        )
+        return (await self._insert_async(specs, connection))[-1]
+
+    async def publish_async(
+        self,
+        event: str,
+        data: Any = None,
+        *,
+        connection: AsyncConn | None = None,
+        **options: Any,
+    ) -> list[UUID]:
+        """Send one job with ``data`` to every queue subscribed to ``event``, in one statement
+        (inside ``connection``'s transaction when given); return their ids, ordered by queue
+        name. Jobs take the job ``options`` given here, then each queue's defaults.
+        """
+        check_queue_name(event, "event name")
+        limit = self._settings.max_payload_bytes
+        sql_options = sql_send_options(event, data, options, limit)
+        payload = encode_payload(data, limit)
+        store = self._stores.store_async()
+        return await store.job_publish(event, payload, sql_options, connection)
+
+    async def subscribe_async(
+        self, event: str, queue: str, *, connection: AsyncConn | None = None
+    ) -> bool:
+        """Make ``publish(event, ...)`` send a job to ``queue`` from now on; stored in the
+        database, so every process sees it. False if the queue was already subscribed."""
+        check_queue_name(event, "event name")
+        check_queue_name(queue)
+        return await self._stores.store_async().subscription_add(event, queue, connection)
+
+    async def unsubscribe_async(
+        self, event: str, queue: str | None = None, *, connection: AsyncConn | None = None
+    ) -> int:
+        """Stop sending ``event`` to ``queue`` (None: to every queue); how many subscriptions
+        ended."""
+        check_queue_name(event, "event name")
+        if queue is not None:
+            check_queue_name(queue)
+        return await self._stores.store_async().subscription_remove(event, queue, connection)
+
+    async def list_subscriptions_async(self, event: str | None = None) -> list[tuple[str, str]]:
+        """The subscriptions as (event, queue) pairs, of one event or all."""
+        if event is not None:
+            check_queue_name(event, "event name")
+        return await self._stores.store_async().subscription_list(event)
+
     async def get_job_async(
         self, job_id: UUID | str, *, connection: AsyncConn | None = None
     ) -> Job:
         """The job with this id, queued, running or finished; :class:`JobNotFound` if none."""
-        job = await self._stores.store_async().job_get(check_job_id(job_id), connection)
+        store = self._stores.store_async()
+        job = await store.job_get(check_job_id(job_id), connection)
         if job is None:
             raise JobNotFound(f"no job with id {job_id}")
+        if job.depends_on:
+            return replace(job, results=await store.job_results(job.depends_on, connection))
         return job
 
     async def list_jobs_async(
@@ -405,3 +501,133 @@ class AsyncClient:
     async def close_async(self) -> None:
         """Close the async connection pool."""
         await self._stores.close_async()
+
+    # -- maintenance, health, diagnosis ----------------------------------------------------
+
+    async def maintain_async(self, *, chunk: int = 1000) -> dict[str, int]:
+        """Run one full maintenance pass now; return the rows deleted per kind: ``history``
+        (finished jobs past their retention), ``dead_letters`` (failed jobs older than the app's
+        ``dead_retention``), ``throttle`` (closed throttle windows), ``schedule_ticks`` (tick
+        rows no scheduler needs any more).
+
+        Workers do this on their own, on the one holding the maintenance lease; call it from
+        tests or from a deployment that runs no worker. Deletes ``chunk`` rows per statement.
+        """
+        settings = self._settings
+        return await self._stores.store_async().maintain(
+            dead_retention=settings.dead_retention,
+            tick_keep=SCHEDULE_TICK_KEEP,
+            chunk=check_int("chunk", chunk, 1, 100_000),
+            now=settings.clock(),
+        )
+
+    async def health_async(
+        self, *, max_wait: float | None = None, min_workers: int = 0, stale_after: float = 30.0
+    ) -> Health:
+        """The health of the database, schema, workers and queues, for probes: never raises
+        for an unreachable database, reports it (``database`` false).
+
+        A problem is listed for pending or unknown migrations, fewer than ``min_workers``
+        workers with a heartbeat younger than ``stale_after`` seconds, and each queue whose
+        oldest runnable job waited more than ``max_wait`` seconds.
+        """
+        if max_wait is not None:
+            check_seconds("max_wait", max_wait, allow_zero=True)
+        check_int("min_workers", min_workers, 0, 1_000_000)
+        check_seconds("stale_after", stale_after, allow_zero=False)
+        try:
+            found = await self._stores.migrator_async().status()
+        except DatabaseUnavailable as exc:
+            return diagnosis.unreachable(str(exc).strip().splitlines()[0])
+        pending = [f"{m.version:04d}_{m.name}" for m in found.pending]
+        workers, queues = 0, []
+        if found.applied:
+            store = self._stores.store_async()
+            try:
+                workers = await store.worker_count_alive(stale_after)
+                queues = await store.queue_live_counts(self._settings.clock())
+            except DatabaseUnavailable as exc:
+                return diagnosis.unreachable(str(exc).strip().splitlines()[0])
+        return diagnosis.assess_health(
+            pending=pending,
+            unknown=found.unknown,
+            workers=workers,
+            queues=queues,
+            max_wait=max_wait,
+            min_workers=min_workers,
+        )
+
+    async def diagnose_async(
+        self, *, stale_after: float = 30.0, notify_timeout: float = 1.0
+    ) -> list[Finding]:
+        """What ``conveyor doctor`` reports, one :class:`~conveyor.models.Finding` per problem
+        (or one ``ok`` per clean check): schema version and drift from what the migrations
+        build, table and index bloat, old transactions holding back vacuum, orphaned or stuck
+        jobs, silent workers, and whether LISTEN/NOTIFY works.
+
+        A check that cannot run becomes an error finding; an unreachable database raises
+        :class:`~conveyor.errors.DatabaseUnavailable`.
+        """
+        check_seconds("stale_after", stale_after, allow_zero=False)
+        check_seconds("notify_timeout", notify_timeout, allow_zero=False)
+        findings: list[Finding] = []
+        for check, run in (
+            ("schema", self._diagnose_schema_async),
+            ("bloat", self._diagnose_bloat_async),
+            ("transactions", self._diagnose_transactions_async),
+            ("jobs", self._diagnose_jobs_async),
+            ("workers", self._diagnose_workers_async),
+            ("notify", self._diagnose_notify_async),
+        ):
+            try:
+                findings.extend(await run(stale_after, notify_timeout))
+            except DatabaseUnavailable:
+                raise
+            except ConveyorError as exc:
+                findings.append(diagnosis.failed_check(check, exc))
+        return findings
+
+    async def _diagnose_schema_async(self, stale_after: float, timeout: float) -> list[Finding]:
+        migrator = self._stores.migrator_async()
+        found = await migrator.status()
+        missing: list[str] = []
+        unexpected: list[str] = []
+        invalid: list[str] = []
+        if found.applied and not found.unknown:
+            missing, unexpected = await migrator.drift(found.applied)
+            rows = await self._stores.store_async().doctor_rows("doctor_invalid_indexes")
+            invalid = [r["index"] for r in rows]
+        return diagnosis.schema_findings(
+            pending=[f"{m.version:04d}_{m.name}" for m in found.pending],
+            unknown=found.unknown,
+            missing=missing,
+            unexpected=unexpected,
+            invalid_indexes=invalid,
+        )
+
+    async def _diagnose_bloat_async(self, stale_after: float, timeout: float) -> list[Finding]:
+        store = self._stores.store_async()
+        return diagnosis.bloat_findings(
+            await store.doctor_rows("doctor_tables"), await store.doctor_rows("doctor_indexes")
+        )
+
+    async def _diagnose_transactions_async(
+        self, stale_after: float, timeout: float
+    ) -> list[Finding]:
+        rows = await self._stores.store_async().doctor_rows("doctor_old_transactions")
+        return diagnosis.transaction_findings(rows)
+
+    async def _diagnose_jobs_async(self, stale_after: float, timeout: float) -> list[Finding]:
+        store = self._stores.store_async()
+        return diagnosis.job_findings(
+            await store.doctor_rows("doctor_orphaned_jobs", stale_after),
+            await store.doctor_rows("doctor_stuck_waiting"),
+        )
+
+    async def _diagnose_workers_async(self, stale_after: float, timeout: float) -> list[Finding]:
+        rows = await self._stores.store_async().doctor_rows("doctor_stale_workers", stale_after)
+        return diagnosis.worker_findings(rows)
+
+    async def _diagnose_notify_async(self, stale_after: float, timeout: float) -> list[Finding]:
+        seconds = await self._stores.store_async().notify_round_trip(timeout)
+        return diagnosis.notify_findings(seconds, timeout)

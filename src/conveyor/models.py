@@ -16,11 +16,12 @@ from conveyor.errors import InvalidOption, JobStateError
 class JobState(StrEnum):
     """The states of a job.
 
-    ``created`` and ``retry`` are queued (waiting for ``run_at``), ``active`` is held by a worker;
-    ``completed``, ``cancelled`` and ``failed`` are terminal; a failed job stands in the dead
-    letters.
+    ``created`` and ``retry`` are queued (waiting for ``run_at``), ``waiting`` waits for the jobs
+    it depends on (``depends_on``), ``active`` is held by a worker; ``completed``, ``cancelled``
+    and ``failed`` are terminal; a failed job stands in the dead letters.
     """
 
+    WAITING = "waiting"
     CREATED = "created"
     RETRY = "retry"
     ACTIVE = "active"
@@ -106,6 +107,10 @@ class Job:
     depends_on: list[UUID] = field(default_factory=list)
     worker_id: UUID | None = None
     _runtime: JobRuntime | None = field(default=None, compare=False, repr=False)
+    # After _runtime, which the worker fills positionally.
+    results: dict[UUID, Any] = field(default_factory=dict)
+    """The results of the jobs in ``depends_on`` that completed (a flow's children), by id, in
+    ``depends_on`` order; filled for a running job and by ``get_job``."""
 
     @property
     def max_attempts(self) -> int:
@@ -225,3 +230,41 @@ class WorkerInfo:
     def heartbeat_age(self) -> float:
         """Seconds since the worker's last heartbeat, by this host's clock."""
         return (datetime.now(UTC) - self.heartbeat_at).total_seconds()
+
+
+@dataclass(frozen=True, slots=True)
+class QueueHealth:
+    """How far behind a queue is: runnable jobs waiting, and the longest wait among them."""
+
+    queue: str
+    depth: int
+    oldest_waiting_seconds: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """The state of an application's database, schema, workers and queues, for probes.
+
+    ``ok`` is true when ``problems`` is empty. An unreachable database is reported here
+    (``database`` false), never raised.
+    """
+
+    ok: bool
+    database: bool
+    schema_current: bool
+    pending_migrations: tuple[str, ...]
+    unknown_migrations: tuple[int, ...]
+    workers: int
+    queues: tuple[QueueHealth, ...]
+    problems: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One thing ``conveyor doctor`` found: its severity (``ok``, ``warning``, ``error``), the
+    check that found it, one line saying what, and one line saying how to fix it."""
+
+    severity: str
+    check: str
+    message: str
+    fix: str = ""

@@ -61,7 +61,12 @@ JOB_OPTIONS = (
     "dead_letter",
     "group_key",
     "depends_on",
+    "on_dependency_failure",
+    "on_complete",
 )
+# What a dependant does when a job it depends on fails or is cancelled: fail too (into the dead
+# letters, with a DependencyFailed error), or run anyway once the others finished.
+DEPENDENCY_FAILURE_POLICIES = ("fail", "run")
 QUEUE_OPTIONS = (*DEFAULTABLE, "policy", "dead_letter", "concurrency", "rate_limit")
 
 
@@ -208,6 +213,13 @@ class JobSpec:
     dead_letter: str | None = None
     group_key: str | None = None
     depends_on: str | None = None
+    on_dependency_failure: str | None = None
+    on_complete: str | None = None
+
+    @property
+    def linked(self) -> bool:
+        """True when the job needs link_jobs: dependencies or a completion hook."""
+        return self.depends_on is not None or self.on_complete is not None
 
 
 def job_spec(queue: str, data: object, options: Mapping[str, Any], payload_limit: int) -> JobSpec:
@@ -262,7 +274,21 @@ def job_spec(queue: str, data: object, options: Mapping[str, Any], payload_limit
     if options.get("group_key") is not None:
         values["group_key"] = check_key("group_key", options["group_key"])
     if options.get("depends_on"):
-        values["depends_on"] = json.dumps([str(_check_uuid(v)) for v in options["depends_on"]])
+        depends_on = options["depends_on"]
+        if isinstance(depends_on, str | uuid.UUID) or not isinstance(depends_on, Iterable):
+            raise InvalidOption("depends_on must be a list of job ids")
+        values["depends_on"] = json.dumps([str(_check_uuid(v)) for v in depends_on])
+    policy = options.get("on_dependency_failure")
+    if policy is not None:
+        if policy not in DEPENDENCY_FAILURE_POLICIES:
+            raise InvalidOption(
+                f"on_dependency_failure must be one of {', '.join(DEPENDENCY_FAILURE_POLICIES)}"
+            )
+        if "depends_on" not in values:
+            raise InvalidOption("on_dependency_failure needs depends_on")
+        values["on_dependency_failure"] = policy
+    if options.get("on_complete") is not None:
+        values["on_complete"] = check_queue_name(options["on_complete"], "on_complete queue")
     return JobSpec(
         id=new_job_id(),
         queue=queue,
@@ -409,9 +435,10 @@ def search_pattern(search: object) -> str | None:
     return f"%{escaped}%"
 
 
-def schedule_options(queue: str, data: object, options: Mapping[str, Any], limit: int) -> str:
-    """Validate the job options of a schedule and return them as the JSON object that the SQL
-    function ``send`` takes (durations in seconds, keys as strings)."""
+def sql_send_options(queue: str, data: object, options: Mapping[str, Any], limit: int) -> str:
+    """Validate the job options of a job the database will send (a schedule's, a publish's) and
+    return them as the JSON object that the SQL function ``send`` takes (durations in seconds,
+    keys as strings)."""
     spec = job_spec(queue, data, options, limit)
     out: dict[str, Any] = {}
     for name in ("priority", "retry_limit", "retry_delay", "retry_backoff", "retry_delay_max",
@@ -429,8 +456,10 @@ def schedule_options(queue: str, data: object, options: Mapping[str, Any], limit
     if spec.singleton_seconds is not None:
         out["singleton_key"] = spec.singleton_key
         out["singleton_seconds"] = spec.singleton_seconds
+    if spec.on_complete is not None:
+        out["on_complete"] = spec.on_complete
     if spec.depends_on is not None:
-        raise InvalidOption("a schedule cannot depend on other jobs")
+        raise InvalidOption("a job sent from SQL (a schedule, publish) cannot depend on other jobs")
     return json.dumps(out)
 
 
@@ -461,7 +490,7 @@ def schedule_values(
         "tz": zone,
         "queue": target,
         "data": encode_payload(data, payload_limit),
-        "options": schedule_options(target, data, options, payload_limit),
+        "options": sql_send_options(target, data, options, payload_limit),
         "missed": missed,
         "backfill_limit": check_int("backfill_limit", backfill_limit, 1, 10_000),
     }

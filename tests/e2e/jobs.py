@@ -46,3 +46,16 @@ def sleep(job: Job) -> str:
         while time.monotonic() < deadline and not job.cancelled.is_set():
             time.sleep(0.01)
     return "slept"
+
+
+@app.job("e2e.flow.child", retry_delay=0, retry_limit=3)
+def flow_child(job: Job) -> int:
+    ledger(job)
+    time.sleep(float(job.data["seconds"]))
+    return int(job.data["n"])
+
+
+@app.job("e2e.flow.parent", retry_delay=0, retry_limit=3)
+def flow_parent(job: Job) -> int:
+    ledger(job)
+    return sum(job.results.values())

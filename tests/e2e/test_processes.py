@@ -185,3 +185,34 @@ def test_terminated_connections_are_survived(e2e: Conveyor, conveyor_dsn: str) -
     assert code == 0, out[-3000:]
     runs = ledger(conveyor_dsn, e2e.schema)
     assert {r[0] for r in runs} == {j.id for j in e2e.list_jobs(queue="e2e.record", limit=n + 1)}
+
+
+def test_a_flow_survives_sigkill_of_its_worker_mid_way(e2e: Conveyor, conveyor_dsn: str) -> None:
+    """Children complete and release their parent in one transaction: a worker killed at any
+    point of the flow leaves it whole, and the parent runs exactly once, with every result."""
+    fast = ["--stale-after", "2", "--heartbeat-interval", "0.5", "--recover-interval", "0.5"]
+    n = 300
+    parent = e2e.flow(
+        ("e2e.flow.parent", {}),
+        children=[("e2e.flow.child", {"n": i, "seconds": 0.01}) for i in range(n)],
+    )
+    victim = start_worker(conveyor_dsn, e2e.schema, "--concurrency", "10", *fast)
+    try:
+        wait_until(lambda: completed(conveyor_dsn, e2e.schema) >= n // 3, 60, "a third done")
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+        assert e2e.get_job(parent).state is JobState.WAITING
+        rescuer = start_worker(conveyor_dsn, e2e.schema, "--concurrency", "10", *fast)
+        try:
+            done = e2e.wait_for(parent, timeout=60)
+        finally:
+            code, out = stop(rescuer)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    assert code == 0, out[-3000:]
+    assert (done.state, done.result) == (JobState.COMPLETED, sum(range(n)))
+    runs = ledger(conveyor_dsn, e2e.schema)
+    assert [r[0] for r in runs].count(parent) == 1
+    assert {r[0] for r in runs} == {parent, *done.depends_on}
+    assert e2e.queue_stats("e2e.flow.child").counts[JobState.COMPLETED] == n

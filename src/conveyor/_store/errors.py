@@ -10,6 +10,7 @@ from conveyor.errors import (
     DatabaseUnavailable,
     DuplicateJob,
     InvalidOption,
+    JobNotFound,
     SchemaOutOfDate,
 )
 
@@ -34,6 +35,8 @@ def translated(exc: Error, schema: str) -> ConveyorError | None:
         return DuplicateJob(
             f"another queued or running job holds this unique_key ({exc.diag.message_detail})"
         )
+    elif isinstance(exc, pg.ForeignKeyViolation):
+        return JobNotFound(message)  # link_jobs: a dependency that does not exist
     elif isinstance(exc, pg.CheckViolation | pg.InvalidParameterValue | pg.NumericValueOutOfRange):
         return InvalidOption(message)
     return None

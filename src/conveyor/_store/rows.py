@@ -66,6 +66,15 @@ def insert_params(specs: Sequence[JobSpec], defaults: str, now: object) -> dict[
     return params
 
 
+def insert_linked_params(specs: Sequence[JobSpec], defaults: str, now: object) -> dict[str, Any]:
+    """The parameters of ``job_insert_linked``: those of ``job_insert_many`` plus the dependency
+    failure policy and completion hook of each job."""
+    params = insert_params(specs, defaults, now)
+    params["on_failure"] = [s.on_dependency_failure for s in specs]
+    params["on_complete"] = [s.on_complete for s in specs]
+    return params
+
+
 def insert_one_params(spec: JobSpec, defaults: str, now: object) -> dict[str, Any]:
     """The parameters of ``job_insert_one``."""
     params = {name: getattr(spec, name) for name in SPEC_ARRAYS}

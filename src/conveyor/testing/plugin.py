@@ -30,7 +30,8 @@ def conveyor_dsn() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def _conveyor_isolated_schema(conveyor_dsn: str) -> Iterator[IsolatedSchema]:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    schema = IsolatedSchema(conveyor_dsn, f"conveyor_test_{worker}")
+    # The pid keeps two test sessions on one database (two CI jobs, two checkouts) apart.
+    schema = IsolatedSchema(conveyor_dsn, f"conveyor_test_{worker}_{os.getpid()}")
     yield schema
     schema.drop()
 

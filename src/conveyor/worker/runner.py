@@ -20,7 +20,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -281,6 +281,9 @@ class Worker:
         handler = self._registry.get(job.queue)
         ack: Ack | None
         try:
+            if job.depends_on:
+                results = await self._store.job_results(job.depends_on)
+                job = running.job = replace(job, results=results)
             ack = await self._call(handler, job, running)
         except BaseException as exc:  # nothing a handler raises may reach the loop
             ack = self._failure(job, handler, exc)

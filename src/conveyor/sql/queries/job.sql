@@ -163,3 +163,20 @@ WITH gone AS (
     RETURNING 1
 )
 SELECT count(*) FROM gone;
+
+-- Jobs with dependencies or a completion hook: insert_jobs, then link_jobs, in one statement.
+-- name: job_insert_linked :many
+SELECT ord, id, inserted
+FROM {schema}.insert_linked_jobs(
+    %(id)b::uuid[], %(queue)b::text[], %(data)b::text[]::jsonb[], %(priority)b::integer[],
+    %(run_at)b::timestamptz[], %(delay)b::double precision[], %(retry_limit)b::integer[],
+    %(retry_delay)b::double precision[], %(retry_backoff)b::text[],
+    %(retry_delay_max)b::double precision[], %(expire_in)b::double precision[],
+    %(retention)b::double precision[], %(singleton_key)b::text[],
+    %(singleton_seconds)b::integer[], %(unique_key)b::text[], %(unique_replace)b::boolean[],
+    %(dead_letter)b::text[], %(group_key)b::text[], %(depends_on)b::text[]::jsonb[],
+    %(defaults)b::jsonb, %(now)b::timestamptz, %(on_failure)b::text[], %(on_complete)b::text[]);
+
+-- The results of completed jobs (a dependant reads those of its dependencies).
+-- name: job_results :many
+SELECT id, result FROM {schema}.job_history WHERE id = ANY (%(ids)s::uuid[]) AND state = 'completed';

@@ -30,9 +30,15 @@ SELECT pg_advisory_unlock(hashtext('conveyor:migrate:' || {schema_literal}));
 
 -- Empty every table of the schema (the migration bookkeeping stays): test isolation between tests
 -- that share a migrated schema.
+-- Every table but the migrations', so tables that later migrations add are emptied too.
 -- name: schema_truncate :exec
-TRUNCATE {schema}.job, {schema}.job_history, {schema}.queue, {schema}.throttle,
-         {schema}.schedule, {schema}.schedule_tick, {schema}.worker, {schema}.leader;
+DO $$
+BEGIN
+    EXECUTE (SELECT 'TRUNCATE ' || string_agg(format('%I.%I', schemaname, tablename), ', ')
+             FROM pg_tables
+             WHERE schemaname = {schema_literal} AND tablename <> 'migration');
+END
+$$;
 
 -- name: schema_drop :exec
 DROP SCHEMA IF EXISTS {schema} CASCADE;

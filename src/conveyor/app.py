@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Coroutine, Sequence
+from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -13,11 +14,16 @@ from conveyor._client_async import AsyncClient
 from conveyor._store.stores import Stores
 from conveyor.backoff import RetryPolicy
 from conveyor.clock import Clock, database_clock
-from conveyor.config import DEFAULT_PAYLOAD_LIMIT, DEFAULT_SCHEMA, Settings
+from conveyor.config import (
+    DEFAULT_DEAD_RETENTION,
+    DEFAULT_PAYLOAD_LIMIT,
+    DEFAULT_SCHEMA,
+    Settings,
+)
 from conveyor.errors import ConfigurationError, UnknownOption
 from conveyor.events import Events, Listener
 from conveyor.handlers import HandlerFunc, Registry
-from conveyor.maintenance import Recovery
+from conveyor.maintenance import Maintenance
 from conveyor.options import (
     DEFAULTABLE,
     QUEUE_OPTIONS,
@@ -40,7 +46,9 @@ class Conveyor(Client, AsyncClient):
     ``dsn`` defaults to ``CONVEYOR_DATABASE_URL``, then ``DATABASE_URL`` (read on first use).
     The job defaults given here (``priority``, ``retry_limit``, ``retry_delay``, ``retry_backoff``,
     ``retry_delay_max``, ``expire_in``, ``retention``) apply where neither the job nor its queue
-    sets one. Every I/O method exists twice: ``send`` and ``send_async``, and so on.
+    sets one. Finished jobs are deleted once their ``retention`` ran out, dead letters (failed
+    jobs) after ``dead_retention`` (default 14 days), by the workers' maintenance or
+    :meth:`maintain`. Every I/O method exists twice: ``send`` and ``send_async``, and so on.
     """
 
     def __init__(
@@ -52,6 +60,7 @@ class Conveyor(Client, AsyncClient):
         pool_min_size: int = 1,
         pool_max_size: int = 10,
         clock: Clock = database_clock,
+        dead_retention: float | timedelta = DEFAULT_DEAD_RETENTION,
         **defaults: Any,
     ) -> None:
         self._settings = Settings(
@@ -62,6 +71,7 @@ class Conveyor(Client, AsyncClient):
             pool_min_size=check_int("pool_min_size", pool_min_size, 0, 1000),
             pool_max_size=check_int("pool_max_size", pool_max_size, 1, 1000),
             clock=clock,
+            dead_retention=check_seconds("dead_retention", dead_retention, allow_zero=False),
         )
         self._stores = Stores(self._settings)
         self._registry = Registry()
@@ -176,7 +186,14 @@ class Conveyor(Client, AsyncClient):
         services: list[Service] = (
             []
             if burst
-            else [Recovery(stale_after=stale_after, interval=recover_interval), Scheduler()]
+            else [
+                Maintenance(
+                    stale_after=stale_after,
+                    interval=recover_interval,
+                    dead_retention=self._settings.dead_retention,
+                ),
+                Scheduler(),
+            ]
         )
         worker = Worker(
             dsn=self._stores.dsn,

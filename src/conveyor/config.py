@@ -12,6 +12,9 @@ from conveyor.errors import ConfigurationError
 DSN_VARIABLES = ("CONVEYOR_DATABASE_URL", "DATABASE_URL")
 DEFAULT_SCHEMA = "conveyor"
 DEFAULT_PAYLOAD_LIMIT = 1024 * 1024
+DEFAULT_DEAD_RETENTION = 14 * 24 * 3600.0
+# Tick rows older than this (and older than their schedule's last tick) are deleted.
+SCHEDULE_TICK_KEEP = 3600.0
 
 
 def resolve_dsn(dsn: str | None) -> str:
@@ -39,3 +42,5 @@ class Settings:
     pool_min_size: int = 1
     pool_max_size: int = 10
     clock: Clock = database_clock
+    # Seconds a dead letter (failed job) is kept before maintenance deletes it.
+    dead_retention: float = DEFAULT_DEAD_RETENTION

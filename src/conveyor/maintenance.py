@@ -1,9 +1,16 @@
 """Leader-bound upkeep that runs inside ordinary workers: no extra process to deploy.
 
-Recovery: jobs held by a worker whose heartbeat went stale (killed, frozen, cut off) are failed
-for that attempt and retried at once, so a crash costs at most ``stale_after`` plus one
-``interval``, never hours. Jobs running far past ``expire_in`` on a live worker that did not stop
-them are failed the same way (the in-process deadline is the first line; this is the backstop).
+One lease ("maintenance"), two duties on one jittered loop:
+
+- Recovery, every ``interval``: jobs held by a worker whose heartbeat went stale (killed, frozen,
+  cut off) are failed for that attempt and retried at once, so a crash costs at most
+  ``stale_after`` plus one ``interval``, never hours. Jobs running far past ``expire_in`` on a live
+  worker that did not stop them are failed the same way (the in-process deadline is the first
+  line; this is the backstop).
+- Cleanup, every ``cleanup_interval``: finished jobs past their own retention, dead letters past
+  ``dead_retention``, closed throttle windows and tick rows no scheduler needs are deleted in
+  chunks of ``chunk`` rows (short statements that skip locked rows, so workers never wait on
+  them), chunk after chunk until none is left or the worker stops.
 """
 
 from __future__ import annotations
@@ -12,7 +19,9 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 
+from conveyor.config import DEFAULT_DEAD_RETENTION, SCHEDULE_TICK_KEEP
 from conveyor.errors import DatabaseUnavailable
 from conveyor.events import Event
 from conveyor.leader import Lease
@@ -22,17 +31,31 @@ from conveyor.worker.waiting import first_of
 log = logging.getLogger("conveyor.maintenance")
 
 
-class Recovery:
-    """Recover the jobs of dead workers and of attempts far past their deadline."""
+class Maintenance:
+    """Recover the jobs of dead workers and of attempts far past their deadline; delete what
+    outlived its retention."""
 
-    def __init__(self, *, stale_after: float = 30.0, interval: float = 5.0) -> None:
+    def __init__(
+        self,
+        *,
+        stale_after: float = 30.0,
+        interval: float = 5.0,
+        cleanup_interval: float = 60.0,
+        dead_retention: float = DEFAULT_DEAD_RETENTION,
+        chunk: int = 1000,
+    ) -> None:
         self.stale_after = stale_after
         self.interval = interval
+        self.cleanup_interval = cleanup_interval
+        self.dead_retention = dead_retention
+        self.chunk = chunk
 
     async def run(self, context: ServiceContext, stop: asyncio.Event) -> None:
-        """Every ``interval`` seconds (jittered), if this worker holds the lease, recover jobs."""
+        """Every ``interval`` seconds (jittered), if this worker holds the lease, recover jobs,
+        and clean up when the last cleanup is ``cleanup_interval`` old."""
         lease = Lease(context.store, "maintenance", context.worker_id, ttl=self.interval * 3)
         held = False
+        cleaned_at: float | None = None
         try:
             while not stop.is_set():
                 await first_of(stop.wait(), asyncio.sleep(self.interval * (0.5 + random.random())))
@@ -40,8 +63,13 @@ class Recovery:
                     break
                 try:
                     held = await lease.hold()
-                    if held:
-                        await self._recover(context)
+                    if not held:
+                        cleaned_at = None
+                        continue
+                    await self._recover(context)
+                    if cleaned_at is None or time.monotonic() - cleaned_at >= self.cleanup_interval:
+                        cleaned_at = time.monotonic()
+                        await self.clean(context, stop)
                 except DatabaseUnavailable as exc:
                     context.events.emit(
                         Event("worker.error", context.worker_id, error={"message": str(exc)})
@@ -59,3 +87,16 @@ class Recovery:
             name = "job.dead" if job.state == "failed" else "job.retried"
             log.warning("recovered job %s of queue %s: now %s", job.id, job.queue, job.state)
             context.events.emit(Event(name, context.worker_id))
+
+    async def clean(self, context: ServiceContext, stop: asyncio.Event) -> dict[str, int]:
+        """One cleanup pass; rows deleted per kind."""
+        counts = await context.store.maintain(
+            dead_retention=self.dead_retention,
+            tick_keep=SCHEDULE_TICK_KEEP,
+            chunk=self.chunk,
+            now=context.clock(),
+            stop=stop,
+        )
+        if any(counts.values()):
+            log.info("maintenance deleted %s", counts)
+        return counts

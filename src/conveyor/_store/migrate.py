@@ -9,6 +9,7 @@ under that lock, so exactly one process applies each file and the others find it
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -16,7 +17,13 @@ from typing import Any
 from psycopg import Connection, Error
 
 from conveyor._store.errors import translated
-from conveyor._store.migrations import Migration, MigrationStatus, migrations, status
+from conveyor._store.migrations import (
+    Migration,
+    MigrationStatus,
+    migrations,
+    reference_sql,
+    status,
+)
 from conveyor._store.queries import queries
 from conveyor.errors import SchemaOutOfDate, SchemaTooNew
 
@@ -102,6 +109,29 @@ class Migrator:
                 f"schema {self.schema!r} is missing migrations {names}: run `conveyor migrate`"
             )
         return found
+
+    def drift(self, versions: tuple[int, ...]) -> tuple[list[str], list[str]]:
+        """Compare the live schema with what migrations ``versions`` build: the catalog lines
+        (see ``schema_describe``) it lacks, and those it has that they do not build.
+
+        The reference is built in a scratch schema inside a transaction that is rolled back,
+        so nothing is left behind; files meant to run outside a transaction build their index
+        plainly there, which describes the same.
+        """
+        scratch = f"{self.schema[:40]}_doctor_{secrets.token_hex(4)}"
+        named = queries(scratch)
+        with self._connection() as conn:
+            live = self._describe(conn, self.schema)
+            with conn.transaction(force_rollback=True):
+                conn.execute(named["migration_bootstrap"].sql)
+                for migration in migrations():
+                    if migration.version in versions:
+                        conn.execute(reference_sql(migration, scratch))
+                wanted = self._describe(conn, scratch)
+        return sorted(set(wanted) - set(live)), sorted(set(live) - set(wanted))
+
+    def _describe(self, conn: Connection[Any], schema: str) -> list[str]:
+        return [row[0] for row in self._run(conn, "schema_describe", s=schema)]
 
     def truncate(self) -> None:
         """Empty every table of the schema, keeping its migrations (for test isolation)."""

@@ -374,7 +374,8 @@ class AsyncStore:
     async def notify_round_trip(self, timeout: float) -> float | None:
         """Seconds a NOTIFY on a private channel took to reach a LISTEN on another connection;
         None if it did not arrive within ``timeout``."""
-        channel = f"conveyor:{self.schema}:doctor:{uuid4().hex}"
+        # Random, not scoped by schema: a schema-long name could pass the 63-byte limit.
+        channel = f"conveyor_doctor_{uuid4().hex}"
         try:
             async with await AsyncConnection.connect(self._dsn, autocommit=True) as conn:
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))

@@ -1,0 +1,263 @@
+"""Pure rules that turn what the database reports into a health verdict and doctor findings.
+
+No I/O here: the client gathers rows (catalog, statistics views, live jobs) and these functions
+judge them, so every threshold is tested without provoking it in a real database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from conveyor.models import Finding, Health, QueueHealth
+
+OK, WARNING, ERROR = "ok", "warning", "error"
+
+# Table bloat: dead tuples beyond this share of all tuples, once there are enough to matter.
+DEAD_SHARE = 0.2
+DEAD_MIN = 10_000
+# Index bloat: an index this much larger than its entries need, once it is big enough to matter.
+INDEX_BLOAT = 0.5
+INDEX_MIN_BYTES = 8 * 1024 * 1024
+# Per-entry overhead of a btree entry (tuple header, item pointer) and the leaf fill factor.
+INDEX_ENTRY_OVERHEAD = 16
+INDEX_FILL = 0.9
+# A transaction open this long holds back vacuum on the churning job table.
+TRANSACTION_WARNING = 300.0
+TRANSACTION_ERROR = 3600.0
+
+
+def assess_health(
+    *,
+    pending: Sequence[str],
+    unknown: Sequence[int],
+    workers: int,
+    queues: Iterable[Mapping[str, Any]],
+    max_wait: float | None,
+    min_workers: int,
+) -> Health:
+    """The verdict on a reachable database: migrations, live workers, and queues whose oldest
+    runnable job waited longer than ``max_wait`` seconds."""
+    problems: list[str] = []
+    if pending:
+        problems.append(f"schema is behind: pending migrations {', '.join(pending)}")
+    if unknown:
+        problems.append(f"schema is newer than this release: unknown migrations {list(unknown)}")
+    if workers < min_workers:
+        problems.append(f"{workers} live worker(s), fewer than {min_workers}")
+    found = tuple(
+        QueueHealth(
+            queue=str(q["queue"]),
+            depth=int(q["created"]) + int(q["retry"]),
+            oldest_waiting_seconds=q["oldest_waiting_seconds"],
+        )
+        for q in queues
+    )
+    if max_wait is not None:
+        for q in found:
+            if q.oldest_waiting_seconds is not None and q.oldest_waiting_seconds > max_wait:
+                problems.append(
+                    f"queue {q.queue}: oldest runnable job waited "
+                    f"{q.oldest_waiting_seconds:.0f}s, over {max_wait:g}s"
+                )
+    return Health(
+        ok=not problems,
+        database=True,
+        schema_current=not pending and not unknown,
+        pending_migrations=tuple(pending),
+        unknown_migrations=tuple(unknown),
+        workers=workers,
+        queues=found,
+        problems=tuple(problems),
+    )
+
+
+def unreachable(reason: str) -> Health:
+    """The verdict when the database cannot be reached; ``reason`` is the one problem."""
+    return Health(
+        ok=False,
+        database=False,
+        schema_current=False,
+        pending_migrations=(),
+        unknown_migrations=(),
+        workers=0,
+        queues=(),
+        problems=(reason,),
+    )
+
+
+def schema_findings(
+    *,
+    pending: Sequence[str],
+    unknown: Sequence[int],
+    missing: Sequence[str],
+    unexpected: Sequence[str],
+    invalid_indexes: Sequence[str],
+) -> list[Finding]:
+    """Version and drift: pending or unknown migrations, catalog lines the migrations build
+    that the schema lacks (or the other way round), indexes left invalid."""
+    check = "schema"
+    found: list[Finding] = []
+    if pending:
+        found.append(
+            Finding(ERROR, check, f"pending migrations: {', '.join(pending)}", "conveyor migrate")
+        )
+    if unknown:
+        found.append(
+            Finding(
+                ERROR, check, f"migrations unknown to this release: {list(unknown)}",
+                "upgrade Conveyor to the release that migrated this schema",
+            )
+        )  # fmt: skip
+    for line in missing:
+        found.append(
+            Finding(
+                ERROR, check, f"missing: {line}",
+                "restore it from the migrations (conveyor migrate --sql shows their SQL)",
+            )
+        )  # fmt: skip
+    for line in unexpected:
+        found.append(
+            Finding(
+                WARNING, check, f"not built by the migrations: {line}",
+                "drop it unless it was added on purpose",
+            )
+        )  # fmt: skip
+    for index in invalid_indexes:
+        found.append(
+            Finding(
+                ERROR, check, f"index {index} is invalid (a concurrent build failed)",
+                f"DROP INDEX {index}; then rebuild it as its migration does",
+            )
+        )  # fmt: skip
+    if not found:
+        found.append(Finding(OK, check, "schema is current and matches its migrations"))
+    return found
+
+
+def bloat_findings(
+    tables: Iterable[Mapping[str, Any]], indexes: Iterable[Mapping[str, Any]]
+) -> list[Finding]:
+    """Tables with many dead tuples and indexes much larger than their entries need."""
+    check = "bloat"
+    found: list[Finding] = []
+    for t in tables:
+        live, dead = int(t["live"]), int(t["dead"])
+        if dead >= DEAD_MIN and dead > DEAD_SHARE * (live + dead):
+            found.append(
+                Finding(
+                    WARNING, check,
+                    f"table {t['table']}: {dead:,} dead tuples beside {live:,} live "
+                    f"({_size(int(t['total_bytes']))})",
+                    f"VACUUM (ANALYZE) {t['table']}; and look for a long transaction",
+                )
+            )  # fmt: skip
+    for i in indexes:
+        bytes_, rows = int(i["bytes"]), int(i["rows"])
+        needed = rows * (int(i["key_width"]) + INDEX_ENTRY_OVERHEAD) / INDEX_FILL
+        share = 1 - needed / bytes_ if bytes_ else 0.0
+        if bytes_ >= INDEX_MIN_BYTES and share > INDEX_BLOAT:
+            found.append(
+                Finding(
+                    WARNING, check,
+                    f"index {i['index']}: {_size(bytes_)}, about {share:.0%} of it empty space",
+                    f"REINDEX INDEX CONCURRENTLY {i['index']}",
+                )
+            )  # fmt: skip
+    if not found:
+        found.append(Finding(OK, check, "no table or index bloat worth acting on"))
+    return found
+
+
+def transaction_findings(rows: Iterable[Mapping[str, Any]]) -> list[Finding]:
+    """The oldest open transactions of the database, which hold back vacuum's horizon."""
+    check = "transactions"
+    found: list[Finding] = []
+    for r in rows:
+        seconds = float(r["seconds"] or 0)
+        if seconds < TRANSACTION_WARNING:
+            continue
+        severity = ERROR if seconds >= TRANSACTION_ERROR else WARNING
+        found.append(
+            Finding(
+                severity, check,
+                f"pid {r['pid']} ({r['application'] or 'no name'}, {r['state']}) has held a "
+                f"transaction open for {seconds:.0f}s, holding back vacuum: {r['query']}",
+                f"end it (SELECT pg_terminate_backend({r['pid']})) and fix the code that "
+                "leaves it open",
+            )
+        )  # fmt: skip
+    if not found:
+        found.append(Finding(OK, check, "no long transaction holds back vacuum"))
+    return found
+
+
+def job_findings(
+    orphaned: Iterable[Mapping[str, Any]], waiting: Iterable[Mapping[str, Any]]
+) -> list[Finding]:
+    """Active jobs whose worker is gone or silent, and waiting jobs nothing will release."""
+    check = "jobs"
+    found: list[Finding] = []
+    for j in orphaned:
+        why = "is gone" if j["worker_gone"] else "stopped sending heartbeats"
+        found.append(
+            Finding(
+                WARNING, check,
+                f"job {j['id']} ({j['queue']}) is active but its worker {j['worker_id']} {why}",
+                "start a worker: its maintenance recovers such jobs within stale_after",
+            )
+        )  # fmt: skip
+    for j in waiting:
+        why = "has no pending dependency" if j["no_edges"] else "depends on a job that is gone"
+        found.append(
+            Finding(
+                ERROR, check, f"job {j['id']} ({j['queue']}) is waiting but {why}",
+                f"cancel it (conveyor cancel {j['id']}) or send it again",
+            )
+        )  # fmt: skip
+    if not found:
+        found.append(Finding(OK, check, "no orphaned or stuck jobs"))
+    return found
+
+
+def worker_findings(stale: Iterable[Mapping[str, Any]]) -> list[Finding]:
+    """Workers whose heartbeat went silent."""
+    check = "workers"
+    found = [
+        Finding(
+            WARNING, check,
+            f"worker {w['id']} ({w['hostname']} pid {w['pid']}) silent for "
+            f"{float(w['silent_seconds']):.0f}s",
+            "check the process; a running worker's maintenance removes dead rows",
+        )
+        for w in stale
+    ]  # fmt: skip
+    return found or [Finding(OK, check, "every registered worker sends heartbeats")]
+
+
+def notify_findings(seconds: float | None, timeout: float) -> list[Finding]:
+    """Whether a NOTIFY reached a LISTEN on another connection in time."""
+    check = "notify"
+    if seconds is None:
+        return [
+            Finding(
+                ERROR, check, f"a NOTIFY did not arrive within {timeout:g}s",
+                "connect workers directly, not through a pooler in transaction mode",
+            )
+        ]  # fmt: skip
+    return [Finding(OK, check, f"LISTEN/NOTIFY works ({seconds * 1000:.0f} ms)")]
+
+
+def failed_check(check: str, error: BaseException) -> Finding:
+    """A check that could not run at all."""
+    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return Finding(ERROR, check, f"could not run: {message}", "fix the error above and rerun")
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}"
+        value /= 1024
+    return f"{value:.0f} TB"

@@ -1,0 +1,131 @@
+-- What `conveyor doctor` inspects: the catalog, the statistics views and the live jobs. Read-only.
+
+-- The schema as the catalog describes it, one line per table, column, constraint, index and
+-- function, with the schema's own name replaced by SCHEMA: two schemas built by the same
+-- migrations describe alike.
+-- name: schema_describe :many
+SELECT replace(replace(line, quote_ident(%(s)s::text) || '.', 'SCHEMA.'), %(s)s::text || '.',
+               'SCHEMA.') AS line
+FROM (
+    SELECT 'table ' || c.relname || coalesce(' ' || array_to_string(c.reloptions, ','), '')
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = %(s)s::text AND c.relkind IN ('r', 'v')
+    UNION ALL
+    SELECT 'column ' || c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+           || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
+           || coalesce(' default ' || pg_get_expr(d.adbin, d.adrelid), '')
+    FROM pg_attribute a
+    JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+    LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+    WHERE n.nspname = %(s)s::text AND c.relkind IN ('r', 'v') AND a.attnum > 0
+      AND NOT a.attisdropped
+    UNION ALL
+    SELECT 'constraint ' || c.relname || ' ' || pg_get_constraintdef(k.oid)
+    FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = %(s)s::text AND k.contype <> 'n'
+    UNION ALL
+    SELECT 'index ' || pg_get_indexdef(i.indexrelid)
+    FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = %(s)s::text
+    UNION ALL
+    SELECT 'function ' || p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ') '
+           || coalesce(array_to_string(p.proconfig, ','), '')
+    FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+    WHERE n.nspname = %(s)s::text
+    UNION ALL
+    SELECT 'trigger ' || c.relname || ' ' || t.tgname
+    FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = %(s)s::text AND NOT t.tgisinternal
+) d(line)
+ORDER BY 1;
+
+-- Indexes left invalid by a failed CREATE INDEX CONCURRENTLY: present, never used, still updated.
+-- name: doctor_invalid_indexes :many
+SELECT c.relname AS index
+FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = {schema_literal} AND NOT i.indisvalid
+ORDER BY 1;
+
+-- Dead and live tuples and sizes of each table, for the bloat estimate.
+-- name: doctor_tables :many
+SELECT s.relname AS table, s.n_live_tup AS live, s.n_dead_tup AS dead,
+       pg_table_size(s.relid) AS table_bytes, pg_total_relation_size(s.relid) AS total_bytes,
+       extract(epoch FROM now() - greatest(s.last_autovacuum, s.last_vacuum))::double precision
+           AS vacuumed_seconds_ago
+FROM pg_stat_user_tables s
+WHERE s.schemaname = {schema_literal}
+ORDER BY 1;
+
+-- Each index's size beside the size its entries need: rows times the average width of its key
+-- columns (from pg_stats) plus the per-entry overhead. No pgstattuple needed.
+-- name: doctor_indexes :many
+SELECT ci.relname AS index, ct.relname AS table, pg_relation_size(i.indexrelid) AS bytes,
+       greatest(ct.reltuples, 0)::bigint AS rows,
+       (SELECT coalesce(sum(st.avg_width), 0)
+        FROM pg_attribute a
+        JOIN pg_stats st ON st.schemaname = n.nspname AND st.tablename = ct.relname
+                        AND st.attname = a.attname
+        WHERE a.attrelid = ct.oid AND a.attnum = ANY (i.indkey))::bigint AS key_width
+FROM pg_index i
+JOIN pg_class ci ON ci.oid = i.indexrelid
+JOIN pg_class ct ON ct.oid = i.indrelid
+JOIN pg_namespace n ON n.oid = ct.relnamespace
+WHERE n.nspname = {schema_literal}
+ORDER BY 1;
+
+-- Sessions whose snapshot holds back vacuum's horizon, oldest first (this session excluded).
+-- name: doctor_old_transactions :many
+SELECT a.pid, coalesce(a.application_name, '') AS application, coalesce(a.state, '') AS state,
+       extract(epoch FROM now() - a.xact_start)::double precision AS seconds,
+       age(a.backend_xmin) AS xmin_age,
+       left(regexp_replace(coalesce(a.query, ''), '\s+', ' ', 'g'), 80) AS query
+FROM pg_stat_activity a
+WHERE a.pid <> pg_backend_pid() AND a.xact_start IS NOT NULL
+  AND a.datname = current_database()
+ORDER BY a.xact_start
+LIMIT 5;
+
+-- Active jobs whose worker is gone or silent for stale_after seconds: recovery (on the leader)
+-- should have taken them back; if they stay, no worker runs maintenance.
+-- name: doctor_orphaned_jobs :many
+SELECT j.id, j.queue, j.worker_id,
+       extract(epoch FROM now() - j.started_at)::double precision AS running_seconds,
+       w.id IS NULL AS worker_gone
+FROM {schema}.job j
+LEFT JOIN {schema}.worker w ON w.id = j.worker_id
+WHERE j.state = 'active'
+  AND (w.id IS NULL
+       OR w.heartbeat_at < now() - make_interval(secs => %(stale_after)s::double precision))
+ORDER BY j.started_at
+LIMIT 100;
+
+-- Waiting jobs that nothing will release: no pending dependency edge left, or an edge to a job
+-- that exists nowhere.
+-- name: doctor_stuck_waiting :many
+SELECT j.id, j.queue,
+       NOT EXISTS (SELECT FROM {schema}.job_dependency d WHERE d.job_id = j.id) AS no_edges
+FROM {schema}.job j
+WHERE j.state = 'waiting'
+  AND (NOT EXISTS (SELECT FROM {schema}.job_dependency d WHERE d.job_id = j.id)
+       OR EXISTS (SELECT FROM {schema}.job_dependency d
+                  WHERE d.job_id = j.id
+                    AND NOT EXISTS (SELECT FROM {schema}.job x WHERE x.id = d.depends_on)
+                    AND NOT EXISTS (SELECT FROM {schema}.job_history x
+                                    WHERE x.id = d.depends_on)))
+ORDER BY j.created_at
+LIMIT 100;
+
+-- Workers whose heartbeat is older than stale_after seconds.
+-- name: doctor_stale_workers :many
+SELECT id, hostname, pid,
+       extract(epoch FROM now() - heartbeat_at)::double precision AS silent_seconds
+FROM {schema}.worker
+WHERE heartbeat_at < now() - make_interval(secs => %(stale_after)s::double precision)
+ORDER BY heartbeat_at;
+
+-- name: doctor_notify :exec
+SELECT pg_notify(%(channel)s::text, %(payload)s::text);

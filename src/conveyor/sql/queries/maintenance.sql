@@ -1,0 +1,94 @@
+-- Upkeep of the tables that grow: finished jobs past their retention, old dead letters, expired
+-- throttle windows, old schedule ticks. Each statement deletes at most %(limit)s rows and skips
+-- rows another transaction holds, so the leader loops over short statements that never wait on a
+-- worker nor hold many locks for long.
+
+-- Finished jobs (not dead letters) whose retention ran out. Retention is per job: the partial index
+-- on (retention, finished_at) is walked once per distinct retention (a loose index scan), so each
+-- chunk reads only expired rows, however many long-kept rows or dead letters precede them.
+-- name: maintain_history :scalar
+WITH RECURSIVE t AS (
+    SELECT coalesce(%(now)s::timestamptz, now()) AS now
+), retentions AS (
+    SELECT min(h.retention) AS r FROM {schema}.job_history h WHERE h.state <> 'failed'
+    UNION ALL
+    SELECT (SELECT min(h.retention) FROM {schema}.job_history h
+            WHERE h.state <> 'failed' AND h.retention > x.r)
+    FROM retentions x
+    WHERE x.r IS NOT NULL
+), picked AS (
+    SELECT e.id
+    FROM retentions x
+    CROSS JOIN t
+    CROSS JOIN LATERAL (
+        SELECT h.id FROM {schema}.job_history h
+        WHERE h.state <> 'failed' AND h.retention = x.r
+          AND h.finished_at < t.now - make_interval(secs => x.r)
+        ORDER BY h.finished_at
+        LIMIT %(limit)s::integer
+        FOR UPDATE SKIP LOCKED
+    ) e
+    WHERE x.r IS NOT NULL
+    LIMIT %(limit)s::integer
+), gone AS (
+    DELETE FROM {schema}.job_history h USING picked p WHERE h.id = p.id RETURNING h.id
+), hooks AS (
+    DELETE FROM {schema}.job_hook k USING gone g WHERE k.job_id = g.id RETURNING 1
+)
+SELECT count(*) FROM gone CROSS JOIN (SELECT count(*) FROM hooks) k;
+
+-- Dead letters older than the dead-letter retention, found queue by queue along the history's
+-- (queue, state, finished_at) index.
+-- name: maintain_dead :scalar
+WITH t AS (
+    SELECT coalesce(%(now)s::timestamptz, now())
+           - make_interval(secs => %(dead_retention)s::double precision) AS cutoff
+), picked AS (
+    SELECT e.id
+    FROM {schema}.queue q
+    CROSS JOIN t
+    CROSS JOIN LATERAL (
+        SELECT h.id FROM {schema}.job_history h
+        WHERE h.queue = q.name AND h.state = 'failed' AND h.finished_at < t.cutoff
+        ORDER BY h.finished_at
+        LIMIT %(limit)s::integer
+        FOR UPDATE SKIP LOCKED
+    ) e
+    LIMIT %(limit)s::integer
+), gone AS (
+    DELETE FROM {schema}.job_history h USING picked p WHERE h.id = p.id RETURNING h.id
+), hooks AS (
+    DELETE FROM {schema}.job_hook k USING gone g WHERE k.job_id = g.id RETURNING 1
+)
+SELECT count(*) FROM gone CROSS JOIN (SELECT count(*) FROM hooks) k;
+
+-- Throttle windows that closed: a send in a later window starts a new one.
+-- name: maintain_throttle :scalar
+WITH gone AS (
+    DELETE FROM {schema}.throttle
+    WHERE ctid = ANY (ARRAY(
+        SELECT ctid FROM {schema}.throttle
+        WHERE window_end < coalesce(%(now)s::timestamptz, now())
+        LIMIT %(limit)s::integer
+        FOR UPDATE SKIP LOCKED))
+    RETURNING 1
+)
+SELECT count(*) FROM gone;
+
+-- Tick rows exist so that two schedulers overlapping during a handover fire a tick once. Both
+-- work from the schedule's last_tick, read at most a loop earlier, so a tick before last_tick
+-- and more than %(tick_keep)s seconds old can never be fired again: its row is not needed.
+-- name: maintain_ticks :scalar
+WITH gone AS (
+    DELETE FROM {schema}.schedule_tick
+    WHERE ctid = ANY (ARRAY(
+        SELECT k.ctid FROM {schema}.schedule_tick k
+        JOIN {schema}.schedule s ON s.name = k.schedule
+        WHERE k.tick_at < s.last_tick
+          AND k.tick_at < coalesce(%(now)s::timestamptz, now())
+                          - make_interval(secs => %(tick_keep)s::double precision)
+        LIMIT %(limit)s::integer
+        FOR UPDATE OF k SKIP LOCKED))
+    RETURNING 1
+)
+SELECT count(*) FROM gone;

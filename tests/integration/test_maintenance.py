@@ -1,0 +1,226 @@
+"""Maintenance against a real PostgreSQL: finished jobs leave after their own retention, dead
+letters after the app's dead_retention, closed throttle windows and old tick rows go, in chunks,
+and only on the worker holding the maintenance lease. Time moves by the app's clock."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from conveyor import Conveyor, Fail, FrozenClock, Job, JobState
+from conveyor._store.worker_store import WorkerStore
+from conveyor.errors import InvalidOption, JobNotFound
+from conveyor.events import Events
+from conveyor.maintenance import Maintenance
+from conveyor.worker.service import ServiceContext
+
+T0 = datetime(2031, 3, 1, 9, 0, tzinfo=UTC)
+NOTHING = {"history": 0, "dead_letters": 0, "throttle": 0, "schedule_ticks": 0}
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    return FrozenClock(T0)
+
+
+@pytest.fixture
+def timed(conveyor_dsn: str, conveyor_schema: str, clock: FrozenClock) -> Iterator[Conveyor]:
+    with Conveyor(
+        conveyor_dsn, schema=conveyor_schema, clock=clock, dead_retention=timedelta(hours=1)
+    ) as app:
+        yield app
+
+
+def seed_history(dsn: str, schema: str, n: int, state: str, finished: datetime) -> None:
+    """``n`` finished jobs of queue 'seeded', kept for 60 s after ``finished``."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"INSERT INTO {schema}.queue (name) VALUES ('seeded') ON CONFLICT DO NOTHING")
+        conn.execute(
+            f"""INSERT INTO {schema}.job_history
+                (id, queue, state, run_at, retry_limit, retry_delay, retry_backoff, expire_in,
+                 retention, created_at, finished_at)
+                SELECT gen_random_uuid(), 'seeded', %s, %s, 0, 1, 'fixed', 60, 60, %s, %s
+                FROM generate_series(1, %s)""",
+            (state, finished, finished, finished, n),
+        )
+
+
+def count(dsn: str, schema: str, table: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(f"SELECT count(*) FROM {schema}.{table}").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_history_is_deleted_in_chunks_until_none_is_left(
+    timed: Conveyor, clock: FrozenClock, conveyor_dsn: str
+) -> None:
+    seed_history(conveyor_dsn, timed.schema, 2500, "completed", T0 - timedelta(seconds=61))
+    seed_history(conveyor_dsn, timed.schema, 7, "completed", T0 - timedelta(seconds=59))
+    assert timed.maintain(chunk=1000) == {**NOTHING, "history": 2500}
+    assert count(conveyor_dsn, timed.schema, "job_history") == 7
+    assert timed.maintain(chunk=1000) == NOTHING
+    clock.advance(2)
+    assert timed.maintain(chunk=3) == {**NOTHING, "history": 7}
+
+
+def test_each_job_is_kept_for_its_own_retention(timed: Conveyor, clock: FrozenClock) -> None:
+    timed.job("kept", lambda job: job.data)
+    short = timed.send("kept", 1, retention=60)
+    cancelled = timed.send("kept", 2, retention=60, start_after=10)
+    timed.cancel(cancelled)
+    long = timed.send("kept", 3, retention=3600)
+    assert timed.drain() == 2
+    clock.advance(59)
+    assert timed.maintain()["history"] == 0
+    clock.advance(2)
+    assert timed.maintain()["history"] == 2
+    for gone in (short, cancelled):
+        with pytest.raises(JobNotFound):
+            timed.get_job(gone)
+    assert timed.get_job(long).state is JobState.COMPLETED
+    clock.advance(3600)
+    assert timed.maintain()["history"] == 1
+    with pytest.raises(JobNotFound):
+        timed.get_job(long)
+
+
+def test_dead_letters_are_kept_until_the_dead_retention(
+    timed: Conveyor, clock: FrozenClock
+) -> None:
+    def fail(job: Job) -> None:
+        raise Fail("no")
+
+    timed.job("doomed", fail)
+    dead = timed.send("doomed", {}, retention=60)
+    timed.drain()
+    clock.advance(3599)
+    assert timed.maintain() == NOTHING  # past its retention, but a dead letter
+    assert timed.get_job(dead).state is JobState.FAILED
+    clock.advance(2)
+    assert timed.maintain() == {**NOTHING, "dead_letters": 1}
+    with pytest.raises(JobNotFound):
+        timed.get_job(dead)
+
+
+def test_dead_letters_go_in_chunks_too(
+    timed: Conveyor, clock: FrozenClock, conveyor_dsn: str
+) -> None:
+    seed_history(conveyor_dsn, timed.schema, 25, "failed", T0 - timedelta(hours=2))
+    seed_history(conveyor_dsn, timed.schema, 4, "failed", T0 - timedelta(minutes=59))
+    assert timed.maintain(chunk=10) == {**NOTHING, "dead_letters": 25}
+    assert count(conveyor_dsn, timed.schema, "job_history") == 4
+
+
+def test_closed_throttle_windows_are_deleted(
+    timed: Conveyor, clock: FrozenClock, conveyor_dsn: str
+) -> None:
+    timed.send("throttled", {}, singleton_key="k", singleton_seconds=60)
+    assert count(conveyor_dsn, timed.schema, "throttle") == 1
+    assert timed.maintain()["throttle"] == 0
+    clock.advance(61)
+    assert timed.maintain()["throttle"] == 1
+    assert count(conveyor_dsn, timed.schema, "throttle") == 0
+    # A new window opens as usual afterwards.
+    timed.send("throttled", {}, singleton_key="k", singleton_seconds=60)
+    assert count(conveyor_dsn, timed.schema, "throttle") == 1
+
+
+async def test_old_tick_rows_go_but_the_last_tick_stays(
+    conveyor_dsn: str, conveyor_schema: str
+) -> None:
+    clock = FrozenClock(datetime.now(UTC))
+    async with Conveyor(conveyor_dsn, schema=conveyor_schema, clock=clock) as app:
+        await app.schedule_async("tick", every=60)
+        store = WorkerStore(conveyor_dsn, conveyor_schema, min_size=0, max_size=1)
+        try:
+            base = clock() - timedelta(hours=3)
+            ticks = [base + timedelta(minutes=m) for m in range(0, 150, 30)]
+            assert len(await store.schedule_fire("tick", ticks)) == 5
+        finally:
+            await store.close()
+        # Ticks before the last one and older than an hour: 0, 30, 60 and 90 minutes after base.
+        assert (await app.maintain_async())["schedule_ticks"] == 4
+        assert count(conveyor_dsn, conveyor_schema, "schedule_tick") == 1
+        clock.advance(timedelta(hours=5))
+        assert (await app.maintain_async())["schedule_ticks"] == 0  # the last tick stays
+
+
+def test_a_deleted_job_takes_its_completion_hook_along(
+    timed: Conveyor, clock: FrozenClock, conveyor_dsn: str
+) -> None:
+    seed_history(conveyor_dsn, timed.schema, 3, "completed", T0 - timedelta(seconds=61))
+    with psycopg.connect(conveyor_dsn, autocommit=True) as conn:
+        conn.execute(
+            f"INSERT INTO {timed.schema}.job_hook (job_id, on_complete) "
+            f"SELECT id, 'hooks' FROM {timed.schema}.job_history"
+        )
+    assert timed.maintain()["history"] == 3
+    assert count(conveyor_dsn, timed.schema, "job_hook") == 0
+
+
+def test_dead_retention_is_validated(conveyor_dsn: str) -> None:
+    for bad in (0, -1, "14d", float("nan")):
+        with pytest.raises(InvalidOption, match="dead_retention"):
+            Conveyor(conveyor_dsn, dead_retention=bad)  # type: ignore[arg-type]
+    assert Conveyor(conveyor_dsn, dead_retention=timedelta(days=2)).settings.dead_retention == (
+        2 * 86400
+    )
+    with pytest.raises(InvalidOption, match="chunk"):
+        Conveyor(conveyor_dsn).maintain(chunk=0)
+
+
+async def test_only_the_lease_holder_cleans_up(conveyor_dsn: str, conveyor_schema: str) -> None:
+    seed_history(
+        conveyor_dsn, conveyor_schema, 30, "completed", datetime.now(UTC) - timedelta(days=1)
+    )
+    store = WorkerStore(conveyor_dsn, conveyor_schema, min_size=0, max_size=2)
+    ghost = uuid.uuid4()
+    service = Maintenance(interval=0.02, cleanup_interval=0.02, chunk=7)
+    context = ServiceContext(
+        store=store, worker_id=uuid.uuid4(), events=Events(), clock=lambda: None
+    )
+    try:
+        assert await store.leader_acquire("maintenance", ghost, 60)
+        stop = asyncio.Event()
+        task = asyncio.create_task(service.run(context, stop))
+        await asyncio.sleep(0.5)
+        assert count(conveyor_dsn, conveyor_schema, "job_history") == 30  # another holds it
+        await store.leader_release("maintenance", ghost)
+        for _ in range(100):
+            if count(conveyor_dsn, conveyor_schema, "job_history") == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert count(conveyor_dsn, conveyor_schema, "job_history") == 0
+        assert not await store.leader_acquire("maintenance", ghost, 60)  # it holds the lease
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        assert await store.leader_acquire("maintenance", ghost, 60)  # released on stop
+    finally:
+        await store.close()
+
+
+async def test_a_pass_stops_between_chunks_when_told(
+    conveyor_dsn: str, conveyor_schema: str
+) -> None:
+    seed_history(
+        conveyor_dsn, conveyor_schema, 30, "completed", datetime.now(UTC) - timedelta(days=1)
+    )
+    store = WorkerStore(conveyor_dsn, conveyor_schema, min_size=0, max_size=1)
+    context = ServiceContext(
+        store=store, worker_id=uuid.uuid4(), events=Events(), clock=lambda: None
+    )
+    try:
+        stop = asyncio.Event()
+        stop.set()
+        assert await Maintenance(chunk=7).clean(context, stop) == NOTHING
+        assert await Maintenance(chunk=7).clean(context, asyncio.Event()) == {
+            **NOTHING, "history": 30
+        }  # fmt: skip
+    finally:
+        await store.close()

@@ -1,8 +1,9 @@
 """The ``conveyor`` command line.
 
-Exit codes: 0 success; 1 a check failed (``migrate --check`` found pending migrations); 2 bad
-usage or input; 3 the database could not be reached or refused the operation. Errors are one line
-on stderr.
+Exit codes: 0 success; 1 a check failed (``migrate --check`` found pending migrations) or a
+confirmation was declined; 2 bad usage or input; 3 the database could not be reached or refused
+the operation; 4 no such job, queue or schedule; 5 the job's state does not allow the action
+(retrying a completed job, deleting a running one). Errors are one line on stderr.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from conveyor.errors import (
     ConfigurationError,
     ConveyorError,
     DatabaseUnavailable,
+    JobStateError,
+    NotFound,
     ValidationError,
 )
 from conveyor.worker.processes import supervise
@@ -31,6 +34,8 @@ from conveyor.worker.processes import supervise
 EXIT_CHECK_FAILED = 1
 EXIT_USAGE = 2
 EXIT_DATABASE = 3
+EXIT_NOT_FOUND = 4
+EXIT_STATE = 5
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -52,6 +57,10 @@ def one_line_errors(func: F) -> F:
             fail(str(exc), EXIT_USAGE)
         except DatabaseUnavailable as exc:
             fail(str(exc).strip().splitlines()[0], EXIT_DATABASE)
+        except NotFound as exc:
+            fail(str(exc), EXIT_NOT_FOUND)
+        except JobStateError as exc:
+            fail(str(exc), EXIT_STATE)
         except ConveyorError as exc:
             fail(str(exc), EXIT_DATABASE)
 
@@ -254,3 +263,10 @@ def _without_option(command: list[str], name: str) -> list[str]:
         elif not part.startswith(name + "="):
             out.append(part)
     return out
+
+
+# Commands kept in modules of their own import this one, so they are registered last.
+from conveyor.cli import dashboard, dead, inspect, jobs  # noqa: E402
+
+for _command in (*inspect.COMMANDS, *jobs.COMMANDS, *dead.COMMANDS, *dashboard.COMMANDS):
+    main.add_command(_command)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -129,6 +130,17 @@ async def test_delete_a_queued_and_a_finished_job(app_async: Conveyor) -> None:
         assert await app_async.delete_job_async(job_id) is None
         with pytest.raises(JobNotFound):
             await app_async.get_job_async(job_id)
+
+
+async def test_delete_wakes_whoever_waits_for_the_job(app_async: Conveyor) -> None:
+    job_id = await app_async.send_async("later", {}, start_after=3600)
+    waiting = asyncio.create_task(app_async.wait_for_async(job_id, timeout=30))
+    await asyncio.sleep(0.3)  # let the waiter listen
+    begin = time.monotonic()
+    await app_async.delete_job_async(job_id)
+    with pytest.raises(JobNotFound):
+        await asyncio.wait_for(waiting, 10)
+    assert time.monotonic() - begin < 5
 
 
 async def test_delete_a_dead_job(app_async: Conveyor) -> None:

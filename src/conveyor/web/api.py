@@ -67,9 +67,13 @@ def next_run(schedule: Schedule, now: datetime) -> datetime | None:
     """When the schedule sends its next job; None if it is disabled."""
     if not schedule.enabled:
         return None
-    anchor = schedule.last_tick or schedule.created_at
+    # Interval ticks count from the schedule's creation, as the scheduler counts them.
     return next_tick(
-        cron=schedule.cron, every=schedule.every, tz=schedule.tz, anchor=anchor, now=now
+        cron=schedule.cron,
+        every=schedule.every,
+        tz=schedule.tz,
+        anchor=schedule.created_at,
+        now=now,
     )
 
 

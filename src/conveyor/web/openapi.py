@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-STATES = ["created", "retry", "active", "completed", "cancelled", "failed"]
+from conveyor.models import JobState
+
+STATES = [state.value for state in JobState]
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -213,7 +215,9 @@ def openapi_document(root_path: str = "") -> dict[str, Any]:
                         "Only jobs created at or after this time (ISO 8601).",
                     ),
                     _query(
-                        "search", {"type": "string"}, "Text found in the id, payload or errors."
+                        "search",
+                        {"type": "string"},
+                        "Text the payload (as JSON) or the id contains, ignoring case.",
                     ),
                     LIMIT,
                     OFFSET,

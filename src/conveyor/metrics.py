@@ -61,7 +61,13 @@ DATABASE_TIMEOUT = 5.0
 
 
 class Metrics:
-    """The Prometheus metrics of one app, in a registry of their own."""
+    """The Prometheus metrics of one app, in a registry of their own.
+
+    The job and worker counts are read at most once per ``cache_seconds``, on a connection of
+    their own; a worker counts as alive while its heartbeat is younger than ``stale_after``.
+    ``render`` queries the database (when the counts are stale): from async code, call it in a
+    thread.
+    """
 
     def __init__(
         self, app: Conveyor, *, cache_seconds: float = 5.0, stale_after: float = 30.0
@@ -125,7 +131,7 @@ class Metrics:
         if self._store is not None:
             self._store.close()
 
-    def store(self) -> Store:
+    def _database(self) -> Store:
         """The metrics' own one-connection pool: a scrape never waits for the app's pool."""
         if self._store is None:
             settings = self.app.settings
@@ -187,7 +193,7 @@ class _Counts(Collector):
     def _refresh(self) -> None:
         metrics = self._metrics
         try:
-            store = metrics.store()
+            store = metrics._database()
             self._queues = store.queue_live_counts(metrics.app.settings.clock())
             self._workers = store.worker_count_alive(metrics.stale_after)
         except ConveyorError as exc:

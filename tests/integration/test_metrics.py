@@ -8,14 +8,18 @@ import sys
 import textwrap
 import time
 import urllib.request
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
 from conveyor import Conveyor, Fail, FrozenClock, Job, Retry
 from conveyor import metrics as metrics_module
+from conveyor.cli import main
+from conveyor.events import Event
 from conveyor.metrics import Metrics
 
 
@@ -115,6 +119,29 @@ def test_snoozes_are_counted(app: Conveyor) -> None:
     metrics.close()
     assert got[q("conveyor_jobs_snoozed_total", queue="nap")] == 1
     assert got[q("conveyor_jobs_completed_total", queue="nap")] == 1
+
+
+def test_recovery_outcomes_and_worker_errors_are_counted(app: Conveyor) -> None:
+    metrics = Metrics(app)
+    metrics.install()
+    worker = uuid.uuid4()
+    # What the leader's recovery emits: the outcome, without the job.
+    app._events.emit(Event("job.dead", worker))
+    app._events.emit(Event("job.retried", worker))
+    app._events.emit(Event("worker.error", worker, error={"message": "connection lost"}))
+    got = samples(metrics.render()[0])
+    metrics.close()
+    assert got[q("conveyor_jobs_dead_total", queue="")] == 1
+    assert got[q("conveyor_jobs_retried_total", queue="")] == 1
+    assert got[q("conveyor_worker_errors_total")] == 1
+
+
+def test_metrics_port_needs_a_single_process() -> None:
+    result = CliRunner().invoke(
+        main, ["worker", "x:app", "--processes", "2", "--metrics-port", "9100"]
+    )
+    assert result.exit_code == 2
+    assert "--metrics-port" in result.stderr and result.stderr.count("\n") == 1
 
 
 def test_counts_by_queue_and_state_are_cached(app: Conveyor) -> None:

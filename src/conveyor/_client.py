@@ -19,7 +19,7 @@ from conveyor import batching, diagnosis, reporting
 from conveyor._store.migrations import MigrationStatus, pending_sql
 from conveyor._store.store import Conn
 from conveyor._store.stores import Stores
-from conveyor.config import SCHEDULE_TICK_KEEP, Settings
+from conveyor.config import SCHEDULE_TICK_KEEP, VACUUM_DEAD_SHARE, VACUUM_MIN_DEAD, Settings
 from conveyor.cron import parse_crontab
 from conveyor.errors import (
     ConveyorError,
@@ -502,18 +502,22 @@ class Client:
         """Run one full maintenance pass now; return the rows deleted per kind: ``history``
         (finished jobs past their retention), ``dead_letters`` (failed jobs older than the app's
         ``dead_retention``), ``throttle`` (closed throttle windows), ``schedule_ticks`` (tick
-        rows no scheduler needs any more).
+        rows no scheduler needs any more); and ``vacuumed``, how many of the live table and
+        the history it then vacuumed because dead tuples piled up in them.
 
         Workers do this on their own, on the one holding the maintenance lease; call it from
         tests or from a deployment that runs no worker. Deletes ``chunk`` rows per statement.
         """
         settings = self._settings
-        return self._stores.store().maintain(
+        store = self._stores.store()
+        counts = store.maintain(
             dead_retention=settings.dead_retention,
             tick_keep=SCHEDULE_TICK_KEEP,
             chunk=check_int("chunk", chunk, 1, 100_000),
             now=settings.clock(),
         )
+        vacuumed = store.vacuum_churned(VACUUM_MIN_DEAD, VACUUM_DEAD_SHARE)
+        return {**counts, "vacuumed": len(vacuumed)}
 
     def health(
         self, *, max_wait: float | None = None, min_workers: int = 0, stale_after: float = 30.0
@@ -600,7 +604,9 @@ class Client:
     def _diagnose_bloat(self, stale_after: float, timeout: float) -> list[Finding]:
         store = self._stores.store()
         return diagnosis.bloat_findings(
-            store.doctor_rows("doctor_tables"), store.doctor_rows("doctor_indexes")
+            store.doctor_rows("doctor_tables"),
+            store.doctor_rows("doctor_indexes"),
+            store.doctor_rows("doctor_autovacuum"),
         )
 
     def _diagnose_transactions(self, stale_after: float, timeout: float) -> list[Finding]:

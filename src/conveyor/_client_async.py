@@ -17,7 +17,7 @@ from conveyor import batching, diagnosis, reporting
 from conveyor._store.migrations import MigrationStatus, pending_sql
 from conveyor._store.store_async import AsyncConn
 from conveyor._store.stores import Stores
-from conveyor.config import SCHEDULE_TICK_KEEP, Settings
+from conveyor.config import SCHEDULE_TICK_KEEP, VACUUM_DEAD_SHARE, VACUUM_MIN_DEAD, Settings
 from conveyor.cron import parse_crontab
 from conveyor.errors import (
     ConveyorError,
@@ -508,18 +508,22 @@ class AsyncClient:
         """Run one full maintenance pass now; return the rows deleted per kind: ``history``
         (finished jobs past their retention), ``dead_letters`` (failed jobs older than the app's
         ``dead_retention``), ``throttle`` (closed throttle windows), ``schedule_ticks`` (tick
-        rows no scheduler needs any more).
+        rows no scheduler needs any more); and ``vacuumed``, how many of the live table and
+        the history it then vacuumed because dead tuples piled up in them.
 
         Workers do this on their own, on the one holding the maintenance lease; call it from
         tests or from a deployment that runs no worker. Deletes ``chunk`` rows per statement.
         """
         settings = self._settings
-        return await self._stores.store_async().maintain(
+        store = self._stores.store_async()
+        counts = await store.maintain(
             dead_retention=settings.dead_retention,
             tick_keep=SCHEDULE_TICK_KEEP,
             chunk=check_int("chunk", chunk, 1, 100_000),
             now=settings.clock(),
         )
+        vacuumed = await store.vacuum_churned(VACUUM_MIN_DEAD, VACUUM_DEAD_SHARE)
+        return {**counts, "vacuumed": len(vacuumed)}
 
     async def health_async(
         self, *, max_wait: float | None = None, min_workers: int = 0, stale_after: float = 30.0
@@ -608,7 +612,9 @@ class AsyncClient:
     async def _diagnose_bloat_async(self, stale_after: float, timeout: float) -> list[Finding]:
         store = self._stores.store_async()
         return diagnosis.bloat_findings(
-            await store.doctor_rows("doctor_tables"), await store.doctor_rows("doctor_indexes")
+            await store.doctor_rows("doctor_tables"),
+            await store.doctor_rows("doctor_indexes"),
+            await store.doctor_rows("doctor_autovacuum"),
         )
 
     async def _diagnose_transactions_async(

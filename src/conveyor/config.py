@@ -15,6 +15,10 @@ DEFAULT_PAYLOAD_LIMIT = 1024 * 1024
 DEFAULT_DEAD_RETENTION = 14 * 24 * 3600.0
 # Tick rows older than this (and older than their schedule's last tick) are deleted.
 SCHEDULE_TICK_KEEP = 3600.0
+# Maintenance vacuums the live table or the history once its dead tuples reach both of these
+# (a count, and a share of its live tuples), whether or not autovacuum would get there.
+VACUUM_MIN_DEAD = 10_000
+VACUUM_DEAD_SHARE = 0.1
 
 
 def resolve_dsn(dsn: str | None) -> str:

@@ -136,11 +136,32 @@ def schema_findings(
 
 
 def bloat_findings(
-    tables: Iterable[Mapping[str, Any]], indexes: Iterable[Mapping[str, Any]]
+    tables: Iterable[Mapping[str, Any]],
+    indexes: Iterable[Mapping[str, Any]],
+    autovacuum: Iterable[Mapping[str, Any]] = (),
 ) -> list[Finding]:
-    """Tables with many dead tuples and indexes much larger than their entries need."""
+    """Autovacuum switched off, tables with many dead tuples, and indexes much larger than
+    their entries need."""
     check = "bloat"
     found: list[Finding] = []
+    settings = list(autovacuum)
+    if any(not a["server"] for a in settings):
+        found.append(
+            Finding(
+                WARNING, check,
+                "autovacuum is off on this server: only Conveyor's maintenance vacuums its "
+                "busiest tables, and nothing vacuums the others",
+                "set autovacuum = on in postgresql.conf and reload",
+            )
+        )  # fmt: skip
+    for a in settings:
+        if not a["enabled"]:
+            found.append(
+                Finding(
+                    WARNING, check, f"autovacuum is disabled on table {a['table']}",
+                    f"ALTER TABLE {a['table']} RESET (autovacuum_enabled)",
+                )
+            )  # fmt: skip
     for t in tables:
         live, dead = int(t["live"]), int(t["dead"])
         if dead >= DEAD_MIN and dead > DEAD_SHARE * (live + dead):

@@ -11,6 +11,10 @@ One lease ("maintenance"), two duties on one jittered loop:
   ``dead_retention``, closed throttle windows and tick rows no scheduler needs are deleted in
   chunks of ``chunk`` rows (short statements that skip locked rows, so workers never wait on
   them), chunk after chunk until none is left or the worker stops.
+- Vacuum, every ``interval``: the live table and the history are vacuumed once their dead tuples
+  pile up. Every job leaves dead row versions in the live table (inserted, claimed, deleted);
+  autovacuum visits a database once a naptime (a minute by default), or never where it is off,
+  so at thousands of jobs a second the live table would swell between its visits.
 """
 
 from __future__ import annotations
@@ -21,7 +25,12 @@ import logging
 import random
 import time
 
-from conveyor.config import DEFAULT_DEAD_RETENTION, SCHEDULE_TICK_KEEP
+from conveyor.config import (
+    DEFAULT_DEAD_RETENTION,
+    SCHEDULE_TICK_KEEP,
+    VACUUM_DEAD_SHARE,
+    VACUUM_MIN_DEAD,
+)
 from conveyor.errors import DatabaseUnavailable
 from conveyor.events import Event
 from conveyor.leader import Lease
@@ -70,6 +79,7 @@ class Maintenance:
                     if cleaned_at is None or time.monotonic() - cleaned_at >= self.cleanup_interval:
                         cleaned_at = time.monotonic()
                         await self.clean(context, stop)
+                    await context.store.vacuum_churned(VACUUM_MIN_DEAD, VACUUM_DEAD_SHARE)
                 except DatabaseUnavailable as exc:
                     context.events.emit(
                         Event("worker.error", context.worker_id, error={"message": str(exc)})

@@ -21,6 +21,7 @@ from conveyor.worker.service import ServiceContext
 
 T0 = datetime(2031, 3, 1, 9, 0, tzinfo=UTC)
 NOTHING = {"history": 0, "dead_letters": 0, "throttle": 0, "schedule_ticks": 0}
+PASS = {**NOTHING, "vacuumed": 0}
 
 
 @pytest.fixture
@@ -62,11 +63,11 @@ def test_history_is_deleted_in_chunks_until_none_is_left(
 ) -> None:
     seed_history(conveyor_dsn, timed.schema, 2500, "completed", T0 - timedelta(seconds=61))
     seed_history(conveyor_dsn, timed.schema, 7, "completed", T0 - timedelta(seconds=59))
-    assert timed.maintain(chunk=1000) == {**NOTHING, "history": 2500}
+    assert timed.maintain(chunk=1000) == {**PASS, "history": 2500}
     assert count(conveyor_dsn, timed.schema, "job_history") == 7
-    assert timed.maintain(chunk=1000) == NOTHING
+    assert timed.maintain(chunk=1000) == PASS
     clock.advance(2)
-    assert timed.maintain(chunk=3) == {**NOTHING, "history": 7}
+    assert timed.maintain(chunk=3) == {**PASS, "history": 7}
 
 
 def test_each_job_is_kept_for_its_own_retention(timed: Conveyor, clock: FrozenClock) -> None:
@@ -100,10 +101,10 @@ def test_dead_letters_are_kept_until_the_dead_retention(
     dead = timed.send("doomed", {}, retention=60)
     timed.drain()
     clock.advance(3599)
-    assert timed.maintain() == NOTHING  # past its retention, but a dead letter
+    assert timed.maintain() == PASS  # past its retention, but a dead letter
     assert timed.get_job(dead).state is JobState.FAILED
     clock.advance(2)
-    assert timed.maintain() == {**NOTHING, "dead_letters": 1}
+    assert timed.maintain() == {**PASS, "dead_letters": 1}
     with pytest.raises(JobNotFound):
         timed.get_job(dead)
 
@@ -113,7 +114,7 @@ def test_dead_letters_go_in_chunks_too(
 ) -> None:
     seed_history(conveyor_dsn, timed.schema, 25, "failed", T0 - timedelta(hours=2))
     seed_history(conveyor_dsn, timed.schema, 4, "failed", T0 - timedelta(minutes=59))
-    assert timed.maintain(chunk=10) == {**NOTHING, "dead_letters": 25}
+    assert timed.maintain(chunk=10) == {**PASS, "dead_letters": 25}
     assert count(conveyor_dsn, timed.schema, "job_history") == 4
 
 
@@ -222,5 +223,28 @@ async def test_a_pass_stops_between_chunks_when_told(
         assert await Maintenance(chunk=7).clean(context, asyncio.Event()) == {
             **NOTHING, "history": 30
         }  # fmt: skip
+    finally:
+        await store.close()
+
+
+async def test_dead_tuples_that_pile_up_are_vacuumed(
+    conveyor_dsn: str, conveyor_schema: str
+) -> None:
+    seed_history(
+        conveyor_dsn, conveyor_schema, 1500, "completed", datetime.now(UTC) - timedelta(days=1)
+    )
+    store = WorkerStore(conveyor_dsn, conveyor_schema, min_size=0, max_size=1)
+    try:
+        assert await store.vacuum_churned(1000, 0.1) == []  # no dead tuples yet
+        counts = await store.maintain(dead_retention=3600, tick_keep=3600, chunk=1000, now=None)
+        assert counts["history"] == 1500
+        vacuumed: list[str] = []
+        for _ in range(50):  # the statistics of the delete arrive within a second or so
+            vacuumed = await store.vacuum_churned(1000, 0.1)
+            if vacuumed:
+                break
+            await asyncio.sleep(0.1)
+        assert vacuumed == ["job_history"]
+        assert await store.vacuum_churned(100_000, 0.1) == []  # under the count
     finally:
         await store.close()

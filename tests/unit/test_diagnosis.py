@@ -96,3 +96,14 @@ def test_schema_findings() -> None:
     )  # fmt: skip
     assert [f.severity for f in found] == ["error", "error", "warning", "error"]
     assert found[0].fix == "conveyor migrate"
+
+
+def test_autovacuum_off_on_the_server_or_a_table() -> None:
+    on = [{"table": "job", "server": True, "enabled": True}]
+    assert [f.severity for f in diagnosis.bloat_findings([], [], on)] == ["ok"]
+    off = [{"table": "job", "server": False, "enabled": True}]
+    [found] = diagnosis.bloat_findings([], [], off)
+    assert found.severity == "warning" and found.message.startswith("autovacuum is off")
+    table_off = [{"table": "job", "server": True, "enabled": False}]
+    [found] = diagnosis.bloat_findings([], [], table_off)
+    assert found.message == "autovacuum is disabled on table job"

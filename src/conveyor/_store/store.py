@@ -357,6 +357,16 @@ class Store:
             counts[kind] = total
         return counts
 
+    def vacuum_churned(self, min_dead: int, dead_share: float) -> list[str]:
+        """VACUUM (ANALYZE) the live table and the history where dead tuples reach ``min_dead``
+        and ``dead_share`` of the live ones; the tables vacuumed."""
+        done = []
+        for r in self._rows("maintain_dead_tuples", {}, None):
+            if r["dead"] >= min_dead and r["dead"] >= dead_share * r["live"]:
+                self._rows(f"maintain_vacuum_{r['table']}", {}, None)
+                done.append(str(r["table"]))
+        return done
+
     def doctor_rows(self, name: str, stale_after: float = 0.0) -> list[dict[str, Any]]:
         """The rows of one of the doctor's read-only queries (``doctor_*``)."""
         if not name.startswith("doctor_") or name == "doctor_notify":

@@ -266,6 +266,12 @@ def _without_option(command: list[str], name: str) -> list[str]:
 
 
 # Commands kept in modules of their own import this one, so they are registered last.
+from conveyor.cli.doctor import doctor  # noqa: E402
+from conveyor.cli.health import health  # noqa: E402
+
+main.add_command(health)
+main.add_command(doctor)
+
 from conveyor.cli import dashboard, dead, inspect, jobs  # noqa: E402
 
 for _command in (*inspect.COMMANDS, *jobs.COMMANDS, *dead.COMMANDS, *dashboard.COMMANDS):

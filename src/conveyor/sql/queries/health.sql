@@ -129,3 +129,12 @@ ORDER BY heartbeat_at;
 
 -- name: doctor_notify :exec
 SELECT pg_notify(%(channel)s::text, %(payload)s::text);
+
+-- Whether autovacuum runs on this server and on each table of the schema.
+-- name: doctor_autovacuum :many
+SELECT c.relname AS table,
+       current_setting('autovacuum')::boolean AS server,
+       coalesce(NOT ('autovacuum_enabled=false' = ANY (c.reloptions)), true) AS enabled
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = {schema_literal} AND c.relkind = 'r'
+ORDER BY 1;

@@ -92,3 +92,18 @@ WITH gone AS (
     RETURNING 1
 )
 SELECT count(*) FROM gone;
+
+-- Live and dead tuples of the two tables that churn: maintenance vacuums them itself when dead
+-- tuples pile up (autovacuum off, or visiting only once a naptime while thousands of jobs a
+-- second each leave dead row versions behind).
+-- name: maintain_dead_tuples :many
+SELECT relname AS table, n_live_tup AS live, n_dead_tup AS dead
+FROM pg_stat_user_tables
+WHERE schemaname = {schema_literal} AND relname IN ('job', 'job_history')
+ORDER BY relname;
+
+-- name: maintain_vacuum_job :exec
+VACUUM (ANALYZE) {schema}.job;
+
+-- name: maintain_vacuum_job_history :exec
+VACUUM (ANALYZE) {schema}.job_history;

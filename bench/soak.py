@@ -1,0 +1,163 @@
+"""Soak test: does the database stay bounded under hours of steady load? (Not run in CI.)
+
+    .venv/bin/python -m bench.soak [--dsn DSN] [--minutes 15] [--rate 1000] [--retention 120]
+
+A producer sends ``--rate`` jobs/s (a batch every 10 ms) while one worker process (concurrency 10,
+maintenance on, as any deployed worker runs it) runs them. Jobs are kept ``--retention`` seconds
+after they finish, so the worker's maintenance deletes history all along. Every ``--sample``
+seconds it prints: the live table's total size and dead tuples, the history's rows and size, the
+backlog, and the throughput since the last sample. The live table and the history must level
+off; if they grow from sample to sample to the end, the table says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+
+from bench.run import ROOT
+from conveyor import Conveyor
+from conveyor.testing import LOCAL_TEST_DSN
+
+SCHEMA = "conveyor_soak"
+MB = 1024 * 1024
+
+SAMPLE = f"""
+SELECT pg_total_relation_size('{SCHEMA}.job'),
+       (SELECT n_dead_tup FROM pg_stat_user_tables
+        WHERE schemaname = '{SCHEMA}' AND relname = 'job'),
+       (SELECT count(*) FROM {SCHEMA}.job_history),
+       pg_total_relation_size('{SCHEMA}.job_history'),
+       (SELECT count(*) FROM {SCHEMA}.job WHERE state IN ('created', 'retry')),
+       (SELECT n_tup_ins FROM pg_stat_user_tables
+        WHERE schemaname = '{SCHEMA}' AND relname = 'job_history')
+"""
+HEADER = (
+    "| minute | live table | live dead tuples | history rows | history size | backlog "
+    "| finished jobs/s |"
+)
+
+
+def reset(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+    with Conveyor(dsn, schema=SCHEMA) as app:
+        app.migrate()
+
+
+@contextlib.contextmanager
+def worker(dsn: str) -> Iterator[None]:
+    """One worker process (concurrency 10) serving the bench queue, stopped with SIGTERM."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.worker_proc", dsn, SCHEMA, "serve", "10"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1.5)
+        yield
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=120)
+
+
+def sampler(
+    dsn: str, every: float, start: float, done: threading.Event, rows: list[dict[str, Any]]
+) -> None:
+    """Sample the tables every ``every`` seconds and print one table row each time."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        last_inserted, last_at = 0, start
+        while not done.wait(every - (time.perf_counter() - start) % every):
+            found = conn.execute(SAMPLE).fetchone()
+            assert found is not None
+            live, dead, history, history_bytes, backlog, inserted = found
+            now = time.perf_counter()
+            row = {
+                "minute": (now - start) / 60,
+                "live_mb": live / MB,
+                "dead": int(dead or 0),
+                "history": int(history),
+                "history_mb": history_bytes / MB,
+                "backlog": int(backlog),
+                "throughput": (int(inserted or 0) - last_inserted) / (now - last_at),
+            }
+            last_inserted, last_at = int(inserted or 0), now
+            rows.append(row)
+            print(
+                f"| {row['minute']:.1f} | {row['live_mb']:.2f} MB | {row['dead']:,} "
+                f"| {row['history']:,} | {row['history_mb']:.1f} MB | {row['backlog']:,} "
+                f"| {row['throughput']:,.0f} |",
+                flush=True,
+            )
+
+
+def verdict(rows: list[dict[str, Any]]) -> str:
+    """Whether the live table and the history levelled off over the last half of the run."""
+    half = rows[len(rows) // 2 :]
+    if len(half) < 2:
+        return "too short to judge"
+    parts = []
+    for key, name in (("live_mb", "live table"), ("history", "history"), ("dead", "dead tuples")):
+        first, peak, last = half[0][key], max(r[key] for r in half), half[-1][key]
+        rising = all(b[key] >= a[key] for a, b in itertools.pairwise(half))
+        grows = rising and last > 1.2 * first and last > 0
+        parts.append(
+            f"{name}: {'GROWS without levelling off' if grows else 'bounded'} "
+            f"(second half from {first:,.2f} to {last:,.2f}, peak {peak:,.2f})"
+        )
+    return "; ".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dsn", default=LOCAL_TEST_DSN)
+    parser.add_argument("--minutes", type=float, default=15.0)
+    parser.add_argument("--rate", type=int, default=1000, help="jobs sent per second")
+    parser.add_argument("--retention", type=float, default=120.0, help="seconds kept after")
+    parser.add_argument("--sample", type=float, default=30.0, help="seconds between samples")
+    args = parser.parse_args()
+    reset(args.dsn)
+    rows: list[dict[str, Any]] = []
+    done = threading.Event()
+    per_tick = max(1, args.rate // 100)
+    seconds = args.minutes * 60
+    print(
+        f"soak: {args.rate:,} jobs/s for {args.minutes:g} min, retention {args.retention:g}s, "
+        f"one worker process x 10, maintenance on; a sample every {args.sample:g}s\n"
+    )
+    print(HEADER)
+    print("|---:|---:|---:|---:|---:|---:|---:|", flush=True)
+    with worker(args.dsn), Conveyor(args.dsn, schema=SCHEMA, retention=args.retention) as app:
+        start = time.perf_counter()
+        thread = threading.Thread(
+            target=sampler, args=(args.dsn, args.sample, start, done, rows), daemon=True
+        )
+        thread.start()
+        tick = sent = 0
+        while time.perf_counter() - start < seconds:
+            app.send_batch([("bench", {"i": sent + k}) for k in range(per_tick)])
+            sent += per_tick
+            tick += 1
+            pause = tick * 0.01 - (time.perf_counter() - start)
+            if pause > 0:
+                time.sleep(pause)
+        elapsed = time.perf_counter() - start
+        done.set()
+        thread.join()
+    print(f"\nsent {sent:,} jobs in {elapsed:.0f}s ({sent / elapsed:,.0f} jobs/s)")
+    print(verdict(rows))
+
+
+if __name__ == "__main__":
+    main()

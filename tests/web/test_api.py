@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -136,7 +137,9 @@ async def test_the_token_may_come_from_the_environment(
 async def test_every_endpoint_refuses_without_credentials(
     anonymous: httpx.AsyncClient, method: str, path: str
 ) -> None:
-    assert_error(await anonymous.request(method, path), 401, "Unauthorized")
+    response = await anonymous.request(method, path)
+    assert_error(response, 401, "Unauthorized")
+    assert response.headers["www-authenticate"] == "Bearer"
     wrong = {"Authorization": "Bearer not-the-token"}
     assert_error(await anonymous.request(method, path, headers=wrong), 401, "Unauthorized")
 
@@ -254,6 +257,17 @@ async def test_pages_render_and_escape_what_jobs_contain(
     detail = (await browser.get(f"/jobs/{job_id}")).text
     assert "&lt;script&gt;alert(" in detail
     assert "RuntimeError" in detail and "Traceback" in detail
+
+    @app_async.job("web.progress")
+    async def halfway(job: Job) -> None:
+        job.report_progress(40, "<i>rows</i> written")
+
+    done = await app_async.send_async("web.progress")
+    await app_async.drain_async(["web.progress"])
+    page = (await browser.get(f"/jobs/{done}")).text
+    assert '<progress max="100" value="40.0">' in page
+    assert "40% · &lt;i&gt;rows&lt;/i&gt; written" in page
+
     assert (await browser.get(f"/jobs/{SOME_ID}")).status_code == 404
     assert (await browser.get("/jobs/not-a-uuid")).status_code == 400
     assert (await browser.get("/jobs?state=bogus")).status_code == 400
@@ -494,7 +508,9 @@ async def test_schedules_with_their_next_run(app_async: Conveyor, api: httpx.Asy
     found = {s["name"]: s for s in (await api.get("/api/schedules")).json()["schedules"]}
     assert found["digest"]["cron"] == "0 8 * * *" and found["digest"]["tz"] == "Europe/Paris"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT0[67]:00:00\+00:00", found["digest"]["next_run"])
-    assert found["tick"]["every"] == 300 and found["tick"]["next_run"] is not None
+    created = datetime.fromisoformat(found["tick"]["created_at"])
+    assert found["tick"]["every"] == 300
+    assert datetime.fromisoformat(found["tick"]["next_run"]) == created + timedelta(seconds=300)
 
 
 async def test_workers_with_their_heartbeat(app_async: Conveyor, api: httpx.AsyncClient) -> None:

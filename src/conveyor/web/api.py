@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -31,6 +31,7 @@ from conveyor.web.openapi import openapi_document
 from conveyor.web.security import CSRF_FIELD, Forbidden, Guard, HttpError, is_cross_site
 
 Params = Mapping[str, Any]
+N = TypeVar("N", int, float)
 Action = Callable[[Request, Params], Awaitable[Any]]
 
 # The filters GET /api/jobs accepts; anything else is refused rather than silently ignored.
@@ -40,7 +41,10 @@ DEFAULT_LIMIT = 50
 
 def error_response(status: int, kind: str, message: str) -> JSONResponse:
     """The JSON error body every failure of the API answers with."""
-    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(
+        {"error": {"type": kind, "message": message}}, status_code=status, headers=headers
+    )
 
 
 def conveyor_error_status(exc: Exception) -> int | None:
@@ -107,30 +111,27 @@ def only(params: Params, allowed: frozenset[str]) -> None:
         raise InvalidOption(f"unknown parameter {unknown[0]!r}; accepted: {names}")
 
 
-def int_param(params: Params, name: str, default: int) -> int:
-    """An integer parameter (range checks are the client's)."""
-    value = params.get(name)
-    if value is None or value == "":
-        return default
-    if isinstance(value, bool):
-        raise InvalidOption(f"{name} must be an integer")
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise InvalidOption(f"{name} must be an integer, got {value!r}") from None
-
-
-def float_param(params: Params, name: str) -> float | None:
-    """A number of seconds, or None when absent."""
+def _number(params: Params, name: str, convert: Callable[[Any], N], what: str) -> N | None:
     value = params.get(name)
     if value is None or value == "":
         return None
     if isinstance(value, bool):
-        raise InvalidOption(f"{name} must be a number of seconds")
+        raise InvalidOption(f"{name} must be {what}")
     try:
-        return float(value)
+        return convert(value)
     except (TypeError, ValueError):
-        raise InvalidOption(f"{name} must be a number of seconds, got {value!r}") from None
+        raise InvalidOption(f"{name} must be {what}, got {value!r}") from None
+
+
+def int_param(params: Params, name: str, default: int) -> int:
+    """An integer parameter (range checks are the client's)."""
+    found = _number(params, name, int, "an integer")
+    return default if found is None else found
+
+
+def float_param(params: Params, name: str) -> float | None:
+    """A number of seconds, or None when absent."""
+    return _number(params, name, float, "a number of seconds")
 
 
 def str_param(params: Params, name: str) -> str | None:

@@ -129,7 +129,10 @@ def serve(
     app = create_app(conveyor, token=token)
     print(f"Conveyor dashboard: http://{host}:{port}/", file=sys.stderr, flush=True)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
-    asyncio.run(_serve(server, conveyor))
+    # uvicorn shuts down gracefully on Ctrl-C, then raises the interrupt again: here that is the
+    # normal way out, not an error.
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(server, conveyor))
 
 
 async def _serve(server: uvicorn.Server, conveyor: Conveyor) -> None:

@@ -1,0 +1,23 @@
+"""The example's tasks: plain Django tasks, nothing Conveyor-specific."""
+
+from django_tasks import TaskContext, task  # Django 6: from django.tasks import ...
+
+
+@task()
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@task(queue_name="emails", priority=10, takes_context=True)
+def welcome(context: TaskContext, address: str) -> dict[str, object]:
+    return {"to": address, "attempt": context.attempt, "id": context.task_result.id}
+
+
+@task()
+async def shout(text: str) -> str:
+    return text.upper()
+
+
+@task()
+def explode() -> None:
+    raise ValueError("boom")

@@ -147,7 +147,7 @@ class ConveyorBackend(BaseTaskBackend):
         run_after = task.run_after
         if run_after is not None and timezone.is_naive(run_after):
             run_after = timezone.make_aware(run_after)
-        result = TaskResult[Any](
+        result: TaskResult[Any] = TaskResult(
             task=task,
             id="",
             status=READY,
@@ -258,7 +258,7 @@ class ConveyorBackend(BaseTaskBackend):
         workers = [str(e["worker"]) for e in job.errors if e.get("worker")]
         if job.worker_id is not None and job.state in (JobState.ACTIVE, JobState.COMPLETED):
             workers.append(str(job.worker_id))
-        result = TaskResult[Any](
+        result: TaskResult[Any] = TaskResult(
             task=task or self.task_of(job),
             id=str(job.id),
             status=STATUS[job.state],

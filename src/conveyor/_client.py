@@ -591,8 +591,7 @@ class Client:
         invalid: list[str] = []
         if found.applied and not found.unknown:
             missing, unexpected = migrator.drift(found.applied)
-            rows = self._stores.store().doctor_rows("doctor_invalid_indexes")
-            invalid = [r["index"] for r in rows]
+            invalid = self._stores.store().doctor_invalid_indexes()
         return diagnosis.schema_findings(
             pending=[f"{m.version:04d}_{m.name}" for m in found.pending],
             unknown=found.unknown,
@@ -604,24 +603,24 @@ class Client:
     def _diagnose_bloat(self, stale_after: float, timeout: float) -> list[Finding]:
         store = self._stores.store()
         return diagnosis.bloat_findings(
-            store.doctor_rows("doctor_tables"),
-            store.doctor_rows("doctor_indexes"),
-            store.doctor_rows("doctor_autovacuum"),
+            store.doctor_tables(),
+            store.doctor_indexes(),
+            store.doctor_autovacuum(),
         )
 
     def _diagnose_transactions(self, stale_after: float, timeout: float) -> list[Finding]:
-        rows = self._stores.store().doctor_rows("doctor_old_transactions")
+        rows = self._stores.store().doctor_old_transactions()
         return diagnosis.transaction_findings(rows)
 
     def _diagnose_jobs(self, stale_after: float, timeout: float) -> list[Finding]:
         store = self._stores.store()
         return diagnosis.job_findings(
-            store.doctor_rows("doctor_orphaned_jobs", stale_after),
-            store.doctor_rows("doctor_stuck_waiting"),
+            store.doctor_orphaned_jobs(stale_after),
+            store.doctor_stuck_waiting(),
         )
 
     def _diagnose_workers(self, stale_after: float, timeout: float) -> list[Finding]:
-        rows = self._stores.store().doctor_rows("doctor_stale_workers", stale_after)
+        rows = self._stores.store().doctor_stale_workers(stale_after)
         return diagnosis.worker_findings(rows)
 
     def _diagnose_notify(self, stale_after: float, timeout: float) -> list[Finding]:

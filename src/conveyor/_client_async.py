@@ -599,8 +599,7 @@ class AsyncClient:
         invalid: list[str] = []
         if found.applied and not found.unknown:
             missing, unexpected = await migrator.drift(found.applied)
-            rows = await self._stores.store_async().doctor_rows("doctor_invalid_indexes")
-            invalid = [r["index"] for r in rows]
+            invalid = await self._stores.store_async().doctor_invalid_indexes()
         return diagnosis.schema_findings(
             pending=[f"{m.version:04d}_{m.name}" for m in found.pending],
             unknown=found.unknown,
@@ -612,26 +611,26 @@ class AsyncClient:
     async def _diagnose_bloat_async(self, stale_after: float, timeout: float) -> list[Finding]:
         store = self._stores.store_async()
         return diagnosis.bloat_findings(
-            await store.doctor_rows("doctor_tables"),
-            await store.doctor_rows("doctor_indexes"),
-            await store.doctor_rows("doctor_autovacuum"),
+            await store.doctor_tables(),
+            await store.doctor_indexes(),
+            await store.doctor_autovacuum(),
         )
 
     async def _diagnose_transactions_async(
         self, stale_after: float, timeout: float
     ) -> list[Finding]:
-        rows = await self._stores.store_async().doctor_rows("doctor_old_transactions")
+        rows = await self._stores.store_async().doctor_old_transactions()
         return diagnosis.transaction_findings(rows)
 
     async def _diagnose_jobs_async(self, stale_after: float, timeout: float) -> list[Finding]:
         store = self._stores.store_async()
         return diagnosis.job_findings(
-            await store.doctor_rows("doctor_orphaned_jobs", stale_after),
-            await store.doctor_rows("doctor_stuck_waiting"),
+            await store.doctor_orphaned_jobs(stale_after),
+            await store.doctor_stuck_waiting(),
         )
 
     async def _diagnose_workers_async(self, stale_after: float, timeout: float) -> list[Finding]:
-        rows = await self._stores.store_async().doctor_rows("doctor_stale_workers", stale_after)
+        rows = await self._stores.store_async().doctor_stale_workers(stale_after)
         return diagnosis.worker_findings(rows)
 
     async def _diagnose_notify_async(self, stale_after: float, timeout: float) -> list[Finding]:

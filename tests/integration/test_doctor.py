@@ -110,7 +110,7 @@ def test_an_open_transaction_is_listed(app: Conveyor, conveyor_dsn: str) -> None
     async def oldest() -> list[dict[str, object]]:
         store = WorkerStore(conveyor_dsn, app.schema, min_size=0, max_size=1)
         try:
-            return await store.doctor_rows("doctor_old_transactions")
+            return await store.doctor_old_transactions()
         finally:
             await store.close()
 

@@ -348,38 +348,100 @@ class AsyncStore:
         """Delete what outlived its use, ``chunk`` rows per statement, until nothing is left
         (or ``stop`` is set): rows deleted per kind (history, dead_letters, throttle,
         schedule_ticks)."""
-        params = {
-            "now": now,
-            "dead_retention": dead_retention,
-            "tick_keep": tick_keep,
-            "limit": chunk,
-        }
         counts: dict[str, int] = {}
-        for kind, name in MAINTENANCE_QUERIES:
+        for kind in ("history", "dead_letters", "throttle", "schedule_ticks"):
             total = 0
             while stop is None or not stop.is_set():
-                deleted = int((await self._rows(name, params, None))[0]["count"])
+                if kind == "history":
+                    deleted = await self.maintain_history(now, chunk)
+                elif kind == "dead_letters":
+                    deleted = await self.maintain_dead(dead_retention, now, chunk)
+                elif kind == "throttle":
+                    deleted = await self.maintain_throttle(now, chunk)
+                else:
+                    deleted = await self.maintain_ticks(tick_keep, now, chunk)
                 total += deleted
                 if deleted < chunk:
                     break
             counts[kind] = total
         return counts
 
+    async def maintain_history(self, now: datetime | None, limit: int) -> int:
+        """Delete up to ``limit`` finished jobs (not dead letters) past their retention."""
+        found = await self._rows("maintain_history", {"now": now, "limit": limit}, None)
+        return int(found[0]["count"])
+
+    async def maintain_dead(self, dead_retention: float, now: datetime | None, limit: int) -> int:
+        """Delete up to ``limit`` dead letters older than ``dead_retention`` seconds."""
+        params = {"dead_retention": dead_retention, "now": now, "limit": limit}
+        return int((await self._rows("maintain_dead", params, None))[0]["count"])
+
+    async def maintain_throttle(self, now: datetime | None, limit: int) -> int:
+        """Delete up to ``limit`` closed throttle windows."""
+        found = await self._rows("maintain_throttle", {"now": now, "limit": limit}, None)
+        return int(found[0]["count"])
+
+    async def maintain_ticks(self, tick_keep: float, now: datetime | None, limit: int) -> int:
+        """Delete up to ``limit`` tick rows no scheduler needs any more."""
+        params = {"tick_keep": tick_keep, "now": now, "limit": limit}
+        return int((await self._rows("maintain_ticks", params, None))[0]["count"])
+
     async def vacuum_churned(self, min_dead: int, dead_share: float) -> list[str]:
         """VACUUM (ANALYZE) the live table and the history where dead tuples reach ``min_dead``
         and ``dead_share`` of the live ones; the tables vacuumed."""
         done = []
-        for r in await self._rows("maintain_dead_tuples", {}, None):
+        for r in await self.maintain_dead_tuples():
             if r["dead"] >= min_dead and r["dead"] >= dead_share * r["live"]:
-                await self._rows(f"maintain_vacuum_{r['table']}", {}, None)
+                if r["table"] == "job":
+                    await self.maintain_vacuum_job()
+                else:
+                    await self.maintain_vacuum_job_history()
                 done.append(str(r["table"]))
         return done
 
-    async def doctor_rows(self, name: str, stale_after: float = 0.0) -> list[dict[str, Any]]:
-        """The rows of one of the doctor's read-only queries (``doctor_*``)."""
-        if not name.startswith("doctor_") or name == "doctor_notify":
-            raise InvalidOption(f"{name!r} is not a doctor query")
-        return await self._rows(name, {"stale_after": stale_after}, None)
+    async def maintain_dead_tuples(self) -> list[dict[str, Any]]:
+        """Live and dead tuples of the live table and the history."""
+        return await self._rows("maintain_dead_tuples", {}, None)
+
+    async def maintain_vacuum_job(self) -> None:
+        """VACUUM (ANALYZE) the live table."""
+        await self._rows("maintain_vacuum_job", {}, None)
+
+    async def maintain_vacuum_job_history(self) -> None:
+        """VACUUM (ANALYZE) the history."""
+        await self._rows("maintain_vacuum_job_history", {}, None)
+
+    async def doctor_invalid_indexes(self) -> list[str]:
+        """Indexes of the schema left invalid by a failed concurrent build."""
+        return [r["index"] for r in await self._rows("doctor_invalid_indexes", {}, None)]
+
+    async def doctor_tables(self) -> list[dict[str, Any]]:
+        """Live and dead tuples and sizes of each table of the schema."""
+        return await self._rows("doctor_tables", {}, None)
+
+    async def doctor_indexes(self) -> list[dict[str, Any]]:
+        """Size, table rows and key width of each index of the schema."""
+        return await self._rows("doctor_indexes", {}, None)
+
+    async def doctor_autovacuum(self) -> list[dict[str, Any]]:
+        """Whether autovacuum runs on the server and on each table of the schema."""
+        return await self._rows("doctor_autovacuum", {}, None)
+
+    async def doctor_old_transactions(self) -> list[dict[str, Any]]:
+        """The oldest open transactions of the database (this session's excluded)."""
+        return await self._rows("doctor_old_transactions", {}, None)
+
+    async def doctor_orphaned_jobs(self, stale_after: float) -> list[dict[str, Any]]:
+        """Active jobs whose worker is gone or silent for ``stale_after`` seconds."""
+        return await self._rows("doctor_orphaned_jobs", {"stale_after": stale_after}, None)
+
+    async def doctor_stuck_waiting(self) -> list[dict[str, Any]]:
+        """Waiting jobs that nothing will release."""
+        return await self._rows("doctor_stuck_waiting", {}, None)
+
+    async def doctor_stale_workers(self, stale_after: float) -> list[dict[str, Any]]:
+        """Workers silent for ``stale_after`` seconds."""
+        return await self._rows("doctor_stale_workers", {"stale_after": stale_after}, None)
 
     async def notify_round_trip(self, timeout: float) -> float | None:
         """Seconds a NOTIFY on a private channel took to reach a LISTEN on another connection;
@@ -408,12 +470,3 @@ class Flag(Protocol):
     def is_set(self) -> bool:
         """True once set."""
         ...
-
-
-# (kind, query) in the order a maintenance pass runs them.
-MAINTENANCE_QUERIES = (
-    ("history", "maintain_history"),
-    ("dead_letters", "maintain_dead"),
-    ("throttle", "maintain_throttle"),
-    ("schedule_ticks", "maintain_ticks"),
-)

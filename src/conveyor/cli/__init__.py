@@ -276,3 +276,9 @@ from conveyor.cli import dashboard, dead, inspect, jobs  # noqa: E402
 
 for _command in (*inspect.COMMANDS, *jobs.COMMANDS, *dead.COMMANDS, *dashboard.COMMANDS):
     main.add_command(_command)
+
+from conveyor.cli.demo import demo  # noqa: E402
+from conveyor.cli.dev import dev  # noqa: E402
+
+main.add_command(dev)
+main.add_command(demo)

@@ -1,0 +1,367 @@
+"""``conveyor demo``: the helpdesk of ``examples/helpdesk`` end to end, with nothing configured.
+
+One process runs it all: the database (``CONVEYOR_DATABASE_URL``/``DATABASE_URL`` if set, else
+the embedded PostgreSQL), a mail sink (a real SMTP server on loopback, whose mailbox is a page
+beside the dashboard), the helpdesk's jobs in an in-process worker (or ``--processes`` worker
+processes), a traffic generator standing in for its users, and the dashboard. Needs the ``demo``
+extra and a source checkout (the example is read from ``examples/``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email
+import email.policy
+import html
+import importlib
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+import webbrowser
+from collections import deque
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import click
+
+from conveyor.app import Conveyor
+from conveyor.cli import EXIT_USAGE, CliContext, fail, one_line_errors
+from conveyor.embedded import PG_MAJOR, default_data_dir, embedded_postgres
+from conveyor.errors import ConfigurationError
+from conveyor.events import Event
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+WORKER_WAIT = 30.0
+# Events worth a console line: the retries and dead letters are the demo's point.
+FEED = ("job.retried", "job.dead")
+
+
+@click.command()
+@click.option("--duration", type=float, help="Run this many seconds, then stop and exit 0.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Dashboard address.")
+@click.option("--port", type=int, default=8000, show_default=True, help="Dashboard port (0: any).")
+@click.option("--no-browser", is_flag=True, help="Do not open the dashboard in a browser.")
+@click.option(
+    "--token", envvar="CONVEYOR_DASHBOARD_TOKEN",
+    help="Dashboard token (else CONVEYOR_DASHBOARD_TOKEN; else one is made and printed).",
+)  # fmt: skip
+@click.option(
+    "--embedded", "force_embedded", is_flag=True,
+    help="Use the embedded PostgreSQL even when CONVEYOR_DATABASE_URL or DATABASE_URL is set.",
+)  # fmt: skip
+@click.option(
+    "--data-dir", type=click.Path(file_okay=False, path_type=Path),
+    help="Data directory of the embedded PostgreSQL (default: as for `conveyor dev`).",
+)  # fmt: skip
+@click.option(
+    "--processes", type=int, default=0, show_default=True,
+    help="Worker processes; 0 runs the worker inside the demo process.",
+)  # fmt: skip
+@click.option(
+    "--interval", type=float, default=2.0, show_default=True,
+    help="Seconds between two rounds of generated traffic.",
+)  # fmt: skip
+@click.pass_obj
+@one_line_errors
+def demo(
+    cli: CliContext,
+    duration: float | None,
+    host: str,
+    port: int,
+    no_browser: bool,
+    token: str | None,
+    force_embedded: bool,
+    data_dir: Path | None,
+    processes: int,
+    interval: float,
+) -> None:
+    """Run the helpdesk demo: jobs, mail sink, traffic and the dashboard, until Ctrl-C."""
+    if processes < 0 or interval <= 0 or (duration is not None and duration <= 0):
+        fail("--processes must be >= 0, --interval and --duration > 0", EXIT_USAGE)
+    try:
+        from aiosmtpd.smtp import SMTP  # noqa: F401
+
+        from conveyor.web import create_app  # noqa: F401
+    except ImportError as exc:
+        fail(f"the demo needs the demo extra (pip install 'conveyor[demo]'): {exc}", EXIT_USAGE)
+    listener = listen(host, port)
+    configured = None if force_embedded else cli.dsn or os.environ.get("DATABASE_URL")
+    with contextlib.ExitStack() as stack:
+        stack.callback(listener.close)
+        if configured:
+            dsn, where = configured, "the configured database"
+        else:
+            directory = data_dir or default_data_dir()
+            dsn = stack.enter_context(embedded_postgres(directory))
+            where = f"embedded PostgreSQL {PG_MAJOR} (data in {directory})"
+        # The helpdesk reads its configuration from the environment, like any deployed app, and
+        # worker processes inherit it.
+        os.environ["CONVEYOR_DATABASE_URL"] = dsn
+        os.environ["CONVEYOR_SCHEMA"] = cli.schema
+        helpdesk = load_helpdesk()
+        settings = Settings(
+            token or secrets.token_urlsafe(18), duration, processes, interval, not no_browser
+        )
+        asyncio.run(run(helpdesk, listener, settings, where))
+
+
+class Settings:
+    """The demo's options, past validation."""
+
+    def __init__(
+        self, token: str, duration: float | None, processes: int, interval: float, browser: bool
+    ) -> None:
+        self.token = token
+        self.duration = duration
+        self.processes = processes
+        self.interval = interval
+        self.browser = browser
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """Bind the dashboard's socket first, so a busy port fails at once with one line."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigurationError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+class Helpdesk:
+    """The example's modules: ``jobs`` (the app and handlers), ``service``, ``traffic``."""
+
+    def __init__(self, jobs: ModuleType, service: ModuleType, traffic: ModuleType) -> None:
+        self.app: Conveyor = jobs.app
+        self.service = service
+        self.traffic = traffic
+
+
+def load_helpdesk() -> Helpdesk:
+    """Import the helpdesk from the checkout's ``examples/`` directory."""
+    if not (EXAMPLES / "helpdesk" / "jobs.py").is_file():
+        raise ConfigurationError(
+            f"the demo runs the example in {EXAMPLES / 'helpdesk'}, which is missing: "
+            "install Conveyor from a source checkout (pip install -e '.[demo]')"
+        )
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(EXAMPLES), os.environ.get("PYTHONPATH")) if p
+    )
+    return Helpdesk(
+        *(importlib.import_module(f"helpdesk.{m}") for m in ("jobs", "service", "traffic"))
+    )
+
+
+class MailSink:
+    """An SMTP server that keeps what it receives (the newest ``keep`` messages) for the mailbox
+    page, instead of delivering it."""
+
+    def __init__(self, keep: int = 500) -> None:
+        self.messages: deque[dict[str, str]] = deque(maxlen=keep)
+        self.received = 0
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        """aiosmtpd's hook for one accepted message."""
+        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        body = message.get_body(("plain",))
+        self.messages.appendleft(
+            {
+                "at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "from": str(message["From"]),
+                "to": ", ".join(envelope.rcpt_tos),
+                "subject": str(message["Subject"]),
+                "body": body.get_content() if body is not None else "",
+            }
+        )
+        self.received += 1
+        return "250 Message accepted for delivery"
+
+    async def start(self, host: str) -> asyncio.Server:
+        """Listen on ``host`` at a free port."""
+        from aiosmtpd.smtp import SMTP
+
+        loop = asyncio.get_running_loop()
+        # A fixed hostname: the default asks DNS for this machine's name, which can hang.
+        return await loop.create_server(lambda: SMTP(self, hostname="localhost"), host, 0)
+
+    def routes(self) -> list[Any]:
+        """``/`` (the mailbox page, refreshed every few seconds) and ``/messages.json``."""
+        from starlette.requests import Request
+        from starlette.responses import HTMLResponse, JSONResponse, Response
+        from starlette.routing import Route
+
+        async def page(request: Request) -> Response:
+            rows = "".join(
+                "<tr><td>{at}</td><td>{to}</td><td><details><summary>{subject}</summary>"
+                "<pre>{body}</pre></details></td></tr>".format(
+                    **{k: html.escape(v) for k, v in m.items()}
+                )
+                for m in list(self.messages)
+            )
+            return HTMLResponse(MAILBOX_PAGE.format(count=self.received, rows=rows))
+
+        async def messages(request: Request) -> Response:
+            return JSONResponse({"received": self.received, "messages": list(self.messages)})
+
+        return [Route("/", page), Route("/messages.json", messages)]
+
+
+MAILBOX_PAGE = """<!doctype html><html><head><meta charset="utf-8">
+<meta http-equiv="refresh" content="3"><title>Demo mailbox</title>
+<style>body{{font:14px system-ui,sans-serif;margin:2em}}td{{padding:.3em .8em;vertical-align:top;
+border-bottom:1px solid #ddd}}pre{{white-space:pre-wrap}}</style></head><body>
+<h1>Demo mailbox</h1><p>{count} emails received by the demo's SMTP sink. They go nowhere else.
+<a href="/">Back to the dashboard</a></p>
+<table><tr><th>Received (UTC)</th><th>To</th><th>Subject</th></tr>{rows}</table></body></html>
+"""
+
+
+async def run(helpdesk: Helpdesk, listener: socket.socket, settings: Settings, where: str) -> None:
+    """Run every part until the duration is over or a signal arrives, then stop them in order."""
+    import uvicorn
+    from starlette.routing import Mount
+
+    from conveyor.web import create_app
+
+    app = helpdesk.app
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if settings.duration is not None:
+        loop.call_later(settings.duration, stop.set)
+
+    sink = MailSink()
+    smtp = await sink.start("127.0.0.1")
+    smtp_port = smtp.sockets[0].getsockname()[1]
+    os.environ["HELPDESK_SMTP"] = f"127.0.0.1:{smtp_port}"
+    await helpdesk.service.setup()
+    for name in FEED:
+        app.on(name)(print_event)
+
+    dashboard = create_app(app, token=settings.token)
+    dashboard.router.routes.insert(0, Mount("/mail", routes=sink.routes()))
+    server = quiet_server(uvicorn.Config(dashboard, log_level="warning"))
+    serving = asyncio.create_task(server.serve(sockets=[listener]))
+
+    known = {w.id for w in await app.list_workers_async()}
+    workers = await start_workers(app, settings.processes, stop)
+    await wait_for_worker(app, known, workers)
+    traffic = asyncio.create_task(helpdesk.traffic.run(stop, settings.interval))
+
+    bound_host, bound_port = listener.getsockname()[:2]
+    url = f"http://{bound_host}:{bound_port}/"
+    print_banner(url, settings, where, smtp_port)
+    if settings.browser:
+        webbrowser.open(url)
+    try:
+        await stop.wait()
+    finally:
+        stop.set()
+        print("Stopping: traffic, workers, dashboard, mail sink...", flush=True)
+        with contextlib.suppress(asyncio.CancelledError):
+            await traffic
+        await stop_workers(workers)
+        server.should_exit = True
+        await serving
+        smtp.close()
+        await smtp.wait_closed()
+        await print_summary(app, sink)
+        await app.close_async()
+
+
+def quiet_server(config: Any) -> Any:
+    """A uvicorn server without its own signal handling: the demo stops it, in order."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    return Server(config)
+
+
+async def start_workers(
+    app: Conveyor, processes: int, stop: asyncio.Event
+) -> asyncio.Task[int] | asyncio.subprocess.Process:
+    """An in-process worker task, or a ``conveyor worker --processes N`` child."""
+    fast = ["--poll-interval", "1", "--shutdown-timeout", "5"]
+    if processes == 0:
+        return asyncio.create_task(
+            app.run_worker_async(concurrency=10, stop=stop, poll_interval=1.0, shutdown_timeout=5)
+        )
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "conveyor.cli", "worker", "helpdesk.jobs:app",
+        "--processes", str(processes), *fast,
+    )  # fmt: skip
+
+
+async def wait_for_worker(
+    app: Conveyor, known: set[Any], workers: asyncio.Task[int] | asyncio.subprocess.Process
+) -> None:
+    """Wait until a new worker registered: it has written the queue defaults of the helpdesk's
+    handlers by then, which the jobs published from now on take."""
+    deadline = time.monotonic() + WORKER_WAIT
+    while not ({w.id for w in await app.list_workers_async()} - known):
+        finished = workers.done() if isinstance(workers, asyncio.Task) else workers.returncode
+        if finished or time.monotonic() > deadline:
+            if isinstance(workers, asyncio.Task) and workers.done():
+                workers.result()
+            raise ConfigurationError("the demo's worker did not start")
+        await asyncio.sleep(0.1)
+
+
+async def stop_workers(workers: asyncio.Task[int] | asyncio.subprocess.Process) -> None:
+    if isinstance(workers, asyncio.Task):
+        await workers
+        return
+    if workers.returncode is None:
+        workers.send_signal(signal.SIGTERM)
+    await workers.wait()
+
+
+def print_event(event: Event) -> None:
+    """One console line per retry and per dead letter."""
+    job, error = event.job, event.error or {}
+    if job is None:
+        return
+    what = "will retry" if event.name == "job.retried" else "is dead (see Dead letters)"
+    message = f"{error.get('type', 'Error')}: {error.get('message', '')}"
+    print(f"  {job.queue} attempt {job.attempt} failed and {what}: {message}", flush=True)
+
+
+def print_banner(url: str, settings: Settings, where: str, smtp_port: int) -> None:
+    lasting = f"for {settings.duration:g} s" if settings.duration else "until Ctrl-C"
+    worker = f"{settings.processes} worker processes" if settings.processes else "one worker"
+    print(
+        f"Conveyor demo: the InsightDesk helpdesk, running {lasting}\n"
+        f"  Database:  {where}\n"
+        f"  Dashboard: {url}\n"
+        f"  Token:     {settings.token}\n"
+        f"  Mailbox:   {url}mail/  (SMTP sink on 127.0.0.1:{smtp_port})\n"
+        f"  Jobs:      {worker}; new sign-ups and tickets every {settings.interval:g} s",
+        flush=True,
+    )
+
+
+async def print_summary(app: Conveyor, sink: MailSink) -> None:
+    stats = await app.queue_stats_async()
+    print(f"Emails received by the mail sink: {sink.received}")
+    print("Jobs by queue and state:")
+    for queue in sorted(stats, key=lambda s: s.queue):
+        counts = ", ".join(f"{state} {n}" for state, n in queue.counts.items() if n)
+        print(f"  {queue.queue:20} {counts or 'none left'}")

@@ -26,10 +26,16 @@ PG_MAJOR = 18
 
 
 def default_data_dir() -> Path:
-    """``$CONVEYOR_EMBEDDED_DIR``, else a per-user cache directory (reused across runs)."""
+    """``$CONVEYOR_EMBEDDED_DIR``, else a per-user cache directory (reused across runs).
+
+    As root it is ``/var/lib/conveyor/pg18`` instead: the server then runs as another user, and
+    the wheel opens every parent of the data directory to it, which must not include a home.
+    """
     configured = os.environ.get("CONVEYOR_EMBEDDED_DIR")
     if configured:
         return Path(configured).expanduser()
+    if os.name != "nt" and os.geteuid() == 0:
+        return Path("/var/lib/conveyor") / f"pg{PG_MAJOR}"
     return Path.home() / ".cache" / "conveyor" / f"pg{PG_MAJOR}"
 
 

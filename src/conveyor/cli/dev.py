@@ -39,7 +39,8 @@ class ProbeFailed(ConveyorError):
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
     help=f"Where the server keeps its data (default: $CONVEYOR_EMBEDDED_DIR, else "
-    f"~/.cache/conveyor/pg{PG_MAJOR}); reused across runs.",
+    f"~/.cache/conveyor/pg{PG_MAJOR}, or /var/lib/conveyor/pg{PG_MAJOR} as root); reused "
+    "across runs.",
 )
 @click.option(
     "--check", is_flag=True,

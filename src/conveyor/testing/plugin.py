@@ -6,6 +6,9 @@
 - ``app``: a :class:`~conveyor.Conveyor` on that schema for sync tests.
 - ``app_async``: the same for ``async def`` tests (its async pool is closed in the test's loop);
   needs pytest-asyncio, which the ``dev`` extra installs.
+- ``frozen_clock``: a :class:`~conveyor.FrozenClock` at the current time, moved only by the test.
+- ``frozen_app`` / ``frozen_app_async``: like ``app`` / ``app_async``, with ``frozen_clock`` as
+  the app's "now", so delays, retries and schedules fall due when the test advances the clock.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import pytest
 import pytest_asyncio
 
 from conveyor.app import Conveyor
+from conveyor.clock import FrozenClock
 from conveyor.testing import IsolatedSchema, test_database
 
 
@@ -53,4 +57,28 @@ def app(conveyor_dsn: str, conveyor_schema: str) -> Iterator[Conveyor]:
 async def app_async(conveyor_dsn: str, conveyor_schema: str) -> AsyncIterator[Conveyor]:
     """A Conveyor app on an isolated, migrated schema, for async tests."""
     async with Conveyor(conveyor_dsn, schema=conveyor_schema) as conveyor:
+        yield conveyor
+
+
+@pytest.fixture
+def frozen_clock() -> FrozenClock:
+    """A clock at the current time that moves only by ``advance`` and ``set``."""
+    return FrozenClock()
+
+
+@pytest.fixture
+def frozen_app(
+    conveyor_dsn: str, conveyor_schema: str, frozen_clock: FrozenClock
+) -> Iterator[Conveyor]:
+    """A Conveyor app on an isolated, migrated schema whose "now" is ``frozen_clock``."""
+    with Conveyor(conveyor_dsn, schema=conveyor_schema, clock=frozen_clock) as conveyor:
+        yield conveyor
+
+
+@pytest_asyncio.fixture
+async def frozen_app_async(
+    conveyor_dsn: str, conveyor_schema: str, frozen_clock: FrozenClock
+) -> AsyncIterator[Conveyor]:
+    """``frozen_app`` for async tests."""
+    async with Conveyor(conveyor_dsn, schema=conveyor_schema, clock=frozen_clock) as conveyor:
         yield conveyor

@@ -15,7 +15,7 @@ from django.apps import apps
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
 from django.db import connections, transaction
-from django.test import override_settings
+from django.test import Client, override_settings
 from django.utils import timezone
 from django_tasks import TaskResultStatus, task_backends
 from django_tasks.exceptions import TaskResultDoesNotExist
@@ -171,3 +171,18 @@ def test_the_cli_loads_the_worker_app(backend: ConveyorBackend) -> None:
     assert isinstance(app, Conveyor) and app is backend.app
     assert app.schema == backend.app.schema
     assert sorted(app._registry.queues()) == ["django.default", "django.emails"]
+
+
+def test_a_view_enqueues_in_the_request_transaction(backend: ConveyorBackend) -> None:
+    client = Client()
+    refused = client.post("/signup", {"email": "x@y.z", "fail": "1"})
+    assert refused.status_code == 400
+    accepted = client.post("/signup", {"email": "a@b.c"})
+    assert accepted.status_code == 202
+    task_id = accepted.json()["task"]
+    assert client.get(f"/tasks/{task_id}").json() == {"status": "READY"}
+    work()
+    done = client.get(f"/tasks/{task_id}").json()
+    assert done["status"] == "SUCCESSFUL" and done["result"]["to"] == "a@b.c"
+    with pytest.raises(TaskResultDoesNotExist):
+        backend.get_result(refused.json()["task"])

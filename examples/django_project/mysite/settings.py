@@ -1,19 +1,24 @@
 """Settings of the example project: Django's tasks stored and run by Conveyor.
 
-The database comes from ``CONVEYOR_DATABASE_URL`` (default: the test database on 127.0.0.1),
-Conveyor's schema from ``CONVEYOR_SCHEMA`` (default ``conveyor``; run ``conveyor migrate``).
+The database comes from ``CONVEYOR_DATABASE_URL``, else ``CONVEYOR_TEST_DSN``, else the test
+database on 127.0.0.1; Conveyor's schema from ``CONVEYOR_SCHEMA`` (default ``conveyor``, made by
+``conveyor migrate``). Run the worker with ``python manage.py conveyor_worker``.
 """
 
 import os
 from urllib.parse import parse_qs, unquote, urlsplit
 
 _url = urlsplit(
-    os.environ.get("CONVEYOR_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    os.environ.get("CONVEYOR_DATABASE_URL")
+    or os.environ.get("CONVEYOR_TEST_DSN")
+    or "postgresql://postgres@127.0.0.1:5432/test"
 )
 _query = parse_qs(_url.query)
 
 SECRET_KEY = "example-only"
 DEBUG = True
+ALLOWED_HOSTS = ["localhost", "127.0.0.1", "testserver"]
+ROOT_URLCONF = "mysite.urls"
 USE_TZ = True
 INSTALLED_APPS = [
     "django_tasks",  # the task framework; with Django 6, drop it: django.tasks is built in

@@ -49,7 +49,9 @@ def create_app(
     ``Authorization: Bearer <token>``, people type it into the login page. Without one this
     raises :class:`~conveyor.errors.ConfigurationError`: the dashboard never runs open.
     ``secret_key`` signs the session cookie (default: derived from the token). The app uses
-    the ``*_async`` methods of ``conveyor`` and leaves closing it to the caller.
+    the ``*_async`` methods of ``conveyor`` and leaves closing it to the caller. The metrics
+    read counts over a connection of their own, closed by this app's lifespan; a mounted app's
+    lifespan does not run, so close ``app.state.metrics`` on shutdown there.
     """
     resolved = resolve_token(token) or ""
     guard = Guard(resolved)

@@ -14,11 +14,11 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import uvicorn
 from anyio.from_thread import BlockingPortal, start_blocking_portal
+from playwright.sync_api import Page, expect, sync_playwright
 
 from conveyor import Conveyor, Job, JobState
 from conveyor.web import create_app
@@ -101,9 +101,7 @@ def dashboard(conveyor_dsn: str, conveyor_schema: str) -> Iterator[Dashboard]:
 
 
 @pytest.fixture
-def page(dashboard: Dashboard) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
+def page(dashboard: Dashboard) -> Iterator[Page]:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"]
@@ -116,7 +114,7 @@ def page(dashboard: Dashboard) -> Iterator[Any]:
             browser.close()
 
 
-def log_in(page: Any, url: str) -> None:
+def log_in(page: Page, url: str) -> None:
     page.goto(url + "/")
     assert "/login" in page.url
     page.fill("input[name=token]", "wrong")
@@ -127,9 +125,7 @@ def log_in(page: Any, url: str) -> None:
     page.wait_for_selector("h1:has-text('Queues')")
 
 
-def test_counts_change_live_while_a_worker_runs(dashboard: Dashboard, page: Any) -> None:
-    from playwright.sync_api import expect
-
+def test_counts_change_live_while_a_worker_runs(dashboard: Dashboard, page: Page) -> None:
     dashboard.app.send_batch([("e2e.web.work", {"n": i}) for i in range(30)])
     log_in(page, dashboard.url)
     row = page.locator('tr[data-queue="e2e.web.work"]')
@@ -148,9 +144,7 @@ def test_counts_change_live_while_a_worker_runs(dashboard: Dashboard, page: Any)
     expect(page.locator("main tbody")).to_contain_text("e2e.web.work")
 
 
-def test_open_a_failed_job_and_retry_it(dashboard: Dashboard, page: Any) -> None:
-    from playwright.sync_api import expect
-
+def test_open_a_failed_job_and_retry_it(dashboard: Dashboard, page: Page) -> None:
     dashboard.broken.set()
     dashboard.start_worker()
     job_id = dashboard.app.send("e2e.web.flaky", {"doc": "<b>report</b>"})
@@ -173,9 +167,7 @@ def test_open_a_failed_job_and_retry_it(dashboard: Dashboard, page: Any) -> None
     assert dashboard.app.get_job(job_id).result == "printed"
 
 
-def test_cancel_a_queued_job_after_confirming(dashboard: Dashboard, page: Any) -> None:
-    from playwright.sync_api import expect
-
+def test_cancel_a_queued_job_after_confirming(dashboard: Dashboard, page: Page) -> None:
     job_id = dashboard.app.send("e2e.web.later", {"n": 1}, start_after=3600)
     log_in(page, dashboard.url)
     page.goto(f"{dashboard.url}/jobs/{job_id}")

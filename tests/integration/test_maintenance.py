@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from conveyor import Conveyor, Fail, FrozenClock, Job, JobState
+from conveyor._store.queries import queries
 from conveyor._store.worker_store import WorkerStore
 from conveyor.errors import InvalidOption, JobNotFound
 from conveyor.events import Events
@@ -182,7 +183,7 @@ async def test_only_the_lease_holder_cleans_up(conveyor_dsn: str, conveyor_schem
     )
     store = WorkerStore(conveyor_dsn, conveyor_schema, min_size=0, max_size=2)
     ghost = uuid.uuid4()
-    service = Maintenance(interval=0.02, cleanup_interval=0.02, chunk=7)
+    service = Maintenance(interval=0.2, cleanup_interval=0.2, chunk=7)
     context = ServiceContext(
         store=store, worker_id=uuid.uuid4(), events=Events(), clock=lambda: None
     )
@@ -248,3 +249,40 @@ async def test_dead_tuples_that_pile_up_are_vacuumed(
         assert await store.vacuum_churned(100_000, 0.1) == []  # under the count
     finally:
         await store.close()
+
+
+def test_the_history_delete_walks_its_own_index_past_older_dead_letters(
+    app: Conveyor, conveyor_dsn: str
+) -> None:
+    """100,000 dead letters finished before every other row, and two retentions: the delete
+    takes job_history_expiry_idx for both, never job_history_finished_idx, which would walk
+    every dead letter for each chunk (seen with a plain finished_at bound on 2M rows)."""
+    s = app.schema
+    columns = (
+        "id, queue, state, run_at, retry_limit, retry_delay, retry_backoff, expire_in, "
+        "retention, created_at, finished_at"
+    )
+    with psycopg.connect(conveyor_dsn, autocommit=True) as conn:
+        for state, retention, days, n in (
+            ("failed", 86400, 20, 100_000),
+            ("completed", 86400, 2, 30_000),
+            ("completed", 2_592_000, 2, 30_000),
+        ):
+            conn.execute(
+                f"INSERT INTO {s}.job_history ({columns}) SELECT gen_random_uuid(), 'q', %s, "
+                "now(), 0, 1, 'fixed', 60, %s, now(), now() - make_interval(days => %s) "
+                "- make_interval(secs => g) FROM generate_series(1, %s) g",
+                (state, retention, days, n),
+            )
+        conn.execute(f"ANALYZE {s}.job_history")
+        named = queries(s)
+        for retention in (86400, 2_592_000):
+            plan = "\n".join(
+                r[0]
+                for r in conn.execute(
+                    "EXPLAIN " + named["maintain_history"].sql,
+                    {"retention": retention, "now": None, "limit": 1000},
+                )
+            )
+            assert "job_history_expiry_idx" in plan, plan
+            assert "job_history_finished_idx" not in plan, plan

@@ -340,13 +340,18 @@ class Store:
         """Delete what outlived its use, ``chunk`` rows per statement, until nothing is left
         (or ``stop`` is set): rows deleted per kind (history, dead_letters, throttle,
         schedule_ticks)."""
-        counts: dict[str, int] = {}
-        for kind in ("history", "dead_letters", "throttle", "schedule_ticks"):
+        history = 0
+        for retention in self.maintain_retentions():
+            while stop is None or not stop.is_set():
+                deleted = self.maintain_history(retention, now, chunk)
+                history += deleted
+                if deleted < chunk:
+                    break
+        counts = {"history": history}
+        for kind in ("dead_letters", "throttle", "schedule_ticks"):
             total = 0
             while stop is None or not stop.is_set():
-                if kind == "history":
-                    deleted = self.maintain_history(now, chunk)
-                elif kind == "dead_letters":
+                if kind == "dead_letters":
                     deleted = self.maintain_dead(dead_retention, now, chunk)
                 elif kind == "throttle":
                     deleted = self.maintain_throttle(now, chunk)
@@ -358,10 +363,15 @@ class Store:
             counts[kind] = total
         return counts
 
-    def maintain_history(self, now: datetime | None, limit: int) -> int:
-        """Delete up to ``limit`` finished jobs (not dead letters) past their retention."""
-        found = self._rows("maintain_history", {"now": now, "limit": limit}, None)
-        return int(found[0]["count"])
+    def maintain_retentions(self) -> list[float]:
+        """The distinct retentions of finished jobs other than dead letters."""
+        return [r["retention"] for r in self._rows("maintain_retentions", {}, None)]
+
+    def maintain_history(self, retention: float, now: datetime | None, limit: int) -> int:
+        """Delete up to ``limit`` finished jobs (not dead letters) kept ``retention`` seconds
+        whose retention ran out."""
+        params = {"retention": retention, "now": now, "limit": limit}
+        return int((self._rows("maintain_history", params, None))[0]["count"])
 
     def maintain_dead(self, dead_retention: float, now: datetime | None, limit: int) -> int:
         """Delete up to ``limit`` dead letters older than ``dead_retention`` seconds."""

@@ -3,33 +3,36 @@
 -- rows another transaction holds, so the leader loops over short statements that never wait on a
 -- worker nor hold many locks for long.
 
--- Finished jobs (not dead letters) whose retention ran out. Retention is per job: the partial index
--- on (retention, finished_at) is walked once per distinct retention (a loose index scan), so each
--- chunk reads only expired rows, however many long-kept rows or dead letters precede them.
--- name: maintain_history :scalar
-WITH RECURSIVE t AS (
-    SELECT coalesce(%(now)s::timestamptz, now()) AS now
-), retentions AS (
+-- The distinct retentions of finished jobs (dead letters aside), by a loose scan of
+-- job_history_expiry_idx: one index probe per value, however many rows share it.
+-- name: maintain_retentions :many
+WITH RECURSIVE retentions AS (
     SELECT min(h.retention) AS r FROM {schema}.job_history h WHERE h.state <> 'failed'
     UNION ALL
     SELECT (SELECT min(h.retention) FROM {schema}.job_history h
             WHERE h.state <> 'failed' AND h.retention > x.r)
     FROM retentions x
     WHERE x.r IS NOT NULL
-), picked AS (
-    SELECT e.id
-    FROM retentions x
-    CROSS JOIN t
-    CROSS JOIN LATERAL (
-        SELECT h.id FROM {schema}.job_history h
-        WHERE h.state <> 'failed' AND h.retention = x.r
-          AND h.finished_at < t.now - make_interval(secs => x.r)
-        ORDER BY h.finished_at
-        LIMIT %(limit)s::integer
-        FOR UPDATE SKIP LOCKED
-    ) e
-    WHERE x.r IS NOT NULL
+)
+SELECT r AS retention FROM retentions WHERE r IS NOT NULL;
+
+-- Finished jobs (not dead letters) of one retention that ran out, oldest first, along
+-- job_history_expiry_idx: each chunk reads only expired rows, however many long-kept rows or
+-- dead letters finished before them. The range is written as bounds on (retention, finished_at)
+-- and ordered that way, which only this index answers: given "retention = x AND finished_at <
+-- y", the planner may walk job_history_finished_idx instead and filter out every older row of
+-- another retention (measured on 1M dead letters: 1.5 s a chunk instead of under 30 ms).
+-- name: maintain_history :scalar
+WITH picked AS (
+    SELECT h.id FROM {schema}.job_history h
+    WHERE h.state <> 'failed' AND h.retention >= %(retention)s::double precision
+      AND (h.retention, h.finished_at)
+          < (%(retention)s::double precision,
+             coalesce(%(now)s::timestamptz, now())
+             - make_interval(secs => %(retention)s::double precision))
+    ORDER BY h.retention, h.finished_at
     LIMIT %(limit)s::integer
+    FOR UPDATE SKIP LOCKED
 ), gone AS (
     DELETE FROM {schema}.job_history h USING picked p WHERE h.id = p.id RETURNING h.id
 ), hooks AS (

@@ -91,7 +91,23 @@ def demo(
         from conveyor.web import create_app  # noqa: F401
     except ImportError as exc:
         fail(f"the demo needs the demo extra (pip install 'conveyor[demo]'): {exc}", EXIT_USAGE)
-    listener = listen(host, port)
+    token = token or secrets.token_urlsafe(18)
+    settings = Settings(token, duration, processes, interval, not no_browser)
+    try:
+        serve_demo(cli, listen(host, port), force_embedded, data_dir, settings)
+    except KeyboardInterrupt:
+        # Ctrl-C while the database starts, before the demo's own handler is in place.
+        sys.exit(130)
+
+
+def serve_demo(
+    cli: CliContext,
+    listener: socket.socket,
+    force_embedded: bool,
+    data_dir: Path | None,
+    settings: Settings,
+) -> None:
+    """Start the database (unless one is configured), then run the demo on it."""
     configured = None if force_embedded else cli.dsn or os.environ.get("DATABASE_URL")
     with contextlib.ExitStack() as stack:
         stack.callback(listener.close)
@@ -105,11 +121,7 @@ def demo(
         # worker processes inherit it.
         os.environ["CONVEYOR_DATABASE_URL"] = dsn
         os.environ["CONVEYOR_SCHEMA"] = cli.schema
-        helpdesk = load_helpdesk()
-        settings = Settings(
-            token or secrets.token_urlsafe(18), duration, processes, interval, not no_browser
-        )
-        asyncio.run(run(helpdesk, listener, settings, where))
+        asyncio.run(run(load_helpdesk(), listener, settings, where))
 
 
 class Settings:
@@ -230,7 +242,8 @@ border-bottom:1px solid #ddd}}pre{{white-space:pre-wrap}}</style></head><body>
 
 
 async def run(helpdesk: Helpdesk, listener: socket.socket, settings: Settings, where: str) -> None:
-    """Run every part until the duration is over or a signal arrives, then stop them in order."""
+    """Run every part until the duration is over, a signal arrives or a part fails, then stop
+    them in the reverse order of their start."""
     import uvicorn
     from starlette.routing import Mount
 
@@ -243,44 +256,60 @@ async def run(helpdesk: Helpdesk, listener: socket.socket, settings: Settings, w
         loop.add_signal_handler(sig, stop.set)
     if settings.duration is not None:
         loop.call_later(settings.duration, stop.set)
-
     sink = MailSink()
-    smtp = await sink.start("127.0.0.1")
-    smtp_port = smtp.sockets[0].getsockname()[1]
-    os.environ["HELPDESK_SMTP"] = f"127.0.0.1:{smtp_port}"
-    await helpdesk.service.setup()
-    for name in FEED:
-        app.on(name)(print_event)
-
-    dashboard = create_app(app, token=settings.token)
-    dashboard.router.routes.insert(0, Mount("/mail", routes=sink.routes()))
-    server = quiet_server(uvicorn.Config(dashboard, log_level="warning"))
-    serving = asyncio.create_task(server.serve(sockets=[listener]))
-
-    known = {w.id for w in await app.list_workers_async()}
-    workers = await start_workers(app, settings.processes, stop)
-    await wait_for_worker(app, known, workers)
-    traffic = asyncio.create_task(helpdesk.traffic.run(stop, settings.interval))
-
-    bound_host, bound_port = listener.getsockname()[:2]
-    url = f"http://{bound_host}:{bound_port}/"
-    print_banner(url, settings, where, smtp_port)
-    if settings.browser:
-        webbrowser.open(url)
     try:
-        await stop.wait()
-    finally:
-        stop.set()
-        print("Stopping: traffic, workers, dashboard, mail sink...", flush=True)
-        with contextlib.suppress(asyncio.CancelledError):
-            await traffic
-        await stop_workers(workers)
-        server.should_exit = True
-        await serving
-        smtp.close()
-        await smtp.wait_closed()
+        async with contextlib.AsyncExitStack() as parts:
+            smtp = await sink.start("127.0.0.1")
+            parts.push_async_callback(close_server, smtp)
+            smtp_port = smtp.sockets[0].getsockname()[1]
+            os.environ["HELPDESK_SMTP"] = f"127.0.0.1:{smtp_port}"
+            await helpdesk.service.setup()
+            for name in FEED:
+                app.on(name)(print_event)
+
+            dashboard = create_app(app, token=settings.token)
+            dashboard.router.routes.insert(0, Mount("/mail", routes=sink.routes()))
+            server = quiet_server(uvicorn.Config(dashboard, log_level="warning"))
+            serving = asyncio.create_task(server.serve(sockets=[listener]))
+            parts.push_async_callback(stop_serving, server, serving)
+
+            known = {w.id for w in await app.list_workers_async()}
+            workers = asyncio.create_task(run_workers(app, settings.processes, stop))
+            parts.push_async_callback(finish, workers, stop)
+            await wait_for_worker(app, known, workers)
+            traffic = asyncio.create_task(helpdesk.traffic.run(stop, settings.interval))
+            parts.push_async_callback(finish, traffic, stop)
+
+            bound_host, bound_port = listener.getsockname()[:2]
+            url = f"http://{bound_host}:{bound_port}/"
+            print_banner(url, settings, where, smtp_port)
+            if settings.browser:
+                webbrowser.open(url)
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait(
+                (stopping, serving, workers, traffic), return_when=asyncio.FIRST_COMPLETED
+            )
+            stopping.cancel()
+            print("Stopping: traffic, workers, dashboard, mail sink...", flush=True)
         await print_summary(app, sink)
+    finally:
         await app.close_async()
+
+
+async def finish(task: asyncio.Task[Any], stop: asyncio.Event) -> None:
+    """Tell a part to stop and wait for it; its error, if it failed, is raised here."""
+    stop.set()
+    await task
+
+
+async def stop_serving(server: Any, serving: asyncio.Task[None]) -> None:
+    server.should_exit = True
+    await serving
+
+
+async def close_server(server: asyncio.Server) -> None:
+    server.close()
+    await server.wait_closed()
 
 
 def quiet_server(config: Any) -> Any:
@@ -295,43 +324,41 @@ def quiet_server(config: Any) -> Any:
     return Server(config)
 
 
-async def start_workers(
-    app: Conveyor, processes: int, stop: asyncio.Event
-) -> asyncio.Task[int] | asyncio.subprocess.Process:
-    """An in-process worker task, or a ``conveyor worker --processes N`` child."""
-    fast = ["--poll-interval", "1", "--shutdown-timeout", "5"]
+async def run_workers(app: Conveyor, processes: int, stop: asyncio.Event) -> int:
+    """A worker in this process until ``stop``; or ``conveyor worker --processes N``, stopped
+    with SIGTERM, whose exit code is returned."""
     if processes == 0:
-        return asyncio.create_task(
-            app.run_worker_async(concurrency=10, stop=stop, poll_interval=1.0, shutdown_timeout=5)
+        return await app.run_worker_async(
+            concurrency=10, stop=stop, poll_interval=1.0, shutdown_timeout=5
         )
-    return await asyncio.create_subprocess_exec(
+    child = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "conveyor.cli", "worker", "helpdesk.jobs:app",
-        "--processes", str(processes), *fast,
+        "--processes", str(processes), "--poll-interval", "1", "--shutdown-timeout", "5",
+        # Its own session: Ctrl-C in the terminal reaches the demo only, which then sends the one
+        # SIGTERM (a second signal would make the workers drop their jobs at once).
+        start_new_session=True,
     )  # fmt: skip
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait(
+        (stopping, asyncio.create_task(child.wait())), return_when=asyncio.FIRST_COMPLETED
+    )
+    stopping.cancel()
+    if child.returncode is None:
+        child.send_signal(signal.SIGTERM)
+    return await child.wait()
 
 
-async def wait_for_worker(
-    app: Conveyor, known: set[Any], workers: asyncio.Task[int] | asyncio.subprocess.Process
-) -> None:
+async def wait_for_worker(app: Conveyor, known: set[Any], workers: asyncio.Task[int]) -> None:
     """Wait until a new worker registered: it has written the queue defaults of the helpdesk's
     handlers by then, which the jobs published from now on take."""
     deadline = time.monotonic() + WORKER_WAIT
     while not ({w.id for w in await app.list_workers_async()} - known):
-        finished = workers.done() if isinstance(workers, asyncio.Task) else workers.returncode
-        if finished or time.monotonic() > deadline:
-            if isinstance(workers, asyncio.Task) and workers.done():
-                workers.result()
-            raise ConfigurationError("the demo's worker did not start")
+        if workers.done():
+            workers.result()
+            raise ConfigurationError("the demo's worker stopped as it started")
+        if time.monotonic() > deadline:
+            raise ConfigurationError(f"the demo's worker did not start within {WORKER_WAIT:g}s")
         await asyncio.sleep(0.1)
-
-
-async def stop_workers(workers: asyncio.Task[int] | asyncio.subprocess.Process) -> None:
-    if isinstance(workers, asyncio.Task):
-        await workers
-        return
-    if workers.returncode is None:
-        workers.send_signal(signal.SIGTERM)
-    await workers.wait()
 
 
 def print_event(event: Event) -> None:

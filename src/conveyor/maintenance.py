@@ -78,12 +78,10 @@ class Maintenance:
                     await self._recover(context)
                     if cleaned_at is None or time.monotonic() - cleaned_at >= self.cleanup_interval:
                         cleaned_at = time.monotonic()
-                        await self.clean(context, stop)
-                    await context.store.vacuum_churned(VACUUM_MIN_DEAD, VACUUM_DEAD_SHARE)
+                        await self._tidy(context, stop)
+                    await self._vacuum(context)
                 except DatabaseUnavailable as exc:
-                    context.events.emit(
-                        Event("worker.error", context.worker_id, error={"message": str(exc)})
-                    )
+                    self._failed(context, exc)
         finally:
             if held:
                 with contextlib.suppress(DatabaseUnavailable):
@@ -97,6 +95,30 @@ class Maintenance:
             name = "job.dead" if job.state == "failed" else "job.retried"
             log.warning("recovered job %s of queue %s: now %s", job.id, job.queue, job.state)
             context.events.emit(Event(name, context.worker_id))
+
+    async def _tidy(self, context: ServiceContext, stop: asyncio.Event) -> None:
+        # A cleanup that fails (a statement_timeout set by the DBA, a lock it should not have
+        # met) is reported and tried again next time; it must not end recovery with it.
+        try:
+            await self.clean(context, stop)
+        except DatabaseUnavailable:
+            raise
+        except Exception as exc:
+            log.exception("maintenance cleanup failed")
+            self._failed(context, exc)
+
+    async def _vacuum(self, context: ServiceContext) -> None:
+        try:
+            await context.store.vacuum_churned(VACUUM_MIN_DEAD, VACUUM_DEAD_SHARE)
+        except DatabaseUnavailable:
+            raise
+        except Exception as exc:
+            log.exception("maintenance vacuum failed")
+            self._failed(context, exc)
+
+    @staticmethod
+    def _failed(context: ServiceContext, exc: Exception) -> None:
+        context.events.emit(Event("worker.error", context.worker_id, error={"message": str(exc)}))
 
     async def clean(self, context: ServiceContext, stop: asyncio.Event) -> dict[str, int]:
         """One cleanup pass; rows deleted per kind."""

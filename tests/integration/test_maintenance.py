@@ -286,3 +286,45 @@ def test_the_history_delete_walks_its_own_index_past_older_dead_letters(
             )
             assert "job_history_expiry_idx" in plan, plan
             assert "job_history_finished_idx" not in plan, plan
+
+
+async def test_a_failing_cleanup_is_reported_and_recovery_goes_on(
+    conveyor_dsn: str, scratch_schema: str
+) -> None:
+    async with Conveyor(conveyor_dsn, schema=scratch_schema) as app:
+        await app.migrate_async()
+        seed_history(
+            conveyor_dsn, scratch_schema, 5, "completed", datetime.now(UTC) - timedelta(days=1)
+        )
+        with psycopg.connect(conveyor_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP TABLE {scratch_schema}.throttle")  # every cleanup fails
+        errors: list[str] = []
+        events = Events()
+        events.on("worker.error")(lambda e: errors.append(str(e.error)))
+        store = WorkerStore(conveyor_dsn, scratch_schema, min_size=0, max_size=2)
+        context = ServiceContext(
+            store=store, worker_id=uuid.uuid4(), events=events, clock=lambda: None
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(
+            Maintenance(stale_after=1, interval=0.1, cleanup_interval=0.1).run(context, stop)
+        )
+        try:
+            for _ in range(100):
+                if errors:
+                    break
+                await asyncio.sleep(0.05)
+            assert errors and "throttle" in errors[0]
+            job_id = await app.send_async("orphan", {})
+            [claimed] = await store.job_fetch(["orphan"], uuid.uuid4(), 1, None)  # a dead worker
+            assert claimed[0] == job_id
+            for _ in range(100):
+                if (await app.get_job_async(job_id)).state is not JobState.ACTIVE:
+                    break
+                await asyncio.sleep(0.05)
+            assert (await app.get_job_async(job_id)).state is JobState.RETRY
+            assert not task.done()
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+            await store.close()

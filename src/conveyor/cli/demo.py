@@ -33,7 +33,8 @@ import click
 
 from conveyor.app import Conveyor
 from conveyor.cli import EXIT_USAGE, CliContext, fail, one_line_errors
-from conveyor.embedded import PG_MAJOR, default_data_dir, embedded_postgres
+from conveyor.cli.dev import start_embedded
+from conveyor.embedded import PG_MAJOR, default_data_dir
 from conveyor.errors import ConfigurationError
 from conveyor.events import Event
 
@@ -115,7 +116,7 @@ def serve_demo(
             dsn, where = configured, "the configured database"
         else:
             directory = data_dir or default_data_dir()
-            dsn = stack.enter_context(embedded_postgres(directory))
+            dsn = start_embedded(stack, directory)
             where = f"embedded PostgreSQL {PG_MAJOR} (data in {directory})"
         # The helpdesk reads its configuration from the environment, like any deployed app, and
         # worker processes inherit it.

@@ -9,8 +9,10 @@ through a worker, a LISTEN/NOTIFY round trip, stop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shlex
 import signal
+import subprocess
 import sys
 import threading
 import uuid
@@ -20,7 +22,7 @@ from types import FrameType
 import click
 
 from conveyor.app import Conveyor
-from conveyor.cli import EXIT_CHECK_FAILED, CliContext, fail, one_line_errors
+from conveyor.cli import EXIT_CHECK_FAILED, EXIT_DATABASE, CliContext, fail, one_line_errors
 from conveyor.embedded import PG_MAJOR, default_data_dir, embedded_postgres
 from conveyor.errors import ConveyorError
 from conveyor.models import Job, JobState
@@ -51,7 +53,8 @@ class ProbeFailed(ConveyorError):
 def dev(cli: CliContext, data_dir: Path | None, check: bool) -> None:
     """Run an embedded PostgreSQL with Conveyor's schema until Ctrl-C, and print its DSN."""
     directory = data_dir or default_data_dir()
-    with embedded_postgres(directory) as url:
+    with contextlib.ExitStack() as stack:
+        url = start_embedded(stack, directory)
         if check:
             try:
                 steps = asyncio.run(probe(url, cli.schema))
@@ -73,6 +76,16 @@ def dev(cli: CliContext, data_dir: Path | None, check: bool) -> None:
         sys.stdout.flush()
         wait_for_signal()
     click.echo("Embedded PostgreSQL stopped.")
+
+
+def start_embedded(stack: contextlib.ExitStack, directory: Path) -> str:
+    """Start (or join) the embedded server in ``directory`` and return its URL; it stops when
+    ``stack`` closes. A server that cannot start ends the command with one line, exit code 3."""
+    try:
+        return stack.enter_context(embedded_postgres(directory))
+    except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        fail(f"the embedded PostgreSQL did not start in {directory}: {first_line}", EXIT_DATABASE)
 
 
 def wait_for_signal() -> None:

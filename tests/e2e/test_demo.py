@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from tests.e2e.cli import ROOT, Lines, no_database_env, server_running
+from tests.e2e.cli import ROOT, Lines, conveyor, no_database_env, server_running
 
 DURATION = 20
 
@@ -103,3 +103,17 @@ def test_demo_runs_the_helpdesk_end_to_end_on_the_embedded_server(tmp_path: Path
     assert any("is dead (see Dead letters)" in line for line in output), output
     assert any(line.startswith("Emails received by the mail sink:") for line in output)
     assert not server_running(data_dir)
+
+
+def test_without_the_extra_one_line_and_exit_2(tmp_path: Path) -> None:
+    # A module of the mail sink's name that fails to import stands in for the missing extra.
+    fake = tmp_path / "site" / "aiosmtpd"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('not installed')\n")
+    env = {**no_database_env(), "PYTHONPATH": str(fake.parent)}
+    done = conveyor("demo", "--duration", "1", "--no-browser", env=env)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.splitlines() == [
+        "conveyor: error: the demo needs the extra: pip install 'conveyor[embedded]' "
+        "(not installed)"
+    ]

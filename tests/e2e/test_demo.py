@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,25 @@ def test_demo_runs_the_helpdesk_end_to_end_on_the_embedded_server(tmp_path: Path
                 10,
                 "the export's on_complete hook runs",
             )
+
+            eventually(
+                lambda: api("/api/jobs", queue="reports.digest", state="completed"),
+                10,
+                "the digest runs",
+            )
+            assert "Daily digest" in {
+                m["subject"] for m in http.get("/mail/messages.json").json()["messages"]
+            }
+            delays = {
+                round(
+                    (
+                        datetime.fromisoformat(j["run_at"])
+                        - datetime.fromisoformat(j["created_at"])
+                    ).total_seconds()
+                )
+                for j in api("/api/jobs", queue="sla.check", limit=100)
+            }
+            assert delays == {15, 45}, "SLA checks wait for the ticket's deadlines"
 
             dead = eventually(lambda: api("/api/dead"), 20, "a job lands in the dead letters")
             assert dead[0]["queue"] == "ticket.webhook"

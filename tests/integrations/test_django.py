@@ -186,3 +186,19 @@ def test_a_view_enqueues_in_the_request_transaction(backend: ConveyorBackend) ->
     assert done["status"] == "SUCCESSFUL" and done["result"]["to"] == "a@b.c"
     with pytest.raises(TaskResultDoesNotExist):
         backend.get_result(refused.json()["task"])
+
+
+OWN_APP = Conveyor("postgresql://postgres@127.0.0.1:5432/test", schema="own_app")
+
+
+def test_an_app_of_your_own_or_a_dsn_can_be_named(backend: ConveyorBackend) -> None:
+    own = ConveyorBackend(
+        "own",
+        {"QUEUES": ["default"], "OPTIONS": {"app": f"{__name__}.OWN_APP", "queue_prefix": "dj:"}},
+    )
+    assert own.app is OWN_APP
+    assert OWN_APP._registry.queues() == ["dj:default"]
+    dsn = ConveyorBackend("dsn", {"OPTIONS": {"dsn": "postgresql://u@h/db", "schema": "s"}})
+    assert (dsn.app.settings.dsn, dsn.app.schema) == ("postgresql://u@h/db", "s")
+    with pytest.raises(ImproperlyConfigured, match="not a Conveyor app"):
+        _ = ConveyorBackend("bad", {"OPTIONS": {"app": "mysite.tasks.add"}}).app

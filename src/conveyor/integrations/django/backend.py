@@ -243,14 +243,13 @@ class ConveyorBackend(BaseTaskBackend):
         if not isinstance(found, Task):
             raise TypeError(f"{data['task']} is not a Django task")
         run_after = data.get("run_after")
-        changed = replace(
+        return replace(
             found,
             backend=self.alias,
             queue_name=data["queue_name"],
             priority=job.priority,
             run_after=datetime.fromisoformat(run_after) if run_after else None,
         )
-        return changed
 
     def result_of(self, job: Job, task: Task[Any, Any] | None = None) -> TaskResult[Any]:
         """A job as a Django ``TaskResult``."""

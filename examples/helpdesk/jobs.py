@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import getpass
 import json
 import os
 import smtplib
@@ -257,7 +258,8 @@ async def export_report(job: Job) -> dict[str, Any]:
                 "FROM helpdesk.tickets ORDER BY id"
             )
         ).fetchall()
-    folder = Path(os.environ.get("HELPDESK_REPORTS") or Path(tempfile.gettempdir()) / "helpdesk")
+    default = Path(tempfile.gettempdir()) / f"insightdesk-reports-{getpass.getuser()}"
+    folder = Path(os.environ.get("HELPDESK_REPORTS") or default)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"tickets-{job.id}.csv"
     steps = 10

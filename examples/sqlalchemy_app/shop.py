@@ -77,7 +77,7 @@ class Shop:
 
 async def main() -> None:
     dsn = os.environ.get("CONVEYOR_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
-    app = Conveyor(dsn)
+    app = Conveyor(dsn, schema=os.environ.get("CONVEYOR_SCHEMA", "conveyor"))
     engine = create_engine(sqlalchemy_url(dsn))
     async_engine = create_async_engine(sqlalchemy_url(dsn))
     Base.metadata.create_all(engine)

@@ -146,7 +146,9 @@ class ConveyorBackend(BaseTaskBackend):
         self.validate_task(task)
         run_after = task.run_after
         if run_after is not None and timezone.is_naive(run_after):
+            # With USE_TZ = False Django allows naive times; Conveyor needs to know the zone.
             run_after = timezone.make_aware(run_after)
+        # Built first: it normalizes the arguments to JSON, refusing others before any write.
         result: TaskResult[Any] = TaskResult(
             task=task,
             id="",

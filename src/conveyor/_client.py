@@ -26,6 +26,7 @@ from conveyor.errors import (
     DatabaseUnavailable,
     JobNotFound,
     JobStateError,
+    MigrationChecksumMismatch,
     QueueNotFound,
     ScheduleNotFound,
     WaitTimeout,
@@ -585,7 +586,10 @@ class Client:
 
     def _diagnose_schema(self, stale_after: float, timeout: float) -> list[Finding]:
         migrator = self._stores.migrator()
-        found = migrator.status()
+        try:
+            found = migrator.status()
+        except MigrationChecksumMismatch as exc:
+            return [diagnosis.changed_migration(str(exc))]
         missing: list[str] = []
         unexpected: list[str] = []
         invalid: list[str] = []

@@ -24,6 +24,7 @@ from conveyor.errors import (
     DatabaseUnavailable,
     JobNotFound,
     JobStateError,
+    MigrationChecksumMismatch,
     QueueNotFound,
     ScheduleNotFound,
     WaitTimeout,
@@ -593,7 +594,10 @@ class AsyncClient:
 
     async def _diagnose_schema_async(self, stale_after: float, timeout: float) -> list[Finding]:
         migrator = self._stores.migrator_async()
-        found = await migrator.status()
+        try:
+            found = await migrator.status()
+        except MigrationChecksumMismatch as exc:
+            return [diagnosis.changed_migration(str(exc))]
         missing: list[str] = []
         unexpected: list[str] = []
         invalid: list[str] = []

@@ -135,6 +135,14 @@ def schema_findings(
     return found
 
 
+def changed_migration(message: str) -> Finding:
+    """An applied migration whose file differs from the one this release ships."""
+    return Finding(
+        ERROR, "schema", message,
+        "run the release that applied it, or restore the file as released",
+    )  # fmt: skip
+
+
 def bloat_findings(
     tables: Iterable[Mapping[str, Any]],
     indexes: Iterable[Mapping[str, Any]],

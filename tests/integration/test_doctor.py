@@ -104,6 +104,7 @@ def test_a_changed_migration_and_a_schema_that_is_behind(
         [changed] = by_check(app.diagnose(), "schema")
     assert changed.severity == "error"
     assert "0001_initial changed after it was applied" in changed.message
+    assert changed.fix == "run the release that applied it, or restore the file as released"
 
 
 def test_an_open_transaction_is_listed(app: Conveyor, conveyor_dsn: str) -> None:

@@ -17,13 +17,7 @@ from typing import Any
 from psycopg import Connection, Error
 
 from conveyor._store.errors import translated
-from conveyor._store.migrations import (
-    Migration,
-    MigrationStatus,
-    migrations,
-    reference_sql,
-    status,
-)
+from conveyor._store.migrations import Migration, MigrationStatus, migrations, status
 from conveyor._store.queries import queries
 from conveyor.errors import SchemaOutOfDate, SchemaTooNew
 
@@ -115,8 +109,7 @@ class Migrator:
         (see ``schema_describe``) it lacks, and those it has that they do not build.
 
         The reference is built in a scratch schema inside a transaction that is rolled back,
-        so nothing is left behind; files meant to run outside a transaction build their index
-        plainly there, which describes the same.
+        so nothing is left behind.
         """
         scratch = f"{self.schema[:40]}_doctor_{secrets.token_hex(4)}"
         named = queries(scratch)
@@ -126,7 +119,7 @@ class Migrator:
                 conn.execute(named["migration_bootstrap"].sql)
                 for migration in migrations():
                     if migration.version in versions:
-                        conn.execute(reference_sql(migration, scratch))
+                        conn.execute(migration.sql(scratch))
                 wanted = self._describe(conn, scratch)
         return sorted(set(wanted) - set(live)), sorted(set(live) - set(wanted))
 

@@ -15,13 +15,7 @@ from typing import Any
 from psycopg import AsyncConnection, Error
 
 from conveyor._store.errors import translated
-from conveyor._store.migrations import (
-    Migration,
-    MigrationStatus,
-    migrations,
-    reference_sql,
-    status,
-)
+from conveyor._store.migrations import Migration, MigrationStatus, migrations, status
 from conveyor._store.queries import queries
 from conveyor.errors import SchemaOutOfDate, SchemaTooNew
 
@@ -113,8 +107,7 @@ class AsyncMigrator:
         (see ``schema_describe``) it lacks, and those it has that they do not build.
 
         The reference is built in a scratch schema inside a transaction that is rolled back,
-        so nothing is left behind; files meant to run outside a transaction build their index
-        plainly there, which describes the same.
+        so nothing is left behind.
         """
         scratch = f"{self.schema[:40]}_doctor_{secrets.token_hex(4)}"
         named = queries(scratch)
@@ -124,7 +117,7 @@ class AsyncMigrator:
                 await conn.execute(named["migration_bootstrap"].sql)
                 for migration in migrations():
                     if migration.version in versions:
-                        await conn.execute(reference_sql(migration, scratch))
+                        await conn.execute(migration.sql(scratch))
                 wanted = await self._describe(conn, scratch)
         return sorted(set(wanted) - set(live)), sorted(set(live) - set(wanted))
 

@@ -94,12 +94,6 @@ def status(applied: dict[int, str]) -> MigrationStatus:
     )
 
 
-def reference_sql(migration: Migration, schema: str) -> str:
-    """The file's SQL as it can run inside a transaction: a concurrent index build (which
-    cannot) becomes a plain one, which yields the same index."""
-    return migration.sql(schema).replace("CREATE INDEX CONCURRENTLY", "CREATE INDEX")
-
-
 def pending_sql(pending: tuple[Migration, ...], schema: str) -> str:
     """The SQL a DBA would run to apply ``pending`` by hand, with the bookkeeping rows."""
     named = queries(schema)

@@ -31,8 +31,10 @@ def eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:
     raise AssertionError(f"within {timeout}s: {what}")
 
 
-def test_demo_runs_the_helpdesk_end_to_end_on_the_embedded_server(tmp_path: Path) -> None:
-    data_dir = tmp_path / "pg"
+def test_demo_runs_the_helpdesk_end_to_end_on_the_embedded_server(
+    embedded_dir: Path, tmp_path: Path
+) -> None:
+    data_dir = embedded_dir
     command = [
         sys.executable, "-m", "conveyor.cli", "demo", "--embedded", "--data-dir", str(data_dir),
         "--duration", str(DURATION), "--port", "0", "--no-browser", "--interval", "1",

@@ -10,8 +10,8 @@ from pathlib import Path
 from tests.e2e.cli import ROOT, Lines, conveyor, no_database_env, server_running
 
 
-def test_check_starts_probes_and_stops_the_server(tmp_path: Path) -> None:
-    data_dir = tmp_path / "pg"
+def test_check_starts_probes_and_stops_the_server(embedded_dir: Path) -> None:
+    data_dir = embedded_dir
     done = conveyor("dev", "--check", "--data-dir", str(data_dir))
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("ok: embedded PostgreSQL 18")
@@ -24,8 +24,8 @@ def test_check_starts_probes_and_stops_the_server(tmp_path: Path) -> None:
     assert "migrated (up to date)" in again.stdout
 
 
-def test_dev_serves_a_dsn_to_other_processes_until_sigint(tmp_path: Path) -> None:
-    data_dir = tmp_path / "pg"
+def test_dev_serves_a_dsn_to_other_processes_until_sigint(embedded_dir: Path) -> None:
+    data_dir = embedded_dir
     proc = subprocess.Popen(
         [sys.executable, "-m", "conveyor.cli", "dev", "--data-dir", str(data_dir)],
         cwd=ROOT,
@@ -59,8 +59,8 @@ def test_dev_serves_a_dsn_to_other_processes_until_sigint(tmp_path: Path) -> Non
     assert gone.returncode == 3
 
 
-def test_sigterm_stops_the_server_too(tmp_path: Path) -> None:
-    data_dir = tmp_path / "pg"
+def test_sigterm_stops_the_server_too(embedded_dir: Path) -> None:
+    data_dir = embedded_dir
     proc = subprocess.Popen(
         [sys.executable, "-m", "conveyor.cli", "dev", "--data-dir", str(data_dir)],
         cwd=ROOT,
@@ -103,3 +103,41 @@ def test_a_server_that_cannot_start_is_one_line_and_exit_3(tmp_path: Path) -> No
     errors = [line for line in done.stderr.splitlines() if line.startswith("conveyor: error:")]
     assert len(errors) == 1
     assert errors[0].startswith("conveyor: error: the embedded PostgreSQL did not start in ")
+
+
+def test_a_second_dev_on_the_same_directory_leaves_the_server_to_the_first(
+    embedded_dir: Path,
+) -> None:
+    data_dir = embedded_dir
+    command = [sys.executable, "-m", "conveyor.cli", "dev", "--data-dir", str(data_dir)]
+    procs = []
+    try:
+        for _ in range(2):
+            proc = subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env=no_database_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            procs.append((proc, Lines(proc)))
+            dsn = procs[-1][1].until("DSN: ").removeprefix("DSN: ")
+        second, second_lines = procs[1]
+        second.send_signal(signal.SIGINT)
+        assert second.wait(timeout=30) == 0
+        assert second_lines.rest()[-1] == (
+            "Embedded PostgreSQL left running: another process still uses it."
+        )
+        env = {**no_database_env(), "CONVEYOR_DATABASE_URL": dsn}
+        assert conveyor("migrate", "--check", env=env).returncode == 0
+        first, first_lines = procs[0]
+        first.send_signal(signal.SIGINT)
+        assert first.wait(timeout=30) == 0
+        assert first_lines.rest()[-1] == "Embedded PostgreSQL stopped."
+    finally:
+        for proc, _ in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert not server_running(data_dir)

@@ -52,7 +52,15 @@ class ProbeFailed(ConveyorError):
 @one_line_errors
 def dev(cli: CliContext, data_dir: Path | None, check: bool) -> None:
     """Run an embedded PostgreSQL with Conveyor's schema until Ctrl-C, and print its DSN."""
-    directory = data_dir or default_data_dir()
+    try:
+        run_dev(cli, data_dir or default_data_dir(), check)
+    except KeyboardInterrupt:
+        # Ctrl-C while the server starts, before the handler that waits for it is in place.
+        sys.exit(130)
+
+
+def run_dev(cli: CliContext, directory: Path, check: bool) -> None:
+    """Start the server in ``directory``; probe it, or serve until a signal; stop it."""
     with contextlib.ExitStack() as stack:
         url = start_embedded(stack, directory)
         if check:
@@ -75,7 +83,10 @@ def dev(cli: CliContext, data_dir: Path | None, check: bool) -> None:
         click.echo("Press Ctrl-C to stop the server.")
         sys.stdout.flush()
         wait_for_signal()
-    click.echo("Embedded PostgreSQL stopped.")
+    if (directory / "postmaster.pid").exists():
+        click.echo("Embedded PostgreSQL left running: another process still uses it.")
+    else:
+        click.echo("Embedded PostgreSQL stopped.")
 
 
 def start_embedded(stack: contextlib.ExitStack, directory: Path) -> str:

@@ -12,6 +12,10 @@ Queue map:
 - ``sla.check`` jobs are sent with ``start_after`` at ticket creation, one per SLA deadline;
 - ``tickets.auto_close`` runs hourly and ``reports.digest`` on weekday mornings (schedules);
 - ``reports.export`` writes a CSV and reports its progress; ``reports.ready`` hears the outcome.
+
+Jobs run at least once, so a job may run again after a crash: the SLA check records a breach
+with ``ON CONFLICT DO NOTHING`` and warns only when it recorded one, the CRM sync is an
+``UPDATE``, the export rewrites its own file; an email may go out twice, the usual price.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import DictRow, dict_row
 
-from conveyor import Conveyor, Job
+from conveyor import Conveyor, Fail, Job
 
 app = Conveyor(schema=os.environ.get("CONVEYOR_SCHEMA", "conveyor"))
 
@@ -77,9 +81,11 @@ async def mail(to: str, subject: str, body: str) -> None:
 
 
 async def fetch_one(conn: psycopg.AsyncConnection[DictRow], query: str, *args: Any) -> DictRow:
+    """The one row ``query`` finds. None found fails the job at once (:class:`Fail`): a row that
+    is gone will not come back on a retry."""
     row = await (await conn.execute(query, args)).fetchone()
     if row is None:
-        raise LookupError(f"not found: {query} {args}")
+        raise Fail(f"not found: {' '.join(query.split())} {args}")
     return row
 
 

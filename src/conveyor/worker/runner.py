@@ -121,6 +121,11 @@ class Worker:
         self._threads = DaemonThreadPool(options.concurrency, "conveyor-job")
         self._wake = asyncio.Event()
         self._slot_freed = asyncio.Event()
+        # When the last heartbeat that went through was sent. A worker frozen (SIGSTOP, a paused
+        # VM) or cut off past stale_after is presumed dead and its claims handed to others, so
+        # claims it buffered are started only while its liveness is recent.
+        self._alive_at = time.monotonic()
+        self._verify_claims = asyncio.Event()
         self._stop = asyncio.Event()
         self._hard_stop = asyncio.Event()
         self.jobs_run = 0
@@ -245,6 +250,9 @@ class Worker:
 
     def _start_buffered(self) -> None:
         """Move claimed jobs from the local buffer into free slots."""
+        if self._buffer and time.monotonic() - self._alive_at > self.options.stale_after / 2:
+            self._verify_claims.set()  # the heartbeat first finds out which are still held
+            return
         while self._buffer and len(self._running) < self.options.concurrency:
             self._start(self._buffer.popleft())
 
@@ -388,10 +396,12 @@ class Worker:
     async def _heartbeat(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             interval = self.options.heartbeat_interval * (0.8 + random.random() * 0.4)
-            await first_of(stop.wait(), asyncio.sleep(interval))
+            await first_of(stop.wait(), asyncio.sleep(interval), self._verify_claims.wait())
+            self._verify_claims.clear()
             if stop.is_set():
                 return
             try:
+                sent_at = time.monotonic()
                 await self._stop_lost_attempts()
                 if not await self._store.worker_heartbeat(self.id):
                     log.warning("worker %s was presumed dead; registering again", self.id)
@@ -399,12 +409,17 @@ class Worker:
                         self.id, socket.gethostname(), os.getpid(), self.options.queues,
                         self.options.concurrency,
                     )  # fmt: skip
+                self._alive_at = sent_at
+                self._start_buffered()
+                self._slot_freed.set()
             except DatabaseUnavailable as exc:
                 self._on_worker_error(exc)
 
     async def _stop_lost_attempts(self) -> None:
-        """Stop attempts whose job was cancelled or recovered while a NOTIFY was missed."""
+        """Stop attempts, running or claimed and waiting in the buffer, whose job was cancelled
+        or recovered while a NOTIFY was missed or while this worker was frozen or cut off."""
         running = [(r.job.id, r.job.attempt) for r in self._running.values()]
+        running += [(row[rows.FETCHED_ID], row[rows.FETCHED_ATTEMPT]) for row in self._buffer]
         if not running:
             return
         held = await self._store.job_held(self.id, running)

@@ -1,0 +1,86 @@
+"""The app that the chaos harness runs in real worker processes (``tests.chaos.app:app``).
+
+Every attempt records its start in the ``ledger`` table over a connection of its own that does
+not pass through the harness's proxy, retrying until it gets through: the ledger is the
+harness's instrument and must not fail a job itself.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+
+from conveyor import Conveyor, Job
+
+SCHEMA = os.environ["CONVEYOR_SCHEMA"]
+LEDGER_DSN = os.environ["CHAOS_LEDGER_DSN"]
+
+
+class JumpingClock:
+    """The database's clock until the harness writes an offset (seconds) to the clock file; then
+    this host's wall time plus that offset: a worker whose clock jumped."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.offset = 0.0
+        self.read_at = 0.0
+
+    def __call__(self) -> datetime | None:
+        if time.monotonic() - self.read_at > 0.2:
+            self.read_at = time.monotonic()
+            try:
+                with open(self.path) as f:
+                    self.offset = float(f.read() or 0)
+            except (OSError, ValueError):
+                self.offset = 0.0
+        if not self.offset:
+            return None
+        return datetime.now(UTC) + timedelta(seconds=self.offset)
+
+
+app = Conveyor(
+    os.environ["CONVEYOR_DATABASE_URL"],
+    schema=SCHEMA,
+    clock=JumpingClock(os.environ["CHAOS_CLOCK_FILE"]),
+)
+_local = threading.local()
+
+
+def ledger(job: Job) -> None:
+    """Record this attempt's start; keep trying through restarts and cut connections."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            conn = getattr(_local, "conn", None)
+            if conn is None or conn.closed or conn.broken:
+                conn = _local.conn = psycopg.connect(
+                    LEDGER_DSN, autocommit=True, connect_timeout=2, application_name="ledger"
+                )
+            conn.execute(
+                f'INSERT INTO "{SCHEMA}".ledger (job_id, attempt, pid) VALUES (%s, %s, %s)',
+                [job.id, job.attempt, os.getpid()],
+            )
+            return
+        except psycopg.Error:
+            if time.monotonic() > deadline:
+                raise
+            _local.conn = None
+            time.sleep(0.2)
+
+
+@app.job("chaos.work", retry_limit=8, retry_delay=0.2, retry_backoff=False, expire_in=60)
+def work(job: Job) -> int:
+    ledger(job)
+    time.sleep(0.02 + random.random() * 0.08)
+    return int(job.data["n"])
+
+
+@app.job("chaos.doomed", retry_limit=2, retry_delay=0, retry_backoff=False)
+def doomed(job: Job) -> None:
+    ledger(job)
+    raise RuntimeError("this job always fails")

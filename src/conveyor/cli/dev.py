@@ -129,7 +129,8 @@ async def probe(url: str, schema: str) -> list[str]:
         applied = await app.migrate_async()
         steps = [f"migrated ({', '.join(applied) or 'up to date'})"]
         nonce = uuid.uuid4().hex
-        job_id = await app.send_async(PROBE_QUEUE, {"nonce": nonce})
+        # A short retention: the next worker's maintenance deletes the probe job.
+        job_id = await app.send_async(PROBE_QUEUE, {"nonce": nonce}, retention=60)
         await app.drain_async([PROBE_QUEUE])
         job = await app.get_job_async(job_id)
         if job.state != JobState.COMPLETED or job.result != {"nonce": nonce}:

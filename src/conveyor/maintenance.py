@@ -10,7 +10,9 @@ One lease ("maintenance"), two duties on one jittered loop:
 - Cleanup, every ``cleanup_interval``: finished jobs past their own retention, dead letters past
   ``dead_retention``, closed throttle windows and tick rows no scheduler needs are deleted in
   chunks of ``chunk`` rows (short statements that skip locked rows, so workers never wait on
-  them), chunk after chunk until none is left or the worker stops.
+  them), chunk after chunk until none is left or the worker stops. A pass takes at most
+  ``interval`` seconds of one loop and goes on in the next, so a large backlog of expired rows
+  never delays recovery nor lets the lease lapse.
 - Vacuum, every ``interval``: the live table and the history are vacuumed once their dead tuples
   pile up. Every job leaves dead row versions in the live table (inserted, claimed, deleted);
   autovacuum visits a database once a naptime (a minute by default), or never where it is off,
@@ -25,6 +27,7 @@ import logging
 import random
 import time
 
+from conveyor._store.store_async import Flag
 from conveyor.config import (
     DEFAULT_DEAD_RETENTION,
     SCHEDULE_TICK_KEEP,
@@ -77,8 +80,10 @@ class Maintenance:
                         continue
                     await self._recover(context)
                     if cleaned_at is None or time.monotonic() - cleaned_at >= self.cleanup_interval:
-                        cleaned_at = time.monotonic()
-                        await self._tidy(context, stop)
+                        budget = Budget(stop, self.interval)
+                        await self._tidy(context, budget)
+                        # Cut short: the rest waits for the next loop, not a cleanup_interval.
+                        cleaned_at = None if budget.is_set() else time.monotonic()
                     await self._vacuum(context)
                 except DatabaseUnavailable as exc:
                     self._failed(context, exc)
@@ -96,7 +101,7 @@ class Maintenance:
             log.warning("recovered job %s of queue %s: now %s", job.id, job.queue, job.state)
             context.events.emit(Event(name, context.worker_id))
 
-    async def _tidy(self, context: ServiceContext, stop: asyncio.Event) -> None:
+    async def _tidy(self, context: ServiceContext, stop: Flag) -> None:
         # A cleanup that fails (a statement_timeout set by the DBA, a lock it should not have
         # met) is reported and tried again next time; it must not end recovery with it.
         try:
@@ -120,8 +125,8 @@ class Maintenance:
     def _failed(context: ServiceContext, exc: Exception) -> None:
         context.events.emit(Event("worker.error", context.worker_id, error={"message": str(exc)}))
 
-    async def clean(self, context: ServiceContext, stop: asyncio.Event) -> dict[str, int]:
-        """One cleanup pass; rows deleted per kind."""
+    async def clean(self, context: ServiceContext, stop: Flag) -> dict[str, int]:
+        """One cleanup pass, until nothing is left or ``stop`` is set; rows deleted per kind."""
         counts = await context.store.maintain(
             dead_retention=self.dead_retention,
             tick_keep=SCHEDULE_TICK_KEEP,
@@ -132,3 +137,15 @@ class Maintenance:
         if any(counts.values()):
             log.info("maintenance deleted %s", counts)
         return counts
+
+
+class Budget:
+    """Set once ``stop`` is, or ``seconds`` after it was made."""
+
+    def __init__(self, stop: Flag, seconds: float) -> None:
+        self._stop = stop
+        self._deadline = time.monotonic() + seconds
+
+    def is_set(self) -> bool:
+        """True once stopped or out of time."""
+        return self._stop.is_set() or time.monotonic() >= self._deadline

@@ -328,3 +328,42 @@ async def test_a_failing_cleanup_is_reported_and_recovery_goes_on(
             stop.set()
             await asyncio.wait_for(task, 10)
             await store.close()
+
+
+async def test_a_long_cleanup_goes_on_over_several_loops_and_never_delays_recovery(
+    app_async: Conveyor, conveyor_dsn: str
+) -> None:
+    schema = app_async.schema
+    seed_history(conveyor_dsn, schema, 2000, "completed", datetime.now(UTC) - timedelta(days=1))
+    store = WorkerStore(conveyor_dsn, schema, min_size=0, max_size=2)
+    context = ServiceContext(
+        store=store, worker_id=uuid.uuid4(), events=Events(), clock=lambda: None
+    )
+    # One row per statement: the pass takes seconds; each loop gives it 0.2 s at most, and a
+    # cleanup_interval this long means only the cut-short passes going on can finish it.
+    service = Maintenance(stale_after=1, interval=0.2, cleanup_interval=3600, chunk=1)
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(context, stop))
+    try:
+        for _ in range(100):
+            if count(conveyor_dsn, schema, "job_history") < 2000:
+                break
+            await asyncio.sleep(0.05)
+        job_id = await app_async.send_async("orphan", {})
+        [claimed] = await store.job_fetch(["orphan"], uuid.uuid4(), 1, None)  # a dead worker
+        assert claimed[0] == job_id
+        for _ in range(100):
+            if (await app_async.get_job_async(job_id)).state is not JobState.ACTIVE:
+                break
+            await asyncio.sleep(0.05)
+        assert (await app_async.get_job_async(job_id)).state is JobState.RETRY
+        assert count(conveyor_dsn, schema, "job_history") > 0  # recovered mid-cleanup
+        for _ in range(600):
+            if count(conveyor_dsn, schema, "job_history") == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert count(conveyor_dsn, schema, "job_history") == 0
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await store.close()

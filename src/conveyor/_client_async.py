@@ -588,7 +588,7 @@ class AsyncClient:
                 findings.extend(await run(stale_after, notify_timeout))
             except DatabaseUnavailable:
                 raise
-            except ConveyorError as exc:
+            except Exception as exc:  # one check that cannot run (a missing privilege, ...)
                 findings.append(diagnosis.failed_check(check, exc))
         return findings
 

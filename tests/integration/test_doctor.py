@@ -166,3 +166,19 @@ def test_a_waiting_job_nothing_will_release(app: Conveyor, conveyor_dsn: str) ->
     code, found = doctor(conveyor_dsn, app.schema)
     assert code == 1
     assert {f["severity"] for f in found if f["check"] == "jobs"} == {"error"}
+
+
+def test_a_check_that_cannot_run_is_a_finding_not_a_crash(app: Conveyor, conveyor_dsn: str) -> None:
+    role = f"conveyor_doctor_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(conveyor_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")  # no privilege on the schema or database
+    try:
+        limited = psycopg.conninfo.make_conninfo(conveyor_dsn, user=role)
+        with Conveyor(limited, schema=app.schema) as weak:
+            findings = weak.diagnose()
+        failed = {f.check for f in findings if f.message.startswith("could not run: ")}
+        assert {"schema", "jobs", "workers"} <= failed
+        assert all(f.severity == "error" for f in findings if f.check in failed)
+    finally:
+        with psycopg.connect(conveyor_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP ROLE {role}")

@@ -284,8 +284,9 @@ async def run(helpdesk: Helpdesk, listener: socket.socket, settings: Settings, w
             bound_host, bound_port = listener.getsockname()[:2]
             url = f"http://{bound_host}:{bound_port}/"
             print_banner(url, settings, where, smtp_port)
-            if settings.browser:
-                webbrowser.open(url)
+            if settings.browser and has_display():
+                # In a thread: starting a browser can take a while, and the loop serves meanwhile.
+                loop.run_in_executor(None, webbrowser.open, url)
             stopping = asyncio.create_task(stop.wait())
             await asyncio.wait(
                 (stopping, serving, workers, traffic), return_when=asyncio.FIRST_COMPLETED
@@ -295,6 +296,14 @@ async def run(helpdesk: Helpdesk, listener: socket.socket, settings: Settings, w
         await print_summary(app, sink)
     finally:
         await app.close_async()
+
+
+def has_display() -> bool:
+    """Whether a browser would open a window; without one, Python falls back to a text browser
+    that takes over the terminal."""
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
 async def finish(task: asyncio.Task[Any], stop: asyncio.Event) -> None:

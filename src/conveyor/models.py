@@ -234,7 +234,8 @@ class WorkerInfo:
 
 @dataclass(frozen=True, slots=True)
 class QueueHealth:
-    """How far behind a queue is: runnable jobs waiting, and the longest wait among them."""
+    """How far behind a queue is: its queued jobs (``created`` and ``retry``, due or not), and
+    how long the oldest runnable one has waited past its ``run_at``."""
 
     queue: str
     depth: int

@@ -45,6 +45,9 @@ def test_a_healthy_schema_has_only_ok_findings(app: Conveyor, conveyor_dsn: str)
     code, found = doctor(conveyor_dsn, app.schema)
     assert code == 0
     assert [f["check"] for f in found] == checks
+    table = CliRunner().invoke(main, ["--dsn", conveyor_dsn, "--schema", app.schema, "doctor"])
+    assert table.exit_code == 0
+    assert "schema is current and matches its migrations" in table.output
     with psycopg.connect(conveyor_dsn, autocommit=True) as conn:
         conn.execute(f"ALTER TABLE {app.schema}.worker SET (autovacuum_enabled = false)")
         try:

@@ -47,7 +47,9 @@ def test_a_fresh_schema_is_healthy(app: Conveyor, conveyor_dsn: str) -> None:
     assert json.loads(out)["ok"] is True
 
 
-def test_queue_depth_and_the_longest_wait(timed: Conveyor, clock: FrozenClock) -> None:
+def test_queue_depth_and_the_longest_wait(
+    timed: Conveyor, clock: FrozenClock, conveyor_dsn: str
+) -> None:
     timed.send("mail", {})
     timed.send("mail", {})
     timed.send("mail", {}, start_after=600)  # not runnable yet: no wait
@@ -60,6 +62,10 @@ def test_queue_depth_and_the_longest_wait(timed: Conveyor, clock: FrozenClock) -
     report = timed.health(max_wait=120)
     assert not report.ok
     assert report.problems == ("queue mail: oldest runnable job waited 150s, over 120s",)
+    # The CLI's app reads the database's clock: the jobs have waited only a moment there.
+    code, out = probe(conveyor_dsn, timed.schema, "--max-wait", "0")
+    assert code == 1
+    assert "mail" in out and "problem: queue mail: oldest runnable job waited" in out
 
 
 def test_too_few_live_workers_is_unhealthy(app: Conveyor, conveyor_dsn: str) -> None:

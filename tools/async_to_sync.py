@@ -44,10 +44,25 @@ def convert(text: str, source: str) -> str:
     """The sync twin of an async source text."""
     for pattern, replacement in RULES:
         text = re.sub(pattern, replacement, text, flags=re.MULTILINE)
+    text = _without_repeated_imports(text)
     header = (
         f"# Generated from {source}\n# by tools/async_to_sync.py: edit that file, not this one.\n"
     )
     return _formatted(header + text)
+
+
+def _without_repeated_imports(text: str) -> str:
+    """Drop a plain ``import x`` seen before: ``import asyncio`` becomes ``import time``, which
+    the file may import already."""
+    seen: set[str] = set()
+    lines = []
+    for line in text.splitlines(keepends=True):
+        if re.fullmatch(r"import \w+\n?", line):
+            if line.strip() in seen:
+                continue
+            seen.add(line.strip())
+        lines.append(line)
+    return "".join(lines)
 
 
 def _formatted(text: str) -> str:

@@ -20,7 +20,7 @@ from conveyor.config import (
     DEFAULT_SCHEMA,
     Settings,
 )
-from conveyor.errors import ConfigurationError, UnknownOption
+from conveyor.errors import ConfigurationError, InvalidOption, UnknownOption
 from conveyor.events import Events, Listener
 from conveyor.handlers import HandlerFunc, Registry
 from conveyor.maintenance import Maintenance
@@ -61,10 +61,18 @@ class Conveyor(Client, AsyncClient):
         pool_max_size: int = 10,
         clock: Clock = database_clock,
         dead_retention: float | timedelta = DEFAULT_DEAD_RETENTION,
+        listen_dsn: str | None = None,
+        pgbouncer: bool = False,
         **defaults: Any,
     ) -> None:
+        if listen_dsn is not None and not isinstance(listen_dsn, str):
+            raise InvalidOption("listen_dsn must be a connection string")
+        if not isinstance(pgbouncer, bool):
+            raise InvalidOption("pgbouncer must be True or False")
         self._settings = Settings(
             dsn=dsn,
+            listen_dsn=listen_dsn,
+            pgbouncer=pgbouncer,
             schema=check_schema_name(schema),
             defaults=check_defaultable(_known_defaults(defaults)),
             max_payload_bytes=check_int("max_payload_bytes", max_payload_bytes, 1, 256 * 2**20),
@@ -197,6 +205,8 @@ class Conveyor(Client, AsyncClient):
         )
         worker = Worker(
             dsn=self._stores.dsn,
+            listen_dsn=self._stores.listen_dsn,
+            pgbouncer=self._settings.pgbouncer,
             schema=self.schema,
             registry=self._registry,
             events=self._events,

@@ -40,6 +40,11 @@ class Settings:
     """Everything an application is configured with; built by :class:`~conveyor.Conveyor`."""
 
     dsn: str | None
+    # LISTEN needs a session of its own: behind PgBouncer in transaction mode, a direct DSN.
+    listen_dsn: str | None = None
+    # The dsn is PgBouncer in transaction mode: no server-side prepared statements, and no LISTEN
+    # through it (wake-ups and wait_for poll unless listen_dsn is given).
+    pgbouncer: bool = False
     schema: str = DEFAULT_SCHEMA
     defaults: dict[str, Any] = field(default_factory=dict)
     max_payload_bytes: int = DEFAULT_PAYLOAD_LIMIT

@@ -28,6 +28,8 @@ from conveyor.models import Job, Queue, Schedule, WorkerInfo
 from conveyor.options import JobSpec
 
 Conn = Connection[Any]
+# How often wait_for looks at a job when it cannot LISTEN (behind PgBouncer, no listen_dsn).
+WAIT_POLL_INTERVAL = 0.2
 
 
 class Store:
@@ -42,8 +44,12 @@ class Store:
         max_size: int = 10,
         application_name: str | None = None,
         timeout: float = 30.0,
+        listen_dsn: str | None = "",
+        prepare: bool = True,
     ) -> None:
         self.schema = schema
+        # Where LISTEN connections go; None: nowhere (behind PgBouncer without a direct DSN).
+        self.listen_dsn = dsn if listen_dsn == "" else listen_dsn
         self.channel = f"conveyor:{schema}"
         self.cancel_channel = f"conveyor:{schema}:cancel"
         self.done_channel = f"conveyor:{schema}:done"
@@ -59,6 +65,9 @@ class Store:
             kwargs={
                 "autocommit": True,
                 "application_name": application_name or f"conveyor {schema}",
+                # PgBouncer in transaction mode hands each transaction to any server connection,
+                # where a statement prepared on another one does not exist.
+                **({} if prepare else {"prepare_threshold": None}),
             },
             name=f"conveyor-{schema}",
         )
@@ -265,7 +274,14 @@ class Store:
         """The job once it is finished, or as it stands when ``timeout`` runs out (None if no
         such job). Woken by the NOTIFY that finishing sends, on a connection of its own."""
         deadline = time.monotonic() + timeout
-        with Connection.connect(self._dsn, autocommit=True) as conn:
+        if self.listen_dsn is None:
+            while True:
+                job = self.job_get(job_id)
+                remaining = deadline - time.monotonic()
+                if job is None or job.state.is_terminal or remaining <= 0:
+                    return job
+                time.sleep(min(remaining, WAIT_POLL_INTERVAL))
+        with Connection.connect(self.listen_dsn, autocommit=True) as conn:
             conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.done_channel)))
             while True:
                 job = self.job_get(job_id, conn)

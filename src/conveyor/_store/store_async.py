@@ -7,6 +7,7 @@ connection: one round trip, committed on return.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -26,6 +27,8 @@ from conveyor.models import Job, Queue, Schedule, WorkerInfo
 from conveyor.options import JobSpec
 
 AsyncConn = AsyncConnection[Any]
+# How often wait_for looks at a job when it cannot LISTEN (behind PgBouncer, no listen_dsn).
+WAIT_POLL_INTERVAL = 0.2
 
 
 class AsyncStore:
@@ -40,8 +43,12 @@ class AsyncStore:
         max_size: int = 10,
         application_name: str | None = None,
         timeout: float = 30.0,
+        listen_dsn: str | None = "",
+        prepare: bool = True,
     ) -> None:
         self.schema = schema
+        # Where LISTEN connections go; None: nowhere (behind PgBouncer without a direct DSN).
+        self.listen_dsn = dsn if listen_dsn == "" else listen_dsn
         self.channel = f"conveyor:{schema}"
         self.cancel_channel = f"conveyor:{schema}:cancel"
         self.done_channel = f"conveyor:{schema}:done"
@@ -57,6 +64,9 @@ class AsyncStore:
             kwargs={
                 "autocommit": True,
                 "application_name": application_name or f"conveyor {schema}",
+                # PgBouncer in transaction mode hands each transaction to any server connection,
+                # where a statement prepared on another one does not exist.
+                **({} if prepare else {"prepare_threshold": None}),
             },
             name=f"conveyor-{schema}",
         )
@@ -271,7 +281,14 @@ class AsyncStore:
         """The job once it is finished, or as it stands when ``timeout`` runs out (None if no
         such job). Woken by the NOTIFY that finishing sends, on a connection of its own."""
         deadline = time.monotonic() + timeout
-        async with await AsyncConnection.connect(self._dsn, autocommit=True) as conn:
+        if self.listen_dsn is None:
+            while True:
+                job = await self.job_get(job_id)
+                remaining = deadline - time.monotonic()
+                if job is None or job.state.is_terminal or remaining <= 0:
+                    return job
+                await asyncio.sleep(min(remaining, WAIT_POLL_INTERVAL))
+        async with await AsyncConnection.connect(self.listen_dsn, autocommit=True) as conn:
             await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.done_channel)))
             while True:
                 job = await self.job_get(job_id, conn)

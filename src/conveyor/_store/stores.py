@@ -28,6 +28,13 @@ class Stores:
         """The DSN, resolved from the environment when the app was given none."""
         return resolve_dsn(self._settings.dsn)
 
+    @property
+    def listen_dsn(self) -> str | None:
+        """Where to LISTEN: the listen_dsn, else the dsn, except through PgBouncer (None: poll)."""
+        if self._settings.listen_dsn:
+            return self._settings.listen_dsn
+        return None if self._settings.pgbouncer else self.dsn
+
     def store_async(self) -> AsyncStore:
         """The async store (its pool opens on first query)."""
         with self._lock:
@@ -37,6 +44,8 @@ class Stores:
                     self._settings.schema,
                     min_size=self._settings.pool_min_size,
                     max_size=self._settings.pool_max_size,
+                    listen_dsn=self.listen_dsn,
+                    prepare=not self._settings.pgbouncer,
                 )
             return self._async
 
@@ -49,6 +58,8 @@ class Stores:
                     self._settings.schema,
                     min_size=self._settings.pool_min_size,
                     max_size=self._settings.pool_max_size,
+                    listen_dsn=self.listen_dsn,
+                    prepare=not self._settings.pgbouncer,
                 )
             return self._sync
 

@@ -83,6 +83,8 @@ class Worker:
         dsn: str,
         schema: str,
         registry: Registry,
+        listen_dsn: str | None = "",
+        pgbouncer: bool = False,
         events: Events,
         services: Sequence[Service],
         options: WorkerOptions,
@@ -96,7 +98,6 @@ class Worker:
             raise ConfigurationError("the worker has no queue to serve: register a handler first")
         self.id = uuid.uuid4()
         self.options = options
-        self._dsn = dsn
         self._schema = schema
         self._registry = registry
         self._events = events
@@ -104,7 +105,13 @@ class Worker:
         self._clock = clock
         self._rng = rng
         self._store = WorkerStore(
-            dsn, schema, min_size=1, max_size=4, application_name=f"conveyor-worker {schema}"
+            dsn,
+            schema,
+            min_size=1,
+            max_size=4,
+            application_name=f"conveyor-worker {schema}",
+            listen_dsn=listen_dsn,
+            prepare=not pgbouncer,
         )
         self._running: dict[uuid.UUID, Running] = {}
         self._buffer: collections.deque[tuple[Any, ...]] = collections.deque()  # claimed rows
@@ -171,9 +178,17 @@ class Worker:
             context = ServiceContext(self._store, self.id, self._events, self._clock)
             for service in self._services:
                 background.append(asyncio.create_task(service.run(context, services_stop)))
-            if not self.options.burst:
+            listen_dsn = self._store.listen_dsn
+            if not self.options.burst and listen_dsn is None:
+                log.warning(
+                    "no LISTEN connection (PgBouncer without listen_dsn): looking for jobs "
+                    "every %gs instead of being woken; cancelling a running job waits for the "
+                    "next heartbeat",
+                    self.options.poll_interval,
+                )
+            if not self.options.burst and listen_dsn is not None:
                 listener = Listener(
-                    self._dsn,
+                    listen_dsn,
                     [self._store.channel, self._store.cancel_channel],
                     self._on_notify,
                     self._wake.set,

@@ -17,6 +17,7 @@ the generated reference pages must match what docs/reference/generate.py makes o
 from __future__ import annotations
 
 import ast
+import gc
 import importlib.util
 import re
 import runpy
@@ -108,6 +109,9 @@ def _forget_samples() -> None:
         if (getattr(module, "__file__", None) or "").startswith(str(GUIDES)):
             _close_apps(vars(module))
             del sys.modules[name]
+    # A sync drain() opens the app's async pool in an event loop of its own, which close() does
+    # not reach; in a script the process ends, here the pool's connections end when it is freed.
+    gc.collect()
 
 
 def _close_apps(namespace: dict[str, object]) -> None:
@@ -119,13 +123,14 @@ def _close_apps(namespace: dict[str, object]) -> None:
 def _run_python(path: Path) -> None:
     namespace = runpy.run_path(str(path), run_name="__main__")
     _close_apps(namespace)
+    namespace.clear()
+    _forget_samples()
 
 
 def _run_sql(path: Path, dsn: str, schema: str) -> None:
-    text = path.read_text().replace("conveyor.", "{schema}.")
-    statement = sql.SQL(text).format(schema=sql.Identifier(schema))
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(statement)
+        quoted = sql.Identifier(schema).as_string(conn)
+        conn.execute(path.read_text().replace("conveyor.", f"{quoted}."))
 
 
 def _run_blocks() -> list[tuple[str, str]]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import gc
 import importlib.util
+import inspect
 import re
 import runpy
 import shlex
@@ -33,6 +34,7 @@ from psycopg import sql
 
 from conveyor import Conveyor
 from conveyor.cli import main as cli_main
+from conveyor.options import JOB_OPTIONS, QUEUE_OPTIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -248,3 +250,16 @@ def test_links_between_pages_resolve() -> None:
                 continue
             assert (page.parent / target).exists(), f"{_name(page)} links to missing {target}"
 
+
+
+def test_the_configuration_reference_names_every_option() -> None:
+    page = (DOCS / "reference" / "configuration.md").read_text()
+    names = {*JOB_OPTIONS, *QUEUE_OPTIONS}
+    for func in (Conveyor.__init__, Conveyor.run_worker_async, Conveyor.schedule):
+        for p in inspect.signature(func).parameters.values():
+            if p.name not in ("self", "name"):
+                names.add(f"**{p.name}" if p.kind is p.VAR_KEYWORD else p.name)
+    source = "\n".join(p.read_text() for p in (ROOT / "src" / "conveyor").rglob("*.py"))
+    names |= set(re.findall(r"\"((?:CONVEYOR_[A-Z_]+)|DATABASE_URL)\"", source))
+    missing = sorted(n for n in names if f"`{n}`" not in page)
+    assert not missing, f"docs/reference/configuration.md does not name {missing}"

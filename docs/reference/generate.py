@@ -28,20 +28,34 @@ MODULES: list[tuple[str, list[str] | None, str]] = [
     ("conveyor", None, "The application, the job model and the errors a caller catches."),
     (
         "conveyor.errors",
-        ["DatabaseUnavailable", "NotFound", "WaitTimeout", "MigrationChecksumMismatch",
-         "SchemaTooNew"],
+        [
+            "DatabaseUnavailable",
+            "NotFound",
+            "WaitTimeout",
+            "MigrationChecksumMismatch",
+            "SchemaTooNew",
+        ],
         "Errors raised by the API that `conveyor` does not re-export.",
-    ),  # fmt: skip
+    ),
     (
         "conveyor.models",
         ["Health", "QueueHealth", "Finding"],
         "What `health()` and `diagnose()` return.",
     ),
     ("conveyor.testing", ["test_database", "IsolatedSchema"], "Test helpers outside pytest."),
-    ("conveyor.testing.plugin", [
-        "conveyor_dsn", "conveyor_schema", "app", "app_async", "frozen_clock", "frozen_app",
-        "frozen_app_async",
-    ], "The pytest fixtures (the plugin is registered as `conveyor`); see docs/testing.md."),  # fmt: skip
+    (
+        "conveyor.testing.plugin",
+        [
+            "conveyor_dsn",
+            "conveyor_schema",
+            "app",
+            "app_async",
+            "frozen_clock",
+            "frozen_app",
+            "frozen_app_async",
+        ],
+        "The pytest fixtures (the plugin is registered as `conveyor`); see docs/testing.md.",
+    ),
     ("conveyor.metrics", ["Metrics"], "Prometheus metrics fed by an app's events."),
     ("conveyor.web", None, "The dashboard and admin API (the `web` extra)."),
     ("conveyor.integrations.sqlalchemy", None, "Enqueue in a SQLAlchemy transaction."),
@@ -60,7 +74,7 @@ def _annotation(value: Any) -> str:
 
 def _default(value: Any) -> str:
     if callable(value) and hasattr(value, "__name__"):
-        return value.__name__
+        return str(value.__name__)
     if isinstance(value, enum.Enum):
         return repr(value.value)
     return repr(value)
@@ -127,9 +141,7 @@ def _methods(cls: type) -> Iterator[tuple[str, Any]]:
         if name.startswith("_"):
             continue
         member = inspect.getattr_static(cls, name)
-        if isinstance(member, property):
-            yield name, member
-        elif inspect.isfunction(member):
+        if isinstance(member, property) or inspect.isfunction(member):
             yield name, member
 
 
@@ -166,6 +178,7 @@ def _class_section(qualified: str, cls: type) -> list[str]:
         shared = twin in names and _same_parameters(cls, name, twin)
         label = f"`{name}`" + (f" / `{twin}`" if shared else "")
         if isinstance(member, property):
+            assert member.fget is not None
             sig = f"-> {_annotation(inspect.signature(member.fget).return_annotation)}"
             doc = first_line(member)
         else:
@@ -251,7 +264,8 @@ def render_cli() -> str:
         "| code | meaning |",
         "| --- | --- |",
         "| 0 | success |",
-        "| 1 | a check failed (`migrate --check`, `health`, `doctor`) or a confirmation was declined |",
+        "| 1 | a check failed (`migrate --check`, `health`, `doctor`) or a confirmation was "
+        "declined |",
         "| 2 | bad usage or input (a malformed id, an unknown option, a bad filter) |",
         "| 3 | the database could not be reached or refused the operation |",
         "| 4 | no such job, queue or schedule |",

@@ -70,7 +70,7 @@ def test_every_code_sample_is_an_included_file_or_a_marked_command(page: Path) -
             assert path.is_file(), f"{where} includes {include.group(1)}, which does not exist"
             assert body == path.read_text(), f"{where} differs from {include.group(1)}"
         elif language == "sh":
-            assert RUN.fullmatch(before), f"{where} not marked <!-- run --> or <!-- not run: ... -->"
+            assert RUN.fullmatch(before), f"{where} not marked run or not run (with a reason)"
         else:
             assert language == "text", f"{where}: use python, sql, sh or text"
 
@@ -231,7 +231,8 @@ def test_every_test_named_in_the_docs_exists() -> None:
 
 
 def test_the_generated_reference_matches_the_code() -> None:
-    spec = importlib.util.spec_from_file_location("docs_reference", DOCS / "reference" / "generate.py")
+    script = DOCS / "reference" / "generate.py"
+    spec = importlib.util.spec_from_file_location("docs_reference", script)
     assert spec and spec.loader
     generate = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(generate)
@@ -249,7 +250,6 @@ def test_links_between_pages_resolve() -> None:
             if "://" in target or target.startswith("mailto:"):
                 continue
             assert (page.parent / target).exists(), f"{_name(page)} links to missing {target}"
-
 
 
 def test_the_configuration_reference_names_every_option() -> None:

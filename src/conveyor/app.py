@@ -242,21 +242,26 @@ class Conveyor(Client, AsyncClient):
         The worker is asyncio inside: this starts an event loop, so call it from plain code,
         not from a running loop (there, await :meth:`run_worker_async`).
         """
-        return _run(
-            self.run_worker_async(
-                queues,
-                concurrency,
-                prefetch=prefetch,
-                shutdown_timeout=shutdown_timeout,
-                poll_interval=poll_interval,
-                heartbeat_interval=heartbeat_interval,
-                stale_after=stale_after,
-                recover_interval=recover_interval,
-                install_signal_handlers=install_signal_handlers,
-                burst=burst,
-                migrate=migrate,
-            )
-        )
+
+        async def serve() -> int:
+            try:
+                return await self.run_worker_async(
+                    queues,
+                    concurrency,
+                    prefetch=prefetch,
+                    shutdown_timeout=shutdown_timeout,
+                    poll_interval=poll_interval,
+                    heartbeat_interval=heartbeat_interval,
+                    stale_after=stale_after,
+                    recover_interval=recover_interval,
+                    install_signal_handlers=install_signal_handlers,
+                    burst=burst,
+                    migrate=migrate,
+                )
+            finally:
+                await self._stores.discard_async()
+
+        return _run(serve())
 
     async def drain_async(
         self,
@@ -277,7 +282,7 @@ class Conveyor(Client, AsyncClient):
         prefetch: int | None = None,
     ) -> int:
         """Run every job that is due now, inline, then return; see :meth:`drain_async`."""
-        return _run(self.drain_async(queues, concurrency, prefetch=prefetch))
+        return self.run_worker(queues, concurrency, prefetch=prefetch, burst=True)
 
     def __repr__(self) -> str:
         return f"Conveyor(schema={self.schema!r})"

@@ -23,6 +23,7 @@ from django_tasks.exceptions import TaskResultDoesNotExist
 from conveyor import Conveyor, JobNotFound
 from conveyor.cli import load_app
 from conveyor.integrations.django import ConveyorBackend
+from conveyor.integrations.django import backend as backend_module
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "django_project"
 
@@ -47,6 +48,12 @@ def backend(
         assert isinstance(found, ConveyorBackend)
         yield found
     connections.close_all()
+    # The backend shares one app per database and schema for the life of the process; a test
+    # ends it, so the next test (and the leak guard) starts from nothing.
+    with backend_module._apps_lock:
+        shared, backend_module._apps = list(backend_module._apps.values()), {}
+    for app in shared:
+        app.close()
 
 
 def work() -> None:

@@ -76,6 +76,15 @@ class Stores:
         if self._async is not None:
             await self._async.close()
 
+    async def discard_async(self) -> None:
+        """Close the async pool and forget it, so the next async call opens a new one: for an
+        event loop that is about to end (the sync ``run_worker`` runs one), whose connections
+        would otherwise stay open with nothing left to use them."""
+        with self._lock:
+            store, self._async = self._async, None
+        if store is not None:
+            await store.close()
+
     def close(self) -> None:
         """Close the sync pool, if one was opened."""
         if self._sync is not None:

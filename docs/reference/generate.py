@@ -14,6 +14,7 @@ import dataclasses
 import enum
 import importlib
 import inspect
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -42,6 +43,7 @@ MODULES: list[tuple[str, list[str] | None, str]] = [
         ["Health", "QueueHealth", "Finding"],
         "What `health()` and `diagnose()` return.",
     ),
+    ("conveyor.events", ["Event"], "What the callbacks of `Conveyor.on(event)` receive."),
     ("conveyor.testing", ["test_database", "IsolatedSchema"], "Test helpers outside pytest."),
     (
         "conveyor.testing.plugin",
@@ -117,10 +119,13 @@ def signature(func: Callable[..., Any], *, drop_self: bool = False) -> str:
 
 
 def first_line(obj: Any) -> str:
-    """The first sentence-block of a docstring, joined onto one line."""
+    """The first paragraph of a docstring on one line, its reStructuredText made Markdown."""
     doc = inspect.getdoc(obj) or ""
     block = doc.split("\n\n", 1)[0]
-    return " ".join(line.strip() for line in block.splitlines()).strip()
+    text = " ".join(line.strip() for line in block.splitlines()).strip()
+    text = re.sub(r":\w+:`~?([\w.]+)`", lambda m: f"`{m.group(1).rsplit('.', 1)[-1]}`", text)
+    text = text.replace("``", "`")
+    return f"{text[:-2]} (the format is in its docstring)." if text.endswith("::") else text
 
 
 def _cell(text: str) -> str:
@@ -201,6 +206,28 @@ def _fixture_section(module: Any, name: str) -> list[str]:
     return [f"- `{name}`: {doc}"]
 
 
+# The type aliases the signatures use, with where each is defined.
+ALIASES = [
+    ("Conn", "conveyor._store.store", "a psycopg `Connection` (`AsyncConn`: an `AsyncConnection`)"),
+    ("BatchItem", "conveyor._client_async", "one job of `send_batch`"),
+    ("FlowNode", "conveyor.flows", "one node of `flow`"),
+    ("HandlerFunc", "conveyor.handlers", "a handler, `def` or `async def`"),
+    ("RetryPolicy", "conveyor.backoff", "seconds before the next attempt, or None to stop"),
+    ("Listener", "conveyor.events", "a callback of `on(event)`"),
+]
+
+
+def _alias_lines() -> list[str]:
+    lines = ["## Type aliases", "", "| alias | is | meaning |", "| --- | --- | --- |"]
+    for name, module_name, meaning in ALIASES:
+        value = getattr(importlib.import_module(module_name), name)
+        shown = str(value).replace("typing.", "").replace("collections.abc.", "")
+        shown = re.sub(r"<class '([\w.]+)'>", lambda m: m.group(1).rsplit(".", 1)[-1], shown)
+        shown = re.sub(r"\b(?:psycopg|conveyor)\.[\w.]*\.(\w+)", r"\1", shown)
+        lines.append(f"| `{name}` | `{_cell(shown)}` | {meaning} |")
+    return [*lines, ""]
+
+
 def render_api() -> str:
     """The text of docs/reference/api.md."""
     lines = [
@@ -213,6 +240,7 @@ def render_api() -> str:
         "(shown on one row as `name` / `name_async`). Job options, queue policies and defaults are",
         "described in [configuration](configuration.md).",
         "",
+        *_alias_lines(),
     ]
     for module_name, names, about in MODULES:
         module = importlib.import_module(module_name)

@@ -1,8 +1,10 @@
 """Retries, snoozes, failing at once, and the dead letters."""
 
 import os
+from uuid import UUID
 
 from conveyor import Conveyor, Fail, Job, JobState, Retry
+from conveyor.events import Event
 
 app = Conveyor(schema=os.environ.get("CONVEYOR_SCHEMA", "conveyor"))
 
@@ -37,11 +39,12 @@ def resize(job: Job) -> None:
     raise PermissionError("bucket refuses writes")
 
 
-dead_events = []
+dead_events: list[UUID] = []
 
 
 @app.on("job.dead")
-def alert(event) -> None:
+def alert(event: Event) -> None:
+    assert event.job is not None
     dead_events.append(event.job.id)  # send to your alerting instead
 
 

@@ -628,5 +628,11 @@ class Client:
         return diagnosis.worker_findings(rows)
 
     def _diagnose_notify(self, stale_after: float, timeout: float) -> list[Finding]:
-        seconds = self._stores.store().notify_round_trip(timeout)
+        store = self._stores.store()
+        if store.listen_dsn is None:
+            return [diagnosis.polling()]
+        try:
+            seconds = store.notify_round_trip(timeout)
+        except DatabaseUnavailable as exc:  # the listen_dsn, not the database doctor reads
+            return [diagnosis.listen_unreachable(str(exc))]
         return diagnosis.notify_findings(seconds, timeout)

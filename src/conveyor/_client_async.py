@@ -638,5 +638,11 @@ class AsyncClient:
         return diagnosis.worker_findings(rows)
 
     async def _diagnose_notify_async(self, stale_after: float, timeout: float) -> list[Finding]:
-        seconds = await self._stores.store_async().notify_round_trip(timeout)
+        store = self._stores.store_async()
+        if store.listen_dsn is None:
+            return [diagnosis.polling()]
+        try:
+            seconds = await store.notify_round_trip(timeout)
+        except DatabaseUnavailable as exc:  # the listen_dsn, not the database doctor reads
+            return [diagnosis.listen_unreachable(str(exc))]
         return diagnosis.notify_findings(seconds, timeout)

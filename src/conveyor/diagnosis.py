@@ -277,6 +277,23 @@ def notify_findings(seconds: float | None, timeout: float) -> list[Finding]:
     return [Finding(OK, check, f"LISTEN/NOTIFY works ({seconds * 1000:.0f} ms)")]
 
 
+def polling() -> Finding:
+    """The app does not LISTEN at all (``pgbouncer=True`` without a ``listen_dsn``)."""
+    return Finding(
+        WARNING, "notify",
+        "LISTEN is off (pgbouncer=True and no listen_dsn): workers and wait_for poll",
+        "pass listen_dsn= a direct connection to the server, bypassing PgBouncer",
+    )  # fmt: skip
+
+
+def listen_unreachable(reason: str) -> Finding:
+    """The connection the workers LISTEN on (``listen_dsn``) cannot be opened."""
+    return Finding(
+        ERROR, "notify", f"cannot LISTEN: {reason.strip().splitlines()[0]}",
+        "check listen_dsn: workers cannot be woken by NOTIFY",
+    )  # fmt: skip
+
+
 def failed_check(check: str, error: BaseException) -> Finding:
     """A check that could not run at all."""
     message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -185,3 +185,20 @@ def test_a_check_that_cannot_run_is_a_finding_not_a_crash(app: Conveyor, conveyo
     finally:
         with psycopg.connect(conveyor_dsn, autocommit=True) as conn:
             conn.execute(f"DROP ROLE {role}")
+
+
+def test_notify_is_checked_where_the_workers_listen(app: Conveyor, conveyor_dsn: str) -> None:
+    with Conveyor(conveyor_dsn, schema=app.schema, pgbouncer=True) as polling:
+        [notify] = by_check(polling.diagnose(), "notify")
+    assert (notify.severity, notify.message) == (
+        "warning", "LISTEN is off (pgbouncer=True and no listen_dsn): workers and wait_for poll"
+    )  # fmt: skip
+    with Conveyor(
+        conveyor_dsn, schema=app.schema, pgbouncer=True, listen_dsn=conveyor_dsn
+    ) as direct:
+        [notify] = by_check(direct.diagnose(), "notify")
+    assert notify.severity == "ok"
+    nowhere = "postgresql://postgres@127.0.0.1:1/nothing"
+    with Conveyor(conveyor_dsn, schema=app.schema, listen_dsn=nowhere) as lost:
+        [notify] = by_check(lost.diagnose(), "notify")
+    assert notify.severity == "error" and notify.message.startswith("cannot LISTEN: ")

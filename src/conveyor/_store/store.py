@@ -462,12 +462,15 @@ class Store:
         return self._rows("doctor_stale_workers", {"stale_after": stale_after}, None)
 
     def notify_round_trip(self, timeout: float) -> float | None:
-        """Seconds a NOTIFY on a private channel took to reach a LISTEN on another connection;
-        None if it did not arrive within ``timeout``."""
+        """Seconds a NOTIFY on a private channel took to reach a LISTEN on the connection the
+        workers listen on (``listen_dsn``); None if it did not arrive within ``timeout`` or
+        this store does not listen (it polls)."""
+        if self.listen_dsn is None:
+            return None
         # Random, not scoped by schema: a schema-long name could pass the 63-byte limit.
         channel = f"conveyor_doctor_{uuid4().hex}"
         try:
-            with Connection.connect(self._dsn, autocommit=True) as conn:
+            with Connection.connect(self.listen_dsn, autocommit=True) as conn:
                 conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
                 start = time.monotonic()
                 self._rows("doctor_notify", {"channel": channel, "payload": "ping"}, None)

@@ -86,6 +86,8 @@ SELECT a.pid, coalesce(a.application_name, '') AS application, coalesce(a.state,
 FROM pg_stat_activity a
 WHERE a.pid <> pg_backend_pid() AND a.xact_start IS NOT NULL
   AND a.datname = current_database()
+  -- Autovacuum's own long runs do not hold back other vacuums: clients only.
+  AND a.backend_type = 'client backend'
 ORDER BY a.xact_start
 LIMIT 5;
 

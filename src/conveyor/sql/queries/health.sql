@@ -81,7 +81,6 @@ ORDER BY 1;
 -- name: doctor_old_transactions :many
 SELECT a.pid, coalesce(a.application_name, '') AS application, coalesce(a.state, '') AS state,
        extract(epoch FROM now() - a.xact_start)::double precision AS seconds,
-       age(a.backend_xmin) AS xmin_age,
        left(regexp_replace(coalesce(a.query, ''), '\s+', ' ', 'g'), 80) AS query
 FROM pg_stat_activity a
 WHERE a.pid <> pg_backend_pid() AND a.xact_start IS NOT NULL

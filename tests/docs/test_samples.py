@@ -225,6 +225,7 @@ def test_every_test_named_in_the_docs_exists() -> None:
             path, test = ROOT / match.group(1), match.group(2)
             assert path.is_file(), f"{_name(page)} names {match.group(1)}, which does not exist"
             if test:
+                assert test.startswith("test_"), f"{_name(page)} names {match.group(0)}: not a test"
                 assert test in _defined(path), f"{_name(page)} names {match.group(0)}: no such test"
             named += 1
     assert named >= 10

@@ -173,11 +173,13 @@ def bloat_findings(
     for t in tables:
         live, dead = int(t["live"]), int(t["dead"])
         if dead >= DEAD_MIN and dead > DEAD_SHARE * (live + dead):
+            ago = t["vacuumed_seconds_ago"]
+            vacuumed = "never vacuumed" if ago is None else f"vacuumed {ago:.0f}s ago"
             found.append(
                 Finding(
                     WARNING, check,
                     f"table {t['table']}: {dead:,} dead tuples beside {live:,} live "
-                    f"({_size(int(t['total_bytes']))})",
+                    f"({_size(int(t['total_bytes']))}, {vacuumed})",
                     f"VACUUM (ANALYZE) {t['table']}; and look for a long transaction",
                 )
             )  # fmt: skip
@@ -232,7 +234,8 @@ def job_findings(
         found.append(
             Finding(
                 WARNING, check,
-                f"job {j['id']} ({j['queue']}) is active but its worker {j['worker_id']} {why}",
+                f"job {j['id']} ({j['queue']}) is active but its worker {j['worker_id']} {why}"
+                f" (running for {float(j['running_seconds']):.0f}s)",
                 "start a worker: its maintenance recovers such jobs within stale_after",
             )
         )  # fmt: skip

@@ -8,8 +8,11 @@ from conveyor.models import Finding
 MB = 1024 * 1024
 
 
-def table(live: int, dead: int) -> dict[str, object]:
-    return {"table": "job", "live": live, "dead": dead, "total_bytes": 5 * MB}
+def table(live: int, dead: int, ago: float | None = 30.0) -> dict[str, object]:
+    return {
+        "table": "job", "live": live, "dead": dead, "total_bytes": 5 * MB,
+        "vacuumed_seconds_ago": ago,
+    }  # fmt: skip
 
 
 def index(bytes_: int, rows: int, key_width: int = 16) -> dict[str, object]:
@@ -51,6 +54,10 @@ def test_table_bloat_needs_both_a_share_and_a_count_of_dead_tuples() -> None:
     assert severities([table(live=100, dead=9_999)]) == ["ok"]  # few, however large a share
     assert severities([table(live=1_000_000, dead=100_000)]) == ["ok"]  # under a fifth
     assert severities([table(live=30_000, dead=10_000)]) == ["warning"]
+    [found] = diagnosis.bloat_findings([table(live=30_000, dead=10_000, ago=None)], [])
+    assert (
+        found.message == "table job: 10,000 dead tuples beside 30,000 live (5 MB, never vacuumed)"
+    )
 
 
 def test_index_bloat_compares_the_size_with_what_the_entries_need() -> None:

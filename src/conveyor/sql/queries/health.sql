@@ -53,7 +53,7 @@ ORDER BY 1;
 -- Dead and live tuples and sizes of each table, for the bloat estimate.
 -- name: doctor_tables :many
 SELECT s.relname AS table, s.n_live_tup AS live, s.n_dead_tup AS dead,
-       pg_table_size(s.relid) AS table_bytes, pg_total_relation_size(s.relid) AS total_bytes,
+       pg_total_relation_size(s.relid) AS total_bytes,
        extract(epoch FROM now() - greatest(s.last_autovacuum, s.last_vacuum))::double precision
            AS vacuumed_seconds_ago
 FROM pg_stat_user_tables s
@@ -63,7 +63,7 @@ ORDER BY 1;
 -- Each index's size beside the size its entries need: rows times the average width of its key
 -- columns (from pg_stats) plus the per-entry overhead. No pgstattuple needed.
 -- name: doctor_indexes :many
-SELECT ci.relname AS index, ct.relname AS table, pg_relation_size(i.indexrelid) AS bytes,
+SELECT ci.relname AS index, pg_relation_size(i.indexrelid) AS bytes,
        greatest(ct.reltuples, 0)::bigint AS rows,
        (SELECT coalesce(sum(st.avg_width), 0)
         FROM pg_attribute a

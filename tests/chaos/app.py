@@ -11,7 +11,6 @@ import os
 import random
 import threading
 import time
-from datetime import UTC, datetime, timedelta
 
 import psycopg
 
@@ -21,16 +20,20 @@ SCHEMA = os.environ["CONVEYOR_SCHEMA"]
 LEDGER_DSN = os.environ["CHAOS_LEDGER_DSN"]
 
 
-class JumpingClock:
-    """The database's clock until the harness writes an offset (seconds) to the clock file; then
-    this host's wall time plus that offset: a worker whose clock jumped."""
+class WallClockJump:
+    """This process's wall clock (``time.time``, ``time.time_ns``) plus the offset in seconds that
+    the harness writes to the clock file: a host whose clock jumped. The monotonic clock does
+    not move, as on a real host. Conveyor takes "now" from the database by default, so a jump
+    should change nothing but the time in job ids and log lines."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.offset = 0.0
-        self.read_at = 0.0
+        self.read_at = -1.0
+        self.real_time = time.time
+        self.real_time_ns = time.time_ns
 
-    def __call__(self) -> datetime | None:
+    def current_offset(self) -> float:
         if time.monotonic() - self.read_at > 0.2:
             self.read_at = time.monotonic()
             try:
@@ -38,16 +41,15 @@ class JumpingClock:
                     self.offset = float(f.read() or 0)
             except (OSError, ValueError):
                 self.offset = 0.0
-        if not self.offset:
-            return None
-        return datetime.now(UTC) + timedelta(seconds=self.offset)
+        return self.offset
+
+    def install(self) -> None:
+        time.time = lambda: self.real_time() + self.current_offset()
+        time.time_ns = lambda: self.real_time_ns() + int(self.current_offset() * 1e9)
 
 
-app = Conveyor(
-    os.environ["CONVEYOR_DATABASE_URL"],
-    schema=SCHEMA,
-    clock=JumpingClock(os.environ["CHAOS_CLOCK_FILE"]),
-)
+WallClockJump(os.environ["CHAOS_CLOCK_FILE"]).install()
+app = Conveyor(os.environ["CONVEYOR_DATABASE_URL"], schema=SCHEMA)
 _local = threading.local()
 
 

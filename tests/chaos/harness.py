@@ -6,10 +6,9 @@ Faults: SIGKILL of a worker (a new one replaces it), SIGSTOP/SIGCONT of a worker
 ``stale_after``, so its jobs are rescued while it sleeps), ``pg_terminate_backend`` of every worker
 connection, a full PostgreSQL restart, a stalled network path and a cut one (through a TCP proxy
 between the workers and the server), lock contention from a long transaction, and the workers'
-clock jumping an hour ahead. Conveyor's default clock is the database's ``now()``, which a host's
-clock cannot move; the chaos workers run with a clock of their own (wall time plus an offset the
-harness sets) so that a jump reaches fetch, acks and recovery. (libfaketime, which would move the
-process's wall clock, breaks CPython's ``time.sleep`` with EINVAL, so it cannot be used here.)
+wall clock jumping an hour ahead (``time.time`` of the worker processes; the monotonic clock does
+not move, as on a real host). libfaketime, which would move the clock under the interpreter,
+breaks CPython's ``time.sleep`` (EINVAL), so the jump is made in Python.
 
 The server is an embedded PostgreSQL in a directory of the harness, so a restart disturbs nobody
 else. Run the long form with ``python -m tests.chaos --minutes 10``.

@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from conveyor import Conveyor, Fail, FrozenClock, Job, JobState, Retry
 from conveyor._store.worker_store import Ack, WorkerStore
@@ -554,3 +555,47 @@ async def test_a_cancelled_job_waiting_in_the_prefetch_buffer_never_starts(
         await asyncio.sleep(0.3)
     assert ran == [1]
     assert (await app_async.get_job_async(second)).state is JobState.CANCELLED
+
+
+async def test_recovery_tells_a_live_worker_to_stop_the_attempt_it_lost(
+    app_async: Conveyor, conveyor_dsn: str
+) -> None:
+    """An attempt recovered while its worker is alive after all (presumed dead: its heartbeat
+    looked stale, as when frozen or cut off) is stopped at once through the cancel channel, not
+    at the next heartbeat; the worker then runs the job's next attempt normally."""
+    stopped = asyncio.Event()
+    attempts: list[int] = []
+
+    @app_async.job("lost", retry_delay=0)
+    async def lost(job: Job) -> int:
+        attempts.append(job.attempt)
+        if job.attempt == 1:
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                stopped.set()
+                raise
+        return job.attempt
+
+    job_id = await app_async.send_async("lost", {})
+    leader = WorkerStore(conveyor_dsn, app_async.schema, min_size=0, max_size=1)
+    try:
+        async for _stop, _task in worker_in_background(
+            app_async, heartbeat_interval=30, recover_interval=30, poll_interval=0.1
+        ):
+            while attempts != [1]:
+                await asyncio.sleep(0.01)
+            async with await psycopg.AsyncConnection.connect(conveyor_dsn, autocommit=True) as c:
+                await c.execute(
+                    sql.SQL("UPDATE {}.worker SET heartbeat_at = now() - interval '1 hour'").format(
+                        sql.Identifier(app_async.schema)
+                    )
+                )
+            recovered = await leader.job_recover(30, 1, None)
+            assert [(c.id, c.state) for c in recovered] == [(job_id, "retry")]
+            await asyncio.wait_for(stopped.wait(), 3)
+            done = await app_async.wait_for_async(job_id, timeout=10)
+    finally:
+        await leader.close()
+    assert (done.state, done.result, attempts) == (JobState.COMPLETED, 2, [1, 2])
+    assert done.errors[0]["type"] == "WorkerLost"

@@ -132,6 +132,11 @@ class WorkerStore(AsyncStore):
         self, stale_after: float, grace: float, now: datetime | None
     ) -> list[Changed]:
         """Fail the attempts of dead workers and of jobs far past ``expire_in``."""
-        params = {"stale_after": stale_after, "grace": grace, "now": now}
+        params = {
+            "stale_after": stale_after,
+            "grace": grace,
+            "now": now,
+            "cancel_channel": self.cancel_channel,
+        }
         found = await self._rows("job_recover", params, None)
         return [Changed(r["id"], r["queue"], r["state"]) for r in found]

@@ -403,8 +403,11 @@ class Worker:
 
     def _on_notify(self, channel: str, payload: str) -> None:
         if channel == self._store.cancel_channel:
+            # "id" from cancel(); "id/attempt" from recovery, which must not stop a later
+            # attempt of the same job that this worker may have claimed since.
+            job_id, _, attempt = payload.partition("/")
             with contextlib.suppress(ValueError):
-                self._cancel_running(uuid.UUID(payload))
+                self._cancel_running(uuid.UUID(job_id), int(attempt) if attempt else None)
         elif payload in self.options.queues:
             self._wake.set()
 
@@ -440,16 +443,19 @@ class Worker:
         held = await self._store.job_held(self.id, running)
         for job_id, _attempt in running:
             if job_id not in held:
-                self._cancel_running(job_id)
+                self._cancel_running(job_id, _attempt)
 
-    def _cancel_running(self, job_id: uuid.UUID) -> None:
-        if any(row[rows.FETCHED_ID] == job_id for row in self._buffer):
+    def _cancel_running(self, job_id: uuid.UUID, attempt: int | None = None) -> None:
+        def lost(row: tuple[Any, ...]) -> bool:
+            return row[rows.FETCHED_ID] == job_id and attempt in (None, row[rows.FETCHED_ATTEMPT])
+
+        if any(lost(row) for row in self._buffer):
             # Claimed but not started: it must not start at all.
-            self._buffer = collections.deque(
-                row for row in self._buffer if row[rows.FETCHED_ID] != job_id
-            )
+            self._buffer = collections.deque(row for row in self._buffer if not lost(row))
             return
         running = self._running.get(job_id)
+        if running is not None and attempt not in (None, running.job.attempt):
+            return
         if running is not None and running.task is not None and running.stop_reason is None:
             running.stop_reason = "cancelled"
             running.runtime.request_stop()

@@ -49,10 +49,20 @@ SELECT EXISTS (SELECT FROM lease);
 -- name: leader_release :exec
 DELETE FROM {schema}.leader WHERE role = %(role)s AND holder = %(holder)s;
 
+-- Each recovered attempt is also named on the cancel channel ("id/attempt"): a worker that is
+-- alive after all (frozen, cut off, or past expire_in) stops it, running or still waiting in its
+-- prefetch buffer. Every CTE reads the statement's snapshot, so the live table still shows the
+-- attempts as they were before recovery.
 -- name: job_recover :many
-SELECT id, queue, state
-FROM {schema}.recover_jobs(
-    now() - make_interval(secs => %(stale_after)s), %(grace)s, %(now)s::timestamptz);
+WITH r AS (
+    SELECT id, queue, state
+    FROM {schema}.recover_jobs(
+        now() - make_interval(secs => %(stale_after)s), %(grace)s, %(now)s::timestamptz)
+), told AS (
+    SELECT pg_notify(%(cancel_channel)s::text, j.id::text || '/' || j.attempt)
+    FROM {schema}.job j JOIN r ON r.id = j.id
+)
+SELECT r.id, r.queue, r.state FROM r CROSS JOIN (SELECT count(*) FROM told) t;
 
 -- Which of the attempts this worker runs still hold their job; the others were cancelled,
 -- recovered or expired while a notification was missed, and should stop.

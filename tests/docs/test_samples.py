@@ -17,7 +17,6 @@ the generated reference pages must match what docs/reference/generate.py makes o
 from __future__ import annotations
 
 import ast
-import gc
 import importlib.util
 import inspect
 import re
@@ -110,9 +109,6 @@ def _forget_samples() -> None:
         if (getattr(module, "__file__", None) or "").startswith(str(GUIDES)):
             _close_apps(vars(module))
             del sys.modules[name]
-    # A sync drain() opens the app's async pool in an event loop of its own, which close() does
-    # not reach; in a script the process ends, here the pool's connections end when it is freed.
-    gc.collect()
 
 
 def _close_apps(namespace: dict[str, object]) -> None:

@@ -1,0 +1,135 @@
+"""Load test: sustained send + work at 80% of the measured peak. (Not run in CI.)
+
+    .venv/bin/python -m bench.load [--dsn DSN] [--minutes 15] [--share 0.8] [--sample 30]
+
+First it measures the peak: how fast one worker process (concurrency 10) drains 20,000
+pre-loaded jobs. Then a producer sends ``--share`` of that rate while the same kind of worker
+runs them, maintenance on, for ``--minutes``. Every ``--sample`` seconds it prints the
+enqueue-to-start latency percentiles of the jobs that finished in that window, the live table's
+and its indexes' sizes, its dead tuples, the history's size, the backlog and the throughput. At
+the end it says whether latency and sizes stayed flat (last third against the first third).
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+from typing import Any
+
+import psycopg
+
+from bench.run import conveyor_drain
+from bench.soak import MB, SCHEMA, reset, worker
+from conveyor import Conveyor
+from conveyor.testing import LOCAL_TEST_DSN
+
+SAMPLE = f"""
+SELECT pg_total_relation_size('{SCHEMA}.job'), pg_indexes_size('{SCHEMA}.job'),
+       (SELECT n_dead_tup FROM pg_stat_user_tables
+        WHERE schemaname = '{SCHEMA}' AND relname = 'job'),
+       pg_total_relation_size('{SCHEMA}.job_history'),
+       (SELECT count(*) FROM {SCHEMA}.job WHERE state IN ('created', 'retry')),
+       (SELECT n_tup_ins FROM pg_stat_user_tables
+        WHERE schemaname = '{SCHEMA}' AND relname = 'job_history'),
+       (SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (
+                   ORDER BY extract(epoch FROM started_at - run_at))
+        FROM {SCHEMA}.job_history
+        WHERE finished_at > now() - make_interval(secs => %s))
+"""
+HEADER = (
+    "| minute | p50 / p95 / p99 ms | live table | live indexes | live dead tuples "
+    "| history | backlog | finished jobs/s |"
+)
+
+
+def sample(dsn: str, every: float, done: threading.Event, rows: list[dict[str, Any]]) -> None:
+    """Print one row every ``every`` seconds until ``done``."""
+    start = time.perf_counter()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        last_inserted, last_at = 0, start
+        while not done.wait(every - (time.perf_counter() - start) % every):
+            found = conn.execute(SAMPLE, (every,)).fetchone()  # type: ignore[arg-type]
+            assert found is not None
+            live, indexes, dead, history, backlog, inserted, pct = found
+            now = time.perf_counter()
+            p50, p95, p99 = (1000 * p for p in pct) if pct else (0.0, 0.0, 0.0)
+            row = {
+                "minute": (now - start) / 60,
+                "p50": p50,
+                "p95": p95,
+                "p99": p99,
+                "live_mb": live / MB,
+                "index_mb": indexes / MB,
+                "dead": int(dead or 0),
+                "history_mb": history / MB,
+                "backlog": int(backlog),
+                "throughput": (int(inserted or 0) - last_inserted) / (now - last_at),
+            }
+            last_inserted, last_at = int(inserted or 0), now
+            rows.append(row)
+            print(
+                f"| {row['minute']:.1f} | {p50:.1f} / {p95:.1f} / {p99:.1f} "
+                f"| {row['live_mb']:.2f} MB | {row['index_mb']:.2f} MB | {row['dead']:,} "
+                f"| {row['history_mb']:.1f} MB | {row['backlog']:,} | {row['throughput']:,.0f} |",
+                flush=True,
+            )
+
+
+def flat(rows: list[dict[str, Any]]) -> str:
+    """Each figure's mean over the last third of the run against the first third."""
+    third = max(1, len(rows) // 3)
+    first, last = rows[1 : third + 1] or rows[:1], rows[-third:]
+    parts = []
+    for key, name in (("p50", "p50"), ("p99", "p99"), ("live_mb", "live table"),
+                      ("index_mb", "live indexes"), ("history_mb", "history"),
+                      ("backlog", "backlog")):  # fmt: skip
+        a = sum(r[key] for r in first) / len(first)
+        b = sum(r[key] for r in last) / len(last)
+        grew = b > 1.5 * a and b - a > (1.0 if key in ("p50", "p99") else 0.5)
+        parts.append(f"{name} {a:,.2f} -> {b:,.2f}{' GREW' if grew else ''}")
+    return "; ".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dsn", default=LOCAL_TEST_DSN)
+    parser.add_argument("--minutes", type=float, default=15.0)
+    parser.add_argument("--share", type=float, default=0.8, help="of the measured peak")
+    parser.add_argument("--retention", type=float, default=120.0, help="seconds kept after")
+    parser.add_argument("--sample", type=float, default=30.0, help="seconds between samples")
+    args = parser.parse_args()
+    peak, _rss = conveyor_drain(args.dsn, 20_000, 10, 1)
+    rate = int(peak * args.share)
+    print(
+        f"load: peak (drain, 1 process x 10) {peak:,.0f} jobs/s; sending {rate:,} jobs/s "
+        f"({args.share:.0%}) for {args.minutes:g} min, one worker process x 10, maintenance on\n"
+    )
+    reset(args.dsn)
+    print(HEADER)
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
+    rows: list[dict[str, Any]] = []
+    done = threading.Event()
+    per_tick = max(1, rate // 100)
+    with worker(args.dsn), Conveyor(args.dsn, schema=SCHEMA, retention=args.retention) as app:
+        thread = threading.Thread(target=sample, args=(args.dsn, args.sample, done, rows))
+        thread.start()
+        start = time.perf_counter()
+        tick = sent = 0
+        while time.perf_counter() - start < args.minutes * 60:
+            app.send_batch([("bench", {"i": sent + k}) for k in range(per_tick)])
+            sent += per_tick
+            tick += 1
+            pause = tick * 0.01 - (time.perf_counter() - start)
+            if pause > 0:
+                time.sleep(pause)
+        elapsed = time.perf_counter() - start
+        done.set()
+        thread.join()
+    achieved = sent / elapsed
+    print(f"\nsent {sent:,} jobs in {elapsed:.0f}s ({achieved:,.0f} jobs/s of {rate:,} asked)")
+    print(flat(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -494,7 +494,8 @@ class Client:
         return pending_sql(found.pending, self._settings.schema)
 
     def close(self) -> None:
-        """Close the async connection pool."""
+        """Close the app's connection pool (each of ``close`` and ``close`` closes the
+        pool of its own side)."""
         self._stores.close()
 
     # -- maintenance, health, diagnosis ----------------------------------------------------

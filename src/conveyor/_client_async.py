@@ -500,7 +500,8 @@ class AsyncClient:
         return pending_sql(found.pending, self._settings.schema)
 
     async def close_async(self) -> None:
-        """Close the async connection pool."""
+        """Close the app's connection pool (each of ``close`` and ``close_async`` closes the
+        pool of its own side)."""
         await self._stores.close_async()
 
     # -- maintenance, health, diagnosis ----------------------------------------------------

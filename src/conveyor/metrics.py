@@ -138,6 +138,7 @@ class Metrics:
             self._store = Store(
                 resolve_dsn(settings.dsn), settings.schema, min_size=0, max_size=1,
                 application_name=f"conveyor-metrics {settings.schema}", timeout=DATABASE_TIMEOUT,
+                prepare=not settings.pgbouncer,
             )  # fmt: skip
         return self._store
 

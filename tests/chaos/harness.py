@@ -72,6 +72,8 @@ class Report:
     double_attempts: int = 0
     stale_starts: int = 0
     lost: list[uuid.UUID] = field(default_factory=list)
+    # What the live table and the ledger say of each lost job, for a failing run.
+    lost_detail: list[str] = field(default_factory=list)
     unexpected_dead: list[uuid.UUID] = field(default_factory=list)
     missing_dead: list[uuid.UUID] = field(default_factory=list)
 
@@ -107,6 +109,7 @@ class Report:
                 f"| {kind}: jobs it caught running; all finished after (max / mean s) | "
                 f"{caught[kind]}; {max(times):.2f} / {sum(times) / len(times):.2f} |"
             )
+        lines += [f"| lost job | {detail} |" for detail in self.lost_detail]
         unrecovered = [f.kind for f in self.faults if f.recovered_in is None]
         if unrecovered:
             lines.append(f"| faults whose jobs did not finish in 60 s | {', '.join(unrecovered)} |")
@@ -140,6 +143,7 @@ class Chaos:
         self._producing = threading.Event()
         self._workers: list[subprocess.Popen[str]] = []
         self._logs: list[str] = []
+        self._stuck: list[tuple[Any, ...]] = []
 
     # -- the server, the proxy and the workers -----------------------------------------------
 
@@ -329,6 +333,12 @@ class Chaos:
             self._producing.clear()
             producer.join(30)
             self._quiesce()
+            # Whatever is still live now is stuck: how it stands, before shutdown hands it back.
+            self._stuck = self._query(
+                "SELECT j.id, j.queue, j.state, j.attempt, now() - j.run_at, "
+                "now() - j.started_at, w.pid, now() - w.heartbeat_at, j.errors -> -1 "
+                f"FROM {SCHEMA}.job j LEFT JOIN {SCHEMA}.worker w ON w.id = j.worker_id LIMIT 10"
+            )
             for w in self._alive_workers():
                 w.send_signal(signal.SIGTERM)
             for w in self._workers:
@@ -366,6 +376,10 @@ class Chaos:
         committed = dict(self._committed)
         report.sent = len(committed)
         report.lost = [i for i in committed if i not in history]
+        report.lost_detail = [
+            f"{detail} ledger: {[r[1:] for r in runs if r[0] == detail[0]]}"
+            for detail in self._stuck
+        ]
         report.completed = sum(1 for s, _ in history.values() if s == "completed")
         failed = {i for i, (s, _) in history.items() if s == "failed"}
         report.dead = len(failed)

@@ -133,6 +133,9 @@ class Worker:
         # claims it buffered are started only while its liveness is recent.
         self._alive_at = time.monotonic()
         self._verify_claims = asyncio.Event()
+        # Counts the times this worker learnt it had been presumed dead: a claim whose fetch was
+        # under way meanwhile may have been recovered before it arrived, so it is checked.
+        self._presumed_dead = 0
         self._stop = asyncio.Event()
         self._hard_stop = asyncio.Event()
         self.jobs_run = 0
@@ -222,7 +225,10 @@ class Worker:
                 await self._wait(self._slot_freed)
                 continue
             try:
+                presumed_dead = self._presumed_dead
                 jobs = await self._store.job_fetch(opts.queues, self.id, room, self._clock())
+                if jobs and presumed_dead != self._presumed_dead:
+                    jobs = await self._still_held(jobs)
                 failures = 0
             except DatabaseUnavailable as exc:
                 failures += 1
@@ -328,6 +334,7 @@ class Worker:
     async def _call(self, handler: Handler | None, job: Job, running: Running) -> Ack | None:
         if handler is None:
             raise ConfigurationError(f"no handler for queue {job.queue!r} in this worker")
+        future: asyncio.Future[Any] | None = None
         try:
             async with asyncio.timeout(job.expire_in) as deadline:
                 if handler.is_async:
@@ -338,11 +345,16 @@ class Worker:
         except TimeoutError as exc:
             if not deadline.expired():
                 raise
+            if future is not None:
+                future.cancel()  # still waiting for a thread: it never starts
             running.runtime.request_stop()
             return self._failure(job, handler, exc, kind="Expired", message=(
                 f"the attempt ran past expire_in ({job.expire_in:g} s) and was stopped"
             ))  # fmt: skip
         except asyncio.CancelledError:
+            if future is not None:
+                # A sync handler still waiting for a thread never starts; one that runs is told.
+                future.cancel()
             running.runtime.request_stop()
             if running.stop_reason == "cancelled":
                 return None  # cancel() already moved the job to the history
@@ -423,10 +435,15 @@ class Worker:
                 await self._stop_lost_attempts()
                 if not await self._store.worker_heartbeat(self.id):
                     log.warning("worker %s was presumed dead; registering again", self.id)
+                    self._presumed_dead += 1
+                    sent_at = time.monotonic()
                     await self._store.worker_register(
                         self.id, socket.gethostname(), os.getpid(), self.options.queues,
                         self.options.concurrency,
                     )  # fmt: skip
+                    # Recovery took back what this worker held then, including claims that
+                    # reached the buffer after the check above.
+                    await self._stop_lost_attempts()
                 self._alive_at = sent_at
                 self._start_buffered()
                 self._slot_freed.set()
@@ -444,6 +461,12 @@ class Worker:
         for job_id, _attempt in running:
             if job_id not in held:
                 self._cancel_running(job_id, _attempt)
+
+    async def _still_held(self, claimed: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """The claims among ``claimed`` that recovery has not taken back."""
+        attempts = [(row[rows.FETCHED_ID], row[rows.FETCHED_ATTEMPT]) for row in claimed]
+        held = await self._store.job_held(self.id, attempts)
+        return [row for row in claimed if row[rows.FETCHED_ID] in held]
 
     def _cancel_running(self, job_id: uuid.UUID, attempt: int | None = None) -> None:
         def lost(row: tuple[Any, ...]) -> bool:

@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 
 from bench.run import conveyor_drain
-from bench.soak import MB, SCHEMA, reset, worker
+from bench.soak import MB, SCHEMA, Sampled, reset, sample_every, worker
 from conveyor import Conveyor
 from conveyor.testing import LOCAL_TEST_DSN
 
@@ -43,37 +44,36 @@ HEADER = (
 )
 
 
-def sample(dsn: str, every: float, done: threading.Event, rows: list[dict[str, Any]]) -> None:
-    """Print one row every ``every`` seconds until ``done``."""
-    start = time.perf_counter()
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        last_inserted, last_at = 0, start
-        while not done.wait(every - (time.perf_counter() - start) % every):
-            found = conn.execute(SAMPLE, (every,)).fetchone()  # type: ignore[arg-type]
-            assert found is not None
-            live, indexes, dead, history, backlog, inserted, pct = found
-            now = time.perf_counter()
-            p50, p95, p99 = (1000 * p for p in pct) if pct else (0.0, 0.0, 0.0)
-            row = {
-                "minute": (now - start) / 60,
-                "p50": p50,
-                "p95": p95,
-                "p99": p99,
-                "live_mb": live / MB,
-                "index_mb": indexes / MB,
-                "dead": int(dead or 0),
-                "history_mb": history / MB,
-                "backlog": int(backlog),
-                "throughput": (int(inserted or 0) - last_inserted) / (now - last_at),
-            }
-            last_inserted, last_at = int(inserted or 0), now
-            rows.append(row)
-            print(
-                f"| {row['minute']:.1f} | {p50:.1f} / {p95:.1f} / {p99:.1f} "
-                f"| {row['live_mb']:.2f} MB | {row['index_mb']:.2f} MB | {row['dead']:,} "
-                f"| {row['history_mb']:.1f} MB | {row['backlog']:,} | {row['throughput']:,.0f} |",
-                flush=True,
-            )
+def take_load(every: float) -> Callable[[psycopg.Connection[Any]], Sampled]:
+    """The load test's figures: latency percentiles of the last window, sizes, backlog."""
+
+    def take(conn: psycopg.Connection[Any]) -> Sampled:
+        found = conn.execute(SAMPLE, (every,)).fetchone()  # type: ignore[arg-type]
+        assert found is not None
+        live, indexes, dead, history, backlog, inserted, pct = found
+        p50, p95, p99 = (1000 * p for p in pct) if pct else (0.0, 0.0, 0.0)
+        row = {
+            "p50": p50,
+            "p95": p95,
+            "p99": p99,
+            "live_mb": live / MB,
+            "index_mb": indexes / MB,
+            "dead": int(dead or 0),
+            "history_mb": history / MB,
+            "backlog": int(backlog),
+        }
+        return row, int(inserted or 0)
+
+    return take
+
+
+def show_load(row: dict[str, Any]) -> str:
+    """One line of the load test's table."""
+    return (
+        f"| {row['minute']:.1f} | {row['p50']:.1f} / {row['p95']:.1f} / {row['p99']:.1f} "
+        f"| {row['live_mb']:.2f} MB | {row['index_mb']:.2f} MB | {row['dead']:,} "
+        f"| {row['history_mb']:.1f} MB | {row['backlog']:,} | {row['throughput']:,.0f} |"
+    )
 
 
 def flat(rows: list[dict[str, Any]]) -> str:
@@ -112,7 +112,10 @@ def main() -> None:
     done = threading.Event()
     per_tick = max(1, rate // 100)
     with worker(args.dsn), Conveyor(args.dsn, schema=SCHEMA, retention=args.retention) as app:
-        thread = threading.Thread(target=sample, args=(args.dsn, args.sample, done, rows))
+        thread = threading.Thread(
+            target=sample_every,
+            args=(args.dsn, args.sample, done, rows, take_load(args.sample), show_load),
+        )
         thread.start()
         start = time.perf_counter()
         tick = sent = 0

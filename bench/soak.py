@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -72,34 +72,54 @@ def worker(dsn: str) -> Iterator[None]:
         proc.communicate(timeout=120)
 
 
-def sampler(
-    dsn: str, every: float, start: float, done: threading.Event, rows: list[dict[str, Any]]
+Sampled = tuple[dict[str, Any], int]  # the figures of one sample, and history rows inserted
+
+
+def sample_every(
+    dsn: str,
+    every: float,
+    done: threading.Event,
+    rows: list[dict[str, Any]],
+    take: Callable[[psycopg.Connection[Any]], Sampled],
+    show: Callable[[dict[str, Any]], str],
 ) -> None:
-    """Sample the tables every ``every`` seconds and print one table row each time."""
+    """Every ``every`` seconds until ``done``: ``take`` a sample, add the minute and the
+    throughput since the last one (jobs finished a second), keep it and print ``show(row)``."""
+    start = time.perf_counter()
     with psycopg.connect(dsn, autocommit=True) as conn:
         last_inserted, last_at = 0, start
         while not done.wait(every - (time.perf_counter() - start) % every):
-            found = conn.execute(SAMPLE).fetchone()
-            assert found is not None
-            live, dead, history, history_bytes, backlog, inserted = found
+            row, inserted = take(conn)
             now = time.perf_counter()
-            row = {
-                "minute": (now - start) / 60,
-                "live_mb": live / MB,
-                "dead": int(dead or 0),
-                "history": int(history),
-                "history_mb": history_bytes / MB,
-                "backlog": int(backlog),
-                "throughput": (int(inserted or 0) - last_inserted) / (now - last_at),
-            }
-            last_inserted, last_at = int(inserted or 0), now
+            row["minute"] = (now - start) / 60
+            row["throughput"] = (inserted - last_inserted) / (now - last_at)
+            last_inserted, last_at = inserted, now
             rows.append(row)
-            print(
-                f"| {row['minute']:.1f} | {row['live_mb']:.2f} MB | {row['dead']:,} "
-                f"| {row['history']:,} | {row['history_mb']:.1f} MB | {row['backlog']:,} "
-                f"| {row['throughput']:,.0f} |",
-                flush=True,
-            )
+            print(show(row), flush=True)
+
+
+def take_soak(conn: psycopg.Connection[Any]) -> Sampled:
+    """The soak's figures: table sizes, dead tuples and backlog."""
+    found = conn.execute(SAMPLE).fetchone()
+    assert found is not None
+    live, dead, history, history_bytes, backlog, inserted = found
+    row = {
+        "live_mb": live / MB,
+        "dead": int(dead or 0),
+        "history": int(history),
+        "history_mb": history_bytes / MB,
+        "backlog": int(backlog),
+    }
+    return row, int(inserted or 0)
+
+
+def show_soak(row: dict[str, Any]) -> str:
+    """One line of the soak's table."""
+    return (
+        f"| {row['minute']:.1f} | {row['live_mb']:.2f} MB | {row['dead']:,} "
+        f"| {row['history']:,} | {row['history_mb']:.1f} MB | {row['backlog']:,} "
+        f"| {row['throughput']:,.0f} |"
+    )
 
 
 def verdict(rows: list[dict[str, Any]]) -> str:
@@ -139,11 +159,13 @@ def main() -> None:
     print(HEADER)
     print("|---:|---:|---:|---:|---:|---:|---:|", flush=True)
     with worker(args.dsn), Conveyor(args.dsn, schema=SCHEMA, retention=args.retention) as app:
-        start = time.perf_counter()
         thread = threading.Thread(
-            target=sampler, args=(args.dsn, args.sample, start, done, rows), daemon=True
+            target=sample_every,
+            args=(args.dsn, args.sample, done, rows, take_soak, show_soak),
+            daemon=True,
         )
         thread.start()
+        start = time.perf_counter()
         tick = sent = 0
         while time.perf_counter() - start < seconds:
             app.send_batch([("bench", {"i": sent + k}) for k in range(per_tick)])

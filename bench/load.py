@@ -13,16 +13,13 @@ the end it says whether latency and sizes stayed flat (last third against the fi
 from __future__ import annotations
 
 import argparse
-import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 import psycopg
 
 from bench.run import conveyor_drain
-from bench.soak import MB, SCHEMA, Sampled, reset, sample_every, worker
-from conveyor import Conveyor
+from bench.soak import MB, SCHEMA, Sampled, reset, steady
 from conveyor.testing import LOCAL_TEST_DSN
 
 SAMPLE = f"""
@@ -108,27 +105,10 @@ def main() -> None:
     reset(args.dsn)
     print(HEADER)
     print("|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
-    rows: list[dict[str, Any]] = []
-    done = threading.Event()
-    per_tick = max(1, rate // 100)
-    with worker(args.dsn), Conveyor(args.dsn, schema=SCHEMA, retention=args.retention) as app:
-        thread = threading.Thread(
-            target=sample_every,
-            args=(args.dsn, args.sample, done, rows, take_load(args.sample), show_load),
-        )
-        thread.start()
-        start = time.perf_counter()
-        tick = sent = 0
-        while time.perf_counter() - start < args.minutes * 60:
-            app.send_batch([("bench", {"i": sent + k}) for k in range(per_tick)])
-            sent += per_tick
-            tick += 1
-            pause = tick * 0.01 - (time.perf_counter() - start)
-            if pause > 0:
-                time.sleep(pause)
-        elapsed = time.perf_counter() - start
-        done.set()
-        thread.join()
+    rows, sent, elapsed = steady(
+        args.dsn, rate, args.minutes * 60, args.retention, args.sample,
+        take_load(args.sample), show_load,
+    )  # fmt: skip
     achieved = sent / elapsed
     print(f"\nsent {sent:,} jobs in {elapsed:.0f}s ({achieved:,.0f} jobs/s of {rate:,} asked)")
     print(flat(rows))

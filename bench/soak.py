@@ -139,30 +139,23 @@ def verdict(rows: list[dict[str, Any]]) -> str:
     return "; ".join(parts)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dsn", default=LOCAL_TEST_DSN)
-    parser.add_argument("--minutes", type=float, default=15.0)
-    parser.add_argument("--rate", type=int, default=1000, help="jobs sent per second")
-    parser.add_argument("--retention", type=float, default=120.0, help="seconds kept after")
-    parser.add_argument("--sample", type=float, default=30.0, help="seconds between samples")
-    args = parser.parse_args()
-    reset(args.dsn)
+def steady(
+    dsn: str,
+    rate: int,
+    seconds: float,
+    retention: float,
+    every: float,
+    take: Callable[[psycopg.Connection[Any]], Sampled],
+    show: Callable[[dict[str, Any]], str],
+) -> tuple[list[dict[str, Any]], int, float]:
+    """Send ``rate`` jobs/s (a batch every 10 ms) for ``seconds`` while one worker process runs
+    them and the tables are sampled every ``every`` seconds; the samples, jobs sent, seconds."""
     rows: list[dict[str, Any]] = []
     done = threading.Event()
-    per_tick = max(1, args.rate // 100)
-    seconds = args.minutes * 60
-    print(
-        f"soak: {args.rate:,} jobs/s for {args.minutes:g} min, retention {args.retention:g}s, "
-        f"one worker process x 10, maintenance on; a sample every {args.sample:g}s\n"
-    )
-    print(HEADER)
-    print("|---:|---:|---:|---:|---:|---:|---:|", flush=True)
-    with worker(args.dsn), Conveyor(args.dsn, schema=SCHEMA, retention=args.retention) as app:
+    per_tick = max(1, rate // 100)
+    with worker(dsn), Conveyor(dsn, schema=SCHEMA, retention=retention) as app:
         thread = threading.Thread(
-            target=sample_every,
-            args=(args.dsn, args.sample, done, rows, take_soak, show_soak),
-            daemon=True,
+            target=sample_every, args=(dsn, every, done, rows, take, show), daemon=True
         )
         thread.start()
         start = time.perf_counter()
@@ -177,6 +170,27 @@ def main() -> None:
         elapsed = time.perf_counter() - start
         done.set()
         thread.join()
+    return rows, sent, elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dsn", default=LOCAL_TEST_DSN)
+    parser.add_argument("--minutes", type=float, default=15.0)
+    parser.add_argument("--rate", type=int, default=1000, help="jobs sent per second")
+    parser.add_argument("--retention", type=float, default=120.0, help="seconds kept after")
+    parser.add_argument("--sample", type=float, default=30.0, help="seconds between samples")
+    args = parser.parse_args()
+    reset(args.dsn)
+    print(
+        f"soak: {args.rate:,} jobs/s for {args.minutes:g} min, retention {args.retention:g}s, "
+        f"one worker process x 10, maintenance on; a sample every {args.sample:g}s\n"
+    )
+    print(HEADER)
+    print("|---:|---:|---:|---:|---:|---:|---:|", flush=True)
+    rows, sent, elapsed = steady(
+        args.dsn, args.rate, args.minutes * 60, args.retention, args.sample, take_soak, show_soak
+    )
     print(f"\nsent {sent:,} jobs in {elapsed:.0f}s ({sent / elapsed:,.0f} jobs/s)")
     print(verdict(rows))
 

@@ -49,7 +49,6 @@ from conveyor.options import (
     check_job_id,
     check_queue_name,
     check_seconds,
-    encode_payload,
     job_spec,
     list_filters,
     queue_policy,
@@ -170,10 +169,9 @@ class Client:
         """
         check_queue_name(event, "event name")
         limit = self._settings.max_payload_bytes
-        sql_options = sql_send_options(event, data, options, limit)
-        payload = encode_payload(data, limit)
+        spec = job_spec(event, data, options, limit)
         store = self._stores.store()
-        return store.job_publish(event, payload, sql_options, connection)
+        return store.job_publish(event, spec.data, sql_send_options(spec), connection)
 
     def subscribe(self, event: str, queue: str, *, connection: Conn | None = None) -> bool:
         """Make ``publish(event, ...)`` send a job to ``queue`` from now on; stored in the

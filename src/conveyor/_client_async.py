@@ -47,7 +47,6 @@ from conveyor.options import (
     check_job_id,
     check_queue_name,
     check_seconds,
-    encode_payload,
     job_spec,
     list_filters,
     queue_policy,
@@ -168,10 +167,9 @@ class AsyncClient:
         """
         check_queue_name(event, "event name")
         limit = self._settings.max_payload_bytes
-        sql_options = sql_send_options(event, data, options, limit)
-        payload = encode_payload(data, limit)
+        spec = job_spec(event, data, options, limit)
         store = self._stores.store_async()
-        return await store.job_publish(event, payload, sql_options, connection)
+        return await store.job_publish(event, spec.data, sql_send_options(spec), connection)
 
     async def subscribe_async(
         self, event: str, queue: str, *, connection: AsyncConn | None = None

@@ -435,11 +435,10 @@ def search_pattern(search: object) -> str | None:
     return f"%{escaped}%"
 
 
-def sql_send_options(queue: str, data: object, options: Mapping[str, Any], limit: int) -> str:
-    """Validate the job options of a job the database will send (a schedule's, a publish's) and
-    return them as the JSON object that the SQL function ``send`` takes (durations in seconds,
-    keys as strings)."""
-    spec = job_spec(queue, data, options, limit)
+def sql_send_options(spec: JobSpec) -> str:
+    """The options of a validated job that the database will send (a schedule's, a publish's),
+    as the JSON object that the SQL function ``send`` takes (durations in seconds, keys as
+    strings)."""
     out: dict[str, Any] = {}
     for name in ("priority", "retry_limit", "retry_delay", "retry_backoff", "retry_delay_max",
                  "expire_in", "retention", "dead_letter", "group_key"):  # fmt: skip
@@ -490,7 +489,7 @@ def schedule_values(
         "tz": zone,
         "queue": target,
         "data": encode_payload(data, payload_limit),
-        "options": sql_send_options(target, data, options, payload_limit),
+        "options": sql_send_options(job_spec(target, data, options, payload_limit)),
         "missed": missed,
         "backfill_limit": check_int("backfill_limit", backfill_limit, 1, 10_000),
     }

@@ -60,8 +60,7 @@ def role(conveyor_dsn: str, conveyor_schema: str) -> str:
     with psycopg.connect(conveyor_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
         conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
-        block = grants_block().replace("conveyor", conveyor_schema, 1)
-        block = block.replace("IN SCHEMA conveyor", f"IN SCHEMA {conveyor_schema}")
+        block = grants_block().replace("SCHEMA conveyor", f"SCHEMA {conveyor_schema}")
         conn.execute(block.replace("app_worker", name))  # type: ignore[arg-type]
     yield name
     with psycopg.connect(conveyor_dsn, autocommit=True) as conn:

@@ -314,11 +314,15 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coro)
-    coro.close()
-    raise ConfigurationError(
-        "an event loop is already running here: await the *_async method instead"
-    )
+        pass
+    else:
+        coro.close()
+        raise ConfigurationError(
+            "an event loop is already running here: await the *_async method instead"
+        )
+    # Outside the except block: run inside it, every exception raised by the worker or by a
+    # handler would carry the "no running event loop" RuntimeError as its context.
+    return asyncio.run(coro)
 
 
 def _known_defaults(defaults: dict[str, Any]) -> dict[str, Any]:

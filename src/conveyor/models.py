@@ -41,8 +41,22 @@ class JobState(StrEnum):
 
 
 TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.CANCELLED, JobState.FAILED})
+
+
+class Cancellation(threading.Event):
+    """A job's cancellation signal: a :class:`threading.Event` that is true once set.
+
+    ``if job.cancelled:`` and ``while not job.cancelled:`` read whether it is set, as they read;
+    a plain Event is always true, so that spelling would stop every handler at once.
+    ``wait(timeout)`` and ``is_set()`` work as on any Event.
+    """
+
+    def __bool__(self) -> bool:
+        return self.is_set()
+
+
 # The cancellation signal of a Job that is not running: nothing will ever set it.
-_NEVER_SET = threading.Event()
+_NEVER_SET = Cancellation()
 
 
 class QueuePolicy(StrEnum):
@@ -63,7 +77,7 @@ class JobRuntime(Protocol):
         ...
 
     @property
-    def cancelled(self) -> threading.Event:
+    def cancelled(self) -> Cancellation:
         """Set when the job was cancelled or ran past ``expire_in``, or the worker is stopping."""
         ...
 
@@ -145,9 +159,10 @@ class Job:
         return logging.LoggerAdapter(logging.getLogger("conveyor.job"), extra)
 
     @property
-    def cancelled(self) -> threading.Event:
+    def cancelled(self) -> Cancellation:
         """Set when the handler should stop: the job was cancelled, ran past ``expire_in``, or
-        the worker is shutting down. Sync handlers poll it; async handlers are also cancelled.
+        the worker is shutting down. True once set, so ``if job.cancelled:`` works; sync handlers
+        poll it (or ``job.cancelled.wait(timeout)``); async handlers are also cancelled.
         """
         if self._runtime is not None:
             return self._runtime.cancelled

@@ -10,6 +10,7 @@ import json
 import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from types import TracebackType
 from typing import Any
 from uuid import UUID
 
@@ -30,6 +31,17 @@ def _clean(text: str) -> str:
     return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 20] + "\n... (truncated)"
 
 
+def _from_handler(tb: TracebackType | None) -> TracebackType | None:
+    """The traceback from its first frame outside the worker, so that a stored traceback starts
+    in the handler; all of it when no frame is the handler's (an error of the worker)."""
+    first = tb
+    while first is not None and first.tb_frame.f_globals.get("__name__", "").startswith(
+        "conveyor.worker."
+    ):
+        first = first.tb_next
+    return first or tb
+
+
 def describe(exc: BaseException, job: Job, worker: UUID, kind: str | None = None) -> dict[str, Any]:
     """The stored form of an attempt's error. Never raises, whatever the exception does."""
     try:
@@ -41,7 +53,9 @@ def describe(exc: BaseException, job: Job, worker: UUID, kind: str | None = None
     except Exception:
         message = f"<unprintable {name}>"
     try:
-        trace: str | None = "".join(traceback.format_exception(exc))
+        trace: str | None = "".join(
+            traceback.format_exception(type(exc), exc, _from_handler(exc.__traceback__))
+        )
     except Exception:
         trace = None
     return {

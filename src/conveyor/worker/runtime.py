@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections.abc import Callable
 from typing import Any
 from uuid import UUID
+
+from conveyor.models import Cancellation
 
 job_log = logging.getLogger("conveyor.job")
 
@@ -34,7 +35,7 @@ class Runtime:
         self._attempt = attempt
         self._loop = loop
         self._on_progress = on_progress
-        self._cancelled: threading.Event | None = None
+        self._cancelled: Cancellation | None = None
         self._logger: logging.LoggerAdapter[logging.Logger] | None = None
         self._stop_requested = False
 
@@ -47,10 +48,10 @@ class Runtime:
         return self._logger
 
     @property
-    def cancelled(self) -> threading.Event:
-        """Set when the handler should stop."""
+    def cancelled(self) -> Cancellation:
+        """Set when the handler should stop; true once set."""
         if self._cancelled is None:
-            event = threading.Event()
+            event = Cancellation()
             if self._stop_requested:
                 event.set()
             self._cancelled = event

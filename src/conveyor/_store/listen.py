@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -44,11 +45,15 @@ class Listener:
         self.connected = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Listen until ``stop`` is set, reconnecting whenever the connection is lost."""
+        """Listen until ``stop`` is set, reconnecting whenever the connection is lost.
+
+        Setting ``stop`` ends it at once, wherever it waits (connecting, LISTENing, waiting for
+        a notification): a worker's exit never waits for a probe interval to run out.
+        """
         failures = 0
         while not stop.is_set():
             try:
-                await self._listen(stop)
+                await _unless_stopped(self._listen(), stop)
                 failures = 0
             except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
                 self.connected.clear()
@@ -58,7 +63,7 @@ class Listener:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
 
-    async def _listen(self, stop: asyncio.Event) -> None:
+    async def _listen(self) -> None:
         conn = await psycopg.AsyncConnection.connect(
             self._dsn, autocommit=True, application_name=self._application_name
         )
@@ -67,13 +72,31 @@ class Listener:
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
             self.connected.set()
             self._on_connect()
-            while not stop.is_set():
+            while True:
                 async for note in conn.notifies(timeout=self._probe_every):
                     self._on_notify(note.channel, note.payload)
-                    if stop.is_set():
-                        break
                 # After a quiet spell, make sure the connection is still alive.
                 await conn.execute("SELECT 1")
         finally:
             self.connected.clear()
             await conn.close()
+
+
+async def _unless_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> None:
+    """Run ``work`` until it ends or ``stop`` is set; then it is cancelled, and its cleanup
+    (closing the connection) has run when this returns. Its own error is raised unless it was
+    stopped."""
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+    if task.cancelled():
+        return
+    error = task.exception()
+    if error is not None and not stop.is_set():
+        raise error

@@ -33,7 +33,7 @@ from conveyor.options import (
     check_seconds,
 )
 from conveyor.scheduler import Scheduler
-from conveyor.worker import signals
+from conveyor.worker import logs, signals
 from conveyor.worker.runner import Worker, WorkerOptions
 from conveyor.worker.service import Service
 
@@ -125,8 +125,10 @@ class Conveyor(Client, AsyncClient):
         return register
 
     def on(self, event: str) -> Callable[[Listener], Listener]:
-        """Subscribe to a lifecycle event: ``job.started``, ``job.completed``, ``job.failed``,
-        ``job.retried``, ``job.snoozed``, ``job.dead``, ``worker.error``."""
+        """Subscribe to a lifecycle event: ``job.started``, ``job.completed``,
+        ``job.attempt_failed`` (one attempt), ``job.retried``, ``job.snoozed``, ``job.failed``
+        (the last attempt failed: the job is in the dead letters; ``job.dead`` is a synonym),
+        ``worker.error``."""
         return self._events.on(event)
 
     # -- workers -----------------------------------------------------------------------------
@@ -203,6 +205,8 @@ class Conveyor(Client, AsyncClient):
                 Scheduler(),
             ]
         )
+        # Before the worker is built: it asks which events have listeners.
+        logs.install_job_logging(self._events)
         worker = Worker(
             dsn=self._stores.dsn,
             listen_dsn=self._stores.listen_dsn,
@@ -214,13 +218,21 @@ class Conveyor(Client, AsyncClient):
             options=options,
             clock=self._settings.clock,
         )
-        async with contextlib.AsyncExitStack() as stack:
-            if install_signal_handlers:
-                stack.enter_context(signals.graceful(worker.stop, worker.stop_now))
-            if stop is not None:
-                watcher = asyncio.create_task(_stop_when(stop, worker.stop))
-                stack.callback(watcher.cancel)
-            return await worker.run()
+        logs.log_worker_started(worker.id, options, schema=self.schema, dsn=self._stores.dsn)
+        error: Exception | None = None
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                if install_signal_handlers:
+                    stack.enter_context(signals.graceful(worker.stop, worker.stop_now))
+                if stop is not None:
+                    watcher = asyncio.create_task(_stop_when(stop, worker.stop))
+                    stack.callback(watcher.cancel)
+                return await worker.run()
+        except Exception as exc:
+            error = exc
+            raise
+        finally:
+            logs.log_worker_stopped(worker.id, worker.jobs_run, error)
 
     def run_worker(
         self,

@@ -2,6 +2,11 @@
 
 Subscribe with ``@app.on("job.completed")``. Callbacks run in the worker's event loop and must be
 quick; an exception in one is logged and never reaches the job or the worker.
+
+One word, one meaning: ``failed`` is the job's state once its last attempt failed (it stands in
+the dead letters), never a single failed attempt. A failing job that is retried once, then fails
+again, emits ``job.attempt_failed``, ``job.retried``, ``job.attempt_failed``, ``job.failed`` and
+``job.dead``.
 """
 
 from __future__ import annotations
@@ -20,23 +25,31 @@ log = logging.getLogger("conveyor.events")
 EVENTS = (
     "job.started",  # a worker began an attempt
     "job.completed",  # the job finished; its result is stored
-    "job.failed",  # an attempt failed (the job may still be retried)
+    "job.attempt_failed",  # one attempt failed (the job may still be retried)
     "job.retried",  # the job was queued again after a failed attempt
     "job.snoozed",  # the handler raised Retry: queued again, attempt not spent
-    "job.dead",  # the last attempt failed: the job is in the dead letters
+    "job.failed",  # the last attempt failed: the job is in state failed, in the dead letters
+    "job.dead",  # the same moment as job.failed, under the name the dead letters go by
     "worker.error",  # the worker hit an error of its own (database unreachable, ...)
 )
 
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """What happened, to which job, with the error or result when there is one."""
+    """What happened, to which job, with the error or result when there is one.
+
+    ``job`` is the job as its attempt saw it. Recovery, which takes back the jobs of dead
+    workers without reading them whole, leaves ``job`` None and names the job by ``job_id`` and
+    ``queue`` (its attempt number and error are not at hand either).
+    """
 
     name: str
     worker_id: UUID
     job: Job | None = None
     error: dict[str, Any] | None = None
     result: Any = None
+    job_id: UUID | None = None
+    queue: str | None = None
 
 
 Listener = Callable[[Event], object]

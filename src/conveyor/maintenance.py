@@ -42,6 +42,11 @@ from conveyor.worker.waiting import first_of
 
 log = logging.getLogger("conveyor.maintenance")
 
+RECOVERED_EVENTS = {
+    "retry": ("job.attempt_failed", "job.retried"),
+    "failed": ("job.attempt_failed", "job.failed", "job.dead"),
+}
+
 
 class Maintenance:
     """Recover the jobs of dead workers and of attempts far past their deadline; delete what
@@ -96,10 +101,12 @@ class Maintenance:
         changed = await context.store.job_recover(
             self.stale_after, self.stale_after, context.clock()
         )
+        # The attempt a dead worker held failed; the job is retried or, out of attempts, failed.
+        # The lines about them are written by the log listeners of these events.
         for job in changed:
-            name = "job.dead" if job.state == "failed" else "job.retried"
-            log.warning("recovered job %s of queue %s: now %s", job.id, job.queue, job.state)
-            context.events.emit(Event(name, context.worker_id))
+            names = RECOVERED_EVENTS["failed" if job.state == "failed" else "retry"]
+            for name in names:
+                context.events.emit(Event(name, context.worker_id, job_id=job.id, queue=job.queue))
 
     async def _tidy(self, context: ServiceContext, stop: Flag) -> None:
         # A cleanup that fails (a statement_timeout set by the DBA, a lock it should not have

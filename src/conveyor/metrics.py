@@ -14,10 +14,11 @@ Exported (every job metric is labelled by ``queue``):
   throughput counters cover them.
 - ``conveyor_queue_oldest_waiting_seconds{queue}``: how long the oldest runnable job has waited.
 - ``conveyor_workers``: workers with a heartbeat younger than ``stale_after``.
-- ``conveyor_jobs_started_total``, ``..._completed_total``, ``..._failed_total`` (failed
-  attempts), ``..._retried_total``, ``..._dead_total``, ``..._snoozed_total``: events seen by the
-  workers of this process. A job that recovery sends to the dead letters or to a retry carries
-  no job, so it is counted under ``queue=""``.
+- ``conveyor_jobs_started_total``, ``..._completed_total``, ``..._retried_total``,
+  ``..._snoozed_total``, ``..._failed_total`` (jobs whose last attempt failed: they are in state
+  ``failed``, in the dead letters) and ``..._dead_total`` (the same count, under the dead
+  letters' name), and ``conveyor_attempts_failed_total`` (every failed attempt, retried or
+  not): events seen by the workers of this process, recovery of dead workers' jobs included.
 - ``conveyor_job_run_seconds{queue}``: from the start of an attempt to its outcome in this
   process; ``conveyor_job_wait_seconds{queue}``: from ``run_at`` to the start of the attempt.
 - ``conveyor_worker_errors_total``, and ``conveyor_metrics_refresh_errors_total`` when the counts
@@ -54,7 +55,18 @@ BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300,
 # Attempts whose start was seen but whose end never will be (cancelled, handed back at
 # shutdown) must not pile up: beyond this many, the oldest are forgotten.
 MAX_TRACKED = 100_000
-OUTCOMES = ("completed", "failed", "retried", "dead", "snoozed")
+# Event -> counter. "failed" is the job's state (its last attempt failed); a single failed
+# attempt is counted apart, as an attempt.
+OUTCOMES = {
+    "job.completed": ("conveyor_jobs_completed", "Jobs completed."),
+    "job.attempt_failed": ("conveyor_attempts_failed", "Attempts that failed (retried or not)."),
+    "job.retried": ("conveyor_jobs_retried", "Jobs queued again after a failed attempt."),
+    "job.snoozed": ("conveyor_jobs_snoozed", "Jobs that asked to run later (Retry)."),
+    "job.failed": ("conveyor_jobs_failed", "Jobs whose last attempt failed (dead letters)."),
+    "job.dead": ("conveyor_jobs_dead", "Jobs sent to the dead letters (same as failed)."),
+}
+# The events that end an attempt, from which its run time is measured.
+ATTEMPT_ENDS = frozenset({"job.completed", "job.attempt_failed", "job.snoozed"})
 # Seconds a scrape waits for the database before serving the previous counts; below
 # Prometheus' default scrape timeout of 10 s.
 DATABASE_TIMEOUT = 5.0
@@ -87,11 +99,9 @@ class Metrics:
             "conveyor_jobs_started", "Attempts started.", labels, registry=self.registry
         )
         self._outcomes = {
-            name: Counter(
-                f"conveyor_jobs_{name}", f"Jobs {name} (events seen by this process).", labels,
-                registry=self.registry,
-            )
-            for name in OUTCOMES
+            event: Counter(metric, f"{text} Events seen by this process.", labels,
+                           registry=self.registry)
+            for event, (metric, text) in OUTCOMES.items()
         }  # fmt: skip
         self._run_seconds = Histogram(
             "conveyor_job_run_seconds", "Seconds from an attempt's start to its outcome.", labels,
@@ -118,7 +128,7 @@ class Metrics:
             self._installed = True
         self.app.on("job.started")(self._on_started)
         for name in OUTCOMES:
-            self.app.on(f"job.{name}")(self._on_outcome)
+            self.app.on(name)(self._on_outcome)
         self.app.on("worker.error")(self._on_worker_error)
 
     def render(self) -> tuple[bytes, str]:
@@ -157,10 +167,10 @@ class Metrics:
 
     def _on_outcome(self, event: Event) -> None:
         job = event.job
-        name = event.name.removeprefix("job.")
-        self._outcomes[name].labels(job.queue if job is not None else "").inc()
-        if job is None or name in ("retried", "dead"):
-            return  # the attempt already ended with job.failed
+        queue = job.queue if job is not None else event.queue or ""
+        self._outcomes[event.name].labels(queue).inc()
+        if job is None or event.name not in ATTEMPT_ENDS:
+            return
         with self._lock:
             began = self._started.pop((job.id, job.attempt), None)
         if began is not None:

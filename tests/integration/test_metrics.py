@@ -64,9 +64,12 @@ def test_events_feed_counters_and_histograms(app: Conveyor) -> None:
     assert got[q("conveyor_jobs_started_total", queue="ok")] == 3
     assert got[q("conveyor_jobs_completed_total", queue="ok")] == 3
     assert got[q("conveyor_jobs_started_total", queue="flaky")] == 2
-    assert got[q("conveyor_jobs_failed_total", queue="flaky")] == 2
+    # "failed" is the job's state: once per job that ran out of attempts, not per attempt.
+    assert got[q("conveyor_attempts_failed_total", queue="flaky")] == 2
     assert got[q("conveyor_jobs_retried_total", queue="flaky")] == 1
+    assert got[q("conveyor_jobs_failed_total", queue="flaky")] == 1
     assert got[q("conveyor_jobs_dead_total", queue="flaky")] == 1
+    assert got[q("conveyor_attempts_failed_total", queue="doomed")] == 1
     assert got[q("conveyor_jobs_failed_total", queue="doomed")] == 1
     assert got[q("conveyor_jobs_dead_total", queue="doomed")] == 1
     assert q("conveyor_jobs_retried_total", queue="doomed") not in got
@@ -125,14 +128,18 @@ def test_recovery_outcomes_and_worker_errors_are_counted(app: Conveyor) -> None:
     metrics = Metrics(app)
     metrics.install()
     worker = uuid.uuid4()
-    # What the leader's recovery emits: the outcome, without the job.
-    app._events.emit(Event("job.dead", worker))
-    app._events.emit(Event("job.retried", worker))
+    # What the leader's recovery emits: the outcome, with the job's id and queue only.
+    for name in ("job.attempt_failed", "job.failed", "job.dead"):
+        app._events.emit(Event(name, worker, job_id=uuid.uuid4(), queue="lost"))
+    for name in ("job.attempt_failed", "job.retried"):
+        app._events.emit(Event(name, worker, job_id=uuid.uuid4(), queue="lost"))
     app._events.emit(Event("worker.error", worker, error={"message": "connection lost"}))
     got = samples(metrics.render()[0])
     metrics.close()
-    assert got[q("conveyor_jobs_dead_total", queue="")] == 1
-    assert got[q("conveyor_jobs_retried_total", queue="")] == 1
+    assert got[q("conveyor_attempts_failed_total", queue="lost")] == 2
+    assert got[q("conveyor_jobs_failed_total", queue="lost")] == 1
+    assert got[q("conveyor_jobs_dead_total", queue="lost")] == 1
+    assert got[q("conveyor_jobs_retried_total", queue="lost")] == 1
     assert got[q("conveyor_worker_errors_total")] == 1
 
 

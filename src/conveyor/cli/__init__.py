@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import importlib
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from conveyor.errors import (
     NotFound,
     ValidationError,
 )
+from conveyor.worker.logs import FORMATS, LEVELS, configure_logging
 from conveyor.worker.processes import supervise
 
 EXIT_CHECK_FAILED = 1
@@ -184,7 +184,15 @@ def migrate(cli: CliContext, print_sql: bool, check: bool, as_json: bool) -> Non
     help="Seconds between polls when no NOTIFY arrives.",
 )
 @click.option("--recover-interval", type=float, default=5.0, show_default=True)
-@click.option("--log-level", default="INFO", show_default=True)
+@click.option(
+    "--log-level", envvar="CONVEYOR_LOG_LEVEL", default="INFO", show_default=True,
+    type=click.Choice(LEVELS, case_sensitive=False), help="Lowest level of the lines written.",
+)  # fmt: skip
+@click.option(
+    "--log-format", envvar="CONVEYOR_LOG_FORMAT", default="logfmt", show_default=True,
+    type=click.Choice(FORMATS),
+    help="Log lines as key=value pairs (logfmt) or JSON objects, one per line, on stderr.",
+)  # fmt: skip
 @click.option("--metrics-port", type=int, help="Serve Prometheus metrics on this port.")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True)
 @click.pass_obj
@@ -204,13 +212,12 @@ def worker(
     poll_interval: float,
     recover_interval: float,
     log_level: str,
+    log_format: str,
     metrics_port: int | None,
     metrics_host: str,
 ) -> None:
     """Run the jobs of APP (module:attribute) until SIGTERM or SIGINT."""
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(log_level, log_format)
     if processes < 1:
         raise ValidationError("--processes must be at least 1")
     if processes > 1 and metrics_port is not None:

@@ -31,7 +31,11 @@ from conveyor.errors import (
 from conveyor.models import JobState, QueuePolicy
 
 QUEUE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-/:]{0,127}")
-SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
+# NOTIFY channels are named after the schema ("conveyor:<schema>:cancel" the longest) and
+# PostgreSQL refuses a channel name over 63 bytes: a longer schema name would break cancel and
+# recovery, so it is refused here.
+SCHEMA_NAME_MAX = 63 - len("conveyor:") - len(":cancel")
+SCHEMA_NAME = re.compile(rf"[a-z_][a-z0-9_]{{0,{SCHEMA_NAME_MAX - 1}}}")
 INT32 = (-(2**31), 2**31 - 1)
 MAX_RETRY_LIMIT = 10_000
 TEN_YEARS = 10 * 366 * 86_400.0
@@ -81,10 +85,12 @@ def check_queue_name(name: object, what: str = "queue name") -> str:
 
 
 def check_schema_name(name: object) -> str:
-    """Return ``name`` if it is a valid schema name (lower-case identifier, at most 48 chars)."""
+    """Return ``name`` if it is a valid schema name (lower-case identifier, at most
+    ``SCHEMA_NAME_MAX`` characters)."""
     if not isinstance(name, str) or not SCHEMA_NAME.fullmatch(name):
         raise InvalidOption(
-            f"invalid schema name {name!r}: use a lower-case identifier of at most 48 characters"
+            f"invalid schema name {name!r}: use a lower-case identifier of at most "
+            f"{SCHEMA_NAME_MAX} characters"
         )
     return name
 

@@ -87,8 +87,13 @@ async def test_recovery_names_the_job_it_took_back(
     lines: list[dict[str, Any]] = [
         vars(r) for r in caplog.records if getattr(r, "job_id", None) == str(job_id)
     ]
-    assert [(line["msg"], line.get("recovered")) for line in lines] == [
+    assert [(line["_summary"], line.get("recovered")) for line in lines] == [
         ("attempt failed", True),
         ("job retried", True),
     ]
     assert all(line["queue"] == "orphan" for line in lines)
+    assert [r.getMessage() for r in caplog.records if getattr(r, "job_id", None)] == [
+        f"job {job_id} (queue orphan) its attempt failed: taken back by recovery (its worker "
+        "stopped sending heartbeats, or it ran far past expire_in)",
+        f"job {job_id} (queue orphan) queued again after its attempt failed",
+    ]

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from conveyor import Conveyor, JobState
+from conveyor import Conveyor, Job, JobState
 from conveyor.worker.logs import JsonFormatter, LogfmtFormatter
 
 PASSWORD = "s3cret-never-logged"
@@ -251,3 +251,28 @@ def test_log_options_are_checked(worker_app: Path) -> None:
     proc = start(worker_app, "--log-format", "xml", "--burst")
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "--log-format" in out
+
+
+def test_a_plain_formatter_gets_a_whole_sentence(
+    app: Conveyor, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An app with a logging set-up of its own (``%(message)s``) still learns which job failed,
+    how, and what happens next."""
+
+    @app.job("plain", retry_limit=1, retry_delay=0)
+    def plain(job: Job) -> None:
+        raise KeyError("missing")
+
+    caplog.set_level(logging.INFO, logger="conveyor")
+    job_id = app.send("plain", {})
+    app.drain()
+    said = [r.getMessage() for r in caplog.records if r.name == "conveyor.job"]
+    who = f"job {job_id} (queue plain)"
+    assert said == [
+        f"{who} attempt 1/2 failed: KeyError: 'missing'",
+        f"{who} queued again after attempt 1/2 failed",
+        f"{who} attempt 2/2 failed: KeyError: 'missing'",
+        f"{who} failed for good after attempt 2/2, now in the dead letters: KeyError: 'missing'",
+    ]
+    [started] = [r.getMessage() for r in caplog.records if r.name == "conveyor.worker"][:1]
+    assert started.startswith("worker ") and f"schema {app.schema}, queues plain" in started

@@ -11,8 +11,10 @@ A worker writes, with the standard :mod:`logging` module:
 
 The job lines come from listeners of the app's events, subscribed when a worker starts: a job
 that succeeds costs nothing more unless DEBUG is on. Every line carries its fields as ``extra``
-attributes, so any formatter can use them; :func:`configure_logging` sets up ``logfmt``
-(``key=value``, the default of ``conveyor worker``) or ``json``, one line per record.
+attributes, so any formatter can use them, and its message is a whole sentence for formatters
+that print only the message. :func:`configure_logging` sets up ``logfmt`` (``key=value``, the
+default of ``conveyor worker``) or ``json``, one line per record; these print the fields, with
+the line's short name (its ``_summary``, "attempt failed") as ``msg`` instead of the sentence.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def _fields(record: logging.LogRecord, formatter: logging.Formatter) -> Iterator
     yield "ts", at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
     yield "level", record.levelname.lower()
     yield "logger", record.name
-    yield "msg", record.getMessage()
+    yield "msg", getattr(record, "_summary", None) or record.getMessage()
     for key, value in record.__dict__.items():
         if key not in _STANDARD and not key.startswith("_") and value is not None:
             yield key, value
@@ -115,18 +117,25 @@ def configure_logging(
 
 # -- the job lines ---------------------------------------------------------------------------
 
-# Event -> (level, message). job.dead is the same moment as job.failed: one line is enough.
+# Event -> (level, short name, sentence). job.dead is the same moment as job.failed: one line
+# is enough. The sentence's fields: who (job and queue), attempt, error (type: message).
 _JOB_LINES = {
-    "job.attempt_failed": (logging.WARNING, "attempt failed"),
-    "job.retried": (logging.INFO, "job retried"),
-    "job.failed": (logging.ERROR, "job failed, in the dead letters"),
-}
+    "job.attempt_failed": (logging.WARNING, "attempt failed", "{who} {attempt} failed: {error}"),
+    "job.retried": (logging.INFO, "job retried", "{who} queued again after {attempt} failed"),
+    "job.failed": (
+        logging.ERROR, "job failed, in the dead letters",
+        "{who} failed for good after {attempt}, now in the dead letters: {error}",
+    ),
+}  # fmt: skip
 _DEBUG_LINES = {
-    "job.started": (logging.DEBUG, "attempt started"),
-    "job.completed": (logging.DEBUG, "job completed"),
-    "job.snoozed": (logging.DEBUG, "job snoozed"),
+    "job.started": (logging.DEBUG, "attempt started", "{who} {attempt} started"),
+    "job.completed": (logging.DEBUG, "job completed", "{who} completed ({attempt})"),
+    "job.snoozed": (logging.DEBUG, "job snoozed", "{who} snoozed ({attempt} not spent)"),
 }
 _LINES = {**_JOB_LINES, **_DEBUG_LINES}
+RECOVERED = (
+    "taken back by recovery (its worker stopped sending heartbeats, or it ran far past expire_in)"
+)
 _subscribed: weakref.WeakKeyDictionary[Events, set[str]] = weakref.WeakKeyDictionary()
 
 
@@ -143,16 +152,18 @@ def install_job_logging(events: Events) -> None:
 
 
 def _log_event(event: Event) -> None:
-    level, message = _LINES[event.name]
+    level, summary, sentence = _LINES[event.name]
     if not job_log.isEnabledFor(level):
         return
     job = event.job
-    fields: dict[str, Any] = {"event": event.name}
+    fields: dict[str, Any] = {"_summary": summary, "event": event.name}
     if job is not None:
         fields.update(job_id=str(job.id), queue=job.queue, attempt=job.attempt)
         fields["max_attempts"] = job.max_attempts
+        attempt = f"attempt {job.attempt}/{job.max_attempts}"
     else:  # taken back by recovery from a dead worker: only the id and queue are at hand
         fields.update(job_id=str(event.job_id), queue=event.queue, recovered=True)
+        attempt = "its attempt"
     error = event.error
     if error is not None:
         fields["error_type"] = error.get("type")
@@ -161,6 +172,10 @@ def _log_event(event: Event) -> None:
         if job_log.isEnabledFor(logging.DEBUG) and error.get("traceback"):
             fields["traceback"] = error["traceback"]
     fields["worker_id"] = str(event.worker_id)
+    said = RECOVERED if error is None else f"{fields['error_type']}: {fields['error']}"
+    message = sentence.format(
+        who=f"job {fields['job_id']} (queue {fields['queue']})", attempt=attempt, error=said
+    )
     job_log.log(level, message, extra=fields)
 
 
@@ -177,28 +192,39 @@ def version() -> str:
 
 def log_worker_started(worker_id: UUID, options: WorkerOptions, *, schema: str, dsn: str) -> None:
     """The startup line: version, schema, queues, concurrency, where the database is."""
+    fields: dict[str, Any] = {
+        "_summary": "worker started",
+        "worker_id": str(worker_id),
+        "version": version(),
+        "pid": os.getpid(),
+        "hostname": socket.gethostname(),
+        "schema": schema,
+        "queues": list(options.queues),
+        "concurrency": options.concurrency,
+        "prefetch": "auto" if options.prefetch is None else options.prefetch,
+        "database": describe_dsn(dsn),
+        "burst": options.burst,
+    }
     worker_log.info(
-        "worker started",
-        extra={
-            "worker_id": str(worker_id),
-            "version": version(),
-            "pid": os.getpid(),
-            "hostname": socket.gethostname(),
-            "schema": schema,
-            "queues": list(options.queues),
-            "concurrency": options.concurrency,
-            "prefetch": "auto" if options.prefetch is None else options.prefetch,
-            "database": describe_dsn(dsn),
-            "burst": options.burst,
-        },
-    )
+        "worker %s started: conveyor %s, schema %s, queues %s, concurrency %d, database %s",
+        fields["worker_id"], fields["version"], schema, ",".join(options.queues),
+        options.concurrency, fields["database"], extra=fields,
+    )  # fmt: skip
 
 
 def log_worker_stopped(worker_id: UUID, attempts: int, error: BaseException | None = None) -> None:
     """The last line of a worker: how many attempts it ran, and the error that ended it."""
     extra: dict[str, Any] = {"worker_id": str(worker_id), "attempts": attempts}
     if error is None:
-        worker_log.info("worker stopped", extra=extra)
+        extra["_summary"] = "worker stopped"
+        worker_log.info("worker %s stopped after %d attempt(s)", worker_id, attempts, extra=extra)
         return
-    extra.update(error_type=type(error).__name__, error=str(error)[:MAX_MESSAGE])
-    worker_log.error("worker stopped on an error", extra=extra)
+    extra.update(
+        _summary="worker stopped on an error",
+        error_type=type(error).__name__,
+        error=str(error)[:MAX_MESSAGE],
+    )
+    worker_log.error(
+        "worker %s stopped on an error after %d attempt(s): %s: %s",
+        worker_id, attempts, extra["error_type"], extra["error"], extra=extra,
+    )  # fmt: skip

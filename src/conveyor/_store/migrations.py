@@ -2,8 +2,19 @@
 
 Files are ``NNNN_name.sql`` under ``sql/migrations``, forward-only and never edited once released:
 the checksum of each applied file is kept in the ``migration`` table and a changed file is refused.
-A file whose first line is ``-- conveyor: no-transaction`` runs outside a transaction (for
-``CREATE INDEX CONCURRENTLY``), under a session-level lock instead of a transaction-level one.
+
+A file starts with header lines ``-- conveyor: <flag>[, <flag>...]``:
+
+- ``breaking`` or ``non-breaking``: whether code of the previous releases stops working on the
+  schema once the file is applied. Workers run on a schema that a newer release migrated
+  further only when every migration they do not know is non-breaking (rolling deploys: old
+  workers keep running, and restarting, while the new schema lands). A file that says neither
+  counts as breaking, so a forgotten header can only make old workers refuse to start.
+- ``no-transaction``: the file runs outside a transaction (for ``CREATE INDEX CONCURRENTLY``),
+  under a session-level lock instead of a transaction-level one.
+
+The flag is recorded in the ``migration`` table when the file is applied, where older releases,
+which do not ship the file, read it.
 """
 
 from __future__ import annotations
@@ -20,7 +31,8 @@ from conveyor._store.queries import queries, render
 from conveyor.errors import MigrationChecksumMismatch
 
 FILE_NAME = re.compile(r"(\d{4})_(\w+)\.sql")
-NO_TRANSACTION = "-- conveyor: no-transaction"
+HEADER = "-- conveyor:"
+FLAGS = frozenset({"breaking", "non-breaking", "no-transaction"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,13 +49,38 @@ class Migration:
         return hashlib.sha256(self.template.encode("utf-8")).hexdigest()
 
     @property
+    def flags(self) -> frozenset[str]:
+        """The flags of the file's header lines."""
+        return header_flags(self.template)
+
+    @property
     def transactional(self) -> bool:
         """False when the file must run outside a transaction."""
-        return not self.template.startswith(NO_TRANSACTION)
+        return "no-transaction" not in self.flags
+
+    @property
+    def breaking(self) -> bool:
+        """True unless the file declares itself non-breaking."""
+        return "non-breaking" not in self.flags
 
     def sql(self, schema: str) -> str:
         """The file's SQL for ``schema``."""
         return render(self.template, schema)
+
+
+def header_flags(template: str) -> frozenset[str]:
+    """The flags of the ``-- conveyor:`` lines that open a migration file."""
+    found: set[str] = set()
+    for line in template.splitlines():
+        if not line.startswith(HEADER):
+            break
+        found.update(f.strip() for f in line[len(HEADER) :].split(",") if f.strip())
+    unknown = found - FLAGS
+    if unknown:
+        raise RuntimeError(f"unknown migration flags {sorted(unknown)}: use {sorted(FLAGS)}")
+    if {"breaking", "non-breaking"} <= found:
+        raise RuntimeError("a migration is breaking or non-breaking, not both")
+    return frozenset(found)
 
 
 @cache
@@ -70,17 +107,34 @@ class MigrationStatus:
     applied: tuple[int, ...]
     pending: tuple[Migration, ...]
     unknown: tuple[int, ...]
+    #: The unknown (newer) migrations that were applied as breaking.
+    unknown_breaking: tuple[int, ...] = ()
 
     @property
     def current(self) -> bool:
         """True when nothing is pending and the database knows no newer migration."""
         return not self.pending and not self.unknown
 
+    @property
+    def runnable(self) -> bool:
+        """True when this release's code works on the schema: nothing is pending and every
+        newer migration is non-breaking (a rolling deploy under way)."""
+        return not self.pending and not self.unknown_breaking
 
-def status(applied: dict[int, str]) -> MigrationStatus:
-    """Compare the applied versions (and their checksums) with the shipped files."""
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """A row of the ``migration`` table."""
+
+    checksum: str
+    breaking: bool
+
+
+def status(applied: dict[int, Applied]) -> MigrationStatus:
+    """Compare the applied versions (their checksums and flags) with the shipped files."""
     shipped = {m.version: m for m in migrations()}
-    for version, checksum in applied.items():
+    for version, row in applied.items():
+        checksum = row.checksum
         known = shipped.get(version)
         if known is not None and known.checksum != checksum:
             raise MigrationChecksumMismatch(
@@ -91,6 +145,9 @@ def status(applied: dict[int, str]) -> MigrationStatus:
         applied=tuple(sorted(applied)),
         pending=tuple(m for v, m in sorted(shipped.items()) if v not in applied),
         unknown=tuple(sorted(v for v in applied if v not in shipped)),
+        unknown_breaking=tuple(
+            sorted(v for v, row in applied.items() if v not in shipped and row.breaking)
+        ),
     )
 
 
@@ -106,7 +163,12 @@ def pending_sql(pending: tuple[Migration, ...], schema: str) -> str:
         if m.transactional:
             parts.append("BEGIN;")
         parts.append(m.sql(schema).strip())
-        values = {"version": m.version, "name": m.name, "checksum": m.checksum}
+        values = {
+            "version": m.version,
+            "name": m.name,
+            "checksum": m.checksum,
+            "breaking": m.breaking,
+        }
         literals = {k: sql.Literal(v).as_string() for k, v in values.items()}
         parts.append(named["migration_record"].sql % literals + ";")
         if m.transactional:

@@ -1,29 +1,60 @@
 -- Bookkeeping of migrations: the version table, and the advisory lock that serialises migrators.
 
+-- breaking: whether code of older releases stops working once the migration is applied (see
+-- conveyor._store.migrations); added after the first release, hence the ALTER. Rows recorded
+-- before it count as breaking.
 -- name: migration_bootstrap :exec
 CREATE SCHEMA IF NOT EXISTS {schema};
 CREATE TABLE IF NOT EXISTS {schema}.migration (
     version    integer PRIMARY KEY,
     name       text NOT NULL,
     checksum   text NOT NULL,
-    applied_at timestamptz NOT NULL DEFAULT now()
+    applied_at timestamptz NOT NULL DEFAULT now(),
+    breaking   boolean NOT NULL DEFAULT true
 );
+DO $$
+BEGIN
+    -- Checked first: ALTER TABLE would lock the table even when the column exists.
+    IF NOT EXISTS (
+        SELECT FROM pg_attribute a
+        JOIN pg_class c ON c.oid = a.attrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = {schema_literal} AND c.relname = 'migration' AND a.attname = 'breaking'
+    ) THEN
+        ALTER TABLE {schema}.migration ADD COLUMN breaking boolean NOT NULL DEFAULT true;
+    END IF;
+END
+$$;
 
+-- Read through to_jsonb so it also works on a table that has no breaking column yet (a worker
+-- of this release starting on a schema no migrator of it has touched).
 -- name: migration_applied :many
-SELECT version, checksum FROM {schema}.migration ORDER BY version;
+SELECT m.version, m.checksum, coalesce((to_jsonb(m) ->> 'breaking')::boolean, true) AS breaking
+FROM {schema}.migration m
+ORDER BY m.version;
 
 -- name: migration_table_exists :scalar
 SELECT EXISTS (SELECT FROM pg_tables WHERE schemaname = {schema_literal} AND tablename = 'migration');
 
 -- name: migration_record :exec
-INSERT INTO {schema}.migration (version, name, checksum)
-VALUES (%(version)s, %(name)s, %(checksum)s);
+INSERT INTO {schema}.migration (version, name, checksum, breaking)
+VALUES (%(version)s, %(name)s, %(checksum)s, %(breaking)s);
 
 -- name: migration_xact_lock :exec
 SELECT pg_advisory_xact_lock(hashtext('conveyor:migrate:' || {schema_literal}));
 
 -- name: migration_session_lock :exec
 SELECT pg_advisory_lock(hashtext('conveyor:migrate:' || {schema_literal}));
+
+-- How long a migration waits for a table lock, in milliseconds (see migrate_async.py).
+-- name: migration_lock_timeout_local :exec
+SELECT set_config('lock_timeout', %(ms)s::text, true);
+
+-- name: migration_lock_timeout :exec
+SELECT set_config('lock_timeout', %(ms)s::text, false);
+
+-- name: migration_lock_timeout_reset :exec
+RESET lock_timeout;
 
 -- name: migration_session_unlock :exec
 SELECT pg_advisory_unlock(hashtext('conveyor:migrate:' || {schema_literal}));

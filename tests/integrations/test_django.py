@@ -1,5 +1,8 @@
 """The Django task backend against the real database: Django's API enqueues inside Django's own
-transaction, Conveyor's worker runs the task, and ``get_result`` reads it back."""
+transaction, Conveyor's worker runs the task, and ``get_result`` reads it back.
+
+Runs on whichever task framework is installed: ``django.tasks`` (Django 6) or the
+``django-tasks`` package; CI runs it on both (see ``.ci/run``)."""
 
 from __future__ import annotations
 
@@ -8,31 +11,39 @@ import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import django
 import pytest
 from django.apps import apps
 from django.core.exceptions import ImproperlyConfigured
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import connections, transaction
 from django.test import Client, override_settings
 from django.utils import timezone
-from django_tasks import TaskResultStatus, task_backends
-from django_tasks.exceptions import TaskResultDoesNotExist
 
 from conveyor import Conveyor, JobNotFound
 from conveyor.cli import load_app
 from conveyor.integrations.django import ConveyorBackend
 from conveyor.integrations.django import backend as backend_module
+from conveyor.integrations.django.framework import (
+    FRAMEWORK,
+    InvalidTask,
+    TaskResultDoesNotExist,
+    TaskResultStatus,
+    task_backends,
+)
+from conveyor.models import JobState
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "django_project"
 
 
 @pytest.fixture
-def backend(
+def tasks_settings(
     conveyor_dsn: str, conveyor_schema: str, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[ConveyorBackend]:
-    """The example project's settings, on this worker's schema; the backend of its tasks."""
+) -> Iterator[dict[str, Any]]:
+    """The example project's TASKS on this test's schema, and a second backend, ``other``,
+    storing its tasks in the same schema under another queue prefix."""
     if str(EXAMPLE) not in sys.path:
         sys.path.insert(0, str(EXAMPLE))  # kept: the worker imports tasks by module path
     if not apps.ready:
@@ -43,21 +54,46 @@ def backend(
 
     tasks = copy.deepcopy(settings.TASKS)
     tasks["default"]["OPTIONS"]["schema"] = conveyor_schema
-    with override_settings(TASKS=tasks):
-        found = task_backends["default"]
-        assert isinstance(found, ConveyorBackend)
-        yield found
+    tasks["other"] = {
+        "BACKEND": "conveyor.integrations.django.ConveyorBackend",
+        "QUEUES": ["default"],
+        "OPTIONS": {"schema": conveyor_schema, "queue_prefix": "other."},
+    }
+    yield tasks
     connections.close_all()
-    # The backend shares one app per database and schema for the life of the process; a test
-    # ends it, so the next test (and the leak guard) starts from nothing.
+    # The backend shares one app per backend, database and schema for the life of the
+    # process; a test ends them, so the next test (and the leak guard) starts from nothing.
     with backend_module._apps_lock:
         shared, backend_module._apps = list(backend_module._apps.values()), {}
     for app in shared:
         app.close()
 
 
-def work() -> None:
-    call_command("conveyor_worker", "--burst")
+@pytest.fixture
+def backend(tasks_settings: dict[str, Any]) -> Iterator[ConveyorBackend]:
+    """The example project's backend (``default``), on this test's schema."""
+    with override_settings(TASKS=tasks_settings):
+        found = task_backends["default"]
+        assert isinstance(found, ConveyorBackend)
+        yield found
+
+
+def changed(tasks: dict[str, Any], alias: str = "default", **params: Any) -> dict[str, Any]:
+    """TASKS with some of the backend ``alias``'s parameters replaced (``OPTIONS`` merged)."""
+    tasks = copy.deepcopy(tasks)
+    options = params.pop("OPTIONS", {})
+    tasks[alias].update(params)
+    tasks[alias].setdefault("OPTIONS", {}).update(options)
+    return tasks
+
+
+def work(*args: str) -> None:
+    call_command("conveyor_worker", "--burst", *args)
+
+
+def test_the_framework_is_django_s_own_from_django_6_on() -> None:
+    expected = "django.tasks" if django.VERSION >= (6,) else "django_tasks"
+    assert expected == FRAMEWORK
 
 
 def test_a_task_enqueued_in_a_committed_transaction_runs_and_reports_its_result(
@@ -168,7 +204,8 @@ def test_checks_report_bad_settings(backend: ConveyorBackend) -> None:
         {"QUEUES": ["ok", "no spaces"], "OPTIONS": {"database": "nope", "job_options": {"x": 1}}},
     )
     assert sorted(m.id for m in bad.check()) == ["conveyor.E001", "conveyor.E004", "conveyor.E005"]
-    assert [m.id for m in ConveyorBackend("empty", {"QUEUES": []}).check()] == ["conveyor.E003"]
+    anywhere = {"QUEUES": [], "OPTIONS": {"queue_prefix": ""}}
+    assert [m.id for m in ConveyorBackend("anywhere", anywhere).check()] == ["conveyor.E003"]
     with pytest.raises(ImproperlyConfigured, match="unknown OPTIONS"):
         ConveyorBackend("typo", {"OPTIONS": {"shcema": "x"}})
 
@@ -178,6 +215,9 @@ def test_the_cli_loads_the_worker_app(backend: ConveyorBackend) -> None:
     assert isinstance(app, Conveyor) and app is backend.app
     assert app.schema == backend.app.schema
     assert sorted(app._registry.queues()) == ["django.default", "django.emails"]
+    other = task_backends["other"]
+    assert isinstance(other, ConveyorBackend)
+    assert other.app is not app and other.app._registry.queues() == ["other.default"]
 
 
 def test_a_view_enqueues_in_the_request_transaction(backend: ConveyorBackend) -> None:
@@ -209,3 +249,101 @@ def test_an_app_of_your_own_or_a_dsn_can_be_named(backend: ConveyorBackend) -> N
     assert (dsn.app.settings.dsn, dsn.app.schema) == ("postgresql://u@h/db", "s")
     with pytest.raises(ImproperlyConfigured, match="not a Conveyor app"):
         _ = ConveyorBackend("bad", {"OPTIONS": {"app": "mysite.tasks.add"}}).app
+
+
+# -- issue 18: the django.tasks contract ------------------------------------------------------
+
+
+def test_enqueue_reports_what_get_result_reports(backend: ConveyorBackend) -> None:
+    from mysite.tasks import add
+
+    result = add.enqueue(1, 2)
+    assert result == backend.get_result(result.id)
+    enqueued_at = result.enqueued_at
+    result.refresh()
+    assert result.enqueued_at == enqueued_at
+    assert result.enqueued_at == backend.app.get_job(result.id).created_at  # the database's
+
+
+def test_a_return_value_json_cannot_hold_fails_the_task_at_once_with_its_type_error(
+    tasks_settings: dict[str, Any],
+) -> None:
+    retrying = changed(tasks_settings, OPTIONS={"job_options": {"retry_limit": 3}})
+    with override_settings(TASKS=retrying):
+        from tests.integrations import django_sample_tasks as sample
+
+        sample.runs.clear()
+        result = sample.returns_a_set.enqueue()
+        work()
+        failed = sample.returns_a_set.get_result(result.id)
+        job = task_backends["default"].app.get_job(result.id)
+    assert failed.status == TaskResultStatus.FAILED
+    assert [e.exception_class for e in failed.errors] == [TypeError]
+    assert "not JSON serializable" in failed.errors[0].traceback
+    assert (job.state, job.attempt, sample.runs) == (JobState.FAILED, 1, ["returns_a_set"])
+
+
+def test_an_unknown_backend_or_queue_is_a_command_error(backend: ConveyorBackend) -> None:
+    with pytest.raises(CommandError, match="nope"):
+        call_command("conveyor_worker", "--backend", "nope", "--burst")
+    with pytest.raises(CommandError, match="has no queue 'nope'"):
+        call_command("conveyor_worker", "--queues", "default,nope", "--burst")
+
+
+def test_empty_queues_mean_any_queue(tasks_settings: dict[str, Any]) -> None:
+    from mysite.tasks import add
+
+    with override_settings(TASKS=changed(tasks_settings, QUEUES=[])):
+        anywhere = task_backends["default"]
+        assert isinstance(anywhere, ConveyorBackend)
+        assert list(anywhere.check()) == []
+        result = add.using(queue_name="anything-goes").enqueue(3, 4)
+        assert anywhere.app.get_job(result.id).queue == "django.anything-goes"
+        with pytest.raises(InvalidTask):
+            add.using(queue_name="no spaces").enqueue(1, 1)
+        # A worker with no --queues serves the backend's queues in use when it starts.
+        work()
+        assert add.get_result(result.id).return_value == 7
+
+
+def test_get_result_inside_the_enqueuing_transaction(backend: ConveyorBackend) -> None:
+    from mysite.tasks import add
+
+    with pytest.raises(RuntimeError), transaction.atomic():
+        result = add.enqueue(5, 6)
+        assert backend.get_result(result.id) == result
+        assert add.get_result(result.id).args == [5, 6]
+        result.refresh()
+        assert result.status == TaskResultStatus.READY
+        raise RuntimeError("roll back")
+    with pytest.raises(TaskResultDoesNotExist):
+        backend.get_result(result.id)
+
+
+def test_a_worker_runs_only_its_own_backends_tasks(backend: ConveyorBackend) -> None:
+    from mysite.tasks import add
+
+    mine = add.enqueue(1, 1)
+    theirs = add.using(backend="other").enqueue(2, 2)
+    assert backend.app.get_job(theirs.id).queue == "other.default"
+    work()  # the default backend's worker
+    assert add.get_result(mine.id).status == TaskResultStatus.SUCCESSFUL
+    assert add.using(backend="other").get_result(theirs.id).status == TaskResultStatus.READY
+    work("--backend", "other")
+    assert add.using(backend="other").get_result(theirs.id).return_value == 4
+
+
+def test_backends_storing_tasks_in_the_same_queues_fail_the_check(
+    tasks_settings: dict[str, Any],
+) -> None:
+    clashing = changed(tasks_settings, "other", OPTIONS={"queue_prefix": "django."})
+    with override_settings(TASKS=clashing):
+        messages = list(task_backends["default"].check())
+        assert [m.id for m in messages] == ["conveyor.E006"]
+        assert "'other'" in messages[0].msg and "django.default" in messages[0].msg
+    anywhere = changed(tasks_settings, "other", QUEUES=[], OPTIONS={"queue_prefix": "django."})
+    with override_settings(TASKS=anywhere):
+        assert [m.id for m in task_backends["other"].check()] == ["conveyor.E006"]
+    with override_settings(TASKS=tasks_settings):  # another prefix: no clash
+        assert list(task_backends["default"].check()) == []
+        assert list(task_backends["other"].check()) == []

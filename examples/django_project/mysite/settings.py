@@ -8,6 +8,8 @@ database on 127.0.0.1; Conveyor's schema from ``CONVEYOR_SCHEMA`` (default ``con
 import os
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import django
+
 _url = urlsplit(
     os.environ.get("CONVEYOR_DATABASE_URL")
     or os.environ.get("CONVEYOR_TEST_DSN")
@@ -21,7 +23,8 @@ ALLOWED_HOSTS = ["localhost", "127.0.0.1", "testserver"]
 ROOT_URLCONF = "mysite.urls"
 USE_TZ = True
 INSTALLED_APPS = [
-    "django_tasks",  # the task framework; with Django 6, drop it: django.tasks is built in
+    # The task framework: built into Django 6 as django.tasks; before, the django-tasks package.
+    *(["django_tasks"] if django.VERSION < (6,) else []),
     "conveyor.integrations.django",  # python manage.py conveyor_worker
 ]
 DATABASES = {

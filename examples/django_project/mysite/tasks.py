@@ -1,6 +1,9 @@
 """The example's tasks: plain Django tasks, nothing Conveyor-specific."""
 
-from django_tasks import TaskContext, task  # Django 6: from django.tasks import ...
+try:
+    from django.tasks import TaskContext, task  # Django 6
+except ImportError:
+    from django_tasks import TaskContext, task  # Django 4.2 to 5.x: the django-tasks package
 
 
 @task()

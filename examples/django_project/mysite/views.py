@@ -4,7 +4,11 @@ from django.db import transaction
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
-from django_tasks import TaskResultStatus  # Django 6: from django.tasks import ...
+
+try:
+    from django.tasks import TaskResultStatus  # Django 6
+except ImportError:
+    from django_tasks import TaskResultStatus  # Django 4.2 to 5.x: the django-tasks package
 
 from mysite.tasks import welcome
 

@@ -30,47 +30,46 @@ same API under ``django_tasks``. Either way::
 from __future__ import annotations
 
 import builtins
+import json
 import re
 import threading
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
+from uuid import UUID
 
+import psycopg
 from django.conf import settings as django_settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.db import close_old_connections, connections
 from django.utils import timezone
 from django.utils.module_loading import import_string
+from psycopg.pq import Format
+from psycopg.types.json import JsonbBinaryLoader, JsonbLoader
 
 from conveyor.app import Conveyor
 from conveyor.config import DEFAULT_SCHEMA
 from conveyor.errors import Fail, InvalidOption, JobNotFound, ValidationError
-from conveyor.handlers import Registry
+from conveyor.handlers import HandlerFunc, Registry
+from conveyor.integrations.django.framework import (
+    BaseTaskBackend,
+    InvalidTask,
+    Task,
+    TaskContext,
+    TaskError,
+    TaskResult,
+    TaskResultDoesNotExist,
+    TaskResultStatus,
+    task_backends,
+    task_enqueued,
+    task_finished,
+    task_started,
+)
 from conveyor.models import Job, JobState
 from conveyor.options import check_queue_name
-
-if TYPE_CHECKING:
-    from django_tasks import TaskContext, TaskResult, TaskResultStatus, task_backends
-    from django_tasks.backends.base import BaseTaskBackend
-    from django_tasks.base import Task, TaskError
-    from django_tasks.exceptions import TaskResultDoesNotExist
-    from django_tasks.signals import task_enqueued, task_finished, task_started
-else:
-    try:
-        from django.tasks import TaskContext, TaskResult, TaskResultStatus, task_backends
-        from django.tasks.backends.base import BaseTaskBackend
-        from django.tasks.base import Task, TaskError
-        from django.tasks.exceptions import TaskResultDoesNotExist
-        from django.tasks.signals import task_enqueued, task_finished, task_started
-    except ImportError:
-        from django_tasks import TaskContext, TaskResult, TaskResultStatus, task_backends
-        from django_tasks.backends.base import BaseTaskBackend
-        from django_tasks.base import Task, TaskError
-        from django_tasks.exceptions import TaskResultDoesNotExist
-        from django_tasks.signals import task_enqueued, task_finished, task_started
 
 OPTION_NAMES = frozenset({"database", "dsn", "schema", "app", "queue_prefix", "job_options"})
 
@@ -90,19 +89,25 @@ STATUS = {
 }
 
 # Backends are built once per thread (Django's rule for connections); the apps they build are
-# shared, so worker threads do not each open a connection pool.
-_apps: dict[tuple[str, str], Conveyor] = {}
+# shared by the threads of one backend alias, so worker threads do not each open a connection
+# pool, and one backend's worker serves only that backend's queues. The handler of an alias is
+# one function, so the registry tells it from another alias's handler on a shared app.
+_apps: dict[tuple[str, str, str], Conveyor] = {}
+_handlers: dict[str, HandlerFunc] = {}
 _apps_lock = threading.Lock()
 _DOTTED = re.compile(r"[A-Za-z_][\w.]*")
+_JSONB_OID = psycopg.adapters.types["jsonb"].oid
+_CAUSE = "\n\nThe above exception was the direct cause of the following exception:\n"
 
 
 class ConveyorBackend(BaseTaskBackend):
     """Stores Django tasks as Conveyor jobs, one Conveyor queue per Django queue.
 
     ``enqueue`` writes on Django's own connection, so it joins the open transaction;
-    ``get_result`` reads the job back as a ``TaskResult``. The worker is Conveyor's:
-    ``conveyor worker conveyor.integrations.django:app`` or ``python manage.py conveyor_worker``
-    (with ``conveyor.integrations.django`` in ``INSTALLED_APPS``).
+    ``get_result`` reads the job back as a ``TaskResult`` (on Django's connection while it is in
+    a transaction, so a task enqueued there can be read back before the commit). The worker is
+    Conveyor's: ``python manage.py conveyor_worker`` (with ``conveyor.integrations.django`` in
+    ``INSTALLED_APPS``) or ``conveyor worker conveyor.integrations.django:app``.
     """
 
     supports_defer = True
@@ -127,6 +132,11 @@ class ConveyorBackend(BaseTaskBackend):
         self._schema: str = options.get("schema", DEFAULT_SCHEMA)
         self._app: Conveyor | None = None
 
+    @property
+    def any_queue(self) -> bool:
+        """``QUEUES: []``: tasks may name any queue (Django's meaning of an empty list)."""
+        return not self.queues
+
     def conveyor_queue(self, queue_name: str) -> str:
         """The Conveyor queue that holds the tasks of the Django queue ``queue_name``."""
         return self.queue_prefix + queue_name
@@ -135,11 +145,53 @@ class ConveyorBackend(BaseTaskBackend):
     def app(self) -> Conveyor:
         """The Conveyor app of this backend, with a handler for each of its queues."""
         if self._app is None:
-            app = _shared_app(self._app_path, self._dsn, self._schema, self.database)
-            for queue_name in sorted(self.queues):
-                app.job(self.conveyor_queue(queue_name), run_task, **self.job_options)
+            app = _shared_app(self.alias, self._app_path, self._dsn, self._schema, self.database)
+            self._serve(app, self.queues)
             self._app = app
         return self._app
+
+    def worker_queues(self, queue_names: Sequence[str] | None = None) -> list[str]:
+        """The Conveyor queues a worker of this backend serves, each with its handler.
+
+        ``queue_names`` (Django queue names) must be among ``QUEUES``; by default, all of them.
+        With ``QUEUES: []`` any name goes, and the default is every queue of this backend that
+        exists when the worker starts (a queue exists from its first task on), and ``default``.
+        :class:`ImproperlyConfigured` for a queue that is not the backend's.
+        """
+        if queue_names is not None:
+            names = set(queue_names)
+            foreign = sorted(names - self.queues) if not self.any_queue else []
+            if foreign:
+                raise ImproperlyConfigured(
+                    f"TASKS[{self.alias!r}] has no queue {', '.join(map(repr, foreign))}; "
+                    f"its QUEUES: {', '.join(sorted(self.queues))}"
+                )
+        elif self.any_queue:
+            prefix = self.queue_prefix
+            names = {"default"} | {
+                q.name[len(prefix) :]
+                for q in self.app.list_queues()
+                if q.name.startswith(prefix)
+                and _handled_by(self.app, q.name) in (None, _handler(self.alias))
+            }
+        else:
+            names = set(self.queues)
+        for name in names:
+            try:
+                check_queue_name(self.conveyor_queue(name))
+            except ValidationError as exc:
+                raise ImproperlyConfigured(f"TASKS[{self.alias!r}]: {exc}") from None
+        self._serve(self.app, names)
+        return sorted(self.conveyor_queue(name) for name in names)
+
+    def validate_task(self, task: Task[Any, Any]) -> None:
+        """Django's rules, and a queue name Conveyor can store (any name goes with
+        ``QUEUES: []``): :class:`InvalidTask` otherwise."""
+        super().validate_task(task)
+        try:
+            check_queue_name(self.conveyor_queue(task.queue_name))
+        except ValidationError as exc:
+            raise InvalidTask(str(exc)) from None
 
     def enqueue(self, task: Task[Any, Any], args: Any, kwargs: Any) -> TaskResult[Any]:
         """Store the task as a job on Django's connection (inside its open transaction)."""
@@ -149,7 +201,7 @@ class ConveyorBackend(BaseTaskBackend):
             # With USE_TZ = False Django allows naive times; Conveyor needs to know the zone.
             run_after = timezone.make_aware(run_after)
         # Built first: it normalizes the arguments to JSON, refusing others before any write.
-        result: TaskResult[Any] = TaskResult(
+        normalized: TaskResult[Any] = TaskResult(
             task=task,
             id="",
             status=READY,
@@ -165,8 +217,8 @@ class ConveyorBackend(BaseTaskBackend):
         )
         data = {
             "task": task.module_path,
-            "args": result.args,
-            "kwargs": result.kwargs,
+            "args": normalized.args,
+            "kwargs": normalized.kwargs,
             "backend": self.alias,
             "queue_name": task.queue_name,
             "run_after": run_after.isoformat() if run_after is not None else None,
@@ -182,14 +234,20 @@ class ConveyorBackend(BaseTaskBackend):
             connection=connection.connection,
             **options,
         )
-        result = replace(result, id=str(job_id), enqueued_at=timezone.now())
+        # Read back, so the result holds what get_result will report (the database's clock for
+        # enqueued_at), and compares equal to it.
+        result = self.result_of(_read_job(self.app, job_id, connection.connection))
         task_enqueued.send(type(self), task_result=result)
         return result
 
     def get_result(self, result_id: str) -> TaskResult[Any]:
         """The task result stored under ``result_id`` (a job id), as it is now."""
+        connection = connections[self.database]
+        # Inside a transaction, read on its connection: a task enqueued there is not visible
+        # to any other connection before the commit.
+        own = connection.connection if connection.in_atomic_block else None
         try:
-            job = self.app.get_job(result_id)
+            job = _read_job(self.app, result_id, own)
         except (JobNotFound, InvalidOption):
             raise TaskResultDoesNotExist(result_id) from None
         if not self._owns(job):
@@ -197,7 +255,8 @@ class ConveyorBackend(BaseTaskBackend):
         return self.result_of(job)
 
     def check(self, **kwargs: Any) -> Iterable[checks.CheckMessage]:
-        """Django system checks: the database, the queues and the job options."""
+        """Django system checks: the database, the queues, the job options, and other
+        Conveyor task backends storing tasks in the same queues."""
         yield from super().check(**kwargs)
         where = f"TASKS[{self.alias!r}]"
         database = django_settings.DATABASES.get(self.database)
@@ -212,9 +271,10 @@ class ConveyorBackend(BaseTaskBackend):
                 "(with psycopg 3)",
                 id="conveyor.E002",
             )
-        if not self.queues:
+        if self.any_queue and not self.queue_prefix:
             yield checks.Error(
-                f"{where}: QUEUES must list the queues, so the worker knows what to serve",
+                f"{where}: QUEUES: [] (any queue) needs a queue_prefix, so that its worker "
+                "tells the backend's queues from other queues of the schema",
                 id="conveyor.E003",
             )
         for queue_name in sorted(self.queues):
@@ -226,6 +286,60 @@ class ConveyorBackend(BaseTaskBackend):
             Registry().register("check", run_task, **self.job_options)
         except ValidationError as exc:
             yield checks.Error(f"{where}: job_options: {exc}", id="conveyor.E005")
+        if database is not None:
+            yield from self._check_collisions(where)
+
+    def _check_collisions(self, where: str) -> Iterable[checks.CheckMessage]:
+        here = self._location()
+        for other in task_backends.all():
+            if other.alias == self.alias or not isinstance(other, ConveyorBackend):
+                continue
+            if other.database in django_settings.DATABASES and other._location() == here:
+                shared = self._shared_queues(other)
+                if shared:
+                    yield checks.Error(
+                        f"{where} and TASKS[{other.alias!r}] store tasks in the same Conveyor "
+                        f"queue(s) of schema {here[1]!r}: {shared}; each backend's worker "
+                        "would run the other's tasks",
+                        hint="Give one of them another queue_prefix or schema.",
+                        id="conveyor.E006",
+                    )
+
+    def _location(self) -> tuple[str, str]:
+        """Where this backend's jobs live: the database (as connected to) and the schema."""
+        if self._app_path is not None:
+            app = _import_app(self._app_path)
+            return (app.settings.dsn or "", app.schema)
+        return (self._dsn or _django_dsn(self.database), self._schema)
+
+    def _shared_queues(self, other: ConveyorBackend) -> str:
+        """The queues both backends may store tasks in, described; empty when none."""
+        if self.any_queue and other.any_queue:
+            longer = max(self.queue_prefix, other.queue_prefix, key=len)
+            shorter = min(self.queue_prefix, other.queue_prefix, key=len)
+            return f"any queue starting with {longer!r}" if longer.startswith(shorter) else ""
+        if self.any_queue or other.any_queue:
+            anyq, named = (self, other) if self.any_queue else (other, self)
+            names = {named.conveyor_queue(q) for q in named.queues}
+            return ", ".join(sorted(n for n in names if n.startswith(anyq.queue_prefix)))
+        mine = {self.conveyor_queue(q) for q in self.queues}
+        theirs = {other.conveyor_queue(q) for q in other.queues}
+        return ", ".join(sorted(mine & theirs))
+
+    def _serve(self, app: Conveyor, queue_names: Iterable[str]) -> None:
+        handler = _handler(self.alias)
+        for queue_name in sorted(queue_names):
+            queue = self.conveyor_queue(queue_name)
+            if _handled_by(app, queue) not in (None, handler):
+                raise ImproperlyConfigured(
+                    f"TASKS[{self.alias!r}]: Conveyor queue {queue!r} of schema {app.schema!r} "
+                    "already has a handler (another task backend's, or the app's own); give "
+                    "the backend another queue_prefix"
+                )
+            try:
+                app.job(queue, handler, **self.job_options)
+            except ValidationError as exc:
+                raise ImproperlyConfigured(f"TASKS[{self.alias!r}]: {exc}") from None
 
     # -- reading jobs back as task results -------------------------------------------------
 
@@ -285,11 +399,13 @@ class ConveyorBackend(BaseTaskBackend):
 
 
 def run_task(job: Job) -> Any:
-    """The Conveyor handler of every Django queue: import the task and call it.
+    """Run the Django task of a job, on the Conveyor task backend named in it.
 
     It runs in a worker thread (Conveyor runs plain ``def`` handlers there); async tasks run in
     an event loop of that thread. Django connections of the thread are closed around the call
-    when they are too old or broken, as Django does around a request.
+    when they are too old or broken, as Django does around a request. A return value that JSON
+    cannot hold fails the task at once, with the serialiser's error: running it again cannot
+    help.
     """
     alias = job.data.get("backend") if isinstance(job.data, dict) else None
     backend = task_backends[alias] if isinstance(alias, str) else None
@@ -304,11 +420,12 @@ def run_task(job: Job) -> Any:
             value = task.call(TaskContext(task_result=running), *running.args, **running.kwargs)
         else:
             value = task.call(*running.args, **running.kwargs)
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise Fail(f"the task's return value cannot be stored as JSON: {exc}") from exc
     except BaseException as exc:
-        error = TaskError(
-            exception_class_path=f"{type(exc).__module__}.{type(exc).__qualname__}",
-            traceback=_format(exc),
-        )
+        error = TaskError(exception_class_path=_raised_path(exc), traceback=_format(exc))
         failed = replace(running, status=FAILED, errors=[*running.errors, error])
         task_finished.send(type(backend), task_result=failed)
         raise
@@ -320,9 +437,58 @@ def run_task(job: Job) -> Any:
     return value
 
 
+def _handler(alias: str) -> HandlerFunc:
+    """The Conveyor handler of the queues of the task backend ``alias``: it runs only that
+    backend's tasks (a job of another backend in its queue fails, saying so)."""
+    with _apps_lock:
+        found = _handlers.get(alias)
+        if found is None:
+
+            def handler(job: Job) -> Any:
+                data = job.data
+                named = data.get("backend") if isinstance(data, dict) else None
+                if named != alias:
+                    raise Fail(
+                        f"job {job.id} in queue {job.queue!r} is a task of backend {named!r}, "
+                        f"not of {alias!r}, whose worker took it: two backends share the "
+                        "queue (see the system check conveyor.E006)"
+                    )
+                return run_task(job)
+
+            found = _handlers[alias] = handler
+        return found
+
+
+def _read_job(app: Conveyor, job_id: UUID | str, connection: psycopg.Connection[Any] | None) -> Job:
+    """``app.get_job``, on Django's connection if given. Django loads ``jsonb`` as text on its
+    connections (its JSONField decodes it); Conveyor's reads need JSON values, so for the
+    read the connection loads them as psycopg does by default."""
+    if connection is None:
+        return app.get_job(job_id)
+    adapters = connection.adapters
+    loaders = {fmt: adapters.get_loader(_JSONB_OID, fmt) for fmt in (Format.TEXT, Format.BINARY)}
+    adapters.register_loader(_JSONB_OID, JsonbLoader)
+    adapters.register_loader(_JSONB_OID, JsonbBinaryLoader)
+    try:
+        return app.get_job(job_id, connection=connection)
+    finally:
+        for loader in loaders.values():
+            if loader is not None:
+                adapters.register_loader(_JSONB_OID, loader)
+
+
+def _handled_by(app: Conveyor, queue: str) -> HandlerFunc | None:
+    found = app._registry.get(queue)
+    return found.func if found is not None else None
+
+
 def backend_for(alias: str = "default") -> ConveyorBackend:
     """The task backend ``alias``, which must be a :class:`ConveyorBackend`; sets Django up first
-    (``DJANGO_SETTINGS_MODULE`` must be set) when nothing did yet."""
+    (``DJANGO_SETTINGS_MODULE`` must be set) when nothing did yet.
+
+    :class:`~django.core.exceptions.ImproperlyConfigured` if there is no such backend or it is
+    not a Conveyor one.
+    """
     import django
     from django.apps import apps
 
@@ -336,22 +502,29 @@ def backend_for(alias: str = "default") -> ConveyorBackend:
 
 def worker_app(alias: str = "default") -> Conveyor:
     """The Conveyor app that runs the tasks of the task backend ``alias``; what
-    ``conveyor worker conveyor.integrations.django:app`` loads."""
+    ``conveyor worker conveyor.integrations.django:app`` loads. Its handlers are those of this
+    backend's queues (and, with ``OPTIONS['app']``, that app's own)."""
     return backend_for(alias).app
 
 
-def _shared_app(path: str | None, dsn: str | None, schema: str, database: str) -> Conveyor:
+def _shared_app(
+    alias: str, path: str | None, dsn: str | None, schema: str, database: str
+) -> Conveyor:
     if path is not None:
-        found = import_string(path.replace(":", "."))
-        if not isinstance(found, Conveyor):
-            raise ImproperlyConfigured(f"OPTIONS['app'] {path!r} is not a Conveyor app")
-        return found
+        return _import_app(path)
     resolved = dsn or _django_dsn(database)
     with _apps_lock:
-        app = _apps.get((resolved, schema))
+        app = _apps.get((alias, resolved, schema))
         if app is None:
-            app = _apps[(resolved, schema)] = Conveyor(resolved, schema=schema)
+            app = _apps[(alias, resolved, schema)] = Conveyor(resolved, schema=schema)
         return app
+
+
+def _import_app(path: str) -> Conveyor:
+    found = import_string(path.replace(":", "."))
+    if not isinstance(found, Conveyor):
+        raise ImproperlyConfigured(f"OPTIONS['app'] {path!r} is not a Conveyor app")
+    return found
 
 
 def _django_dsn(database: str) -> str:
@@ -372,13 +545,24 @@ def _quoted(value: str) -> str:
     return f"'{escaped}'"
 
 
+def _raised_path(exc: BaseException) -> str:
+    """The dotted class path of an exception a task raised; for Conveyor's :class:`Fail` raised
+    from another exception (how a task is failed at once), that exception's."""
+    if isinstance(exc, Fail) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return f"{type(exc).__module__}.{type(exc).__qualname__}"
+
+
 def _exception_path(error: dict[str, Any]) -> str:
     """The dotted class path of a stored error, for ``TaskError.exception_class``.
 
     Conveyor stores the class name; the last line of the traceback has the module-qualified
-    name (bare for builtins), unless the traceback was cut.
+    name (bare for builtins), unless the traceback was cut. A :class:`Fail` raised from another
+    exception reports that exception, the first of the chain.
     """
     trace = str(error.get("traceback") or "").rstrip()
+    if error.get("type") == "Fail" and _CAUSE in trace:
+        trace = trace.split(_CAUSE, 1)[0].rstrip()
     name = trace.rsplit("\n", 1)[-1].split(":", 1)[0].strip()
     if not _DOTTED.fullmatch(name):
         name = str(error.get("type") or "Exception")

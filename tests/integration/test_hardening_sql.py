@@ -169,13 +169,9 @@ async def test_debounce_while_the_keyed_job_runs_queues_one_job_after_the_quiet_
         clock.advance(30)
         async with worker(app):
             await gate.started()
-            second = await app.send_async(
-                "doc", {"v": 2}, unique_key="doc-7", debounce_seconds=30
-            )
+            second = await app.send_async("doc", {"v": 2}, unique_key="doc-7", debounce_seconds=30)
             clock.advance(10)
-            third = await app.send_async(
-                "doc", {"v": 3}, unique_key="doc-7", debounce_seconds=30
-            )
+            third = await app.send_async("doc", {"v": 3}, unique_key="doc-7", debounce_seconds=30)
             assert second == third != first
             gate.release.set()
             assert (await app.wait_for_async(first, timeout=10)).state is JobState.COMPLETED
@@ -232,9 +228,7 @@ async def test_the_job_queued_behind_a_failed_or_cancelled_one_still_runs(
     first = await app_async.send_async("doc", {"v": 1}, unique_key="k", unique_mode="replace")
     async with worker(app_async):
         await gate.started()
-        second = await app_async.send_async(
-            "doc", {"v": 2}, unique_key="k", unique_mode="replace"
-        )
+        second = await app_async.send_async("doc", {"v": 2}, unique_key="k", unique_mode="replace")
         await app_async.cancel_async(first)
         gate.release.set()
         done = await app_async.wait_for_async(second, timeout=10)

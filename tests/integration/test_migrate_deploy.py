@@ -1,0 +1,183 @@
+"""Migrations during a deploy: a migration never queues behind a long transaction while it
+blocks the workers (lock_timeout, retried), and workers of an older release keep running on a
+schema whose newer migrations are all non-breaking."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg import sql
+
+import conveyor._store.migrate as migrate_module
+import conveyor._store.migrations as migrations_module
+from conveyor import Conveyor
+from conveyor._store.migrate import Migrator
+from conveyor._store.migrations import Migration, header_flags, migrations
+from conveyor.errors import MigrationError, SchemaTooNew
+
+SHIPPED = migrations()
+
+
+def extra(monkeypatch: pytest.MonkeyPatch, *files: str) -> list[Migration]:
+    """Ship ``files`` as the next migrations of this release (for the test's duration)."""
+    added = [Migration(len(SHIPPED) + i, f"extra_{i}", text) for i, text in enumerate(files, 1)]
+    everything = (*SHIPPED, *added)
+    monkeypatch.setattr(migrations_module, "migrations", lambda: everything)
+    monkeypatch.setattr(migrate_module, "migrations", lambda: everything)
+    return added
+
+
+def run(dsn: str, statement: sql.Composable) -> list[tuple[object, ...]]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cur = conn.execute(statement)
+        return cur.fetchall() if cur.description is not None else []
+
+
+@pytest.fixture
+def migrated(conveyor_dsn: str, scratch_schema: str) -> Iterator[Conveyor]:
+    with Conveyor(conveyor_dsn, schema=scratch_schema) as app:
+        app.migrate()
+        yield app
+
+
+class LongTransaction:
+    """A transaction that reads the job table and stays open until ended."""
+
+    def __init__(self, dsn: str, schema: str) -> None:
+        self.conn = psycopg.connect(dsn)
+        self.conn.execute(sql.SQL("SELECT count(*) FROM {}.job").format(sql.Identifier(schema)))
+
+    def end(self) -> None:
+        if not self.conn.closed:
+            self.conn.rollback()
+            self.conn.close()
+
+
+def test_a_migration_gives_up_its_lock_wait_instead_of_blocking_workers(
+    migrated: Conveyor, conveyor_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    schema = migrated.schema
+    extra(monkeypatch, "-- conveyor: non-breaking\nALTER TABLE {schema}.job ADD COLUMN probe int;")
+    migrator = Migrator(conveyor_dsn, schema, lock_timeout=0.3, lock_attempts=3, lock_backoff=0.1)
+    holder = LongTransaction(conveyor_dsn, schema)
+    # Without a lock timeout the migration would wait for the holder forever, and every send
+    # behind it too: end the holder after a while so such a failure cannot hang the suite.
+    safety = threading.Timer(6, holder.end)
+    safety.start()
+    outcome: list[object] = []
+
+    def migrate() -> None:
+        try:
+            outcome.append(migrator.apply())
+        except MigrationError as exc:
+            outcome.append(exc)
+
+    try:
+        thread = threading.Thread(target=migrate)
+        thread.start()
+        slowest = 0.0
+        while thread.is_alive():
+            begin = time.monotonic()
+            migrated.send("probe", {})  # a worker-like write on the job table
+            slowest = max(slowest, time.monotonic() - begin)
+        thread.join()
+    finally:
+        safety.cancel()
+    assert slowest < 1.0  # about lock_timeout, never the length of the long transaction
+    assert len(outcome) == 1 and isinstance(outcome[0], MigrationError)
+    assert "could not take its table locks" in str(outcome[0])
+    assert not holder.conn.closed  # the migration gave up while the holder was still there
+    holder.end()
+    assert [m.name for m in migrator.apply()] == ["extra_1"]
+
+
+def test_a_migration_retries_until_the_long_transaction_ends(
+    migrated: Conveyor, conveyor_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    schema = migrated.schema
+    extra(monkeypatch, "-- conveyor: non-breaking\nALTER TABLE {schema}.job ADD COLUMN probe int;")
+    migrator = Migrator(conveyor_dsn, schema, lock_timeout=0.2, lock_attempts=10, lock_backoff=0.1)
+    holder = LongTransaction(conveyor_dsn, schema)
+    threading.Timer(0.8, holder.end).start()
+    assert [m.name for m in migrator.apply()] == ["extra_1"]
+    assert holder.conn.closed
+
+
+def test_old_workers_run_on_a_schema_whose_newer_migrations_are_not_breaking(
+    migrated: Conveyor, conveyor_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    schema = migrated.schema
+    # A newer release ships two migrations and applies them; this release knows neither.
+    with monkeypatch.context() as newer:
+        extra(
+            newer,
+            "-- conveyor: non-breaking\nCREATE TABLE {schema}.added (x int);",
+            "-- conveyor: non-breaking\nALTER TABLE {schema}.added ADD COLUMN y int;",
+        )
+        n = len(SHIPPED)
+        assert migrated.migrate() == [f"{n + 1:04d}_extra_1", f"{n + 2:04d}_extra_2"]
+    status = migrated.migration_status()
+    assert status.unknown == (len(SHIPPED) + 1, len(SHIPPED) + 2)
+    assert status.runnable and not status.current
+    migrated.send("q", {})
+
+    @migrated.job("q")
+    def handler(job: object) -> None:
+        return None
+
+    assert migrated.drain() == 1  # the worker starts and runs
+
+    # One of them breaking: the old worker refuses to start.
+    run(
+        conveyor_dsn,
+        sql.SQL("UPDATE {}.migration SET breaking = true WHERE version = {}").format(
+            sql.Identifier(schema), sql.Literal(len(SHIPPED) + 2)
+        ),
+    )
+    assert not migrated.migration_status().runnable
+    with pytest.raises(SchemaTooNew, match="breaking migrations"):
+        migrated.drain()
+
+
+def test_the_breaking_flag_is_recorded_from_the_header(
+    migrated: Conveyor, conveyor_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    schema = migrated.schema
+    extra(
+        monkeypatch,
+        "-- conveyor: breaking\nCREATE TABLE {schema}.a (x int);",
+        "-- conveyor: non-breaking\nCREATE TABLE {schema}.b (x int);",
+        "-- no header: counts as breaking\nCREATE TABLE {schema}.c (x int);",
+    )
+    migrated.migrate()
+    rows = run(
+        conveyor_dsn,
+        sql.SQL("SELECT version, breaking FROM {}.migration WHERE version > {}").format(
+            sql.Identifier(schema), sql.Literal(len(SHIPPED))
+        ),
+    )
+    n = len(SHIPPED)
+    assert sorted(rows) == [(n + 1, True), (n + 2, False), (n + 3, True)]
+    assert not next(m for m in SHIPPED if m.name == "hardening").breaking
+    assert header_flags("-- conveyor: no-transaction, non-breaking\nSELECT 1") == {
+        "no-transaction",
+        "non-breaking",
+    }
+    with pytest.raises(RuntimeError, match="unknown migration flags"):
+        header_flags("-- conveyor: breakin\nSELECT 1")
+
+
+def test_a_version_table_without_the_breaking_column_is_read_and_upgraded(
+    migrated: Conveyor, conveyor_dsn: str
+) -> None:
+    """As a release before the flag left it: read as breaking, the column added on migrate."""
+    table = sql.SQL("{}.migration").format(sql.Identifier(migrated.schema))
+    run(conveyor_dsn, sql.SQL("ALTER TABLE {} DROP COLUMN breaking").format(table))
+    assert migrated.migration_status().current
+    assert migrated.migrate() == []
+    rows = run(conveyor_dsn, sql.SQL("SELECT DISTINCT breaking FROM {}").format(table))
+    assert rows == [(True,)]

@@ -238,6 +238,34 @@ async def test_the_job_queued_behind_a_failed_or_cancelled_one_still_runs(
     assert third not in (first, second)
 
 
+async def test_concurrent_replacing_sends_queue_exactly_one_job_behind_the_running_one(
+    app_async: Conveyor, conveyor_dsn: str, conveyor_schema: str
+) -> None:
+    gate = Gate()
+    gate.serve(app_async, "doc")
+    first = await app_async.send_async("doc", {"v": 0}, unique_key="k", unique_mode="replace")
+    senders = [Conveyor(conveyor_dsn, schema=conveyor_schema) for _ in range(4)]
+    try:
+        async with worker(app_async):
+            await gate.started()
+
+            async def send(n: int) -> UUID:
+                app = senders[n % len(senders)]
+                return await app.send_async("doc", {"v": n}, unique_key="k", unique_mode="replace")
+
+            ids = await asyncio.gather(*(send(n) for n in range(1, 25)))
+            assert len(set(ids)) == 1 and ids[0] != first
+            queued = await app_async.list_jobs_async(queue="doc", state="waiting")
+            assert [j.id for j in queued] == [ids[0]]
+            gate.release.set()
+            done = await app_async.wait_for_async(ids[0], timeout=10)
+    finally:
+        for app in senders:
+            await app.close_async()
+    assert done.result in [{"v": n} for n in range(1, 25)]
+    assert len(gate.runs) == 2
+
+
 # -- item 9: the longest accepted schema name --------------------------------------------------
 
 

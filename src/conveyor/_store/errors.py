@@ -5,9 +5,9 @@ from __future__ import annotations
 from psycopg import Error
 from psycopg import errors as pg
 
+from conveyor._store.connections import unavailable
 from conveyor.errors import (
     ConveyorError,
-    DatabaseUnavailable,
     DuplicateJob,
     InvalidOption,
     JobNotFound,
@@ -24,7 +24,7 @@ def translated(exc: Error, schema: str) -> ConveyorError | None:
     if isinstance(exc, pg.OperationalError | pg.InterfaceError) and not isinstance(
         exc, pg.QueryCanceled
     ):
-        return DatabaseUnavailable(f"database unavailable: {str(exc).strip()}")
+        return unavailable(exc)
     if isinstance(exc, pg.UndefinedTable | pg.UndefinedFunction | pg.InvalidSchemaName):
         if message.startswith(MISSING_OBJECT):
             return SchemaOutOfDate(

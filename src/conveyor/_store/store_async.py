@@ -17,18 +17,61 @@ from uuid import UUID, uuid4
 
 from psycopg import AsyncConnection, Error, sql
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from conveyor._store import rows
+from conveyor._store.connections import (
+    closed_by_server,
+    connect_kwargs,
+    replaced,
+    unavailable,
+)
 from conveyor._store.errors import translated
 from conveyor._store.queries import queries
-from conveyor.errors import ConveyorError, InvalidOption
+from conveyor.errors import ConveyorError, DatabaseUnavailable, InvalidOption
 from conveyor.models import Job, Queue, Schedule, WorkerInfo
 from conveyor.options import JobSpec
 
 AsyncConn = AsyncConnection[Any]
 # How often wait_for looks at a job when it cannot LISTEN (behind PgBouncer, no listen_dsn).
 WAIT_POLL_INTERVAL = 0.2
+# Seconds a caller waits for a pooled connection before asking the server directly whether it
+# can be reached: an outage surfaces at once, in libpq's words, not after the pool's timeout.
+POOL_WAIT_SLICE = 1.0
+# Seconds the pool keeps retrying a connection in the background before it gives up until the
+# next request: past this, its growing backoff would delay recovery once the server is back.
+POOL_RECONNECT_TIMEOUT = 3.0
+# The statements that only read: run again on a fresh connection when the connection broke under
+# them. Anything else may have committed before the break and is never repeated.
+READS = frozenset(
+    {
+        "job_get",
+        "job_list",
+        "job_list_dead",
+        "job_results",
+        "subscription_list",
+        "worker_list",
+        "worker_count_alive",
+        "worker_troubles",
+        "queue_live_counts",
+        "queue_get",
+        "queue_list",
+        "queue_stats",
+        "schedule_get",
+        "schedule_list",
+        "job_held",
+        "maintain_retentions",
+        "maintain_dead_tuples",
+        "doctor_invalid_indexes",
+        "doctor_tables",
+        "doctor_indexes",
+        "doctor_autovacuum",
+        "doctor_old_transactions",
+        "doctor_orphaned_jobs",
+        "doctor_stuck_waiting",
+        "doctor_stale_workers",
+    }
+)
 
 
 class AsyncStore:
@@ -55,19 +98,23 @@ class AsyncStore:
         self._dsn = dsn
         self._defaults_cache: tuple[dict[str, Any], str] | None = None
         self._queries = queries(schema)
+        self._timeout = timeout
+        self._connect_kwargs = connect_kwargs(
+            dsn,
+            autocommit=True,
+            application_name=application_name or f"conveyor {schema}",
+            # PgBouncer in transaction mode hands each transaction to any server connection,
+            # where a statement prepared on another one does not exist.
+            **({} if prepare else {"prepare_threshold": None}),
+        )
         self._pool = AsyncConnectionPool(
             dsn,
             min_size=min_size,
             max_size=max_size,
             open=False,
             timeout=timeout,
-            kwargs={
-                "autocommit": True,
-                "application_name": application_name or f"conveyor {schema}",
-                # PgBouncer in transaction mode hands each transaction to any server connection,
-                # where a statement prepared on another one does not exist.
-                **({} if prepare else {"prepare_threshold": None}),
-            },
+            kwargs=self._connect_kwargs,
+            reconnect_timeout=POOL_RECONNECT_TIMEOUT,
             name=f"conveyor-{schema}",
         )
         self._closed = False
@@ -82,12 +129,50 @@ class AsyncStore:
                 )
             yield conn
             return
+        pooled = await self._checkout()
+        try:
+            async with pooled:
+                yield pooled
+        finally:
+            await self._pool.putconn(pooled)
+
+    async def _checkout(self) -> AsyncConn:
+        """A live pooled connection. A connection the server closed while it sat in the pool
+        (restart, failover) is replaced before anything is sent on it, so it fails no call; a
+        server that cannot be reached is reported within seconds, with its cause."""
         if self._closed:
             raise ConveyorError("this Conveyor app was closed")
         if self._pool.closed:
+            # Before the pool retries in the background: the first error, in its own words.
+            await self._reach()
             await self._pool.open()
-        async with self._pool.connection() as pooled:
-            yield pooled
+        deadline = time.monotonic() + self._timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DatabaseUnavailable(
+                    f"database unavailable: no pooled connection free after {self._timeout:g}s "
+                    f"(all {self._pool.max_size} in use: raise pool_max_size?)"
+                )
+            try:
+                pooled = await self._pool.getconn(timeout=min(remaining, POOL_WAIT_SLICE))
+            except PoolTimeout:
+                await self._reach()
+                continue
+            if not closed_by_server(pooled):
+                return pooled
+            # Closed, so that the pool replaces it instead of lending it again.
+            replaced(pooled)
+            await pooled.close()
+            await self._pool.putconn(pooled)
+
+    async def _reach(self) -> None:
+        """Connect once outside the pool: DatabaseUnavailable with libpq's words if that fails."""
+        try:
+            probe = await AsyncConnection.connect(self._dsn, **self._connect_kwargs)
+        except Error as exc:
+            raise unavailable(exc) from None
+        await probe.close()
 
     async def close(self) -> None:
         """Close the pool; the store cannot be used afterwards."""
@@ -103,15 +188,22 @@ class AsyncStore:
         self, name: str, params: dict[str, Any], conn: AsyncConn | None, factory: Any
     ) -> list[Any]:
         query = self._queries[name]
-        try:
-            async with self.connection(conn) as c, c.cursor(row_factory=factory) as cur:
-                await cur.execute(query.sql, params)
-                return await cur.fetchall() if cur.description is not None else []
-        except Error as exc:
-            ours = translated(exc, self.schema)
-            if ours is None:
-                raise
-            raise ours from exc
+        # A read is repeated once on another connection if the one it ran on broke under it.
+        repeat = conn is None and name in READS
+        while True:
+            used: AsyncConn | None = None
+            try:
+                async with self.connection(conn) as used, used.cursor(row_factory=factory) as cur:
+                    await cur.execute(query.sql, params)
+                    return await cur.fetchall() if cur.description is not None else []
+            except Error as exc:
+                if repeat and used is not None and used.broken:
+                    repeat = False
+                    continue
+                ours = translated(exc, self.schema)
+                if ours is None:
+                    raise
+                raise ours from exc
 
     async def job_insert_many(
         self,

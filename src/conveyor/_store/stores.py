@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 
+from conveyor._store.connections import check_dsn
 from conveyor._store.migrate import Migrator
 from conveyor._store.migrate_async import AsyncMigrator
 from conveyor._store.store import Store
@@ -26,13 +27,13 @@ class Stores:
     @property
     def dsn(self) -> str:
         """The DSN, resolved from the environment when the app was given none."""
-        return resolve_dsn(self._settings.dsn)
+        return check_dsn(resolve_dsn(self._settings.dsn))
 
     @property
     def listen_dsn(self) -> str | None:
         """Where to LISTEN: the listen_dsn, else the dsn, except through PgBouncer (None: poll)."""
         if self._settings.listen_dsn:
-            return self._settings.listen_dsn
+            return check_dsn(self._settings.listen_dsn)
         return None if self._settings.pgbouncer else self.dsn
 
     def store_async(self) -> AsyncStore:

@@ -1,0 +1,99 @@
+"""What the sync and async stores share about connections: checking a connection string before
+anything connects, connection arguments that fail fast, telling a pooled connection the server
+already closed from a live one, and turning a connection failure into one line with its cause.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import select
+import weakref
+from typing import Any
+from urllib.parse import urlsplit
+
+from psycopg import Error
+from psycopg.conninfo import conninfo_to_dict
+
+from conveyor.errors import ConfigurationError, DatabaseUnavailable
+
+# Seconds libpq may take to open a connection when the DSN does not say (libpq waits for the TCP
+# handshake to give up otherwise, minutes on a host that drops packets).
+DEFAULT_CONNECT_TIMEOUT = 5
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+PASSWORD = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
+# Connections the stores found closed by the server and handed back to be replaced: expected
+# after a restart, so the pool's warning about each is not for the operator.
+_replaced: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def check_dsn(dsn: str) -> str:
+    """``dsn`` if libpq can read it as a PostgreSQL connection string, else a
+    :class:`~conveyor.errors.ConfigurationError` naming what is wrong (never the password)."""
+    if "://" in dsn:
+        scheme = urlsplit(dsn).scheme.lower()
+        if scheme not in POSTGRES_SCHEMES:
+            raise ConfigurationError(
+                f"not a PostgreSQL connection string: the URL scheme is {scheme!r} "
+                "(expected postgresql:// or postgres://)"
+            )
+    try:
+        conninfo_to_dict(dsn)
+    except Error as exc:
+        words = PASSWORD.sub(r"\1***", one_line(str(exc)))
+        raise ConfigurationError(f"invalid PostgreSQL connection string: {words}") from None
+    return dsn
+
+
+def connect_kwargs(dsn: str, **kwargs: Any) -> dict[str, Any]:
+    """Connection arguments with a bounded ``connect_timeout`` unless the DSN sets one."""
+    if "connect_timeout" not in conninfo_to_dict(dsn):
+        kwargs.setdefault("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
+    return kwargs
+
+
+def closed_by_server(conn: Any) -> bool:
+    """Whether an idle connection was already closed by the server (restart, failover,
+    ``pg_terminate_backend``, idle timeout), found without a round trip.
+
+    An idle connection has nothing to read: the server writes to it only to say goodbye (the
+    FATAL before it closes) or, more rarely, a notice. Either way, input pending means this
+    connection is not trusted with a statement that might not be repeatable.
+    """
+    if conn.closed or conn.broken:
+        return True
+    try:
+        fd = conn.pgconn.socket
+    except Error:
+        return True
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+    readable, _, _ = select.select([fd], [], [], 0)
+    return bool(readable)
+
+
+def replaced(conn: Any) -> None:
+    """Mark a connection found closed by the server, before it goes back to be replaced."""
+    _replaced.add(conn)
+
+
+class _QuietReplacements(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        ours = bool(args) and args[0] in _replaced
+        return not (ours and str(record.msg).startswith("discarding closed connection"))
+
+
+logging.getLogger("psycopg.pool").addFilter(_QuietReplacements())
+
+
+def one_line(text: str) -> str:
+    """libpq's multi-line messages (a hint on an indented line) as one line."""
+    return " ".join(part.strip() for part in text.strip().splitlines() if part.strip())
+
+
+def unavailable(exc: BaseException) -> DatabaseUnavailable:
+    """The error of a connection that could not be made, in the server's or libpq's words."""
+    return DatabaseUnavailable(f"database unavailable: {one_line(str(exc))}")

@@ -32,6 +32,7 @@ from conveyor.integrations.django.framework import (
     TaskResultDoesNotExist,
     TaskResultStatus,
     task_backends,
+    task_finished,
 )
 from conveyor.models import JobState
 
@@ -347,3 +348,43 @@ def test_backends_storing_tasks_in_the_same_queues_fail_the_check(
     with override_settings(TASKS=tasks_settings):  # another prefix: no clash
         assert list(task_backends["default"].check()) == []
         assert list(task_backends["other"].check()) == []
+
+
+def test_a_queue_s_retries_map_onto_ready_then_failed(tasks_settings: dict[str, Any]) -> None:
+    from mysite.tasks import explode
+
+    finished: list[str] = []
+
+    def on_finished(sender: object, task_result: Any, **kwargs: Any) -> None:
+        finished.append(task_result.status)
+
+    hourly = {"job_options": {"retry_limit": 1, "retry_delay": 3600}}
+    later = changed(tasks_settings, OPTIONS=hourly)
+    with override_settings(TASKS=later):
+        task_finished.connect(on_finished)
+        try:
+            waiting = explode.enqueue()
+            work()
+        finally:
+            task_finished.disconnect(on_finished)
+        retrying = explode.get_result(waiting.id)
+    # A failed attempt with attempts left: ready again, its error kept; the signal said FAILED.
+    assert (retrying.status, retrying.attempts, len(retrying.errors)) == ("READY", 1, 1)
+    assert finished == ["FAILED"]
+
+    now = changed(tasks_settings, OPTIONS={"job_options": {"retry_limit": 1, "retry_delay": 0}})
+    with override_settings(TASKS=now):
+        result = explode.enqueue()
+        work()
+        failed = explode.get_result(result.id)
+    assert (failed.status, failed.attempts) == ("FAILED", 2)
+    assert [e.exception_class for e in failed.errors] == [ValueError, ValueError]
+
+
+def test_a_cancelled_task_is_failed(backend: ConveyorBackend) -> None:
+    from mysite.tasks import add
+
+    result = add.enqueue(1, 2)
+    backend.app.cancel(result.id)
+    cancelled = add.get_result(result.id)
+    assert cancelled.status == TaskResultStatus.FAILED and cancelled.errors == []

@@ -388,3 +388,18 @@ def test_a_cancelled_task_is_failed(backend: ConveyorBackend) -> None:
     backend.app.cancel(result.id)
     cancelled = add.get_result(result.id)
     assert cancelled.status == TaskResultStatus.FAILED and cancelled.errors == []
+
+
+def test_a_job_of_another_backend_in_a_workers_queue_fails_naming_both(
+    backend: ConveyorBackend,
+) -> None:
+    # What a clash the system check reports would do: never run by the wrong backend.
+    stray = backend.app.send(
+        "django.default",
+        {"task": "mysite.tasks.add", "args": [1, 1], "kwargs": {}, "backend": "other",
+         "queue_name": "default", "run_after": None},
+    )  # fmt: skip
+    work()
+    job = backend.app.get_job(stray)
+    assert job.state is JobState.FAILED
+    assert "a task of backend 'other', not of 'default'" in job.errors[-1]["message"]

@@ -207,6 +207,8 @@ def test_checks_report_bad_settings(backend: ConveyorBackend) -> None:
     assert sorted(m.id for m in bad.check()) == ["conveyor.E001", "conveyor.E004", "conveyor.E005"]
     anywhere = {"QUEUES": [], "OPTIONS": {"queue_prefix": ""}}
     assert [m.id for m in ConveyorBackend("anywhere", anywhere).check()] == ["conveyor.E003"]
+    no_app = ConveyorBackend("no_app", {"OPTIONS": {"app": "mysite.tasks.add"}})
+    assert [m.id for m in no_app.check()] == ["conveyor.E007"]
     with pytest.raises(ImproperlyConfigured, match="unknown OPTIONS"):
         ConveyorBackend("typo", {"OPTIONS": {"shcema": "x"}})
 

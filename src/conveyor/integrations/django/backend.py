@@ -286,15 +286,24 @@ class ConveyorBackend(BaseTaskBackend):
             Registry().register("check", run_task, **self.job_options)
         except ValidationError as exc:
             yield checks.Error(f"{where}: job_options: {exc}", id="conveyor.E005")
-        if database is not None:
+        try:
             yield from self._check_collisions(where)
+        except (ImproperlyConfigured, ImportError, KeyError) as exc:
+            # Without a database entry (E001) there is nothing to compare; a bad app path
+            # has no other check.
+            if self._app_path is not None:
+                yield checks.Error(f"{where}: OPTIONS['app']: {exc}", id="conveyor.E007")
 
     def _check_collisions(self, where: str) -> Iterable[checks.CheckMessage]:
         here = self._location()
         for other in task_backends.all():
             if other.alias == self.alias or not isinstance(other, ConveyorBackend):
                 continue
-            if other.database in django_settings.DATABASES and other._location() == here:
+            try:
+                there = other._location()
+            except (ImproperlyConfigured, ImportError, KeyError):
+                continue  # a backend that cannot say where it stores has errors of its own
+            if there == here:
                 shared = self._shared_queues(other)
                 if shared:
                     yield checks.Error(

@@ -25,6 +25,10 @@ same API under ``django_tasks``. Either way::
 - ``queue_prefix``: Conveyor's queue for the Django queue ``q`` is ``queue_prefix + q``
   (default ``"django."``).
 - ``job_options``: Conveyor job options for every task (``retry_limit``, ``expire_in``, ...).
+
+``QUEUES: []`` means any queue, as in Django. Each backend has its own Conveyor app, so its worker
+serves its queues only; two backends storing tasks in the same queues of one schema fail the
+system check ``conveyor.E006``. docs/howto/django.md says which parts of Django's contract hold.
 """
 
 from __future__ import annotations

@@ -305,6 +305,10 @@ def test_empty_queues_mean_any_queue(tasks_settings: dict[str, Any]) -> None:
         with pytest.raises(InvalidTask):
             add.using(queue_name="no spaces").enqueue(1, 1)
         # A worker with no --queues serves the backend's queues in use when it starts.
+        assert (
+            "django.anything-goes"
+            in load_app("conveyor.integrations.django:app")._registry.queues()
+        )
         work()
         assert add.get_result(result.id).return_value == 7
 

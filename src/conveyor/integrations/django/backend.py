@@ -516,8 +516,12 @@ def backend_for(alias: str = "default") -> ConveyorBackend:
 def worker_app(alias: str = "default") -> Conveyor:
     """The Conveyor app that runs the tasks of the task backend ``alias``; what
     ``conveyor worker conveyor.integrations.django:app`` loads. Its handlers are those of this
-    backend's queues (and, with ``OPTIONS['app']``, that app's own)."""
-    return backend_for(alias).app
+    backend's queues (and, with ``OPTIONS['app']``, that app's own); with ``QUEUES: []``,
+    those of :meth:`ConveyorBackend.worker_queues`, looked up now."""
+    backend = backend_for(alias)
+    if backend.any_queue:
+        backend.worker_queues()
+    return backend.app
 
 
 def _shared_app(

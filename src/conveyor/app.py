@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import timedelta
 from types import TracebackType
@@ -95,6 +96,17 @@ class Conveyor(Client, AsyncClient):
     def settings(self) -> Settings:
         """The app's configuration."""
         return self._settings
+
+    def use_database(self, dsn: str | None = None, schema: str | None = None) -> None:
+        """Point the app at another database and/or schema before it is first used (the CLI's
+        global ``--dsn`` and ``--schema`` applied to an app it loads); its handlers stay."""
+        self._stores.close()
+        self._settings = dataclasses.replace(
+            self._settings,
+            dsn=dsn or self._settings.dsn,
+            schema=check_schema_name(schema) if schema else self._settings.schema,
+        )
+        self._stores = Stores(self._settings)
 
     # -- handlers and events ---------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from conveyor.app import Conveyor
 from conveyor.config import DEFAULT_SCHEMA
@@ -84,11 +85,28 @@ def load_app(spec: str) -> Conveyor:
 
 
 class CliContext:
-    """The global options; the app is built on first use, so ``--help`` needs no database."""
+    """The global options; the app is built on first use, so ``--help`` needs no database.
 
-    def __init__(self, dsn: str | None, schema: str, app_spec: str | None) -> None:
+    ``--dsn`` and ``--schema`` apply to every command: to an app loaded by ``--app`` or by
+    ``worker APP`` too, whose own DSN and schema they replace when given on the command line.
+    (CONVEYOR_DATABASE_URL only fills in a DSN the app leaves unset, as it does for any app, so
+    an app that names its own database keeps it.) A command that cannot honour them refuses
+    them (:meth:`refuse_database`).
+    """
+
+    def __init__(
+        self,
+        dsn: str | None,
+        schema: str,
+        app_spec: str | None,
+        *,
+        dsn_given: bool = False,
+        schema_given: bool = False,
+    ) -> None:
         self.dsn = dsn
         self.schema = schema
+        self.dsn_given = dsn_given
+        self.schema_given = schema_given
         self.app_spec = app_spec
         self._app: Conveyor | None = None
 
@@ -96,8 +114,22 @@ class CliContext:
         """The app named by ``spec`` or ``--app``, else one built from ``--dsn``/``--schema``."""
         if self._app is None:
             spec = spec or self.app_spec
-            self._app = load_app(spec) if spec else Conveyor(self.dsn, schema=self.schema)
+            if spec:
+                app = load_app(spec)
+                if self.dsn_given or self.schema_given:
+                    app.use_database(
+                        self.dsn if self.dsn_given else None,
+                        self.schema if self.schema_given else None,
+                    )
+                self._app = app
+            else:
+                self._app = Conveyor(self.dsn, schema=self.schema)
         return self._app
+
+    def refuse_database(self, command: str, why: str) -> None:
+        """Refuse a ``--dsn`` given on the command line to a command that cannot use it."""
+        if self.dsn_given:
+            raise ValidationError(f"--dsn does not apply to `conveyor {command}`: {why}")
 
     def close(self) -> None:
         """Close the app's pools."""
@@ -111,11 +143,18 @@ class CliContext:
     "--schema", envvar="CONVEYOR_SCHEMA", default=DEFAULT_SCHEMA, show_default=True,
     help="Schema holding Conveyor's tables.",
 )  # fmt: skip
-@click.option("--app", "app_spec", metavar="MODULE:ATTR", help="Take DSN and schema from an app.")
+@click.option(
+    "--app", "app_spec", metavar="MODULE:ATTR",
+    help="Take DSN and schema from an app (--dsn and --schema, when given, replace them).",
+)  # fmt: skip
 @click.pass_context
 def main(ctx: click.Context, dsn: str | None, schema: str, app_spec: str | None) -> None:
     """Conveyor: durable background jobs in PostgreSQL."""
-    ctx.obj = CliContext(dsn, schema, app_spec)
+    given = {
+        f"{name}_given": ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
+        for name in ("dsn", "schema")
+    }
+    ctx.obj = CliContext(dsn, schema, app_spec, **given)
     ctx.call_on_close(ctx.obj.close)
 
 

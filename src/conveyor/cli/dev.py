@@ -52,6 +52,7 @@ class ProbeFailed(ConveyorError):
 @one_line_errors
 def dev(cli: CliContext, data_dir: Path | None, check: bool) -> None:
     """Run an embedded PostgreSQL with Conveyor's schema until Ctrl-C, and print its DSN."""
+    cli.refuse_database("dev", "it starts an embedded server of its own")
     try:
         run_dev(cli, data_dir or default_data_dir(), check)
     except KeyboardInterrupt:

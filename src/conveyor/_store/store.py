@@ -29,6 +29,7 @@ from conveyor._store.connections import (
 )
 from conveyor._store.errors import translated
 from conveyor._store.queries import queries
+from conveyor._store.waiters import done_waiter
 from conveyor.errors import ConveyorError, DatabaseUnavailable, InvalidOption
 from conveyor.models import Job, Queue, Schedule, WorkerInfo
 from conveyor.options import JobSpec
@@ -119,6 +120,16 @@ class Store:
             name=f"conveyor-{schema}",
         )
         self._closed = False
+        # Shared by every wait_for of this store; None: wait_for polls (behind PgBouncer).
+        self._waiter = (
+            None
+            if self.listen_dsn is None
+            else done_waiter(
+                self.listen_dsn,
+                self.done_channel,
+                {**self._connect_kwargs, "application_name": f"conveyor wait_for {schema}"},
+            )
+        )
 
     @contextmanager
     def connection(self, conn: Conn | None = None) -> Iterator[Conn]:
@@ -178,6 +189,8 @@ class Store:
     def close(self) -> None:
         """Close the pool; the store cannot be used afterwards."""
         self._closed = True
+        if self._waiter is not None:
+            self._waiter.close()
         self._pool.close()
 
     def _rows(self, name: str, params: dict[str, Any], conn: Conn | None) -> list[dict[str, Any]]:
@@ -364,25 +377,24 @@ class Store:
 
     def job_wait(self, job_id: UUID, timeout: float) -> Job | None:
         """The job once it is finished, or as it stands when ``timeout`` runs out (None if no
-        such job). Woken by the NOTIFY that finishing sends, on a connection of its own."""
+        such job). Woken by the NOTIFY that finishing sends, on the LISTEN connection every
+        wait of this store shares."""
         deadline = time.monotonic() + timeout
-        if self.listen_dsn is None:
+        if self._waiter is None:
             while True:
                 job = self.job_get(job_id)
                 remaining = deadline - time.monotonic()
                 if job is None or job.state.is_terminal or remaining <= 0:
                     return job
                 time.sleep(min(remaining, WAIT_POLL_INTERVAL))
-        with Connection.connect(self.listen_dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.done_channel)))
+        with self._waiter.watch(job_id) as woken:
             while True:
-                job = self.job_get(job_id, conn)
+                woken.arm()
+                job = self.job_get(job_id)
                 remaining = deadline - time.monotonic()
                 if job is None or job.state.is_terminal or remaining <= 0:
                     return job
-                for note in conn.notifies(timeout=remaining):
-                    if str(job_id) in note.payload.split(","):
-                        break
+                woken.wait(remaining)
 
     def schedule_upsert(self, values: dict[str, Any], conn: Conn | None = None) -> Schedule:
         """Create or replace a schedule."""

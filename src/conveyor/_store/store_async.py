@@ -28,6 +28,7 @@ from conveyor._store.connections import (
 )
 from conveyor._store.errors import translated
 from conveyor._store.queries import queries
+from conveyor._store.waiters import done_waiter_async
 from conveyor.errors import ConveyorError, DatabaseUnavailable, InvalidOption
 from conveyor.models import Job, Queue, Schedule, WorkerInfo
 from conveyor.options import JobSpec
@@ -118,6 +119,16 @@ class AsyncStore:
             name=f"conveyor-{schema}",
         )
         self._closed = False
+        # Shared by every wait_for of this store; None: wait_for polls (behind PgBouncer).
+        self._waiter = (
+            None
+            if self.listen_dsn is None
+            else done_waiter_async(
+                self.listen_dsn,
+                self.done_channel,
+                {**self._connect_kwargs, "application_name": f"conveyor wait_for {schema}"},
+            )
+        )
 
     @asynccontextmanager
     async def connection(self, conn: AsyncConn | None = None) -> AsyncIterator[AsyncConn]:
@@ -177,6 +188,8 @@ class AsyncStore:
     async def close(self) -> None:
         """Close the pool; the store cannot be used afterwards."""
         self._closed = True
+        if self._waiter is not None:
+            await self._waiter.close()
         await self._pool.close()
 
     async def _rows(
@@ -371,25 +384,24 @@ class AsyncStore:
 
     async def job_wait(self, job_id: UUID, timeout: float) -> Job | None:
         """The job once it is finished, or as it stands when ``timeout`` runs out (None if no
-        such job). Woken by the NOTIFY that finishing sends, on a connection of its own."""
+        such job). Woken by the NOTIFY that finishing sends, on the LISTEN connection every
+        wait of this store shares."""
         deadline = time.monotonic() + timeout
-        if self.listen_dsn is None:
+        if self._waiter is None:
             while True:
                 job = await self.job_get(job_id)
                 remaining = deadline - time.monotonic()
                 if job is None or job.state.is_terminal or remaining <= 0:
                     return job
                 await asyncio.sleep(min(remaining, WAIT_POLL_INTERVAL))
-        async with await AsyncConnection.connect(self.listen_dsn, autocommit=True) as conn:
-            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.done_channel)))
+        async with self._waiter.watch(job_id) as woken:
             while True:
-                job = await self.job_get(job_id, conn)
+                await woken.arm()
+                job = await self.job_get(job_id)
                 remaining = deadline - time.monotonic()
                 if job is None or job.state.is_terminal or remaining <= 0:
                     return job
-                async for note in conn.notifies(timeout=remaining):
-                    if str(job_id) in note.payload.split(","):
-                        break
+                await woken.wait(remaining)
 
     async def schedule_upsert(
         self, values: dict[str, Any], conn: AsyncConn | None = None

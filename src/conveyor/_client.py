@@ -538,11 +538,12 @@ class Client:
         except DatabaseUnavailable as exc:
             return diagnosis.unreachable(str(exc).strip().splitlines()[0])
         pending = [f"{m.version:04d}_{m.name}" for m in found.pending]
-        workers, queues = 0, []
+        workers, queues, troubles = 0, [], []
         if found.applied:
             store = self._stores.store()
             try:
                 workers = store.worker_count_alive(stale_after)
+                troubles = store.worker_troubles(stale_after)
                 queues = store.queue_live_counts(self._settings.clock())
             except DatabaseUnavailable as exc:
                 return diagnosis.unreachable(str(exc).strip().splitlines()[0])
@@ -553,6 +554,7 @@ class Client:
             queues=queues,
             max_wait=max_wait,
             min_workers=min_workers,
+            troubles=troubles,
         )
 
     def diagnose(self, *, stale_after: float = 30.0, notify_timeout: float = 1.0) -> list[Finding]:
@@ -573,6 +575,7 @@ class Client:
             ("transactions", self._diagnose_transactions),
             ("jobs", self._diagnose_jobs),
             ("workers", self._diagnose_workers),
+            ("schedules", self._diagnose_schedules),
             ("notify", self._diagnose_notify),
         ):
             try:
@@ -623,8 +626,13 @@ class Client:
         )
 
     def _diagnose_workers(self, stale_after: float, timeout: float) -> list[Finding]:
-        rows = self._stores.store().doctor_stale_workers(stale_after)
-        return diagnosis.worker_findings(rows)
+        store = self._stores.store()
+        rows = store.doctor_stale_workers(stale_after)
+        troubles = diagnosis.trouble_findings(store.worker_troubles(stale_after))
+        return troubles + diagnosis.worker_findings(rows)
+
+    def _diagnose_schedules(self, stale_after: float, timeout: float) -> list[Finding]:
+        return diagnosis.schedule_findings(self._stores.store().schedule_list())
 
     def _diagnose_notify(self, stale_after: float, timeout: float) -> list[Finding]:
         store = self._stores.store()

@@ -544,11 +544,12 @@ class AsyncClient:
         except DatabaseUnavailable as exc:
             return diagnosis.unreachable(str(exc).strip().splitlines()[0])
         pending = [f"{m.version:04d}_{m.name}" for m in found.pending]
-        workers, queues = 0, []
+        workers, queues, troubles = 0, [], []
         if found.applied:
             store = self._stores.store_async()
             try:
                 workers = await store.worker_count_alive(stale_after)
+                troubles = await store.worker_troubles(stale_after)
                 queues = await store.queue_live_counts(self._settings.clock())
             except DatabaseUnavailable as exc:
                 return diagnosis.unreachable(str(exc).strip().splitlines()[0])
@@ -559,6 +560,7 @@ class AsyncClient:
             queues=queues,
             max_wait=max_wait,
             min_workers=min_workers,
+            troubles=troubles,
         )
 
     async def diagnose_async(
@@ -581,6 +583,7 @@ class AsyncClient:
             ("transactions", self._diagnose_transactions_async),
             ("jobs", self._diagnose_jobs_async),
             ("workers", self._diagnose_workers_async),
+            ("schedules", self._diagnose_schedules_async),
             ("notify", self._diagnose_notify_async),
         ):
             try:
@@ -633,8 +636,13 @@ class AsyncClient:
         )
 
     async def _diagnose_workers_async(self, stale_after: float, timeout: float) -> list[Finding]:
-        rows = await self._stores.store_async().doctor_stale_workers(stale_after)
-        return diagnosis.worker_findings(rows)
+        store = self._stores.store_async()
+        rows = await store.doctor_stale_workers(stale_after)
+        troubles = diagnosis.trouble_findings(await store.worker_troubles(stale_after))
+        return troubles + diagnosis.worker_findings(rows)
+
+    async def _diagnose_schedules_async(self, stale_after: float, timeout: float) -> list[Finding]:
+        return diagnosis.schedule_findings(await self._stores.store_async().schedule_list())
 
     async def _diagnose_notify_async(self, stale_after: float, timeout: float) -> list[Finding]:
         store = self._stores.store_async()

@@ -153,7 +153,7 @@ class Conveyor(Client, AsyncClient):
         prefetch: int | None = None,
         shutdown_timeout: float = 30.0,
         poll_interval: float = 2.0,
-        heartbeat_interval: float = 5.0,
+        heartbeat_interval: float | None = None,
         stale_after: float = 30.0,
         recover_interval: float = 5.0,
         stop: asyncio.Event | None = None,
@@ -171,8 +171,12 @@ class Conveyor(Client, AsyncClient):
         only for free slots.
         On stop, fetching ends and in-flight jobs get ``shutdown_timeout`` seconds to finish; the
         rest are handed back without spending an attempt. Jobs of a worker whose heartbeat is
-        older than ``stale_after`` seconds are recovered by the leader within about
-        ``stale_after + recover_interval`` seconds. With ``install_signal_handlers``, SIGTERM
+        older than ``stale_after`` seconds are recovered by the leader within
+        ``stale_after + 1.5 * recover_interval`` seconds, even when the dead worker held the
+        leader lease. The worker heartbeats every ``heartbeat_interval`` seconds: by default
+        ``stale_after / 3``, at most 5; a value above ``stale_after / 2`` is refused
+        (:class:`~conveyor.errors.InvalidOption`), since a healthy worker would then be taken
+        for dead after one late heartbeat. With ``install_signal_handlers``, SIGTERM
         and SIGINT stop the worker gracefully and a second signal stops it at once.
 
         The worker refuses to start on a schema that is behind this release
@@ -192,9 +196,7 @@ class Conveyor(Client, AsyncClient):
             prefetch=None if prefetch is None else check_int("prefetch", prefetch, 0, 10_000),
             shutdown_timeout=check_seconds("shutdown_timeout", shutdown_timeout, allow_zero=True),
             poll_interval=check_seconds("poll_interval", poll_interval, allow_zero=False),
-            heartbeat_interval=check_seconds(
-                "heartbeat_interval", heartbeat_interval, allow_zero=False
-            ),
+            heartbeat_interval=heartbeat_for(stale_after, heartbeat_interval),
             stale_after=check_seconds("stale_after", stale_after, allow_zero=False),
             burst=burst,
             max_payload_bytes=self._settings.max_payload_bytes,
@@ -211,7 +213,7 @@ class Conveyor(Client, AsyncClient):
             else [
                 Maintenance(
                     stale_after=stale_after,
-                    interval=recover_interval,
+                    interval=check_seconds("recover_interval", recover_interval, allow_zero=False),
                     dead_retention=self._settings.dead_retention,
                 ),
                 Scheduler(),
@@ -254,7 +256,7 @@ class Conveyor(Client, AsyncClient):
         prefetch: int | None = None,
         shutdown_timeout: float = 30.0,
         poll_interval: float = 2.0,
-        heartbeat_interval: float = 5.0,
+        heartbeat_interval: float | None = None,
         stale_after: float = 30.0,
         recover_interval: float = 5.0,
         install_signal_handlers: bool = True,
@@ -347,6 +349,23 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
     # Outside the except block: run inside it, every exception raised by the worker or by a
     # handler would carry the "no running event loop" RuntimeError as its context.
     return asyncio.run(coro)
+
+
+def heartbeat_for(stale_after: float, heartbeat_interval: float | None) -> float:
+    """The heartbeat interval of a worker whose jobs are recovered after ``stale_after``
+    seconds of silence: ``heartbeat_interval`` if it leaves room for a late beat, else
+    :class:`InvalidOption`; by default a third of ``stale_after``, at most 5 seconds."""
+    stale_after = check_seconds("stale_after", stale_after, allow_zero=False)
+    if heartbeat_interval is None:
+        return min(5.0, stale_after / 3)
+    beat = check_seconds("heartbeat_interval", heartbeat_interval, allow_zero=False)
+    if beat > stale_after / 2:
+        raise InvalidOption(
+            f"heartbeat_interval ({beat:g} s) must be at most half of stale_after "
+            f"({stale_after:g} s), or healthy workers are taken for dead and their jobs run "
+            "twice; leave heartbeat_interval unset to derive it from stale_after"
+        )
+    return beat
 
 
 def _known_defaults(defaults: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from conveyor.models import Finding, Health, QueueHealth
+from conveyor.cron import check_cron, check_timezone
+from conveyor.errors import InvalidOption
+from conveyor.models import Finding, Health, QueueHealth, Schedule
 
 OK, WARNING, ERROR = "ok", "warning", "error"
 
@@ -35,10 +37,12 @@ def assess_health(
     queues: Iterable[Mapping[str, Any]],
     max_wait: float | None,
     min_workers: int,
+    troubles: Iterable[Mapping[str, Any]] = (),
 ) -> Health:
-    """The verdict on a reachable database: migrations, live workers, and queues whose oldest
-    runnable job waited longer than ``max_wait`` seconds."""
-    problems: list[str] = []
+    """The verdict on a reachable database: migrations, live workers (and those reporting a
+    service down or stuck handler threads), and queues whose oldest runnable job waited longer
+    than ``max_wait`` seconds."""
+    problems: list[str] = [trouble_line(t) for t in troubles]
     if pending:
         problems.append(f"schema is behind: pending migrations {', '.join(pending)}")
     if unknown:
@@ -265,6 +269,46 @@ def worker_findings(stale: Iterable[Mapping[str, Any]]) -> list[Finding]:
         for w in stale
     ]  # fmt: skip
     return found or [Finding(OK, check, "every registered worker sends heartbeats")]
+
+
+def trouble_line(worker: Mapping[str, Any]) -> str:
+    """One line on a live worker that reports a service down or stuck handler threads."""
+    parts = [f"service {name} down ({error})" for name, error in worker["services_down"].items()]
+    if worker["stuck_threads"]:
+        parts.append(f"{worker['stuck_threads']} handler thread(s) stuck in a sync handler")
+    return f"worker {worker['id']} ({worker['hostname']} pid {worker['pid']}): " + "; ".join(parts)
+
+
+def trouble_findings(troubles: Iterable[Mapping[str, Any]]) -> list[Finding]:
+    """Live workers whose background services are down or whose handler threads are stuck."""
+    return [
+        Finding(
+            ERROR if t["services_down"] else WARNING, "workers", trouble_line(t),
+            "read the worker's log for the traceback; a service restarts by itself with backoff"
+            if t["services_down"]
+            else "a sync handler ignores job.cancelled: make it check the flag and return",
+        )
+        for t in troubles
+    ]  # fmt: skip
+
+
+def schedule_findings(schedules: Iterable[Schedule]) -> list[Finding]:
+    """Schedules the scheduler skips because it cannot evaluate them (written from SQL with an
+    unknown time zone or a bad cron expression)."""
+    found = []
+    for s in schedules:
+        try:
+            check_timezone(s.tz)
+            if s.cron is not None:
+                check_cron(s.cron, s.tz)
+        except InvalidOption as exc:
+            found.append(
+                Finding(
+                    ERROR, "schedules", f"schedule {s.name} never fires: {exc}",
+                    f"fix it with app.schedule({s.name!r}, ...) or remove it",
+                )
+            )  # fmt: skip
+    return found or [Finding(OK, "schedules", "every schedule can be evaluated")]
 
 
 def notify_findings(seconds: float | None, timeout: float) -> list[Finding]:

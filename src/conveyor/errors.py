@@ -47,6 +47,11 @@ class InvalidOption(ValidationError):
     """An option has the wrong type or a value out of range."""
 
 
+class InvalidRetryDelay(InvalidOption):
+    """A handler asked to run again after a delay the database cannot store (``Retry(after=...)``
+    with NaN, infinity, more than ten years, or not a number); recorded as the attempt's error."""
+
+
 class DatabaseUnavailable(ConveyorError):
     """The database could not be reached, or the connection broke mid-statement; safe to retry
     (an enqueue that raised this may or may not have committed, unless it ran in your own

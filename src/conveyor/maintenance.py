@@ -70,7 +70,9 @@ class Maintenance:
     async def run(self, context: ServiceContext, stop: asyncio.Event) -> None:
         """Every ``interval`` seconds (jittered), if this worker holds the lease, recover jobs,
         and clean up when the last cleanup is ``cleanup_interval`` old."""
-        lease = Lease(context.store, "maintenance", context.worker_id, ttl=self.interval * 3)
+        lease = Lease(
+            context.store, "maintenance", context.worker_id, self.interval * 3, self.stale_after
+        )
         held = False
         cleaned_at: float | None = None
         try:

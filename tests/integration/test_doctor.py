@@ -29,7 +29,7 @@ def doctor(dsn: str, schema: str) -> tuple[int, list[dict[str, str]]]:
 
 def test_a_healthy_schema_has_only_ok_findings(app: Conveyor, conveyor_dsn: str) -> None:
     findings = app.diagnose()
-    checks = ["schema", "bloat", "transactions", "jobs", "workers", "notify"]
+    checks = ["schema", "bloat", "transactions", "jobs", "workers", "schedules", "notify"]
     assert [f.check for f in findings] == checks
     assert {f.severity for f in findings if f.check != "bloat"} == {"ok"}, findings
     with psycopg.connect(conveyor_dsn) as conn:

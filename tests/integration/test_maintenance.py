@@ -188,7 +188,10 @@ async def test_only_the_lease_holder_cleans_up(conveyor_dsn: str, conveyor_schem
         store=store, worker_id=uuid.uuid4(), events=Events(), clock=lambda: None
     )
     try:
-        assert await store.leader_acquire("maintenance", ghost, 60)
+        # Both holders are live workers: the lease of a worker without a heartbeat is free.
+        await store.worker_register(ghost, "elsewhere", 1, ["q"], 1)
+        await store.worker_register(context.worker_id, "here", 2, ["q"], 1)
+        assert await store.leader_acquire("maintenance", ghost, 60, 30)
         stop = asyncio.Event()
         task = asyncio.create_task(service.run(context, stop))
         await asyncio.sleep(0.5)
@@ -199,10 +202,10 @@ async def test_only_the_lease_holder_cleans_up(conveyor_dsn: str, conveyor_schem
                 break
             await asyncio.sleep(0.05)
         assert count(conveyor_dsn, conveyor_schema, "job_history") == 0
-        assert not await store.leader_acquire("maintenance", ghost, 60)  # it holds the lease
+        assert not await store.leader_acquire("maintenance", ghost, 60, 30)  # it holds the lease
         stop.set()
         await asyncio.wait_for(task, 10)
-        assert await store.leader_acquire("maintenance", ghost, 60)  # released on stop
+        assert await store.leader_acquire("maintenance", ghost, 60, 30)  # released on stop
     finally:
         await store.close()
 

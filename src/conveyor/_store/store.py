@@ -409,6 +409,10 @@ class Store:
         found = self._rows("schedule_get", {"name": name}, conn)
         return rows.schedule(found[0]) if found else None
 
+    def worker_troubles(self, stale_after: float) -> list[dict[str, Any]]:
+        """Live workers reporting a background service down or handler threads stuck."""
+        return self._rows("worker_troubles", {"stale_after": stale_after}, None)
+
     def schedule_list(self, conn: Conn | None = None) -> list[Schedule]:
         """Every schedule, by name."""
         return [rows.schedule(r) for r in self._rows("schedule_list", {}, conn)]

@@ -418,6 +418,10 @@ class AsyncStore:
         found = await self._rows("schedule_get", {"name": name}, conn)
         return rows.schedule(found[0]) if found else None
 
+    async def worker_troubles(self, stale_after: float) -> list[dict[str, Any]]:
+        """Live workers reporting a background service down or handler threads stuck."""
+        return await self._rows("worker_troubles", {"stale_after": stale_after}, None)
+
     async def schedule_list(self, conn: AsyncConn | None = None) -> list[Schedule]:
         """Every schedule, by name."""
         return [rows.schedule(r) for r in await self._rows("schedule_list", {}, conn)]

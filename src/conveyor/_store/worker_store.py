@@ -111,17 +111,20 @@ class WorkerStore(AsyncStore):
         }
         await self._rows("worker_register", params, None)
 
-    async def worker_heartbeat(self, worker: UUID) -> bool:
-        """Refresh the heartbeat; False if the row was removed as stale."""
-        return bool((await self._rows("worker_heartbeat", {"id": worker}, None))[0]["exists"])
+    async def worker_heartbeat(self, worker: UUID, health: dict[str, Any]) -> bool:
+        """Refresh the heartbeat and what the worker reports of itself (``health``: services
+        down, stuck threads); False if the row was removed as stale."""
+        params = {"id": worker, "health": json.dumps(health)}
+        return bool((await self._rows("worker_heartbeat", params, None))[0]["exists"])
 
     async def worker_deregister(self, worker: UUID) -> None:
         """Remove this worker's row (clean shutdown)."""
         await self._rows("worker_deregister", {"id": worker}, None)
 
-    async def leader_acquire(self, role: str, holder: UUID, ttl: float) -> bool:
-        """Take or renew the lease of ``role`` for ``ttl`` seconds; True if held."""
-        params = {"role": role, "holder": holder, "ttl": ttl}
+    async def leader_acquire(self, role: str, holder: UUID, ttl: float, stale_after: float) -> bool:
+        """Take or renew the lease of ``role`` for ``ttl`` seconds; True if held. A lease whose
+        holder's heartbeat is older than ``stale_after`` seconds is taken over."""
+        params = {"role": role, "holder": holder, "ttl": ttl, "stale_after": stale_after}
         return bool((await self._rows("leader_acquire", params, None))[0]["exists"])
 
     async def leader_release(self, role: str, holder: UUID) -> None:

@@ -214,7 +214,10 @@ def migrate(cli: CliContext, print_sql: bool, check: bool, as_json: bool) -> Non
     show_default=True,
     help="Seconds without heartbeat before a worker's jobs are recovered.",
 )
-@click.option("--heartbeat-interval", type=float, default=5.0, show_default=True)
+@click.option(
+    "--heartbeat-interval", type=float, default=None,
+    help="Seconds between heartbeats (default: a third of --stale-after, at most 5).",
+)  # fmt: skip
 @click.option(
     "--poll-interval",
     type=float,
@@ -247,7 +250,7 @@ def worker(
     burst: bool,
     migrate: bool,
     stale_after: float,
-    heartbeat_interval: float,
+    heartbeat_interval: float | None,
     poll_interval: float,
     recover_interval: float,
     log_level: str,

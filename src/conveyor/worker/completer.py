@@ -8,6 +8,7 @@ first, recovery runs those jobs again (at-least-once).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -89,18 +90,69 @@ class Completer:
         try:
             if progress:
                 # Progress first: an ack in the same batch would finish the job before it.
-                await self._store.job_progress_many(self._worker_id, progress)
+                await self._write_progress(progress)
             if acks:
-                changed = await self._store.job_ack_many(self._worker_id, acks, self._clock())
-                by_id = {c.id: c for c in changed}
-                for ack in acks:
-                    self._on_changed(ack, by_id.get(ack.job_id))
+                for ack, changed in await self._write_acks(acks):
+                    self._on_changed(ack, changed)
         except BaseException:
             self._acks[:0] = acks
             for key, value in progress.items():
                 self._progress.setdefault(key, value)
             self._pending.set()
             raise
+
+    async def _write_progress(self, progress: dict[tuple[UUID, int], dict[str, Any]]) -> None:
+        try:
+            await self._store.job_progress_many(self._worker_id, progress)
+        except DatabaseUnavailable:
+            raise
+        except Exception as exc:
+            # Progress is advisory: a value the database refuses is dropped, never allowed to
+            # hold back the outcomes behind it.
+            log.warning("progress of %d attempt(s) refused and dropped: %s", len(progress), exc)
+
+    async def _write_acks(self, acks: list[Ack]) -> list[tuple[Ack, Changed | None]]:
+        """Write a batch; each ack as written, with the change it made (None: refused by its
+        guard). If the database refuses the batch for a reason other than the connection, the
+        rows it cannot take are found by halves, so one bad row never blocks the others."""
+        try:
+            changed = await self._store.job_ack_many(self._worker_id, acks, self._clock())
+            by_id = {c.id: c for c in changed}
+            return [(ack, by_id.get(ack.job_id)) for ack in acks]
+        except DatabaseUnavailable:
+            raise
+        except Exception as exc:
+            if len(acks) > 1:
+                half = len(acks) // 2
+                return await self._write_acks(acks[:half]) + await self._write_acks(acks[half:])
+            return await self._refused(acks[0], exc)
+
+    async def _refused(self, ack: Ack, exc: Exception) -> list[tuple[Ack, Changed | None]]:
+        """An outcome the database cannot store: the attempt fails with the reason instead (the
+        job retries or goes to the dead letters as its policy says). If even that is refused,
+        the job stays active and recovery takes it back after its deadline."""
+        log.error("outcome %s of job %s attempt %d refused by the database: %s",
+                  ack.outcome, ack.job_id, ack.attempt, exc)  # fmt: skip
+        if ack.outcome in ("failed", "release") and ack.error is None:
+            return [(ack, None)]
+        error = {
+            "attempt": ack.attempt,
+            "type": "OutcomeRefused",
+            "message": f"the database refused this attempt's outcome ({ack.outcome}): {exc}"[:4000],
+            "traceback": None,
+            "worker": str(self._worker_id),
+        }
+        outcome = "failed" if ack.outcome in ("completed", "failed") else "retry"
+        instead = Ack(ack.job_id, ack.attempt, outcome, error=json.dumps(error), delay=0.0)
+        try:
+            changed = await self._store.job_ack_many(self._worker_id, [instead], self._clock())
+            return [(instead, changed[0] if changed else None)]
+        except DatabaseUnavailable:
+            raise
+        except Exception as again:
+            log.error("job %s attempt %d: no outcome could be written (%s); recovery will take "
+                      "it back after its expire_in", ack.job_id, ack.attempt, again)  # fmt: skip
+            return [(ack, None)]
 
     async def drain(self, attempts: int = 5) -> None:
         """Write everything queued, retrying a few times if the database is unreachable."""

@@ -7,6 +7,7 @@ acknowledgement.
 from __future__ import annotations
 
 import json
+import math
 import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -16,10 +17,10 @@ from uuid import UUID
 
 from conveyor._store.worker_store import Ack
 from conveyor.backoff import retry_delay
-from conveyor.errors import Fail, Retry
+from conveyor.errors import Fail, InvalidRetryDelay, Retry
 from conveyor.handlers import Handler
 from conveyor.models import Job
-from conveyor.options import encode_payload
+from conveyor.options import TEN_YEARS, encode_payload
 
 # Error texts are kept whole up to this size; a traceback of a deep recursion is cut.
 MAX_TEXT = 64 * 1024
@@ -76,19 +77,31 @@ def completed(job: Job, result: object, limit: int) -> Ack:
 
 
 def snoozed(job: Job, request: Retry, now: datetime | None) -> Ack:
-    """The ack of ``raise Retry(after=...)``: back in the queue, the attempt not spent."""
+    """The ack of ``raise Retry(after=...)``: back in the queue, the attempt not spent.
+
+    :class:`InvalidRetryDelay` if ``after`` is not a delay the database can store (NaN,
+    infinite, over ten years, not a number): the handler asked for something impossible.
+    """
     after = request.after
     if after is None:
         delay = 0.0
     elif isinstance(after, datetime):
         base = now or datetime.now(UTC)
         when = after if after.tzinfo else after.replace(tzinfo=UTC)
-        delay = max((when - base).total_seconds(), 0.0)
+        delay = (when - base).total_seconds()
     elif isinstance(after, timedelta):
-        delay = max(after.total_seconds(), 0.0)
+        delay = after.total_seconds()
     else:
-        delay = max(float(after), 0.0)
-    return Ack(job.id, job.attempt, "snooze", delay=delay)
+        try:
+            delay = float(after)
+        except (TypeError, ValueError, OverflowError):
+            delay = math.nan
+    if not math.isfinite(delay) or delay > TEN_YEARS:
+        raise InvalidRetryDelay(
+            f"Retry(after={after!r}): the delay must be a finite number of seconds up to "
+            f"{TEN_YEARS:g} (ten years), a timedelta or a datetime within that"
+        )
+    return Ack(job.id, job.attempt, "snooze", delay=max(delay, 0.0))
 
 
 def failed(
@@ -97,19 +110,27 @@ def failed(
     exc: BaseException,
     error: dict[str, Any],
     rng: Callable[[], float],
+    *,
+    final: bool = False,
 ) -> Ack:
-    """The ack of a failed attempt: retried with backoff while attempts remain, else failed."""
-    text = json.dumps(error)
-    if isinstance(exc, Fail) or job.attempt >= job.max_attempts:
-        return Ack(job.id, job.attempt, "failed", error=text)
+    """The ack of a failed attempt: retried with backoff while attempts remain, else failed.
+
+    ``final`` fails the job at once (as :class:`Fail` does): running it again cannot help. A
+    ``retry_policy`` that returns something other than a delay the database can store is
+    reported in the error (``retry_policy_error``) and the job retries after the policy's cap
+    (the job's ``retry_delay_max``, else ten years at most).
+    """
+    if final or isinstance(exc, Fail) or job.attempt >= job.max_attempts:
+        return Ack(job.id, job.attempt, "failed", error=json.dumps(error))
     if handler is not None and handler.retry_policy is not None:
         try:
             custom = handler.retry_policy(job.attempt, exc)
         except Exception:
             custom = None
         if custom is None:
-            return Ack(job.id, job.attempt, "failed", error=text)
-        return Ack(job.id, job.attempt, "retry", error=text, delay=max(float(custom), 0.0))
+            return Ack(job.id, job.attempt, "failed", error=json.dumps(error))
+        delay = _policy_delay(custom, job, error)
+        return Ack(job.id, job.attempt, "retry", error=json.dumps(error), delay=delay)
     delay = retry_delay(
         job.attempt,
         kind=job.retry_backoff,
@@ -117,4 +138,21 @@ def failed(
         delay_max=job.retry_delay_max,
         rng=rng,
     )
-    return Ack(job.id, job.attempt, "retry", error=text, delay=delay)
+    return Ack(job.id, job.attempt, "retry", error=json.dumps(error), delay=delay)
+
+
+def _policy_delay(value: object, job: Job, error: dict[str, Any]) -> float:
+    """A custom policy's answer as seconds the database can store; a bad one is noted in the
+    attempt's error and replaced by the cap."""
+    cap = min(job.retry_delay_max or TEN_YEARS, TEN_YEARS)
+    try:
+        delay = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        delay = math.nan
+    if math.isfinite(delay) and 0 <= delay <= TEN_YEARS:
+        return delay
+    error["retry_policy_error"] = (
+        f"retry_policy returned {value!r}, not a number of seconds from 0 to {TEN_YEARS:g}; "
+        f"retrying after {cap:g} s"
+    )
+    return cap

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -27,7 +28,13 @@ from typing import Any
 from conveyor._store import rows
 from conveyor._store.listen import Listener
 from conveyor._store.worker_store import Ack, Changed, WorkerStore
-from conveyor.errors import ConfigurationError, DatabaseUnavailable, PayloadError, Retry
+from conveyor.errors import (
+    ConfigurationError,
+    DatabaseUnavailable,
+    InvalidRetryDelay,
+    PayloadError,
+    Retry,
+)
 from conveyor.events import Event, Events
 from conveyor.handlers import Handler, Registry
 from conveyor.models import Job
@@ -35,6 +42,7 @@ from conveyor.worker import outcome
 from conveyor.worker.completer import Completer
 from conveyor.worker.runtime import Runtime
 from conveyor.worker.service import Service, ServiceContext
+from conveyor.worker.supervisor import Supervisor
 from conveyor.worker.threads import DaemonThreadPool
 from conveyor.worker.waiting import first_of
 
@@ -113,17 +121,22 @@ class Worker:
             listen_dsn=listen_dsn,
             prepare=not pgbouncer,
         )
-        self._running: dict[uuid.UUID, Running] = {}
+        # Keyed by attempt, not by job: a claim of the same job by this worker after recovery
+        # wrongly presumed it dead must never overwrite (or be stopped for) the older attempt.
+        self._running: dict[tuple[uuid.UUID, int], Running] = {}
         self._buffer: collections.deque[tuple[Any, ...]] = collections.deque()  # claimed rows
         self._avg_duration: float | None = None
         # A rate-limited queue gains a token every interval / limit seconds and no NOTIFY says
         # so: the worker looks again that often (the tightest of its queues), not at the poll.
         self._token_interval = float("inf")
         self._refill_at = 1
-        # Acked jobs until written, kept only to hand them to outcome listeners.
+        # Acked jobs until written, kept only to hand them to outcome listeners, and only for
+        # the outcomes someone listens to (a quiet success costs nothing here).
         self._pending: dict[tuple[uuid.UUID, int], Job] = {}
-        self._outcome_listeners = any(
-            events.wanted(name) for name in ("job.completed", "job.dead", "job.retried")
+        self._outcomes_heard = frozenset(
+            outcome
+            for outcome, names in _ACKED_EVENTS.items()
+            if any(events.wanted(name) for name in names)
         )
         self._threads = DaemonThreadPool(options.concurrency, "conveyor-job")
         self._wake = asyncio.Event()
@@ -164,8 +177,7 @@ class Worker:
     async def run(self) -> int:
         """Serve until stopped; return how many attempts this worker ran."""
         self._loop = asyncio.get_running_loop()
-        background: list[asyncio.Task[Any]] = []
-        services_stop = asyncio.Event()
+        supervisor = self._supervisor = Supervisor(self._on_service_error)
         try:
             await self._store.worker_register(
                 self.id, socket.gethostname(), os.getpid(), self.options.queues,
@@ -176,11 +188,13 @@ class Worker:
                 if queue.name in served and queue.rate_limit and queue.rate_interval:
                     every = max(0.01, queue.rate_interval / queue.rate_limit)
                     self._token_interval = min(self._token_interval, every)
-            background.append(asyncio.create_task(self._completer.run(services_stop)))
-            background.append(asyncio.create_task(self._heartbeat(services_stop)))
-            context = ServiceContext(self._store, self.id, self._events, self._clock)
+            supervisor.start("completer", self._completer.run, essential=True)
+            supervisor.start("heartbeat", self._heartbeat, essential=True)
+            context = ServiceContext(
+                self._store, self.id, self._events, self._clock, self.options.stale_after
+            )
             for service in self._services:
-                background.append(asyncio.create_task(service.run(context, services_stop)))
+                supervisor.start(type(service).__name__.lower(), _bind(service, context))
             listen_dsn = self._store.listen_dsn
             if not self.options.burst and listen_dsn is None:
                 log.warning(
@@ -197,17 +211,14 @@ class Worker:
                     self._wake.set,
                     application_name=f"conveyor-worker {self._schema}",
                 )
-                background.append(asyncio.create_task(listener.run(services_stop)))
+                supervisor.start("listener", listener.run)
                 # Listen before the first fetch, so no cancellation of a job it runs is missed.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(listener.connected.wait(), 5)
             await self._produce()
             await self._shutdown()
         finally:
-            services_stop.set()
-            for task in background:
-                with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                    await asyncio.wait_for(task, 5)
+            await supervisor.stop()
             await self._completer.drain()
             with contextlib.suppress(DatabaseUnavailable):
                 await self._store.worker_deregister(self.id)
@@ -215,10 +226,22 @@ class Worker:
             await self._store.close()
         return self.jobs_run
 
+    def health(self) -> dict[str, Any]:
+        """What this worker reports with its heartbeat: services down, stuck handler threads."""
+        supervisor = getattr(self, "_supervisor", None)
+        down = {} if supervisor is None else {
+            name: supervisor.states[name].last_error for name in supervisor.down()
+        }  # fmt: skip
+        return {"services_down": down, "stuck_threads": self._threads.stuck}
+
     async def _produce(self) -> None:
         opts = self.options
         failures = 0
         while not self._stop.is_set():
+            if not self._supervisor.essential_up.is_set():
+                # Outcomes of jobs claimed now could not be written, nor the claims kept alive.
+                await self._wait(self._supervisor.essential_up)
+                continue
             capacity = self._capacity()
             room = capacity - len(self._running) - len(self._buffer)
             if room < min(opts.concurrency, self._refill_at) or room <= 0:
@@ -259,9 +282,14 @@ class Worker:
             poll = min(opts.poll_interval, self._token_interval) * (0.75 + random.random() / 2)
             await self._wait(self._wake, poll)
 
+    def _slots(self) -> int:
+        """Slots that can run a job now: each thread stuck past the pool's replacements holds
+        one (see :mod:`conveyor.worker.threads`)."""
+        return max(0, self.options.concurrency - self._threads.over_stuck_limit)
+
     def _capacity(self) -> int:
         """Slots plus how many jobs may wait claimed in the local buffer."""
-        concurrency = self.options.concurrency
+        concurrency = self._slots()
         if self.options.prefetch is not None:
             return concurrency + self.options.prefetch
         if self._avg_duration is None:
@@ -274,7 +302,7 @@ class Worker:
         if self._buffer and time.monotonic() - self._alive_at > self.options.stale_after / 2:
             self._verify_claims.set()  # the heartbeat first finds out which are still held
             return
-        while self._buffer and len(self._running) < self.options.concurrency:
+        while self._buffer and len(self._running) < self._slots():
             self._start(self._buffer.popleft())
 
     async def _wait(self, event: asyncio.Event | None, timeout: float | None = None) -> None:
@@ -299,7 +327,7 @@ class Worker:
         )
         job = rows.fetched_job(row, runtime)
         running = Running(job, runtime)
-        self._running[job.id] = running
+        self._running[(job.id, job.attempt)] = running
         running.task = asyncio.create_task(self._attempt(running))
         self.jobs_run += 1
         if self._events.wanted("job.started"):
@@ -320,54 +348,74 @@ class Worker:
             took = time.monotonic() - running.started
             avg = self._avg_duration
             self._avg_duration = took if avg is None else avg + (took - avg) * 0.1
-            self._running.pop(job.id, None)
+            self._running.pop((job.id, job.attempt), None)
             if not self._stop.is_set():
                 self._start_buffered()
             room = self._capacity() - len(self._running) - len(self._buffer)
             if room >= self._refill_at or not self._running:
                 self._slot_freed.set()
         if ack is not None:
-            if self._outcome_listeners:
+            if ack.outcome in self._outcomes_heard:
                 self._pending[(ack.job_id, ack.attempt)] = job
             self._completer.add(ack)
 
     async def _call(self, handler: Handler | None, job: Job, running: Running) -> Ack | None:
         if handler is None:
             raise ConfigurationError(f"no handler for queue {job.queue!r} in this worker")
-        future: asyncio.Future[Any] | None = None
+        future: concurrent.futures.Future[Any] | None = None
         try:
             async with asyncio.timeout(job.expire_in) as deadline:
                 if handler.is_async:
                     result = await handler.func(job)
                 else:
-                    future = asyncio.wrap_future(self._threads.submit(handler.func, job))
-                    result = await asyncio.shield(future)
+                    future = self._threads.submit(handler.func, job)
+                    result = await asyncio.shield(asyncio.wrap_future(future))
         except TimeoutError as exc:
             if not deadline.expired():
                 raise
-            if future is not None:
-                future.cancel()  # still waiting for a thread: it never starts
+            if self._give_up(future):
+                # Still waiting for a thread when the deadline passed: it never ran, so the
+                # attempt is handed back, not spent.
+                return Ack(job.id, job.attempt, "release")
             running.runtime.request_stop()
             return self._failure(job, handler, exc, kind="Expired", message=(
                 f"the attempt ran past expire_in ({job.expire_in:g} s) and was stopped"
             ))  # fmt: skip
         except asyncio.CancelledError:
-            if future is not None:
-                # A sync handler still waiting for a thread never starts; one that runs is told.
-                future.cancel()
+            never_started = self._give_up(future)
             running.runtime.request_stop()
             if running.stop_reason == "cancelled":
                 return None  # cancel() already moved the job to the history
-            if running.stop_reason == "shutdown":
+            if running.stop_reason == "shutdown" or never_started:
                 return Ack(job.id, job.attempt, "release")
             raise
         except Retry as request:
             self._events.emit(Event("job.snoozed", self.id, job))
-            return outcome.snoozed(job, request, self._clock())
+            try:
+                return outcome.snoozed(job, request, self._clock())
+            except InvalidRetryDelay as bad:
+                return self._failure(job, handler, bad)
         try:
             return outcome.completed(job, result, self.options.max_payload_bytes)
         except PayloadError as bad:
-            return self._failure(job, handler, bad, kind="ResultNotStorable")
+            # Running the handler again would produce the same result: fail now.
+            return self._failure(job, handler, bad, kind="ResultNotStorable", final=True)
+
+    def _give_up(self, future: concurrent.futures.Future[Any] | None) -> bool:
+        """Stop waiting for a sync handler's call; True if it never started (and now never
+        will). A call that runs on is abandoned: its thread is replaced, and counted."""
+        if future is None:
+            return False
+        if future.cancel():
+            return True
+        if not future.done():
+            self._threads.abandon(future)
+            log.warning(
+                "a sync handler ignored its cancellation and still runs: %d handler thread(s) "
+                "stuck; the worker runs the next jobs on fresh threads",
+                self._threads.stuck,
+            )
+        return False
 
     def _failure(
         self,
@@ -377,12 +425,13 @@ class Worker:
         *,
         kind: str | None = None,
         message: str | None = None,
+        final: bool = False,
     ) -> Ack:
         error = outcome.describe(exc, job, self.id, kind)
         if message is not None:
             error["message"] = message
-        self._events.emit(Event("job.failed", self.id, job, error=error))
-        return outcome.failed(job, handler, exc, error, self._rng)
+        self._events.emit(Event("job.attempt_failed", self.id, job, error=error))
+        return outcome.failed(job, handler, exc, error, self._rng, final=final)
 
     # -- acks, notifications, liveness -----------------------------------------------------
 
@@ -399,15 +448,16 @@ class Worker:
                     "(rescued, expired or cancelled)", ack.outcome, ack.job_id, ack.attempt,
                 )  # fmt: skip
             return
-        name = {
-            "completed": "job.completed",
-            "failed": "job.dead",
-            "retry": "job.retried",
-        }.get(ack.outcome)
-        if name is not None and self._events.wanted(name):
-            result = json.loads(ack.result) if ack.result is not None else None
-            error = json.loads(ack.error) if ack.error is not None else None
-            self._events.emit(Event(name, self.id, job, error=error, result=result))
+        for name in _ACKED_EVENTS.get(ack.outcome, ()):
+            if self._events.wanted(name):
+                result = json.loads(ack.result) if ack.result is not None else None
+                error = json.loads(ack.error) if ack.error is not None else None
+                self._events.emit(Event(name, self.id, job, error=error, result=result))
+
+    def _on_service_error(self, service: str, exc: BaseException) -> None:
+        self._events.emit(
+            Event("worker.error", self.id, error={"service": service, "message": str(exc)})
+        )
 
     def _on_worker_error(self, exc: BaseException) -> None:
         log.warning("worker %s: %s", self.id, exc)
@@ -433,7 +483,7 @@ class Worker:
             try:
                 sent_at = time.monotonic()
                 await self._stop_lost_attempts()
-                if not await self._store.worker_heartbeat(self.id):
+                if not await self._store.worker_heartbeat(self.id, self.health()):
                     log.warning("worker %s was presumed dead; registering again", self.id)
                     self._presumed_dead += 1
                     sent_at = time.monotonic()
@@ -475,14 +525,13 @@ class Worker:
         if any(lost(row) for row in self._buffer):
             # Claimed but not started: it must not start at all.
             self._buffer = collections.deque(row for row in self._buffer if not lost(row))
-            return
-        running = self._running.get(job_id)
-        if running is not None and attempt not in (None, running.job.attempt):
-            return
-        if running is not None and running.task is not None and running.stop_reason is None:
-            running.stop_reason = "cancelled"
-            running.runtime.request_stop()
-            running.task.cancel()
+        for (running_id, running_attempt), running in list(self._running.items()):
+            if running_id != job_id or attempt not in (None, running_attempt):
+                continue
+            if running.task is not None and running.stop_reason is None:
+                running.stop_reason = "cancelled"
+                running.runtime.request_stop()
+                running.task.cancel()
 
     # -- shutdown --------------------------------------------------------------------------
 
@@ -506,3 +555,21 @@ class Worker:
                 running.task.cancel()
         if leftovers:
             await asyncio.wait([r.task for r in leftovers if r.task is not None], timeout=5)
+
+
+# Events emitted once an outcome is written, by outcome: "failed" is the job's last attempt (the
+# job is in the dead letters), for which ``job.dead`` is kept as a synonym of ``job.failed``.
+_ACKED_EVENTS: dict[str, tuple[str, ...]] = {
+    "completed": ("job.completed",),
+    "failed": ("job.failed", "job.dead"),
+    "retry": ("job.retried",),
+}
+
+
+def _bind(service: Service, context: ServiceContext) -> Callable[[asyncio.Event], Any]:
+    """The service's loop as the supervisor runs it."""
+
+    def run(stop: asyncio.Event) -> Any:
+        return service.run(context, stop)
+
+    return run

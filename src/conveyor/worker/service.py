@@ -19,12 +19,14 @@ from conveyor.events import Events
 
 @dataclass(frozen=True, slots=True)
 class ServiceContext:
-    """What a service may use: the worker's store and identity, the events, the clock."""
+    """What a service may use: the worker's store and identity, the events, the clock, and
+    after how many seconds of silence a worker is presumed dead."""
 
     store: WorkerStore
     worker_id: UUID
     events: Events
     clock: Callable[[], datetime | None]
+    stale_after: float = 30.0
 
 
 class Service(Protocol):

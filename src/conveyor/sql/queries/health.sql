@@ -128,6 +128,18 @@ FROM {schema}.worker
 WHERE heartbeat_at < now() - make_interval(secs => %(stale_after)s::double precision)
 ORDER BY heartbeat_at;
 
+-- Live workers that report a background service down or handler threads stuck (their heartbeat
+-- carries the report).
+-- name: worker_troubles :many
+SELECT id, hostname, pid,
+       coalesce(metadata -> 'services_down', '{}'::jsonb) AS services_down,
+       coalesce((metadata ->> 'stuck_threads')::integer, 0) AS stuck_threads
+FROM {schema}.worker
+WHERE heartbeat_at >= now() - make_interval(secs => %(stale_after)s::double precision)
+  AND (coalesce(metadata -> 'services_down', '{}'::jsonb) <> '{}'::jsonb
+       OR coalesce((metadata ->> 'stuck_threads')::integer, 0) > 0)
+ORDER BY started_at, id;
+
 -- name: doctor_notify :exec
 SELECT pg_notify(%(channel)s::text, %(payload)s::text);
 

@@ -25,23 +25,31 @@ INSERT INTO {schema}.worker (id, hostname, pid, queues, concurrency, metadata)
 VALUES (%(id)s, %(hostname)s, %(pid)s, %(queues)s, %(concurrency)s, %(metadata)s::jsonb)
 ON CONFLICT (id) DO UPDATE SET heartbeat_at = now();
 
--- True while the row exists; false once recovery deleted it as stale (register again).
+-- True while the row exists; false once recovery deleted it as stale (register again). The
+-- worker's own report (services down, stuck handler threads) rides along, for health and doctor.
 -- name: worker_heartbeat :scalar
 WITH beat AS (
-    UPDATE {schema}.worker SET heartbeat_at = now() WHERE id = %(id)s RETURNING 1
+    UPDATE {schema}.worker SET heartbeat_at = now(), metadata = metadata || %(health)s::jsonb
+    WHERE id = %(id)s RETURNING 1
 )
 SELECT EXISTS (SELECT FROM beat);
 
 -- name: worker_deregister :exec
 DELETE FROM {schema}.worker WHERE id = %(id)s;
 
--- Take or renew the lease of a role; true if this holder has it until now + ttl.
+-- Take or renew the lease of a role; true if this holder has it until now + ttl. The lease of a
+-- holder whose heartbeat went stale (or whose worker row recovery removed) is free at once, so a
+-- killed leader costs no more than any killed worker.
 -- name: leader_acquire :scalar
 WITH lease AS (
     INSERT INTO {schema}.leader AS l (role, holder, expires_at)
     VALUES (%(role)s, %(holder)s, now() + make_interval(secs => %(ttl)s))
     ON CONFLICT (role) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
     WHERE l.holder = EXCLUDED.holder OR l.expires_at < now()
+       OR NOT EXISTS (
+           SELECT FROM {schema}.worker w
+           WHERE w.id = l.holder
+             AND w.heartbeat_at >= now() - make_interval(secs => %(stale_after)s::double precision))
     RETURNING holder
 )
 SELECT EXISTS (SELECT FROM lease);

@@ -1,0 +1,210 @@
+"""The worker's building blocks that need no database: the supervisor of its services, the pool
+of handler threads, and the validation of what handlers ask for (delays, results)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import threading
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from conveyor import Job, Retry
+from conveyor.app import heartbeat_for
+from conveyor.errors import InvalidOption, InvalidRetryDelay
+from conveyor.handlers import Registry
+from conveyor.options import TEN_YEARS
+from conveyor.worker import outcome
+from conveyor.worker.supervisor import Supervisor
+from conveyor.worker.threads import DaemonThreadPool
+
+# -- supervisor ------------------------------------------------------------------------------
+
+
+async def test_a_crashed_service_is_restarted_and_reported_while_down() -> None:
+    errors: list[tuple[str, str]] = []
+    runs = 0
+    second_run = asyncio.Event()
+    release = asyncio.Event()
+
+    async def flaky(stop: asyncio.Event) -> None:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            await release.wait()
+            raise RuntimeError("bad row")
+        second_run.set()
+        await stop.wait()
+
+    supervisor = Supervisor(lambda name, exc: errors.append((name, str(exc))), min_backoff=0.2)
+    supervisor.start("completer", flaky, essential=True)
+    assert supervisor.essential_up.is_set()
+    release.set()
+    for _ in range(100):
+        if supervisor.down():
+            break
+        await asyncio.sleep(0.005)
+    # While it waits for its restart, the worker must not fetch.
+    assert supervisor.down() == ["completer"]
+    assert not supervisor.essential_up.is_set()
+    assert supervisor.states["completer"].last_error == "RuntimeError: bad row"
+    await asyncio.wait_for(second_run.wait(), 5)
+    assert supervisor.down() == []
+    assert supervisor.essential_up.is_set()
+    assert supervisor.states["completer"].restarts == 1
+    assert errors == [("completer", "bad row")]
+    await supervisor.stop()
+
+
+async def test_a_service_that_returns_early_is_restarted_and_stop_ends_every_service() -> None:
+    runs = 0
+
+    async def quits(stop: asyncio.Event) -> None:
+        nonlocal runs
+        runs += 1
+
+    async def stubborn(stop: asyncio.Event) -> None:
+        await asyncio.sleep(3600)  # ignores stop: cancelled after the timeout
+
+    supervisor = Supervisor(lambda name, exc: None, min_backoff=0.01, max_backoff=0.02)
+    supervisor.start("quits", quits)
+    supervisor.start("stubborn", stubborn)
+    for _ in range(200):
+        if runs >= 3:
+            break
+        await asyncio.sleep(0.01)
+    assert runs >= 3
+    await asyncio.wait_for(supervisor.stop(timeout=0.2), 5)
+
+
+# -- thread pool -----------------------------------------------------------------------------
+
+
+def test_an_abandoned_thread_is_replaced_and_counted_until_its_call_returns() -> None:
+    pool = DaemonThreadPool(1, "conveyor-test")
+    release = threading.Event()
+    stuck = pool.submit(release.wait, 10)
+    while not stuck.running():
+        pass
+    pool.abandon(stuck)
+    assert pool.stuck == 1
+    assert pool.over_stuck_limit == 0
+    # The next call gets a fresh thread instead of waiting behind the stuck one.
+    assert pool.submit(lambda: "next").result(timeout=5) == "next"
+    release.set()
+    assert stuck.result(timeout=5) is True
+    for _ in range(100):
+        if pool.stuck == 0:
+            break
+        threading.Event().wait(0.01)
+    assert pool.stuck == 0
+    pool.shutdown()
+
+
+def test_past_max_stuck_no_more_threads_start_and_the_worker_is_told_to_hold_slots() -> None:
+    pool = DaemonThreadPool(1, "conveyor-test", max_stuck=1)
+    release = threading.Event()
+    calls = [pool.submit(release.wait, 10)]
+    while not calls[0].running():
+        pass
+    pool.abandon(calls[0])
+    calls.append(pool.submit(release.wait, 10))
+    while not calls[1].running():
+        pass
+    pool.abandon(calls[1])
+    assert (pool.stuck, pool.over_stuck_limit) == (2, 1)
+    waiting = pool.submit(lambda: "ran")
+    assert not waiting.running()  # no third thread: the worker holds a slot instead
+    assert waiting.cancel()  # so a call given up on while it waits never runs
+    release.set()
+    for call in calls:
+        call.result(timeout=5)
+    pool.shutdown()
+
+
+def test_a_call_cancelled_while_waiting_for_a_thread_never_runs() -> None:
+    pool = DaemonThreadPool(1, "conveyor-test", max_stuck=0)
+    release = threading.Event()
+    ran: list[str] = []
+    busy = pool.submit(release.wait, 10)
+    waiting = pool.submit(ran.append, "waiting")
+    assert waiting.cancel()
+    release.set()
+    busy.result(timeout=5)
+    assert pool.submit(lambda: "after").result(timeout=5) == "after"
+    assert ran == []
+    pool.shutdown()
+
+
+# -- what handlers ask for -------------------------------------------------------------------
+
+
+def _job(**fields: object) -> Job:
+    base: dict[str, object] = {
+        "id": uuid.uuid4(), "queue": "q", "state": "active", "data": {}, "priority": 0,
+        "attempt": 1, "retry_limit": 3, "retry_delay": 1.0, "retry_backoff": "fixed",
+        "retry_delay_max": None, "expire_in": 60.0, "retention": 60.0,
+        "run_at": datetime.now(UTC), "created_at": datetime.now(UTC),
+    }  # fmt: skip
+    base.update(fields)
+    return Job(**base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("after", [1e13, math.inf, -math.inf, math.nan, "soon", object()])
+def test_a_retry_after_the_database_cannot_store_is_refused_with_a_typed_error(
+    after: object,
+) -> None:
+    with pytest.raises(InvalidRetryDelay, match="Retry"):
+        outcome.snoozed(_job(), Retry(after=after), None)  # type: ignore[arg-type]
+
+
+def test_a_retry_within_ten_years_is_kept_and_a_past_one_means_now() -> None:
+    now = datetime.now(UTC)
+    assert outcome.snoozed(_job(), Retry(after=TEN_YEARS), now).delay == TEN_YEARS
+    assert outcome.snoozed(_job(), Retry(after=-5), now).delay == 0
+    assert outcome.snoozed(_job(), Retry(after=now - timedelta(hours=1)), now).delay == 0
+    later = outcome.snoozed(_job(), Retry(after=timedelta(minutes=2)), now).delay
+    assert later == 120
+
+
+@pytest.mark.parametrize("returned", [math.inf, math.nan, 1e13, -1.0, "x"])
+def test_a_retry_policy_returning_a_bad_delay_retries_at_the_cap_and_says_so(
+    returned: object,
+) -> None:
+    registry = Registry()
+
+    def handler(job: Job) -> None:
+        raise ValueError("boom")
+
+    registry.register("q", handler, retry_policy=lambda attempt, error: returned)  # type: ignore[arg-type,return-value]
+    error: dict[str, object] = {"type": "ValueError", "message": "boom"}
+    ack = outcome.failed(
+        _job(retry_delay_max=600.0), registry.get("q"), ValueError("boom"), error, lambda: 0.5
+    )
+    assert (ack.outcome, ack.delay) == ("retry", 600.0)
+    assert "retry_policy returned" in json.loads(ack.error or "{}")["retry_policy_error"]
+
+
+def test_a_final_failure_is_not_retried_whatever_attempts_remain() -> None:
+    ack = outcome.failed(_job(attempt=1, retry_limit=5), None, ValueError("x"), {}, lambda: 0.5)
+    assert ack.outcome == "retry"
+    ack = outcome.failed(
+        _job(attempt=1, retry_limit=5), None, ValueError("x"), {}, lambda: 0.5, final=True
+    )
+    assert ack.outcome == "failed"
+
+
+# -- heartbeat and stale_after ---------------------------------------------------------------
+
+
+def test_the_heartbeat_follows_stale_after_and_one_that_leaves_no_margin_is_refused() -> None:
+    assert heartbeat_for(30, None) == 5
+    assert heartbeat_for(2, None) == pytest.approx(2 / 3)
+    assert heartbeat_for(30, 10) == 10
+    with pytest.raises(InvalidOption, match="at most half of stale_after"):
+        heartbeat_for(2, 5)
+    with pytest.raises(InvalidOption, match="at most half of stale_after"):
+        heartbeat_for(10, 10)

@@ -332,3 +332,70 @@ async def test_the_jobs_of_a_dead_lease_holder_are_recovered_within_the_document
     assert done.errors[0]["type"] == "WorkerLost"
     # Well inside stale_after + 1.5 intervals of slack (plus start-up), never the lease's minute.
     assert took < stale_after + 1.5 * recover_interval + 3
+
+
+# -- a claim that never started spends no attempt --------------------------------------------
+
+
+async def test_claims_a_dead_worker_never_started_are_given_back_without_spending_attempts(
+    app_async: Conveyor, conveyor_dsn: str
+) -> None:
+    ids = [await app_async.send_async("q", {"n": n}, retry_limit=0) for n in range(4)]
+    store = WorkerStore(conveyor_dsn, app_async.schema, min_size=0, max_size=1)
+    dead = uuid.uuid4()
+    try:
+        await store.worker_register(dead, "gone", 1, ["q"], 1)
+        claimed = {row[0] for row in await store.job_fetch(["q"], dead, 4, None)}
+        assert claimed == set(ids)
+        # Its last heartbeat: one job running, three still waiting in its prefetch buffer.
+        waiting = ids[1:]
+        report = {"services_down": {}, "stuck_threads": 0}
+        assert await store.worker_heartbeat(
+            dead, {**report, "unstarted": [f"{i}/1" for i in waiting]}
+        )
+        _execute(
+            conveyor_dsn, app_async.schema,
+            "UPDATE {schema}.worker SET heartbeat_at = now() - interval '1 hour'",
+        )  # fmt: skip
+        changed = {c.id: c.state for c in await store.job_recover(30, 30, None)}
+    finally:
+        await store.close()
+    # The running one had its only attempt: dead. The others run again with attempt 1 ahead.
+    assert changed == {ids[0]: "failed", **{i: "created" for i in waiting}}
+    for job_id in waiting:
+        job = await app_async.get_job_async(job_id)
+        assert (job.state, job.attempt) == (JobState.CREATED, 0)
+        assert [e["type"] for e in job.errors] == ["ClaimReleased"]
+    assert (await app_async.get_job_async(ids[0])).errors[0]["type"] == "WorkerLost"
+
+
+async def test_a_claim_given_back_max_attempts_times_counts_after_all(
+    app_async: Conveyor, conveyor_dsn: str
+) -> None:
+    """A job that kills its worker right after a heartbeat listed it as waiting must still reach
+    the dead letters: a claim is given back at most max_attempts times."""
+    job_id = await app_async.send_async("q", {}, retry_limit=1)
+    store = WorkerStore(conveyor_dsn, app_async.schema, min_size=0, max_size=1)
+    states = []
+    try:
+        for _ in range(5):
+            dead = uuid.uuid4()
+            await store.worker_register(dead, "gone", 1, ["q"], 1)
+            [row] = await store.job_fetch(["q"], dead, 1, None)
+            report = {"services_down": {}, "stuck_threads": 0, "unstarted": [f"{job_id}/{row[5]}"]}
+            assert await store.worker_heartbeat(dead, report)
+            _execute(
+                conveyor_dsn, app_async.schema,
+                "UPDATE {schema}.worker SET heartbeat_at = now() - interval '1 hour'",
+            )  # fmt: skip
+            states += [c.state for c in await store.job_recover(30, 30, None)]
+            if states[-1] == "failed":
+                break
+    finally:
+        await store.close()
+    # Given back twice (max_attempts = 2), then counted: retried once, then dead.
+    assert states == ["created", "created", "retry", "failed"]
+    job = await app_async.get_job_async(job_id)
+    assert [e["type"] for e in job.errors] == [
+        "ClaimReleased", "ClaimReleased", "WorkerLost", "WorkerLost"
+    ]  # fmt: skip

@@ -227,12 +227,15 @@ class Worker:
         return self.jobs_run
 
     def health(self) -> dict[str, Any]:
-        """What this worker reports with its heartbeat: services down, stuck handler threads."""
+        """What this worker reports with its heartbeat: services down, stuck handler threads,
+        and the claims still waiting in its buffer ("id/attempt"; if the worker dies, recovery
+        gives their attempts back, since they never started)."""
         supervisor = getattr(self, "_supervisor", None)
         down = {} if supervisor is None else {
             name: supervisor.states[name].last_error for name in supervisor.down()
         }  # fmt: skip
-        return {"services_down": down, "stuck_threads": self._threads.stuck}
+        unstarted = [f"{row[rows.FETCHED_ID]}/{row[rows.FETCHED_ATTEMPT]}" for row in self._buffer]
+        return {"services_down": down, "stuck_threads": self._threads.stuck, "unstarted": unstarted}
 
     async def _produce(self) -> None:
         opts = self.options

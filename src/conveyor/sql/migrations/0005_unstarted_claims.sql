@@ -1,0 +1,73 @@
+-- conveyor: non-breaking
+-- A claim that never started spends no attempt (issue 13).
+--
+-- A worker claims jobs ahead of its free slots (its prefetch buffer). Its heartbeat reports the
+-- claims still waiting there (worker.metadata -> 'unstarted', "id/attempt" strings). When the
+-- worker dies, recovery hands those back with their attempt given back (outcome 'release')
+-- instead of failing them, so a crash-looping worker no longer dead-letters jobs it never ran.
+-- Recovery errs towards "started": a claim is given back only if the last heartbeat saw it
+-- waiting, and at most max_attempts times per job (counted by the ClaimReleased entries of its
+-- errors), so a job that kills its worker the moment it starts still reaches the dead letters.
+-- Same signature as before: workers of the previous release run unchanged on this schema.
+
+CREATE OR REPLACE FUNCTION {schema}.recover_jobs(
+    p_stale_before timestamptz, p_grace double precision, p_now timestamptz
+) RETURNS TABLE (id uuid, queue text, state text)
+LANGUAGE plpgsql SET jit = off AS $fn$
+#variable_conflict use_column
+DECLARE
+    t_now timestamptz := coalesce(p_now, now());
+    v_unstarted text[];
+    v_id uuid[];
+    v_worker uuid[];
+    v_attempt integer[];
+    v_outcome text[];
+    v_error jsonb[];
+BEGIN
+    WITH gone AS (
+        DELETE FROM {schema}.worker w WHERE w.heartbeat_at < p_stale_before
+        RETURNING w.id, w.metadata
+    )
+    SELECT coalesce(array_agg(g.id::text || '|' || u.claim), '{}') INTO v_unstarted
+    FROM gone g
+    CROSS JOIN LATERAL jsonb_array_elements_text(
+        CASE WHEN jsonb_typeof(g.metadata -> 'unstarted') = 'array'
+             THEN g.metadata -> 'unstarted' ELSE '[]'::jsonb END) AS u(claim);
+
+    WITH lost AS (
+        SELECT j.id, j.worker_id, j.attempt, j.retry_limit, w.id AS alive,
+               (j.worker_id::text || '|' || j.id::text || '/' || j.attempt) = ANY (v_unstarted)
+               AND (SELECT count(*) FROM jsonb_array_elements(j.errors) e
+                    WHERE e ->> 'type' = 'ClaimReleased') < j.retry_limit + 1 AS unstarted
+        FROM {schema}.job j
+        LEFT JOIN {schema}.worker w ON w.id = j.worker_id
+        WHERE j.state = 'active'
+          AND (w.id IS NULL
+               OR j.started_at + make_interval(secs => j.expire_in + p_grace) < t_now)
+    )
+    SELECT array_agg(l.id), array_agg(l.worker_id), array_agg(l.attempt),
+           array_agg(CASE WHEN l.unstarted THEN 'release'
+                          WHEN l.attempt <= l.retry_limit THEN 'retry'
+                          ELSE 'failed' END),
+           array_agg(jsonb_build_object(
+               'attempt', l.attempt,
+               'type', CASE WHEN l.unstarted THEN 'ClaimReleased'
+                            WHEN l.alive IS NULL THEN 'WorkerLost'
+                            ELSE 'Expired' END,
+               'message', CASE WHEN l.unstarted
+                               THEN 'the worker that claimed this job stopped before starting '
+                                    || 'it; the attempt was given back'
+                               WHEN l.alive IS NULL
+                               THEN 'the worker running this attempt stopped sending heartbeats'
+                               ELSE 'the attempt ran past expire_in and its worker did not stop it'
+                          END,
+               'traceback', NULL, 'worker', l.worker_id, 'at', t_now))
+    INTO v_id, v_worker, v_attempt, v_outcome, v_error
+    FROM lost l;
+    IF v_id IS NULL THEN
+        RETURN;
+    END IF;
+    RETURN QUERY SELECT * FROM {schema}.ack_jobs(
+        v_id, v_worker, v_attempt, v_outcome, NULL, v_error, NULL, p_now);
+END
+$fn$;

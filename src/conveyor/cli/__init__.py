@@ -40,12 +40,6 @@ EXIT_STATE = 5
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-MAIN_EXAMPLE = """\b
-Examples:
-  conveyor --dsn postgresql://localhost/app migrate
-  CONVEYOR_DATABASE_URL=postgresql://localhost/app conveyor status
-  conveyor demo"""
-
 
 def fail(message: str, code: int) -> NoReturn:
     """Print one line to stderr and exit with ``code``."""
@@ -143,7 +137,7 @@ class CliContext:
             self._app.close()
 
 
-@click.group(epilog=MAIN_EXAMPLE)
+@click.group()
 @click.version_option(package_name="conveyor", prog_name="conveyor", message="%(prog)s %(version)s")
 @click.option(
     "--dsn", envvar="CONVEYOR_DATABASE_URL", metavar="URL",
@@ -348,3 +342,7 @@ from conveyor.cli.dev import dev  # noqa: E402
 
 main.add_command(dev)
 main.add_command(demo)
+
+from conveyor.cli.examples import attach  # noqa: E402
+
+attach(main)

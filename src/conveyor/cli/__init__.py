@@ -20,6 +20,7 @@ import click
 from click.core import ParameterSource
 
 from conveyor.app import Conveyor
+from conveyor.cli.common import progress
 from conveyor.config import DEFAULT_SCHEMA
 from conveyor.errors import (
     ConfigurationError,
@@ -192,7 +193,9 @@ def migrate(cli: CliContext, print_sql: bool, check: bool, as_json: bool) -> Non
         if not status.current:
             sys.exit(EXIT_CHECK_FAILED)
         return
-    applied = app.migrate()
+    todo = len(app.migration_status().pending)
+    with progress(f"Applying {todo} migrations to {app.schema!r}", total=todo, as_json=as_json):
+        applied = app.migrate()
     if as_json:
         click.echo(json.dumps({"applied": applied}))
     elif applied:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
 import click
 from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from conveyor.app import Conveyor
 from conveyor.errors import InvalidOption
@@ -35,6 +37,21 @@ def console() -> Console:
     return Console(
         width=None if sys.stdout.isatty() else PIPE_WIDTH, highlight=False, soft_wrap=True
     )
+
+
+@contextlib.contextmanager
+def progress(description: str, *, total: int | None, as_json: bool) -> Iterator[None]:
+    """A progress bar on stderr while one long operation runs (a pulse until it returns, then
+    full). Off when the output is not a terminal or with ``--json``, so scripts and logs get
+    only the result."""
+    if as_json or not (sys.stdout.isatty() and sys.stderr.isatty()):
+        yield
+        return
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=total or None)
+        yield
+        bar.update(task, completed=total or 1, total=total or 1)
 
 
 def _default(value: object) -> object:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from conveyor.cli import EXIT_CHECK_FAILED, CliContext, fail, one_line_errors
-from conveyor.cli.common import emit_json, json_option, parse_duration, record
+from conveyor.cli.common import emit_json, json_option, parse_duration, progress, record
 from conveyor.cli.jobs import print_jobs
 from conveyor.errors import ValidationError
 
@@ -55,7 +55,8 @@ def retry_dead(
         return
     if queue is None or not every:
         raise ValidationError("give a job ID, or --queue QUEUE --all")
-    count = app.retry_dead_all(queue)
+    with progress(f"Retrying the dead letters of {queue}", total=None, as_json=as_json):
+        count = app.retry_dead_all(queue)
     if as_json:
         emit_json({"retried": count})
     else:
@@ -80,7 +81,8 @@ def purge(
         age = f" that failed more than {older_than} ago" if older_than else ""
         if not click.confirm(f"Delete the dead letters {scope}{age}?", err=True):
             fail("nothing deleted", EXIT_CHECK_FAILED)
-    count = app.purge_dead(queue, older_than=seconds)
+    with progress("Deleting dead letters", total=None, as_json=as_json):
+        count = app.purge_dead(queue, older_than=seconds)
     if as_json:
         emit_json({"deleted": count})
     else:

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 from typing import Any
 
 import click
+from rich.console import Group, RenderableType
+from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
+from conveyor.app import Conveyor
 from conveyor.cli import CliContext, one_line_errors
 from conveyor.cli.common import (
+    age,
     console,
     emit_json,
     json_option,
@@ -17,6 +24,7 @@ from conveyor.cli.common import (
     record,
     when,
 )
+from conveyor.errors import ValidationError
 from conveyor.models import Job, JobState
 
 STATES = [s.value for s in JobState]
@@ -66,11 +74,13 @@ def list_jobs(
 
 def print_jobs(found: list[Job], empty: str) -> None:
     """A table of jobs, one per row."""
-    out = console()
-    if not found:
-        out.print(empty)
-        return
-    table = Table("id", "queue", "state", "attempt", "priority", "created", "run at / finished")
+    console().print(jobs_table(found) if found else empty)
+
+
+def jobs_table(found: list[Job], *, progress: bool = False) -> Table:
+    """The rows of ``print_jobs`` (with ``progress``, a column for each job's progress)."""
+    columns = ["id", "queue", "state", "attempt", "priority", "created", "run at / finished"]
+    table = Table(*columns, *(["progress"] if progress else []))
     for job in found:
         table.add_row(
             str(job.id),
@@ -80,8 +90,17 @@ def print_jobs(found: list[Job], empty: str) -> None:
             str(job.priority),
             when(job.created_at),
             when(job.finished_at or job.run_at),
+            *([progress_text(job)] if progress else []),
         )
-    out.print(table)
+    return table
+
+
+def progress_text(job: Job) -> str:
+    """``42% exporting`` from the job's last progress report ('' without one)."""
+    if job.progress is None:
+        return ""
+    message = job.progress.get("message")
+    return f"{job.progress.get('percent', 0):g}%" + (f" {message}" if message else "")
 
 
 @jobs.command("show")
@@ -120,10 +139,7 @@ def print_job(job: Job) -> None:
     }
     fields += [(name, value) for name, value in optional.items() if value]
     if job.progress is not None:
-        message = job.progress.get("message")
-        fields.append(("progress", f"{job.progress.get('percent', 0):g}%" + (
-            f" {message}" if message else ""
-        )))  # fmt: skip
+        fields.append(("progress", progress_text(job)))
     out = console()
     out.print(f"job {job.id}", style="bold", markup=False)
     width = max(len(name) for name, _ in fields)
@@ -155,6 +171,98 @@ def _indented(value: Any) -> str:
 
 def _indent(text: str, prefix: str) -> str:
     return "\n".join(prefix + line for line in text.splitlines())
+
+
+@jobs.command("watch")
+@click.argument("job_id", metavar="[ID]", required=False)
+@click.option("--queue", help="Only this queue (without ID).")
+@click.option(
+    "--state", "states", multiple=True, type=click.Choice(STATES), help="Only this state (repeat)."
+)
+@click.option("--limit", type=int, default=20, show_default=True, help="Rows shown.")
+@click.option(
+    "--interval", type=float, default=1.0, show_default=True, help="Seconds between refreshes."
+)
+@click.option("--count", type=int, help="Stop after this many refreshes (default: until Ctrl-C).")
+@click.option("--once", is_flag=True, help="Show one refresh and exit (same as --count 1).")
+@json_option
+@click.pass_obj
+@one_line_errors
+def watch(
+    cli: CliContext,
+    job_id: str | None,
+    queue: str | None,
+    states: tuple[str, ...],
+    limit: int,
+    interval: float,
+    count: int | None,
+    once: bool,
+    as_json: bool,
+) -> None:
+    """A live table of a queue's jobs (or every queue's), or of one job (ID), refreshed until
+    Ctrl-C. Off a terminal, or with --json, each refresh is printed below the last."""
+    if job_id is not None and (queue is not None or states):
+        raise ValidationError("give a job ID or --queue/--state, not both")
+    if interval <= 0 or (count is not None and count < 1):
+        raise ValidationError("--interval must be > 0 and --count at least 1")
+    frames = 1 if once else count
+    app = cli.app()
+    out = console()
+
+    def snapshot() -> tuple[Any, RenderableType]:
+        if job_id is not None:
+            job = app.get_job(job_id)
+            return record(job), job_panel(job)
+        found = app.list_jobs(queue, list(states) or None, limit=limit)
+        return [record(j) for j in found], watch_view(app, queue, found)
+
+    live = out.is_terminal and not as_json
+    shown = 0
+    with Live(console=out, auto_refresh=False) if live else contextlib.nullcontext() as screen:
+        while True:
+            data, view = snapshot()
+            shown += 1
+            if as_json:
+                emit_json(data)
+            elif screen is not None:
+                screen.update(view, refresh=True)
+            else:
+                out.print(view)
+            if frames is not None and shown >= frames:
+                return
+            try:
+                time.sleep(interval)
+            except KeyboardInterrupt:
+                return
+
+
+def watch_view(app: Conveyor, queue: str | None, found: list[Job]) -> RenderableType:
+    """Counts by state above the newest jobs, with the time of the refresh."""
+    stats = [s for s in app.queue_stats() if queue is None or s.queue == queue]
+    totals = {state: sum(s.counts[state] for s in stats) for state in JobState}
+    oldest = max((s.oldest_waiting_seconds or 0 for s in stats), default=0)
+    summary = "  ".join(f"{state.value} {n}" for state, n in totals.items())
+    title = f"{queue or 'every queue'} at {time.strftime('%H:%M:%S')}: {summary}"
+    title += f"  (oldest wait {age(oldest)})"
+    body: RenderableType = jobs_table(found, progress=True) if found else Text("no jobs")
+    return Group(Text(title, style="bold"), body)
+
+
+def job_panel(job: Job) -> RenderableType:
+    """One job's state, attempt, progress and last error, for ``watch ID``."""
+    table = Table.grid(padding=(0, 2))
+    table.add_row("job", str(job.id))
+    table.add_row("queue", job.queue)
+    table.add_row("state", job.state.value)
+    table.add_row("attempt", f"{job.attempt} of {job.max_attempts}")
+    table.add_row("run at", when(job.run_at))
+    table.add_row("started", when(job.started_at))
+    table.add_row("finished", when(job.finished_at))
+    if job.progress is not None:
+        table.add_row("progress", progress_text(job))
+    if job.errors:
+        table.add_row("last error", _error_line(job.errors[-1]).strip())
+    return table
 
 
 @click.command()

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -161,6 +162,7 @@ class Row:
     vs_floor: float
     met: bool | None
     notes: list[str] = field(default_factory=list)
+    paired: float = float("nan")
 
 
 def evaluate(
@@ -168,9 +170,11 @@ def evaluate(
     baseline: Mapping[str, float],
     current: Mapping[str, float],
     floors: Mapping[str, float],
+    paired: Mapping[str, float] | None = None,
 ) -> Row:
     """A target's row from the medians of both trees and of the floors; ``met`` is None for a
-    row with no checks, and False when a figure a check needs is missing."""
+    row with no checks, and False when a figure a check needs is missing. ``paired`` (shown,
+    never judged) is the median of the rounds' own current/baseline ratios."""
     base = baseline.get(target.figure, float("nan"))
     cur = current.get(target.figure, float("nan"))
     floor = floors.get(target.floor, float("nan")) if target.floor else float("nan")
@@ -199,6 +203,7 @@ def evaluate(
         vs_floor=ratio(cur, floor),
         met=met,
         notes=notes,
+        paired=(paired or {}).get(target.figure, float("nan")),
     )
 
 
@@ -211,7 +216,7 @@ def number(value: float, unit: str) -> str:
 def table(rows: Sequence[Row]) -> str:
     """The result table, in Markdown."""
     out = [
-        "| target | unit | baseline | current | current/baseline | target | floor "
+        "| target | unit | baseline | current | current/baseline (paired) | target | floor "
         "| current/floor | |",
         "|---|---|---:|---:|---:|---|---:|---:|---|",
     ]
@@ -221,6 +226,8 @@ def table(rows: Sequence[Row]) -> str:
             verdict += f" ({'; '.join(r.notes)})"
         vs_floor = "-" if r.vs_floor != r.vs_floor else f"{r.vs_floor:.2f}x"
         vs_base = "-" if r.vs_baseline != r.vs_baseline else f"{r.vs_baseline:.2f}x"
+        if r.paired == r.paired:
+            vs_base += f" ({r.paired:.2f}x)"
         out.append(
             f"| {r.label} | {r.unit} | {number(r.baseline, r.unit)} | {number(r.current, r.unit)}"
             f" | {vs_base} | {r.target} | {number(r.floor, 'jobs/s')} | {vs_floor} | {verdict} |"
@@ -235,6 +242,23 @@ def medians(runs: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         for key, value in run["metrics"].items():
             if isinstance(value, int | float) and not isinstance(value, bool):
                 collected.setdefault(f"{run['scenario']}.{key}", []).append(float(value))
+    return {key: median(values) for key, values in collected.items()}
+
+
+def paired_ratios(
+    baseline: Sequence[Mapping[str, Any]], current: Sequence[Mapping[str, Any]]
+) -> dict[str, float]:
+    """Per figure, the median over rounds of current/baseline within the same round: the two
+    runs of a round are neighbours in time, so load that drifts across the run cancels."""
+    base = {(r["round"], r["scenario"]): r["metrics"] for r in baseline}
+    collected: dict[str, list[float]] = {}
+    for run in current:
+        before = base.get((run["round"], run["scenario"]), {})
+        for key, value in run["metrics"].items():
+            if key in before and not isinstance(value, bool):
+                value = ratio(float(value), float(before[key]))
+                if value == value:
+                    collected.setdefault(f"{run['scenario']}.{key}", []).append(value)
     return {key: median(values) for key, values in collected.items()}
 
 
@@ -308,7 +332,8 @@ def worktree(rev: str) -> Iterator[Path]:
         yield path
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=ROOT, check=False)
-        path.parent.rmdir()
+        shutil.rmtree(path.parent, ignore_errors=True)
+        subprocess.run(["git", "worktree", "prune"], cwd=ROOT, check=False)
 
 
 def run_child(tree: Path, scenario: Scenario, dsn: str, schema: str) -> dict[str, Any]:
@@ -441,7 +466,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             for scenario in chosen:
                 for side, tree in trees:
                     metrics = run_child(tree, scenario, args.dsn, SCHEMAS[side])
-                    runs[side].append({"round": r, "scenario": scenario.name, "metrics": metrics})
+                    load1 = os.getloadavg()[0]
+                    run = {"round": r, "scenario": scenario.name, "load1": load1}
+                    runs[side].append({**run, "metrics": metrics})
                     shown = ", ".join(f"{k} {v:,.2f}" for k, v in metrics.items())
                     print(f"  round {r + 1} {scenario.name} {side}: {shown}", flush=True)
             floor_runs.append(floors(cur, args.dsn, args))
@@ -452,14 +479,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     meta["minutes"] = round((time.monotonic() - began) / 60, 1)
     base_m, cur_m = medians(runs["baseline"]), medians(runs["current"])
     floor_m = {k: median([f[k] for f in floor_runs]) for k in floor_runs[0]}
-    rows = [evaluate(t, base_m, cur_m, floor_m) for t in TARGETS]
+    paired = paired_ratios(runs["baseline"], runs["current"])
+    rows = [evaluate(t, base_m, cur_m, floor_m, paired) for t in TARGETS]
     print(f"\nbench.ab: {args.rounds} rounds, medians; baseline {meta['baseline'][:10]}, current "
           f"{meta['current'][:10]}; load {meta['machine_start']['load']} -> "
           f"{meta['machine_end']['load']}; {meta['minutes']} min\n")  # fmt: skip
     print(table(rows), flush=True)
     if args.json:
         raw = {"meta": meta, "runs": runs, "floors": floor_runs, "medians":
-               {"baseline": base_m, "current": cur_m, "floors": floor_m},
+               {"baseline": base_m, "current": cur_m, "floors": floor_m, "paired": paired},
                "rows": [vars(r) for r in rows]}  # fmt: skip
         args.json.write_text(json.dumps(raw, indent=1, default=str) + "\n")
 

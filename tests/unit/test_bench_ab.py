@@ -15,6 +15,7 @@ from bench.ab import (
     last_json,
     median,
     medians,
+    paired_ratios,
     percentile,
     pgbench_tps,
     ratio,
@@ -122,3 +123,19 @@ def test_table_shows_every_target_with_its_verdict() -> None:
     assert len(text.splitlines()) == 2 + len(TARGETS)
     assert "**not met**" in text  # 1.0x the baseline meets no speed-up target
     assert "| 5. enqueue->start p50, idle worker | ms | 1.00 | 1.00 | 1.00x | <= 2 |" in text
+
+
+def test_paired_ratios_compare_runs_of_the_same_round() -> None:
+    base = [
+        {"round": r, "scenario": "d", "metrics": {"rate": v}}
+        for r, v in enumerate((100.0, 50.0, 200.0))
+    ]
+    cur = [
+        {"round": r, "scenario": "d", "metrics": {"rate": v}}
+        for r, v in enumerate((110.0, 60.0, 180.0))
+    ]
+    # Round by round 1.1x, 1.2x, 0.9x: the median is 1.1x, where the medians' ratio is 110/100.
+    assert paired_ratios(base, cur) == {"d.rate": pytest.approx(1.1)}
+    target = Target("d", "d.rate", "jobs/s", (Check("baseline", 1.0),))
+    row = evaluate(target, medians(base), medians(cur), {}, paired_ratios(base, cur))
+    assert "1.10x (1.10x)" in table([row])

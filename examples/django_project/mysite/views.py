@@ -7,8 +7,10 @@ from django.views.decorators.http import require_POST
 
 try:
     from django.tasks import TaskResultStatus  # Django 6
+    from django.tasks.exceptions import TaskResultDoesNotExist
 except ImportError:
     from django_tasks import TaskResultStatus  # Django 4.2 to 5.x: the django-tasks package
+    from django_tasks.exceptions import TaskResultDoesNotExist
 
 from mysite.tasks import welcome
 
@@ -27,7 +29,11 @@ def signup(request: HttpRequest) -> JsonResponse:
 
 
 def task_status(request: HttpRequest, task_id: str) -> JsonResponse:
-    result = welcome.get_result(task_id)
+    try:
+        result = welcome.get_result(task_id)
+    except TaskResultDoesNotExist:
+        # An id that is not a task of this backend (or not an id at all) is a 404, not a 500.
+        return JsonResponse({"error": "no such task", "task": task_id}, status=404)
     body = {"status": result.status}
     if result.status == TaskResultStatus.SUCCESSFUL:
         body["result"] = result.return_value

@@ -6,10 +6,11 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import psycopg
 import pytest
@@ -35,16 +36,24 @@ def e2e(conveyor_dsn: str, conveyor_schema: str) -> Iterator[Conveyor]:
         conn.execute(f'DROP TABLE "{conveyor_schema}".ledger')
 
 
+# Each worker's output goes to a file, read back by stop(): a pipe nobody reads while the test
+# waits would fill up with the worker's log lines and block it on its next write.
+_OUTPUT: dict[int, IO[str]] = {}
+
+
 def start_worker(dsn: str, schema: str, *args: str) -> subprocess.Popen[str]:
     env = {**os.environ, "CONVEYOR_DATABASE_URL": dsn, "CONVEYOR_SCHEMA": schema}
-    return subprocess.Popen(
+    output = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed by stop())
+    proc = subprocess.Popen(
         [sys.executable, "-m", "conveyor.cli", "worker", "tests.e2e.jobs:app", *args],
         cwd=ROOT,
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=output,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    _OUTPUT[proc.pid] = output
+    return proc
 
 
 def ledger(dsn: str, schema: str) -> list[tuple[Any, ...]]:
@@ -64,7 +73,11 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> float:
 def stop(proc: subprocess.Popen[str], timeout: float = 30) -> tuple[int, str]:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=timeout)
+    proc.wait(timeout=timeout)
+    output = _OUTPUT.pop(proc.pid)
+    output.seek(0)
+    out = output.read()
+    output.close()
     return proc.returncode, out
 
 

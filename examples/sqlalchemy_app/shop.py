@@ -4,6 +4,9 @@ so there is never an order without its job, nor a job for an order that was roll
 Run it (PostgreSQL at CONVEYOR_DATABASE_URL, Conveyor's schema migrated with ``conveyor migrate``)::
 
     python shop.py
+
+The shop's tables live in a schema of their own (``SHOP_SCHEMA``, default ``shop``), not in
+``public`` of your database: the engines map the models' schema-less tables onto it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from sqlalchemy import String, create_engine, select, update
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.schema import CreateSchema
 
 from conveyor import Conveyor, Job
 from conveyor.integrations.sqlalchemy import send, send_async
@@ -78,8 +82,13 @@ class Shop:
 async def main() -> None:
     dsn = os.environ.get("CONVEYOR_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
     app = Conveyor(dsn, schema=os.environ.get("CONVEYOR_SCHEMA", "conveyor"))
-    engine = create_engine(sqlalchemy_url(dsn))
-    async_engine = create_async_engine(sqlalchemy_url(dsn))
+    tables = {None: os.environ.get("SHOP_SCHEMA", "shop")}
+    engine = create_engine(sqlalchemy_url(dsn)).execution_options(schema_translate_map=tables)
+    async_engine = create_async_engine(sqlalchemy_url(dsn)).execution_options(
+        schema_translate_map=tables
+    )
+    with engine.begin() as conn:
+        conn.execute(CreateSchema(tables[None], if_not_exists=True))
     Base.metadata.create_all(engine)
     shop = Shop(app, engine)
     order_id, _ = shop.place_order("a@b.c")

@@ -22,7 +22,7 @@ from psycopg import AsyncConnection, Connection, Error, sql
 from conveyor._store.connections import unavailable
 
 # How long the thread that reads notifications waits before it looks whether it should stop.
-READ_TIMEOUT = 1.0
+READ_TIMEOUT = 0.25
 
 
 class AsyncWakeup:

@@ -48,6 +48,10 @@ def test_demo_runs_the_helpdesk_end_to_end_on_the_embedded_server(
         url = lines.until("Dashboard:").split()[-1]
         token = lines.until("Token:").split()[-1]
         assert "embedded PostgreSQL" in "\n".join(lines.seen)
+        # The printed DSN lets another terminal join the demo's database.
+        dsn = next(line for line in lines.seen if line.strip().startswith("DSN:")).split()[1]
+        joined = conveyor("--dsn", dsn, "status", "--json")
+        assert joined.returncode == 0, joined.stderr
         with httpx.Client(base_url=url, timeout=10) as http:
             auth = {"Authorization": f"Bearer {token}"}
 

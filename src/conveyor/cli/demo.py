@@ -126,7 +126,7 @@ def serve_demo(
         # worker processes inherit it.
         os.environ["CONVEYOR_DATABASE_URL"] = dsn
         os.environ["CONVEYOR_SCHEMA"] = cli.schema
-        asyncio.run(run(listener, settings, where))
+        asyncio.run(run(listener, settings, where, dsn))
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +218,7 @@ border-bottom:1px solid #ddd}}pre{{white-space:pre-wrap}}</style></head><body>
 """
 
 
-async def run(listener: socket.socket, settings: Settings, where: str) -> None:
+async def run(listener: socket.socket, settings: Settings, where: str, dsn: str) -> None:
     """Run every part until the duration is over, a signal arrives or a part fails, then stop
     them in the reverse order of their start."""
     import uvicorn
@@ -261,7 +261,7 @@ async def run(listener: socket.socket, settings: Settings, where: str) -> None:
 
             bound_host, bound_port = listener.getsockname()[:2]
             url = f"http://{bound_host}:{bound_port}/"
-            print_banner(url, settings, where, smtp_port)
+            print_banner(url, settings, where, smtp_port, dsn)
             if settings.browser and has_display():
                 # In a thread: starting a browser can take a while, and the loop serves meanwhile.
                 loop.run_in_executor(None, webbrowser.open, url)
@@ -359,12 +359,13 @@ def print_event(event: Event) -> None:
     print(f"  {job.queue} attempt {job.attempt} failed and {what}: {message}", flush=True)
 
 
-def print_banner(url: str, settings: Settings, where: str, smtp_port: int) -> None:
+def print_banner(url: str, settings: Settings, where: str, smtp_port: int, dsn: str) -> None:
     lasting = f"for {settings.duration:g} s" if settings.duration else "until Ctrl-C"
     worker = f"{settings.processes} worker processes" if settings.processes else "one worker"
     print(
         f"Conveyor demo: the InsightDesk helpdesk, running {lasting}\n"
         f"  Database:  {where}\n"
+        f"  DSN:       {dsn}  (another terminal joins with CONVEYOR_DATABASE_URL set to it)\n"
         f"  Dashboard: {url}\n"
         f"  Token:     {settings.token}\n"
         f"  Mailbox:   {url}mail/  (SMTP sink on 127.0.0.1:{smtp_port})\n"

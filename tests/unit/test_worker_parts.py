@@ -4,9 +4,12 @@ of handler threads, and the validation of what handlers ask for (delays, results
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import logging
 import math
 import threading
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -18,6 +21,7 @@ from conveyor.errors import InvalidOption, InvalidRetryDelay
 from conveyor.handlers import Registry
 from conveyor.options import TEN_YEARS
 from conveyor.worker import outcome
+from conveyor.worker.logs import configure_logging
 from conveyor.worker.supervisor import Supervisor
 from conveyor.worker.threads import DaemonThreadPool
 
@@ -208,3 +212,43 @@ def test_the_heartbeat_follows_stale_after_and_one_that_leaves_no_margin_is_refu
         heartbeat_for(2, 5)
     with pytest.raises(InvalidOption, match="at most half of stale_after"):
         heartbeat_for(10, 10)
+
+
+# -- log lines -------------------------------------------------------------------------------
+
+
+def test_a_log_stream_that_blocks_never_blocks_the_code_that_logs() -> None:
+    """A full pipe or a paused terminal must delay the log, not the worker's event loop."""
+
+    class Stuck(io.StringIO):
+        def __init__(self) -> None:
+            super().__init__()
+            self.release = threading.Event()
+
+        def write(self, text: str) -> int:
+            self.release.wait(1)
+            return super().write(text)
+
+    stream = Stuck()
+    root = logging.getLogger()
+    level = root.level
+    try:
+        configure_logging("INFO", "logfmt", stream)
+        begin = time.monotonic()
+        for n in range(5):
+            logging.getLogger("conveyor.job").warning("attempt %d failed", n)
+        assert time.monotonic() - begin < 0.5  # queued, not written (each write blocks 1 s)
+        assert stream.getvalue() == ""
+        stream.release.set()
+        for _ in range(200):
+            if stream.getvalue().count("\n") == 5:
+                break
+            time.sleep(0.01)
+        lines = stream.getvalue().splitlines()
+        assert len(lines) == 5
+        assert "level=warning" in lines[0] and "attempt 0 failed" in lines[0]
+    finally:
+        stream.release.set()
+        for handler in [h for h in root.handlers if h.get_name() == "conveyor"]:
+            root.removeHandler(handler)
+        root.setLevel(level)

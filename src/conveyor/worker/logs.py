@@ -19,9 +19,12 @@ the line's short name (its ``_summary``, "attempt failed") as ``msg`` instead of
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import logging.handlers
 import os
+import queue
 import socket
 import sys
 import weakref
@@ -99,20 +102,51 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(dict(_fields(record, self)), default=str, ensure_ascii=False)
 
 
+class _QueueHandler(logging.handlers.QueueHandler):
+    """Formats a record where it is logged and queues only the finished line, so the thread
+    that writes it needs nothing of the record (its arguments, its exception) any more."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return logging.makeLogRecord(
+            {"msg": self.format(record), "levelno": record.levelno, "name": record.name}
+        )
+
+
+_listener: logging.handlers.QueueListener | None = None
+
+
 def configure_logging(
     level: str = "INFO", log_format: str = "logfmt", stream: IO[str] | None = None
 ) -> None:
     """Send every log record at ``level`` or above to ``stream`` (stderr) in ``log_format``
-    (``logfmt`` or ``json``); called again, it replaces the handler it installed before."""
+    (``logfmt`` or ``json``); called again, it replaces the handler it installed before.
+
+    Lines are written by a thread of their own: a stream that blocks (a full pipe, a paused
+    terminal, a log collector applying backpressure) delays the log, never the worker's event
+    loop and its jobs. They are flushed when the process exits.
+    """
+    global _listener
     formatter: logging.Formatter = JsonFormatter() if log_format == "json" else LogfmtFormatter()
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    writer = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler = _QueueHandler(queue.SimpleQueue())
     handler.setFormatter(formatter)
     handler.set_name("conveyor")
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == "conveyor"]:
         root.removeHandler(old)
+    if _listener is not None:
+        _listener.stop()
+    else:
+        atexit.register(_flush_logs)
+    _listener = logging.handlers.QueueListener(handler.queue, writer)
+    _listener.start()
     root.addHandler(handler)
     root.setLevel(level.upper())
+
+
+def _flush_logs() -> None:
+    if _listener is not None:
+        _listener.stop()
 
 
 # -- the job lines ---------------------------------------------------------------------------

@@ -111,7 +111,7 @@ def test_four_processes_drain_twenty_thousand_jobs_exactly_once(
 def test_a_job_of_a_killed_worker_runs_again_within_the_rescue_time(
     e2e: Conveyor, conveyor_dsn: str
 ) -> None:
-    fast = ["--stale-after", "2", "--heartbeat-interval", "0.5", "--recover-interval", "0.5"]
+    fast = ["--stale-after", "2", "--recover-interval", "0.5"]  # the heartbeat follows
     job_id = e2e.send("e2e.sleep", {"seconds": 60})
     victim = start_worker(conveyor_dsn, e2e.schema, *fast)
     try:

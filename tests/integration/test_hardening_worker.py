@@ -360,11 +360,12 @@ async def test_claims_a_dead_worker_never_started_are_given_back_without_spendin
         changed = {c.id: c.state for c in await store.job_recover(30, 30, None)}
     finally:
         await store.close()
-    # The running one had its only attempt: dead. The others run again with attempt 1 ahead.
-    assert changed == {ids[0]: "failed", **{i: "created" for i in waiting}}
+    # The running one had its only attempt: dead. The others run again, and the claim they lost
+    # does not count: its number is not reused, the budget grows by one instead.
+    assert changed == {ids[0]: "failed", **{i: "retry" for i in waiting}}
     for job_id in waiting:
         job = await app_async.get_job_async(job_id)
-        assert (job.state, job.attempt) == (JobState.CREATED, 0)
+        assert (job.state, job.attempt, job.retry_limit) == (JobState.RETRY, 1, 1)
         assert [e["type"] for e in job.errors] == ["ClaimReleased"]
     assert (await app_async.get_job_async(ids[0])).errors[0]["type"] == "WorkerLost"
 
@@ -394,8 +395,9 @@ async def test_a_claim_given_back_max_attempts_times_counts_after_all(
     finally:
         await store.close()
     # Given back twice (max_attempts = 2), then counted: retried once, then dead.
-    assert states == ["created", "created", "retry", "failed"]
+    assert states == ["retry", "retry", "retry", "failed"]
     job = await app_async.get_job_async(job_id)
     assert [e["type"] for e in job.errors] == [
         "ClaimReleased", "ClaimReleased", "WorkerLost", "WorkerLost"
     ]  # fmt: skip
+    assert [e["attempt"] for e in job.errors] == [1, 2, 3, 4]  # no attempt number twice

@@ -3,11 +3,14 @@
 --
 -- A worker claims jobs ahead of its free slots (its prefetch buffer). Its heartbeat reports the
 -- claims still waiting there (worker.metadata -> 'unstarted', "id/attempt" strings). When the
--- worker dies, recovery hands those back with their attempt given back (outcome 'release')
+-- worker dies, recovery queues those again without counting the attempt against the job,
 -- instead of failing them, so a crash-looping worker no longer dead-letters jobs it never ran.
--- Recovery errs towards "started": a claim is given back only if the last heartbeat saw it
--- waiting, and at most max_attempts times per job (counted by the ClaimReleased entries of its
--- errors), so a job that kills its worker the moment it starts still reaches the dead letters.
+-- The attempt number itself is never reused (each number names one claim, and a claim the last
+-- heartbeat saw waiting may have started since): the job's retry_limit grows by one instead, so
+-- its budget of attempts is what it was. Recovery errs towards "started": a claim is given back
+-- only if the last heartbeat saw it waiting, and at most as many times as the job's own
+-- max_attempts (counted by the ClaimReleased entries of its errors), so a job that kills its
+-- worker the moment it starts still reaches the dead letters.
 -- Same signature as before: workers of the previous release run unchanged on this schema.
 
 CREATE OR REPLACE FUNCTION {schema}.recover_jobs(
@@ -37,17 +40,22 @@ BEGIN
     WITH lost AS (
         SELECT j.id, j.worker_id, j.attempt, j.retry_limit, w.id AS alive,
                (j.worker_id::text || '|' || j.id::text || '/' || j.attempt) = ANY (v_unstarted)
-               AND (SELECT count(*) FROM jsonb_array_elements(j.errors) e
-                    WHERE e ->> 'type' = 'ClaimReleased') < j.retry_limit + 1 AS unstarted
+               AND j.retry_limit < 10000
+               AND 2 * (SELECT count(*) FROM jsonb_array_elements(j.errors) e
+                        WHERE e ->> 'type' = 'ClaimReleased') < j.retry_limit + 1 AS unstarted
         FROM {schema}.job j
         LEFT JOIN {schema}.worker w ON w.id = j.worker_id
         WHERE j.state = 'active'
           AND (w.id IS NULL
                OR j.started_at + make_interval(secs => j.expire_in + p_grace) < t_now)
+        FOR UPDATE OF j
+    ), given_back AS (
+        UPDATE {schema}.job j SET retry_limit = j.retry_limit + 1
+        FROM lost l
+        WHERE j.id = l.id AND l.unstarted
     )
     SELECT array_agg(l.id), array_agg(l.worker_id), array_agg(l.attempt),
-           array_agg(CASE WHEN l.unstarted THEN 'release'
-                          WHEN l.attempt <= l.retry_limit THEN 'retry'
+           array_agg(CASE WHEN l.unstarted OR l.attempt <= l.retry_limit THEN 'retry'
                           ELSE 'failed' END),
            array_agg(jsonb_build_object(
                'attempt', l.attempt,
@@ -56,7 +64,7 @@ BEGIN
                             ELSE 'Expired' END,
                'message', CASE WHEN l.unstarted
                                THEN 'the worker that claimed this job stopped before starting '
-                                    || 'it; the attempt was given back'
+                                    || 'it; the attempt does not count (retry_limit + 1)'
                                WHEN l.alive IS NULL
                                THEN 'the worker running this attempt stopped sending heartbeats'
                                ELSE 'the attempt ran past expire_in and its worker did not stop it'

@@ -177,7 +177,9 @@ class Worker:
     async def run(self) -> int:
         """Serve until stopped; return how many attempts this worker ran."""
         self._loop = asyncio.get_running_loop()
-        supervisor = self._supervisor = Supervisor(self._on_service_error)
+        # A crash loop is slowed to one restart every 5 s at most, so a worker whose completer
+        # or heartbeat failed for a moment is never held back from its jobs for long.
+        supervisor = self._supervisor = Supervisor(self._on_service_error, max_backoff=5.0)
         try:
             await self._store.worker_register(
                 self.id, socket.gethostname(), os.getpid(), self.options.queues,

@@ -123,6 +123,7 @@ def test_a_second_dev_on_the_same_directory_leaves_the_server_to_the_first(
             )
             procs.append((proc, Lines(proc)))
             dsn = procs[-1][1].until("DSN: ").removeprefix("DSN: ")
+            procs[-1][1].until("Press Ctrl-C")  # its signal handlers are in place
         second, second_lines = procs[1]
         second.send_signal(signal.SIGINT)
         assert second.wait(timeout=30) == 0

@@ -81,9 +81,7 @@ def run_dev(cli: CliContext, directory: Path, check: bool) -> None:
         click.echo(f"Schema {cli.schema!r}: {schema_note}")
         click.echo(f"DSN: {url}")
         click.echo(f"export CONVEYOR_DATABASE_URL={shlex.quote(url)}")
-        click.echo("Press Ctrl-C to stop the server.")
-        sys.stdout.flush()
-        wait_for_signal()
+        wait_for_signal(ready="Press Ctrl-C to stop the server.")
     if (directory / "postmaster.pid").exists():
         click.echo("Embedded PostgreSQL left running: another process still uses it.")
     else:
@@ -100,15 +98,18 @@ def start_embedded(stack: contextlib.ExitStack, directory: Path) -> str:
         fail(f"the embedded PostgreSQL did not start in {directory}: {first_line}", EXIT_DATABASE)
 
 
-def wait_for_signal() -> None:
+def wait_for_signal(ready: str) -> None:
     """Block until SIGINT or SIGTERM, so that either one stops the server cleanly (a bare SIGTERM
-    would end the process without stopping it, and leave it running)."""
+    would end the process without stopping it, and leave it running). ``ready`` is printed once
+    the handlers are in place: a signal sent as soon as it appears is handled, not fatal."""
     stop = threading.Event()
 
     def handle(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
     previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    click.echo(ready)
+    sys.stdout.flush()
     try:
         while not stop.wait(1.0):
             pass

@@ -5,6 +5,7 @@ stale_after, results too large to store, and a dead leader's lease."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import threading
 import time
@@ -20,6 +21,7 @@ from conveyor._store.worker_store import Ack, WorkerStore
 from conveyor.errors import InvalidOption
 from conveyor.events import Events
 from conveyor.scheduler import Scheduler
+from conveyor.worker import runner
 from conveyor.worker.completer import Completer
 from conveyor.worker.service import ServiceContext
 from tests.integration.test_worker import worker_in_background
@@ -132,6 +134,8 @@ async def test_a_crashed_completer_is_restarted_and_no_outcome_is_lost(
         await original(self)
 
     monkeypatch.setattr(Completer, "flush", flaky_flush)
+    # Down long enough for the idle producer to find it down, and wait for it to come back.
+    monkeypatch.setattr(runner, "Supervisor", functools.partial(runner.Supervisor, min_backoff=0.5))
     errors: list[dict[str, object]] = []
     app_async.on("worker.error")(lambda event: errors.append(event.error or {}))
 
@@ -142,7 +146,10 @@ async def test_a_crashed_completer_is_restarted_and_no_outcome_is_lost(
     ids = [await app_async.send_async("q", {}) for _ in range(10)]
     async for _stop, _task in worker_in_background(app_async, poll_interval=0.1):
         done = await asyncio.gather(*(app_async.wait_for_async(i, timeout=20) for i in ids))
-    assert [j.state for j in done] == [JobState.COMPLETED] * 10
+        # Once the completer is back, the worker fetches again.
+        later = [await app_async.send_async("q", {}) for _ in range(10)]
+        done += await asyncio.gather(*(app_async.wait_for_async(i, timeout=20) for i in later))
+    assert [j.state for j in done] == [JobState.COMPLETED] * 20
     assert crashes == 1
     assert {"service": "completer", "message": "completer bug"} in errors
 

@@ -231,7 +231,7 @@ class Worker:
     def health(self) -> dict[str, Any]:
         """What this worker reports with its heartbeat: services down, stuck handler threads,
         and the claims still waiting in its buffer ("id/attempt"; if the worker dies, recovery
-        gives their attempts back, since they never started)."""
+        does not count those attempts against their jobs, since they never started)."""
         supervisor = getattr(self, "_supervisor", None)
         down = {} if supervisor is None else {
             name: supervisor.states[name].last_error for name in supervisor.down()
@@ -245,7 +245,8 @@ class Worker:
         while not self._stop.is_set():
             if not self._supervisor.essential_up.is_set():
                 # Outcomes of jobs claimed now could not be written, nor the claims kept alive.
-                await self._wait(self._supervisor.essential_up)
+                # (Not through _wait: the supervisor owns this flag, it must not be cleared.)
+                await first_of(self._stop.wait(), self._supervisor.essential_up.wait())
                 continue
             capacity = self._capacity()
             room = capacity - len(self._running) - len(self._buffer)

@@ -12,6 +12,7 @@ from typing import Any, Self
 
 import psycopg
 import pytest
+from psycopg.types.string import TextLoader
 
 from conveyor import (
     Conveyor,
@@ -152,6 +153,22 @@ async def test_transactional_send_exists_only_if_committed(
     for job_id in [rolled_back, *batch_rolled_back]:
         with pytest.raises(JobNotFound):
             await app_async.get_job_async(job_id)
+
+
+async def test_a_callers_connection_that_loads_json_as_text_still_reads_json_values(
+    app_async: Conveyor, conveyor_dsn: str
+) -> None:
+    """Django's connections load jsonb as text (its JSONField decodes it); what Conveyor reads
+    on such a connection comes back as JSON values all the same, and the connection keeps its
+    own loaders."""
+    job_id = await app_async.send_async("tx", {"n": 1})
+    async with await psycopg.AsyncConnection.connect(conveyor_dsn) as conn:
+        conn.adapters.register_loader("jsonb", TextLoader)
+        job = await app_async.get_job_async(job_id, connection=conn)
+        cur = await conn.execute("SELECT '{\"a\": 1}'::jsonb")
+        assert await cur.fetchone() == ('{"a": 1}',)
+    assert job.data == {"n": 1}
+    assert job.errors == []
 
 
 async def test_unique_key_keep_returns_the_holder(app_async: Conveyor) -> None:

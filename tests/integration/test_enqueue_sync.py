@@ -14,6 +14,7 @@ from typing import Any, Self
 
 import psycopg
 import pytest
+from psycopg.types.string import TextLoader
 
 from conveyor import (
     Conveyor,
@@ -148,6 +149,22 @@ def test_transactional_send_exists_only_if_committed(app: Conveyor, conveyor_dsn
     for job_id in [rolled_back, *batch_rolled_back]:
         with pytest.raises(JobNotFound):
             app.get_job(job_id)
+
+
+def test_a_callers_connection_that_loads_json_as_text_still_reads_json_values(
+    app: Conveyor, conveyor_dsn: str
+) -> None:
+    """Django's connections load jsonb as text (its JSONField decodes it); what Conveyor reads
+    on such a connection comes back as JSON values all the same, and the connection keeps its
+    own loaders."""
+    job_id = app.send("tx", {"n": 1})
+    with psycopg.Connection.connect(conveyor_dsn) as conn:
+        conn.adapters.register_loader("jsonb", TextLoader)
+        job = app.get_job(job_id, connection=conn)
+        cur = conn.execute("SELECT '{\"a\": 1}'::jsonb")
+        assert cur.fetchone() == ('{"a": 1}',)
+    assert job.data == {"n": 1}
+    assert job.errors == []
 
 
 def test_unique_key_keep_returns_the_holder(app: Conveyor) -> None:

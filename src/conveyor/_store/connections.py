@@ -13,7 +13,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from psycopg import Error
+from psycopg.adapt import AdaptersMap
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.types.json import JsonbBinaryLoader, JsonBinaryLoader, JsonbLoader, JsonLoader
 
 from conveyor.errors import ConfigurationError, DatabaseUnavailable
 
@@ -97,3 +99,16 @@ def one_line(text: str) -> str:
 def unavailable(exc: BaseException) -> DatabaseUnavailable:
     """The error of a connection that could not be made, in the server's or libpq's words."""
     return DatabaseUnavailable(f"database unavailable: {one_line(str(exc))}")
+
+
+def standard_json(adapters: AdaptersMap) -> None:
+    """Load ``json`` and ``jsonb`` as Python values through ``adapters`` (a cursor's). A
+    caller's connection may load them its own way (Django's loads ``jsonb`` as text, for its
+    JSONField to decode); what Conveyor reads on it must come back as on its own connections,
+    and the caller's connection keeps its loaders."""
+    for name, loaders in (
+        ("json", (JsonLoader, JsonBinaryLoader)),
+        ("jsonb", (JsonbLoader, JsonbBinaryLoader)),
+    ):
+        for loader in loaders:
+            adapters.register_loader(name, loader)

@@ -25,6 +25,7 @@ from conveyor._store.connections import (
     closed_by_server,
     connect_kwargs,
     replaced,
+    standard_json,
     unavailable,
 )
 from conveyor._store.errors import translated
@@ -206,6 +207,8 @@ class Store:
             used: Conn | None = None
             try:
                 with self.connection(conn) as used, used.cursor(row_factory=factory) as cur:
+                    if conn is not None:
+                        standard_json(cur.adapters)
                     cur.execute(query.sql, params)
                     return cur.fetchall() if cur.description is not None else []
             except Error as exc:

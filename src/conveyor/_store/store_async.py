@@ -24,6 +24,7 @@ from conveyor._store.connections import (
     closed_by_server,
     connect_kwargs,
     replaced,
+    standard_json,
     unavailable,
 )
 from conveyor._store.errors import translated
@@ -207,6 +208,8 @@ class AsyncStore:
             used: AsyncConn | None = None
             try:
                 async with self.connection(conn) as used, used.cursor(row_factory=factory) as cur:
+                    if conn is not None:
+                        standard_json(cur.adapters)
                     await cur.execute(query.sql, params)
                     return await cur.fetchall() if cur.description is not None else []
             except Error as exc:

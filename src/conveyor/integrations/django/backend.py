@@ -42,17 +42,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
-from uuid import UUID
 
-import psycopg
 from django.conf import settings as django_settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.db import close_old_connections, connections
 from django.utils import timezone
 from django.utils.module_loading import import_string
-from psycopg.pq import Format
-from psycopg.types.json import JsonbBinaryLoader, JsonbLoader
 
 from conveyor.app import Conveyor
 from conveyor.config import DEFAULT_SCHEMA
@@ -100,7 +96,6 @@ _apps: dict[tuple[str, str, str], Conveyor] = {}
 _handlers: dict[str, HandlerFunc] = {}
 _apps_lock = threading.Lock()
 _DOTTED = re.compile(r"[A-Za-z_][\w.]*")
-_JSONB_OID = psycopg.adapters.types["jsonb"].oid
 _CAUSE = "\n\nThe above exception was the direct cause of the following exception:\n"
 
 
@@ -240,7 +235,7 @@ class ConveyorBackend(BaseTaskBackend):
         )
         # Read back, so the result holds what get_result will report (the database's clock for
         # enqueued_at), and compares equal to it.
-        result = self.result_of(_read_job(self.app, job_id, connection.connection))
+        result = self.result_of(self.app.get_job(job_id, connection=connection.connection))
         task_enqueued.send(type(self), task_result=result)
         return result
 
@@ -251,7 +246,7 @@ class ConveyorBackend(BaseTaskBackend):
         # to any other connection before the commit.
         own = connection.connection if connection.in_atomic_block else None
         try:
-            job = _read_job(self.app, result_id, own)
+            job = self.app.get_job(result_id, connection=own)
         except (JobNotFound, InvalidOption):
             raise TaskResultDoesNotExist(result_id) from None
         if not self._owns(job):
@@ -470,24 +465,6 @@ def _handler(alias: str) -> HandlerFunc:
 
             found = _handlers[alias] = handler
         return found
-
-
-def _read_job(app: Conveyor, job_id: UUID | str, connection: psycopg.Connection[Any] | None) -> Job:
-    """``app.get_job``, on Django's connection if given. Django loads ``jsonb`` as text on its
-    connections (its JSONField decodes it); Conveyor's reads need JSON values, so for the
-    read the connection loads them as psycopg does by default."""
-    if connection is None:
-        return app.get_job(job_id)
-    adapters = connection.adapters
-    loaders = {fmt: adapters.get_loader(_JSONB_OID, fmt) for fmt in (Format.TEXT, Format.BINARY)}
-    adapters.register_loader(_JSONB_OID, JsonbLoader)
-    adapters.register_loader(_JSONB_OID, JsonbBinaryLoader)
-    try:
-        return app.get_job(job_id, connection=connection)
-    finally:
-        for loader in loaders.values():
-            if loader is not None:
-                adapters.register_loader(_JSONB_OID, loader)
 
 
 def _handled_by(app: Conveyor, queue: str) -> HandlerFunc | None:

@@ -19,11 +19,13 @@ This module imports no ``conveyor`` itself, so it stays a neutral judge of the t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -40,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 SCHEMAS = {"baseline": "conveyor_ab_base", "current": "conveyor_ab_cur"}
 FLOOR_SCHEMA = "conveyor_ab_floor"
+CHILD_TIMEOUT = 300
 
 # What our hot path does, as plain statements pgbench runs with no client work (bench.run's SQL).
 INSERT_ONE = """
@@ -341,10 +344,24 @@ def run_child(tree: Path, scenario: Scenario, dsn: str, schema: str) -> dict[str
     env = {**os.environ, "PYTHONPATH": str(tree / "src")}
     cmd = [sys.executable, "-m", "bench.ab_child", scenario.child, "--dsn", dsn,
            "--schema", schema, *scenario.args]  # fmt: skip
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    if done.returncode != 0:
-        sys.exit(f"bench.ab: {scenario.name} on {tree} failed:\n{done.stdout}\n{done.stderr}")
-    result = last_json(done.stdout)
+    # Output to files and a session of its own: whatever the child leaves behind (a worker, a
+    # producer) can neither hold our pipes open nor outlive the run.
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=err,
+                                 start_new_session=True)  # fmt: skip
+        try:
+            code: int | str = child.wait(timeout=CHILD_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            code = f"timed out after {CHILD_TIMEOUT} s"
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if code != 0:
+        sys.exit(f"bench.ab: {scenario.name} on {tree}: {code}\n{stdout}\n{stderr}")
+    result = last_json(stdout)
     imported = Path(result.pop("conveyor_file")).resolve()
     if not imported.is_relative_to((tree / "src" / "conveyor").resolve()):
         sys.exit(f"bench.ab: {scenario.name} imported {imported}, not the tree {tree}")

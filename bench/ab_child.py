@@ -228,21 +228,23 @@ def start_after(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def produce(args: argparse.Namespace) -> None:
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # A plain flag: a handler that took a lock (Event.set) could deadlock on the one the main
+    # thread holds when the signal lands.
+    stop: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _: stop.append(signum))
     per_tick = max(1, args.load_rate // 100)
     sent = 0
     with Conveyor(args.dsn, schema=args.schema) as app:
         print(json.dumps({"sending": True}), flush=True)
         start = time.perf_counter()
         tick = 0
-        while not stop.is_set():
+        while not stop:
             app.send_batch([(QUEUE, {"i": sent + k}) for k in range(per_tick)])
             sent += per_tick
             tick += 1
             pause = tick * 0.01 - (time.perf_counter() - start)
             if pause > 0:
-                stop.wait(pause)
+                time.sleep(pause)
         seconds = time.perf_counter() - start
     print(json.dumps({"rate": sent / seconds, "sent": sent}), flush=True)
 

@@ -38,26 +38,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.run import INSERT_MANY, INSERT_ONE
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 SCHEMAS = {"baseline": "conveyor_ab_base", "current": "conveyor_ab_cur"}
 FLOOR_SCHEMA = "conveyor_ab_floor"
 CHILD_TIMEOUT = 300
 
-# What our hot path does, as plain statements pgbench runs with no client work (bench.run's SQL).
-INSERT_ONE = """
-INSERT INTO {s}.job (id, queue, data, run_at, retry_limit, retry_delay, retry_backoff,
-                     retry_delay_max, expire_in, retention, created_at)
-VALUES (gen_random_uuid(), 'floor', '{{"i": 1}}', now(), 2, 5, 'exponential', 3600, 900,
-        604800, now());
-"""
-INSERT_MANY = """
-INSERT INTO {s}.job (id, queue, data, run_at, retry_limit, retry_delay, retry_backoff,
-                     retry_delay_max, expire_in, retention, created_at)
-SELECT gen_random_uuid(), 'floor', jsonb_build_object('i', g), now(), 2, 5, 'exponential',
-       3600, 900, 604800, now()
-FROM generate_series(1, {n}) g;
-"""
+# What our hot path does, as plain statements pgbench runs with no client work: bench.run's
+# inserts, and a claim-and-complete with explicit columns (the history's may change).
 CLAIM_COMPLETE = """
 WITH picked AS (
     SELECT id FROM {s}.job

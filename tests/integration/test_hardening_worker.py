@@ -408,3 +408,31 @@ async def test_a_claim_given_back_max_attempts_times_counts_after_all(
         "ClaimReleased", "ClaimReleased", "WorkerLost", "WorkerLost"
     ]  # fmt: skip
     assert [e["attempt"] for e in job.errors] == [1, 2, 3, 4]  # no attempt number twice
+
+
+async def test_a_passing_error_on_an_ack_writes_the_same_outcome_again(
+    app_async: Conveyor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deadlock or a cancelled statement says nothing about the values: the batch is written
+    again as it was, never turned into a failure of its jobs."""
+    original = WorkerStore._fetch
+    cancelled = 0
+
+    async def cancel_first_ack(self: WorkerStore, name: str, *args: object) -> list[object]:
+        nonlocal cancelled
+        if name == "job_ack_many" and cancelled < 2:
+            cancelled += 1
+            raise psycopg.errors.QueryCanceled("canceling statement due to user request")
+        return await original(self, name, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(WorkerStore, "_fetch", cancel_first_ack)
+
+    @app_async.job("q")
+    async def noop(job: Job) -> int:
+        return 7
+
+    ids = [await app_async.send_async("q", {}) for _ in range(3)]
+    async for _stop, _task in worker_in_background(app_async, poll_interval=0.1, concurrency=1):
+        done = await asyncio.gather(*(app_async.wait_for_async(i, timeout=10) for i in ids))
+    assert cancelled == 2
+    assert [(j.state, j.result, j.errors) for j in done] == [(JobState.COMPLETED, 7, [])] * 3

@@ -12,9 +12,22 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from psycopg import Error
 from psycopg.rows import tuple_row
 
+from conveyor._store.connections import one_line
 from conveyor._store.store_async import AsyncStore
+from conveyor.errors import (
+    DatabaseUnavailable,
+    DuplicateJob,
+    InvalidOption,
+    JobNotFound,
+    ValidationError,
+)
+
+# SQLSTATE classes of errors about the values themselves (data exception, integrity constraint
+# violation): writing the same rows again cannot succeed.
+REFUSED_VALUES = ("22", "23")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +69,14 @@ class WorkerStore(AsyncStore):
     async def job_ack_many(
         self, worker: UUID, acks: Sequence[Ack], now: datetime | None
     ) -> list[Changed]:
-        """Write outcomes, guarded by worker and attempt; return the jobs that changed."""
+        """Write outcomes, guarded by worker and attempt; return the jobs that changed.
+
+        Raises :class:`~conveyor.errors.ValidationError` only when a row's values are refused
+        (a data or constraint error: the batch will never go through as it is), and
+        :class:`~conveyor.errors.DatabaseUnavailable` for anything else the database raises
+        (a deadlock, a cancelled statement, a lock timeout, a lost connection): the same batch
+        may be written again.
+        """
         params = {
             "id": [a.job_id for a in acks],
             "worker": [worker] * len(acks),
@@ -67,7 +87,14 @@ class WorkerStore(AsyncStore):
             "delay": [a.delay for a in acks],
             "now": now,
         }
-        found = await self._fetch("job_ack_many", params, None, tuple_row)
+        try:
+            found = await self._fetch("job_ack_many", params, None, tuple_row)
+        except (ValidationError, DuplicateJob, JobNotFound) as exc:  # translated 22xxx / 23xxx
+            raise InvalidOption(f"outcome refused: {one_line(str(exc))}") from exc
+        except Error as exc:
+            if (exc.sqlstate or "")[:2] in REFUSED_VALUES:
+                raise InvalidOption(f"outcome refused: {one_line(str(exc))}") from exc
+            raise DatabaseUnavailable(f"outcomes not written: {one_line(str(exc))}") from exc
         return [Changed(*r) for r in found]
 
     async def job_progress_many(

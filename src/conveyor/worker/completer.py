@@ -16,7 +16,7 @@ from typing import Any
 from uuid import UUID
 
 from conveyor._store.worker_store import Ack, Changed, WorkerStore
-from conveyor.errors import DatabaseUnavailable
+from conveyor.errors import DatabaseUnavailable, ValidationError
 from conveyor.worker.waiting import first_of
 
 log = logging.getLogger("conveyor.worker")
@@ -119,9 +119,9 @@ class Completer:
             changed = await self._store.job_ack_many(self._worker_id, acks, self._clock())
             by_id = {c.id: c for c in changed}
             return [(ack, by_id.get(ack.job_id)) for ack in acks]
-        except DatabaseUnavailable:
-            raise
-        except Exception as exc:
+        except ValidationError as exc:
+            # Only values the database refuses are isolated; a deadlock or a cancelled
+            # statement comes as DatabaseUnavailable, and the whole batch is written again.
             if len(acks) > 1:
                 half = len(acks) // 2
                 return await self._write_acks(acks[:half]) + await self._write_acks(acks[half:])
@@ -147,9 +147,7 @@ class Completer:
         try:
             changed = await self._store.job_ack_many(self._worker_id, [instead], self._clock())
             return [(instead, changed[0] if changed else None)]
-        except DatabaseUnavailable:
-            raise
-        except Exception as again:
+        except ValidationError as again:
             log.error("job %s attempt %d: no outcome could be written (%s); recovery will take "
                       "it back after its expire_in", ack.job_id, ack.attempt, again)  # fmt: skip
             return [(ack, None)]

@@ -62,3 +62,36 @@ def queries(schema: str) -> dict[str, Query]:
                 raise RuntimeError(f"query {name!r} is defined twice")
             found[name] = Query(name, render(body, schema), kind)
     return found
+
+
+# The statements that only read: run again on a fresh connection when the connection broke under
+# them. Anything else may have committed before the break and is never repeated.
+READS = frozenset(
+    {
+        "job_get",
+        "job_list",
+        "job_list_dead",
+        "job_results",
+        "subscription_list",
+        "worker_list",
+        "worker_count_alive",
+        "worker_troubles",
+        "queue_live_counts",
+        "queue_get",
+        "queue_list",
+        "queue_stats",
+        "schedule_get",
+        "schedule_list",
+        "job_held",
+        "maintain_retentions",
+        "maintain_dead_tuples",
+        "doctor_invalid_indexes",
+        "doctor_tables",
+        "doctor_indexes",
+        "doctor_autovacuum",
+        "doctor_old_transactions",
+        "doctor_orphaned_jobs",
+        "doctor_stuck_waiting",
+        "doctor_stale_workers",
+    }
+)

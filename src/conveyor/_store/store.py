@@ -29,7 +29,7 @@ from conveyor._store.connections import (
     unavailable,
 )
 from conveyor._store.errors import translated
-from conveyor._store.queries import queries
+from conveyor._store.queries import READS, queries
 from conveyor._store.waiters import done_waiter
 from conveyor.errors import ConveyorError, DatabaseUnavailable, InvalidOption
 from conveyor.models import Job, Queue, Schedule, WorkerInfo
@@ -44,37 +44,6 @@ POOL_WAIT_SLICE = 1.0
 # Seconds the pool keeps retrying a connection in the background before it gives up until the
 # next request: past this, its growing backoff would delay recovery once the server is back.
 POOL_RECONNECT_TIMEOUT = 3.0
-# The statements that only read: run again on a fresh connection when the connection broke under
-# them. Anything else may have committed before the break and is never repeated.
-READS = frozenset(
-    {
-        "job_get",
-        "job_list",
-        "job_list_dead",
-        "job_results",
-        "subscription_list",
-        "worker_list",
-        "worker_count_alive",
-        "worker_troubles",
-        "queue_live_counts",
-        "queue_get",
-        "queue_list",
-        "queue_stats",
-        "schedule_get",
-        "schedule_list",
-        "job_held",
-        "maintain_retentions",
-        "maintain_dead_tuples",
-        "doctor_invalid_indexes",
-        "doctor_tables",
-        "doctor_indexes",
-        "doctor_autovacuum",
-        "doctor_old_transactions",
-        "doctor_orphaned_jobs",
-        "doctor_stuck_waiting",
-        "doctor_stale_workers",
-    }
-)
 
 
 class Store:

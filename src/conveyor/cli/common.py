@@ -86,15 +86,16 @@ def parse_duration(text: str, name: str) -> float:
     return float(match.group(1)) * UNIT_SECONDS[match.group(2)]
 
 
-def parse_since(text: str) -> datetime | float:
-    """``--since``: a duration before now, or an ISO date/time (UTC unless it says otherwise)."""
+def parse_when(text: str, name: str) -> datetime | float:
+    """A duration (``--since``: before now; ``--start-after``: from now) or an ISO date/time
+    (UTC unless it says otherwise)."""
     if DURATION.fullmatch(text.strip()):
-        return parse_duration(text, "--since")
+        return parse_duration(text, name)
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:
         raise InvalidOption(
-            f"--since must be a duration like 15m or 2h, or an ISO time, got {text!r}"
+            f"{name} must be a duration like 15m or 2h, or an ISO time, got {text!r}"
         ) from None
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 

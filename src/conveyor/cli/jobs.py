@@ -20,7 +20,7 @@ from conveyor.cli.common import (
     console,
     emit_json,
     json_option,
-    parse_since,
+    parse_when,
     record,
     when,
 )
@@ -61,7 +61,7 @@ def list_jobs(
     found = cli.app().list_jobs(
         queue,
         list(states) or None,
-        since=parse_since(since) if since is not None else None,
+        since=parse_when(since, "--since") if since is not None else None,
         search=search,
         limit=limit,
         offset=offset,

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import UTC, datetime
 from typing import Any
 
 import click
 
 from conveyor.cli import CliContext, one_line_errors
-from conveyor.cli.common import DURATION, emit_json, json_option, parse_duration
-from conveyor.errors import InvalidOption, PayloadError
+from conveyor.cli.common import emit_json, json_option, parse_duration, parse_when
+from conveyor.errors import PayloadError
 
 DURATION_HELP = "Seconds, or a duration like 90s, 15m, 2h, 7d."
 
@@ -39,21 +38,6 @@ def read_data(text: str | None) -> Any:
 def seconds(text: str | None, name: str) -> float | None:
     """A duration option in seconds (None when not given)."""
     return None if text is None else parse_duration(text, name)
-
-
-def parse_start_after(text: str | None) -> datetime | float | None:
-    """``--start-after``: a delay, or an ISO time (UTC unless it says otherwise)."""
-    if text is None:
-        return None
-    if DURATION.fullmatch(text.strip()):
-        return parse_duration(text, "--start-after")
-    try:
-        at = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise InvalidOption(
-            f"--start-after must be a delay like 90s or 15m, or an ISO time, got {text!r}"
-        ) from None
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 @click.command(
@@ -114,7 +98,7 @@ def send(
     """Enqueue a job on QUEUE with DATA (JSON, from the argument or stdin); print its id."""
     options: dict[str, Any] = {
         **{name: value for name, value in given.items() if value is not None},
-        "start_after": parse_start_after(start_after),
+        "start_after": None if start_after is None else parse_when(start_after, "--start-after"),
         "retry_delay": seconds(retry_delay, "--retry-delay"),
         "retry_delay_max": seconds(retry_delay_max, "--retry-delay-max"),
         "expire_in": seconds(expire_in, "--expire-in"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID, uuid4
@@ -38,6 +38,8 @@ from conveyor.options import JobSpec
 Conn = Connection[Any]
 # How often wait_for looks at a job when it cannot LISTEN (behind PgBouncer, no listen_dsn).
 WAIT_POLL_INTERVAL = 0.2
+# A wait's registration outlives its timeout by this much before anyone may delete it.
+WAITER_GRACE = 30.0
 # Seconds a caller waits for a pooled connection before asking the server directly whether it
 # can be reached: an outage surfaces at once, in libpq's words, not after the pool's timeout.
 POOL_WAIT_SLICE = 1.0
@@ -360,13 +362,23 @@ class Store:
                     return job
                 time.sleep(min(remaining, WAIT_POLL_INTERVAL))
         with self._waiter.watch(job_id) as woken:
-            while True:
-                woken.arm()
-                job = self.job_get(job_id)
-                remaining = deadline - time.monotonic()
-                if job is None or job.state.is_terminal or remaining <= 0:
-                    return job
-                woken.wait(remaining)
+            woken.arm()
+            # Listening before registering: an ack that sees the registration notifies a
+            # connection that hears it.
+            waiter = uuid4()
+            params = {"id": waiter, "job": job_id, "ttl": timeout + WAITER_GRACE}
+            self._rows("waiter_register", params, None)
+            try:
+                while True:
+                    job = self.job_get(job_id)
+                    remaining = deadline - time.monotonic()
+                    if job is None or job.state.is_terminal or remaining <= 0:
+                        return job
+                    woken.wait(remaining)
+                    woken.arm()
+            finally:
+                with suppress(Error, DatabaseUnavailable):
+                    self._rows("waiter_remove", {"id": waiter}, None)
 
     def schedule_upsert(self, values: dict[str, Any], conn: Conn | None = None) -> Schedule:
         """Create or replace a schedule."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID, uuid4
@@ -37,6 +37,8 @@ from conveyor.options import JobSpec
 AsyncConn = AsyncConnection[Any]
 # How often wait_for looks at a job when it cannot LISTEN (behind PgBouncer, no listen_dsn).
 WAIT_POLL_INTERVAL = 0.2
+# A wait's registration outlives its timeout by this much before anyone may delete it.
+WAITER_GRACE = 30.0
 # Seconds a caller waits for a pooled connection before asking the server directly whether it
 # can be reached: an outage surfaces at once, in libpq's words, not after the pool's timeout.
 POOL_WAIT_SLICE = 1.0
@@ -367,13 +369,23 @@ class AsyncStore:
                     return job
                 await asyncio.sleep(min(remaining, WAIT_POLL_INTERVAL))
         async with self._waiter.watch(job_id) as woken:
-            while True:
-                await woken.arm()
-                job = await self.job_get(job_id)
-                remaining = deadline - time.monotonic()
-                if job is None or job.state.is_terminal or remaining <= 0:
-                    return job
-                await woken.wait(remaining)
+            await woken.arm()
+            # Listening before registering: an ack that sees the registration notifies a
+            # connection that hears it.
+            waiter = uuid4()
+            params = {"id": waiter, "job": job_id, "ttl": timeout + WAITER_GRACE}
+            await self._rows("waiter_register", params, None)
+            try:
+                while True:
+                    job = await self.job_get(job_id)
+                    remaining = deadline - time.monotonic()
+                    if job is None or job.state.is_terminal or remaining <= 0:
+                        return job
+                    await woken.wait(remaining)
+                    await woken.arm()
+            finally:
+                with suppress(Error, DatabaseUnavailable):
+                    await self._rows("waiter_remove", {"id": waiter}, None)
 
     async def schedule_upsert(
         self, values: dict[str, Any], conn: AsyncConn | None = None

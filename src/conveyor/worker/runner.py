@@ -255,7 +255,7 @@ class Worker:
                 continue
             try:
                 presumed_dead = self._presumed_dead
-                jobs = await self._store.job_fetch(opts.queues, self.id, room, self._clock())
+                jobs = await self._completer.fetch(opts.queues, room)
                 if jobs and presumed_dead != self._presumed_dead:
                     jobs = await self._still_held(jobs)
                 failures = 0

@@ -17,7 +17,13 @@ from conveyor import batching, diagnosis, reporting
 from conveyor._store.migrations import MigrationStatus, pending_sql
 from conveyor._store.store_async import AsyncConn
 from conveyor._store.stores import Stores
-from conveyor.config import SCHEDULE_TICK_KEEP, VACUUM_DEAD_SHARE, VACUUM_MIN_DEAD, Settings
+from conveyor.config import (
+    SCHEDULE_TICK_KEEP,
+    STATS_SERIES_MAX_MINUTES,
+    VACUUM_DEAD_SHARE,
+    VACUUM_MIN_DEAD,
+    Settings,
+)
 from conveyor.cron import parse_crontab
 from conveyor.errors import (
     ConveyorError,
@@ -39,6 +45,7 @@ from conveyor.models import (
     Queue,
     QueueStats,
     Schedule,
+    StatsMinute,
     WorkerInfo,
 )
 from conveyor.options import (
@@ -395,6 +402,20 @@ class AsyncClient:
         if not stats:
             raise QueueNotFound(f"no queue named {name!r}")
         return stats[0]
+
+    async def queue_series_async(
+        self, name: str | None = None, *, minutes: int = 60
+    ) -> list[StatsMinute]:
+        """What happened per minute over the last ``minutes`` minutes (at most 1440, the current
+        minute included, oldest first), in one queue or, without a name, in all of them summed:
+        jobs completed, failed, cancelled and retried, the wait before their last attempt
+        (p50 and p95) and the backlog. Read from counters a worker keeps, never from a scan
+        of the history; see :class:`~conveyor.models.StatsMinute`."""
+        if name is not None:
+            check_queue_name(name)
+        minutes = check_int("minutes", minutes, 1, STATS_SERIES_MAX_MINUTES)
+        store = self._stores.store_async()
+        return await store.stats_series(name, minutes, self._settings.clock())
 
     async def schedule_async(
         self,

@@ -33,6 +33,7 @@ from conveyor.options import (
     check_schema_name,
     check_seconds,
 )
+from conveyor.rollup import StatsRollup
 from conveyor.scheduler import Scheduler
 from conveyor.worker import logs, signals
 from conveyor.worker.runner import Worker, WorkerOptions
@@ -217,6 +218,7 @@ class Conveyor(Client, AsyncClient):
                     dead_retention=self._settings.dead_retention,
                 ),
                 Scheduler(),
+                StatsRollup(),
             ]
         )
         # Before the worker is built: it asks which events have listeners.

@@ -19,6 +19,15 @@ SCHEDULE_TICK_KEEP = 3600.0
 # (a count, and a share of its live tuples), whether or not autovacuum would get there.
 VACUUM_MIN_DEAD = 10_000
 VACUUM_DEAD_SHARE = 0.1
+# Upper bounds (milliseconds) of the wait-time buckets the rollup counts jobs in, about six per
+# decade from 1 ms to 2 hours. Stored counts are numbered by these bounds: never change them.
+STATS_WAIT_BOUNDS_MS = tuple(float(m * 10**e) for e in range(7) for m in (1, 1.5, 2, 3, 5, 7))
+# At most this many history rows finished since the rollup's watermark are read by one stats
+# read; under a load that outruns the rollup, the rest is counted a second or two later.
+STATS_TAIL_LIMIT = 20_000
+# Per-minute counters are kept this long (seconds); the series reaches back at most a day.
+STATS_KEEP = 2 * 24 * 3600.0
+STATS_SERIES_MAX_MINUTES = 1440
 
 
 def resolve_dsn(dsn: str | None) -> str:

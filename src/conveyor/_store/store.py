@@ -20,6 +20,7 @@ from psycopg import Connection, Error, sql
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from conveyor import reporting
 from conveyor._store import rows
 from conveyor._store.connections import (
     closed_by_server,
@@ -31,8 +32,9 @@ from conveyor._store.connections import (
 from conveyor._store.errors import translated
 from conveyor._store.queries import READS, queries
 from conveyor._store.waiters import done_waiter
+from conveyor.config import STATS_TAIL_LIMIT, STATS_WAIT_BOUNDS_MS
 from conveyor.errors import ConveyorError, DatabaseUnavailable, InvalidOption
-from conveyor.models import Job, Queue, Schedule, WorkerInfo
+from conveyor.models import Job, Queue, Schedule, StatsMinute, WorkerInfo
 from conveyor.options import JobSpec
 
 Conn = Connection[Any]
@@ -46,6 +48,9 @@ POOL_WAIT_SLICE = 1.0
 # Seconds the pool keeps retrying a connection in the background before it gives up until the
 # next request: past this, its growing backoff would delay recovery once the server is back.
 POOL_RECONNECT_TIMEOUT = 3.0
+# What every read of the counters passes: the wait buckets, and how many history rows finished
+# since the rollup's watermark it may read.
+_COUNTED = {"bounds": list(STATS_WAIT_BOUNDS_MS), "tail": STATS_TAIL_LIMIT}
 
 
 class Store:
@@ -432,7 +437,17 @@ class Store:
         self, name: str | None, now: datetime | None, conn: Conn | None = None
     ) -> list[dict[str, Any]]:
         """Rows of (queue, state, n, oldest_waiting_seconds)."""
-        return self._rows("queue_stats", {"name": name, "now": now}, conn)
+        params = {"name": name, "now": now, **_COUNTED}
+        return self._rows("queue_stats", params, conn)
+
+    def stats_series(
+        self, queue: str | None, minutes: int, now: datetime | None, conn: Conn | None = None
+    ) -> list[StatsMinute]:
+        """The last ``minutes`` minutes of one queue, or of all summed, oldest first."""
+        params = {"queue": queue, "minutes": minutes, "now": now, **_COUNTED}
+        return reporting.stats_series(
+            self._rows("stats_series", params, conn), STATS_WAIT_BOUNDS_MS
+        )
 
     # -- maintenance and diagnosis ---------------------------------------------------------
 

@@ -215,8 +215,8 @@ class StatsMinute:
     ``completed``, ``failed`` and ``cancelled`` count the jobs that reached that state in the
     minute; ``retried`` the attempts of those jobs that ended in a retry. ``wait_p50_ms`` and
     ``wait_p95_ms`` estimate how long those jobs waited between their ``run_at`` and the start
-    of their last attempt: the jobs are counted in wait buckets (1, 1.5, 2, 3, 5, 7, 10 ms and so on), and the
-    percentile is interpolated within its bucket (None when none of them started).
+    of their last attempt: the jobs are counted in wait buckets (1, 1.5, 2, 3, 5, 7, 10 ms and
+    so on) and the percentile is interpolated within its bucket (None when none started).
     ``backlog`` is the number of runnable jobs waiting when the minute was sampled (None if it
     was not).
     """

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from conveyor.config import STATS_WAIT_BOUNDS_MS
@@ -28,6 +30,6 @@ def test_the_last_bucket_reports_its_lower_bound() -> None:
 
 
 def test_the_stored_bounds_rise_by_at_most_five_thirds() -> None:
-    pairs = zip(STATS_WAIT_BOUNDS_MS, STATS_WAIT_BOUNDS_MS[1:], strict=False)
+    pairs = itertools.pairwise(STATS_WAIT_BOUNDS_MS)
     assert all(1 < b / a <= 5 / 3 + 1e-9 for a, b in pairs)
     assert STATS_WAIT_BOUNDS_MS[0] == 1.0 and STATS_WAIT_BOUNDS_MS[-1] >= 3_600_000

@@ -399,14 +399,15 @@ class Client:
 
     def queue_series(self, name: str | None = None, *, minutes: int = 60) -> list[StatsMinute]:
         """What happened per minute over the last ``minutes`` minutes (at most 1440, the current
-        minute included, oldest first), in one queue or, without a name, in all of them summed:
-        jobs completed, failed, cancelled and retried, the wait before their last attempt
-        (p50 and p95) and the backlog. Read from counters a worker keeps, never from a scan
-        of the history; see :class:`~conveyor.models.StatsMinute`."""
-        if name is not None:
-            check_queue_name(name)
+        minute included, oldest first), in one queue (:class:`QueueNotFound` if there is none)
+        or, without a name, in all of them summed: jobs completed, failed, cancelled and
+        retried, the wait before their last attempt (p50 and p95) and the backlog. Read from
+        counters a worker keeps, never from a scan of the history; see
+        :class:`~conveyor.models.StatsMinute`."""
         minutes = check_int("minutes", minutes, 1, STATS_SERIES_MAX_MINUTES)
         store = self._stores.store()
+        if name is not None:
+            self.get_queue(name)
         return store.stats_series(name, minutes, self._settings.clock())
 
     def schedule(

@@ -407,14 +407,15 @@ class AsyncClient:
         self, name: str | None = None, *, minutes: int = 60
     ) -> list[StatsMinute]:
         """What happened per minute over the last ``minutes`` minutes (at most 1440, the current
-        minute included, oldest first), in one queue or, without a name, in all of them summed:
-        jobs completed, failed, cancelled and retried, the wait before their last attempt
-        (p50 and p95) and the backlog. Read from counters a worker keeps, never from a scan
-        of the history; see :class:`~conveyor.models.StatsMinute`."""
-        if name is not None:
-            check_queue_name(name)
+        minute included, oldest first), in one queue (:class:`QueueNotFound` if there is none)
+        or, without a name, in all of them summed: jobs completed, failed, cancelled and
+        retried, the wait before their last attempt (p50 and p95) and the backlog. Read from
+        counters a worker keeps, never from a scan of the history; see
+        :class:`~conveyor.models.StatsMinute`."""
         minutes = check_int("minutes", minutes, 1, STATS_SERIES_MAX_MINUTES)
         store = self._stores.store_async()
+        if name is not None:
+            await self.get_queue_async(name)
         return await store.stats_series(name, minutes, self._settings.clock())
 
     async def schedule_async(

@@ -192,6 +192,7 @@ class Api:
             ("GET", "/api/schedules", "api_schedules", self.schedules),
             ("GET", "/api/workers", "api_workers", self.workers),
             ("GET", "/api/stats", "api_stats", self.stats),
+            ("GET", "/api/stats/series", "api_stats_series", self.stats_series),
         ]
         return [
             Route(path, self.endpoint(action), methods=[method], name=name)
@@ -334,3 +335,10 @@ class Api:
             "queues": [stats_json(s) for s in stats],
             "totals": totals,
         }
+
+    async def stats_series(self, request: Request, params: Params) -> Any:
+        only(params, frozenset({"queue", "minutes"}))
+        queue = str_param(params, "queue")
+        minutes = int_param(params, "minutes", 60)
+        series = await self.conveyor.queue_series_async(queue, minutes=minutes)
+        return {"queue": queue, "minutes": minutes, "buckets": [plain(m) for m in series]}

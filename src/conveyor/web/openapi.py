@@ -135,6 +135,28 @@ SCHEMAS: dict[str, Any] = {
         },
         ["queue", "counts", "queued"],
     ),
+    "StatsMinute": _object(
+        {
+            "minute": {"type": "string", "format": "date-time"},
+            "completed": COUNT,
+            "failed": COUNT,
+            "cancelled": COUNT,
+            "retried": COUNT,
+            "wait_p50_ms": {"type": ["number", "null"]},
+            "wait_p95_ms": {"type": ["number", "null"]},
+            "backlog": {"type": ["integer", "null"], "minimum": 0},
+        },
+        [
+            "minute",
+            "completed",
+            "failed",
+            "cancelled",
+            "retried",
+            "wait_p50_ms",
+            "wait_p95_ms",
+            "backlog",
+        ],
+    ),
     "Queue": _object(
         {
             "name": {"type": "string"},
@@ -340,6 +362,33 @@ def openapi_document(root_path: str = "") -> dict[str, Any]:
                     ),
                     "Counts by queue and state, for the overview.",
                 ),
+            )
+        },
+        "/api/stats/series": {
+            "get": _op(
+                "Get stats series",
+                _json(
+                    _object(
+                        {
+                            "queue": {"type": ["string", "null"]},
+                            "minutes": {"type": "integer"},
+                            "buckets": {"type": "array", "items": _ref("StatsMinute")},
+                        },
+                        ["queue", "minutes", "buckets"],
+                    ),
+                    "One bucket per minute, oldest first, the current minute last: jobs "
+                    "completed, failed, cancelled and retried in it, the wait before their last "
+                    "attempt (p50, p95, in milliseconds), and the backlog sampled in it.",
+                ),
+                params=[
+                    _query("queue", {"type": "string"}, "One queue; all of them summed if absent."),
+                    _query(
+                        "minutes",
+                        {"type": "integer", "minimum": 1, "maximum": 1440, "default": 60},
+                        "How many minutes, up to the current one.",
+                    ),
+                ],
+                errors={**ERRORS, **NOT_FOUND},
             )
         },
     }

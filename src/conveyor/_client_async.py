@@ -225,15 +225,20 @@ class AsyncClient:
         limit: int = 100,
         offset: int = 0,
         order: str = "desc",
+        after: Job | tuple[datetime, UUID | str] | str | None = None,
         connection: AsyncConn | None = None,
     ) -> list[Job]:
         """Jobs filtered by queue and state(s), newest first (``order="asc"``: oldest first).
 
         ``since``: only jobs created at or after it (an aware datetime, or a timedelta or
-        seconds before now). ``search``: only jobs whose payload (as JSON text) or id contains
-        this text, ignoring case; ``%`` and ``_`` are matched literally.
+        seconds before now). Finished jobs created more than a day ago are listed only when
+        ``since`` reaches back to them: the history is read by its index from a bounded
+        window. ``search``: only jobs whose payload (as JSON text) or id contains this text,
+        ignoring case; ``%`` and ``_`` are matched literally. ``after``: the last job of the
+        previous page (or its ``(created_at, id)``), for pages that stay put while jobs come
+        and go, unlike ``offset``.
         """
-        filters = list_filters(queue, state, limit, offset, order, since, search)
+        filters = list_filters(queue, state, limit, offset, order, since, search, after)
         store = self._stores.store_async()
         return await store.job_list(**filters, now=self._settings.clock(), conn=connection)
 

@@ -28,6 +28,10 @@ STATS_TAIL_LIMIT = 20_000
 # Per-minute counters are kept this long (seconds); the series reaches back at most a day.
 STATS_KEEP = 2 * 24 * 3600.0
 STATS_SERIES_MAX_MINUTES = 1440
+# How far back (seconds) a listing of jobs reads the history: first the narrow windows, widened
+# until the page is full, then at most LIST_WINDOW unless the caller names an older ``since``.
+LIST_NARROW_WINDOWS = (60.0, 3600.0)
+LIST_WINDOW = 24 * 3600.0
 
 
 def resolve_dsn(dsn: str | None) -> str:

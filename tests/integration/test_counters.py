@@ -213,3 +213,58 @@ def test_stats_reads_never_scan_a_large_history(big_history: Conveyor, conveyor_
             assert "JIT:" not in text, text  # compiling would cost more than the read
             # Only the dead letters (1%) are counted, in an index; nothing else of the history.
             assert rows_read_from_history(text) <= HISTORY // 100 + 10, text
+
+
+def test_pages_of_jobs_follow_each_other_by_keyset(app: Conveyor) -> None:
+    sent = [app.send("p", {"n": n}) for n in range(7)]
+    first = app.list_jobs("p", limit=3)
+    assert [j.id for j in first] == sent[:-4:-1]
+    app.send("p", {"n": "late"})  # a newer job does not shift the next pages
+    second = app.list_jobs("p", limit=3, after=first[-1])
+    third = app.list_jobs("p", limit=3, after=(second[-1].created_at, str(second[-1].id)))
+    assert [j.id for j in second + third] == sent[-4::-1]
+    oldest = app.list_jobs("p", limit=2, order="asc")
+    assert [j.id for j in app.list_jobs("p", limit=2, order="asc", after=oldest[-1])] == sent[2:4]
+
+
+def test_finished_jobs_older_than_the_window_need_an_explicit_since(
+    app: Conveyor, conveyor_dsn: str
+) -> None:
+    job_id = app.send("old", {})
+    with psycopg.connect(conveyor_dsn, autocommit=True) as conn:
+        conn.execute(
+            f"""WITH gone AS (DELETE FROM {app.schema}.job RETURNING *)
+                INSERT INTO {app.schema}.job_history
+                SELECT id, queue, 'completed', data, priority, run_at, attempt, retry_limit,
+                       retry_delay, retry_backoff, retry_delay_max, expire_in, retention,
+                       singleton_key, singleton_seconds, unique_key, dead_letter, group_key,
+                       depends_on, NULL, created_at - interval '2 days', NULL,
+                       now() - interval '2 days', NULL, errors, progress, queued_key
+                FROM gone"""
+        )
+    assert app.list_jobs("old") == []
+    assert [j.id for j in app.list_jobs("old", since=timedelta(days=3))] == [job_id]
+    assert app.get_job(job_id).state is JobState.COMPLETED
+
+
+def test_a_page_of_jobs_reads_a_window_of_a_large_history(
+    big_history: Conveyor, conveyor_dsn: str
+) -> None:
+    app = big_history
+    newest = app.list_jobs(limit=50)
+    pages = newest + app.list_jobs(limit=50, after=newest[-1])
+    with psycopg.connect(conveyor_dsn, autocommit=True) as conn:
+        expected = conn.execute(
+            f"SELECT id FROM {app.schema}.job_history ORDER BY created_at DESC, id DESC LIMIT 100"
+        ).fetchall()
+        assert [j.id for j in pages] == [r[0] for r in expected]
+        params: dict[str, object] = {
+            "queue": None, "states": None, "limit": 50, "offset": 0, "descending": True,
+            "since_at": None, "since_seconds": None, "search": None, "after_at": None,
+            "after_id": None, "now": None,
+        }  # fmt: skip
+        for window in (60, 3600, 86400):
+            text = plan(conn, queries(app.schema)["job_list"].sql, {**params, "window": window})
+            assert "Seq Scan on job_history" not in text, text
+            # The rows finished in the window (one every 8.64 s), read by the index.
+            assert rows_read_from_history(text) <= window / 8.64 + 2, text

@@ -31,7 +31,12 @@ from conveyor._store.connections import (
 from conveyor._store.errors import translated
 from conveyor._store.queries import READS, queries
 from conveyor._store.waiters import done_waiter_async
-from conveyor.config import STATS_TAIL_LIMIT, STATS_WAIT_BOUNDS_MS
+from conveyor.config import (
+    LIST_NARROW_WINDOWS,
+    LIST_WINDOW,
+    STATS_TAIL_LIMIT,
+    STATS_WAIT_BOUNDS_MS,
+)
 from conveyor.errors import ConveyorError, DatabaseUnavailable, InvalidOption
 from conveyor.models import Job, Queue, Schedule, StatsMinute, WorkerInfo
 from conveyor.options import JobSpec
@@ -271,11 +276,15 @@ class AsyncStore:
         since_at: datetime | None = None,
         since_seconds: float | None = None,
         search: str | None = None,
+        after: tuple[datetime, UUID] | None = None,
         now: datetime | None = None,
         conn: AsyncConn | None = None,
     ) -> list[Job]:
         """Jobs filtered by queue, states, creation time and a search pattern, newest (or
-        oldest) first."""
+        oldest) first, after the job ``after`` (created_at, id) of the previous page.
+
+        The history is read from a window by its finished_at index, widened while the page is
+        not full (newest first), up to ``LIST_WINDOW`` or, when given, ``since``."""
         params = {
             "queue": queue,
             "states": states,
@@ -285,9 +294,20 @@ class AsyncStore:
             "since_at": since_at,
             "since_seconds": since_seconds,
             "search": search,
+            "after_at": after[0] if after else None,
+            "after_id": after[1] if after else None,
             "now": now,
         }
-        return [rows.job(r) for r in await self._rows("job_list", params, conn)]
+        bounded = since_at is not None or since_seconds is not None
+        widest: tuple[float | None, ...] = (None,) if bounded else (LIST_WINDOW,)
+        windows = (*LIST_NARROW_WINDOWS, *widest) if descending else widest
+        for window in windows:
+            found = await self._rows("job_list", {**params, "window": window}, conn)
+            if len(found) == limit and found[-1]["created_at"] >= found[-1]["listed_from"]:
+                break
+        for row in found:
+            del row["listed_from"]
+        return [rows.job(r) for r in found]
 
     async def job_cancel(
         self, job_id: UUID, now: datetime | None, conn: AsyncConn | None = None

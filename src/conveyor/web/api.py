@@ -26,6 +26,7 @@ from conveyor.errors import (
     ValidationError,
 )
 from conveyor.models import Schedule
+from conveyor.options import cursor_text
 from conveyor.web.encode import job_json, plain, queue_json, schedule_json, stats_json
 from conveyor.web.openapi import openapi_document
 from conveyor.web.security import CSRF_FIELD, Forbidden, Guard, HttpError, is_cross_site
@@ -35,7 +36,7 @@ N = TypeVar("N", int, float)
 Action = Callable[[Request, Params], Awaitable[Any]]
 
 # The filters GET /api/jobs accepts; anything else is refused rather than silently ignored.
-JOB_FILTERS = frozenset({"queue", "state", "since", "search", "limit", "offset", "order"})
+JOB_FILTERS = frozenset({"queue", "state", "since", "search", "limit", "offset", "order", "after"})
 DEFAULT_LIMIT = 50
 
 
@@ -261,8 +262,15 @@ class Api:
             limit=limit,
             offset=offset,
             order=str_param(params, "order") or "desc",
+            after=str_param(params, "after"),
         )
-        return {"jobs": [job_json(j) for j in jobs], "limit": limit, "offset": offset}
+        last = jobs[-1] if len(jobs) == limit else None
+        return {
+            "jobs": [job_json(j) for j in jobs],
+            "limit": limit,
+            "offset": offset,
+            "next": cursor_text(last) if last else None,
+        }
 
     async def job(self, request: Request, params: Params) -> Any:
         only(params, frozenset())

@@ -92,6 +92,10 @@ JOBS_PAGE = _object(
         "jobs": {"type": "array", "items": _ref("Job")},
         "limit": {"type": "integer"},
         "offset": {"type": "integer"},
+        "next": {
+            "type": ["string", "null"],
+            "description": "Pass as `after` for the next page; null on the last page.",
+        },
     },
     ["jobs", "limit", "offset"],
 )
@@ -234,7 +238,8 @@ def openapi_document(root_path: str = "") -> dict[str, Any]:
                     _query(
                         "since",
                         {"type": "string", "format": "date-time"},
-                        "Only jobs created at or after this time (ISO 8601).",
+                        "Only jobs created at or after this time (ISO 8601). Without it, "
+                        "finished jobs created more than a day ago are not listed.",
                     ),
                     _query(
                         "search",
@@ -247,6 +252,11 @@ def openapi_document(root_path: str = "") -> dict[str, Any]:
                         "order",
                         {"type": "string", "enum": ["asc", "desc"], "default": "desc"},
                         "Oldest (asc) or newest (desc) first.",
+                    ),
+                    _query(
+                        "after",
+                        {"type": "string"},
+                        "The next page: the `next` of the previous one.",
                     ),
                 ],
             )

@@ -397,7 +397,15 @@ class AsyncClient:
     async def queue_stats_async(self, name: None = None) -> list[QueueStats]: ...
 
     async def queue_stats_async(self, name: str | None = None) -> QueueStats | list[QueueStats]:
-        """Counts by state and the oldest runnable job's wait, for one queue or for all."""
+        """Counts by state and the oldest runnable job's wait, for one queue or for all.
+
+        Queued and running jobs are those in the live table now; ``failed`` counts the dead
+        letters held now; ``completed`` and ``cancelled`` count every job of the queue that
+        reached that state since the counters began (the history present when they were
+        first built included), whether or not the history still holds it. Read from counters
+        a worker keeps and the jobs finished since its last pass, never from a scan of the
+        history.
+        """
         if name is not None:
             check_queue_name(name)
         found = await self._stores.store_async().queue_stats(name, self._settings.clock())

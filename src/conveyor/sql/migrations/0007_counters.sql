@@ -62,11 +62,12 @@ CREATE FUNCTION {schema}.finished_counts(
     completed bigint, failed bigint, cancelled bigint, retried bigint
 )
 LANGUAGE sql STABLE AS $fn$
+    -- date_bin and date_part work in timestamps and doubles: extract() computes in numeric,
+    -- which tripled the cost of a row.
     SELECT h.queue,
-           to_timestamp(floor(extract(epoch FROM h.finished_at) / 60) * 60),
+           date_bin('1 minute', h.finished_at, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
            coalesce(width_bucket(
-               greatest(extract(epoch FROM h.started_at - h.run_at) * 1000, 0)::double precision,
-               p_bounds), -1),
+               greatest(date_part('epoch', h.started_at - h.run_at) * 1000, 0), p_bounds), -1),
            count(*) FILTER (WHERE h.state = 'completed'),
            count(*) FILTER (WHERE h.state = 'failed'),
            count(*) FILTER (WHERE h.state = 'cancelled'),

@@ -13,7 +13,7 @@ FROM {schema}.stats_rollup(%(now)s::timestamptz, %(lag)s::double precision, %(ch
 -- name: stats_sample_backlog :exec
 WITH t AS (SELECT coalesce(%(now)s::timestamptz, now()) AS now)
 INSERT INTO {schema}.stats_backlog AS b (queue, minute, backlog)
-SELECT q.name, to_timestamp(floor(extract(epoch FROM t.now) / 60) * 60),
+SELECT q.name, date_bin('1 minute', t.now, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
        (SELECT count(*) FROM {schema}.job j
         WHERE j.queue = q.name AND j.state IN ('created', 'retry') AND j.run_at <= t.now)
 FROM {schema}.queue q CROSS JOIN t
@@ -43,7 +43,7 @@ SELECT (SELECT count(*) FROM minutes) + (SELECT count(*) FROM backlogs) AS count
 -- name: stats_series :many
 WITH t AS (SELECT coalesce(%(now)s::timestamptz, now()) AS now),
 span AS (
-    SELECT to_timestamp(floor(extract(epoch FROM t.now) / 60) * 60)
+    SELECT date_bin('1 minute', t.now, TIMESTAMPTZ '2000-01-01 00:00:00+00')
            - make_interval(mins => %(minutes)s::integer - 1) AS start
     FROM t
 ),

@@ -34,6 +34,7 @@ class StatsRollup:
         *,
         interval: float = 1.0,
         lag: float = 0.5,
+        hold: float = 60.0,
         chunk: int = 50_000,
         keep: float = STATS_KEEP,
         lease_ttl: float = 10.0,
@@ -42,6 +43,9 @@ class StatsRollup:
         # Rows younger than this are left to the next pass: an ack that started a moment ago
         # may not have committed yet.
         self.lag = lag
+        # The longest an open transaction (of any client) holds the counters back: past it,
+        # rows that transaction finishes go uncounted rather than every count standing still.
+        self.hold = hold
         self.chunk = chunk
         self.keep = keep
         self.lease_ttl = lease_ttl
@@ -77,7 +81,9 @@ class StatsRollup:
         backlog once a minute and prune once an hour; how many jobs were counted."""
         total = 0
         while stop is None or not stop.is_set():
-            counted, _ = await context.store.stats_rollup(context.clock(), self.lag, self.chunk)
+            counted, _ = await context.store.stats_rollup(
+                context.clock(), self.lag, self.hold, self.chunk
+            )
             total += counted
             if counted < self.chunk:
                 break

@@ -77,7 +77,7 @@ def test_stats_are_exact_before_and_after_the_rollup_and_never_count_twice(
     minute = app.queue_series("c", minutes=1)[0]
     assert (minute.completed, minute.failed, minute.cancelled, minute.retried) == (3, 1, 1, 1)
 
-    rollup = StatsRollup(lag=0)
+    rollup = StatsRollup(lag=0, hold=0)
     assert roll(app, rollup, 5) == 5
     assert roll(app, rollup) == 0  # caught up: nothing counted again
     after = counts(app)
@@ -92,6 +92,26 @@ def test_stats_are_exact_before_and_after_the_rollup_and_never_count_twice(
     assert total == (3, 1, 1, 1)  # the rolled-up totals, which the reads then add nothing to
 
 
+def test_an_open_transaction_holds_the_watermark_back(app: Conveyor, conveyor_dsn: str) -> None:
+    """An ack stamps finished_at with its transaction's start and may commit later: the rollup
+    counts nothing at or after the start of a transaction still open (for up to ``hold``
+    seconds), so it never moves past a row that has yet to appear."""
+
+    @app.job("held")
+    def handler(job: Job) -> None:
+        pass
+
+    with psycopg.connect(conveyor_dsn) as other:
+        other.execute("SELECT 1")  # a transaction opened before the job finishes
+        app.send("held", {})
+        app.drain()
+        assert roll(app, StatsRollup(lag=0, hold=60)) == 0
+        # The read adds what is not rolled up yet.
+        assert app.queue_stats("held").counts[JobState.COMPLETED] == 1
+    assert roll(app, StatsRollup(lag=0, hold=60), 1) == 1
+    assert app.queue_stats("held").counts[JobState.COMPLETED] == 1
+
+
 def test_the_dead_letters_count_follows_a_retry_of_the_dead(app: Conveyor) -> None:
     fill(app)
     dead = app.list_dead("c")[0]
@@ -101,7 +121,7 @@ def test_the_dead_letters_count_follows_a_retry_of_the_dead(app: Conveyor) -> No
 
 def test_a_deleted_queue_starts_its_counts_again(app: Conveyor) -> None:
     fill(app)
-    roll(app, StatsRollup(lag=0), 5)
+    roll(app, StatsRollup(lag=0, hold=0), 5)
     app.delete_queue("c")
     app.create_queue("c")
     assert sum(counts(app).values()) == 0
@@ -194,7 +214,7 @@ def rows_read_from_history(text: str) -> int:
 def test_stats_reads_never_scan_a_large_history(big_history: Conveyor, conveyor_dsn: str) -> None:
     app = big_history
     # The first pass after a migration counts the existing history, a chunk at a time.
-    rollup = StatsRollup(lag=0, chunk=100_000)
+    rollup = StatsRollup(lag=0, hold=0, chunk=100_000)
     assert roll(app, rollup, HISTORY) == HISTORY
     stats = {s.queue: s for s in app.queue_stats()}
     assert sum(s.counts[JobState.COMPLETED] for s in stats.values()) == HISTORY * 99 // 100

@@ -188,13 +188,15 @@ class WorkerStore(AsyncStore):
         return [Changed(r["id"], r["queue"], r["state"]) for r in found]
 
     async def stats_rollup(
-        self, now: datetime | None, lag: float, chunk: int
+        self, now: datetime | None, lag: float, hold: float, chunk: int
     ) -> tuple[int, datetime]:
-        """Add up to ``chunk`` history rows finished since the watermark (none of the last
-        ``lag`` seconds) to the counters; (jobs counted, the new watermark)."""
+        """Add up to ``chunk`` history rows finished since the watermark to the counters: none
+        of the last ``lag`` seconds, none an open transaction may still write unless it has
+        been open for ``hold`` seconds; (jobs counted, the new watermark)."""
         params = {
             "now": now,
             "lag": lag,
+            "hold": hold,
             "chunk": chunk,
             "bounds": list(STATS_WAIT_BOUNDS_MS),
         }

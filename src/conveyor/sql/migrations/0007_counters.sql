@@ -85,11 +85,12 @@ $fn$;
 -- Count what finished since the watermark, up to p_chunk rows per call, and move the watermark.
 -- It stops short of anything a transaction still open may write: an ack stamps finished_at with
 -- its transaction's start (or p_now), so no row at or after the oldest open transaction's start is
--- taken, nor any in the last p_lag seconds. Two callers (a lease handover) take turns on the
+-- taken (for up to p_hold seconds), nor any in the last p_lag seconds. Two callers (a lease handover) take turns on the
 -- watermark row; each statement after the lock sees what the other committed. Returns the rows
 -- counted and the new watermark.
 CREATE FUNCTION {schema}.stats_rollup(
-    p_now timestamptz, p_lag double precision, p_chunk bigint, p_bounds double precision[]
+    p_now timestamptz, p_lag double precision, p_hold double precision, p_chunk bigint,
+    p_bounds double precision[]
 ) RETURNS TABLE (counted bigint, rolled_to timestamptz)
 LANGUAGE plpgsql SET jit = off AS $fn$
 #variable_conflict use_column
@@ -105,9 +106,13 @@ BEGIN
 
     SELECT least(
         t_now - make_interval(secs => p_lag),
-        (SELECT min(a.xact_start) - interval '1 microsecond' FROM pg_stat_activity a
-         WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
-           AND a.backend_type = 'client backend'),
+        -- A transaction open for long (any client's, in this database) holds the counters
+        -- back for at most p_hold seconds: rows it finishes after that go uncounted.
+        greatest(
+            t_now - make_interval(secs => p_hold),
+            (SELECT min(a.xact_start) - interval '1 microsecond' FROM pg_stat_activity a
+             WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
+               AND a.backend_type = 'client backend')),
         (SELECT x.finished_at FROM {schema}.job_history x WHERE x.finished_at > v_after
          ORDER BY x.finished_at OFFSET p_chunk - 1 LIMIT 1))
     INTO v_upto;

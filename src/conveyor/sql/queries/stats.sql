@@ -5,7 +5,8 @@
 -- Count the history rows finished since the watermark, at most %(chunk)s of them.
 -- name: stats_rollup :one
 SELECT counted, rolled_to
-FROM {schema}.stats_rollup(%(now)s::timestamptz, %(lag)s::double precision, %(chunk)s::bigint,
+FROM {schema}.stats_rollup(%(now)s::timestamptz, %(lag)s::double precision,
+                           %(hold)s::double precision, %(chunk)s::bigint,
                            %(bounds)s::double precision[]);
 
 -- The runnable jobs waiting in each queue now, as the backlog of this minute. Reads the live

@@ -192,6 +192,20 @@ class Queue:
     rate_interval: float | None
     created_at: datetime
     updated_at: datetime
+    paused: bool = False
+    """No worker starts its jobs until it is resumed (:meth:`~conveyor.Conveyor.pause_queue`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BulkResult:
+    """What a bulk action did: ``matched`` jobs fitted the filter (and the action) when it
+    started; ``affected`` of them it changed (0 in a dry run). Fewer are affected than matched
+    when jobs moved on meanwhile (finished, claimed, or locked by another transaction)."""
+
+    action: str
+    dry_run: bool
+    matched: int
+    affected: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +215,7 @@ class QueueStats:
     queue: str
     counts: dict[JobState, int]
     oldest_waiting_seconds: float | None
+    paused: bool = False
 
     @property
     def queued(self) -> int:
@@ -255,6 +270,7 @@ class QueueHealth:
     queue: str
     depth: int
     oldest_waiting_seconds: float | None
+    paused: bool = False
 
 
 @dataclass(frozen=True, slots=True)

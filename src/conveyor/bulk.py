@@ -8,7 +8,7 @@ taken first is what a dry run reports.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -90,15 +90,9 @@ def bulk_filter(
     """Check an action and its filter. At least one criterion is required (a filter that
     matches everything is spelled out with ``state``); ``state`` must name states the action
     applies to, and defaults to all of them."""
-    if action not in ACTION_STATES:
+    if not isinstance(action, str) or action not in ACTION_STATES:
         raise InvalidOption(f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
-    if (
-        queue is None
-        and state is None
-        and older_than is None
-        and search is None
-        and (group_key is None)
-    ):
+    if all(v is None for v in (queue, state, older_than, search, group_key)):
         raise InvalidOption(
             "a bulk action needs a filter: queue, state, older_than, search or group_key"
         )
@@ -107,15 +101,19 @@ def bulk_filter(
     if state is None:
         states = list(allowed)
     else:
-        given = [state] if isinstance(state, str) else list(state)
+        if isinstance(state, str):
+            given: list[object] = [state]
+        elif isinstance(state, Iterable) and not isinstance(state, Mapping):
+            given = list(state)
+        else:
+            raise InvalidOption(f"state must be a state name or a list of them: {names}")
         if not given:
             raise InvalidOption(f"state must name at least one of {names}")
         states = []
         for name in given:
-            try:
-                found = JobState(name)
-            except ValueError:
-                raise InvalidOption(f"state must be one of {names}, got {name!r}") from None
+            found = next((s for s in JobState if s.value == name), None)
+            if found is None:
+                raise InvalidOption(f"state must be one of {names}, got {name!r}")
             if found not in allowed:
                 raise InvalidOption(f"{action} applies to {names} jobs, not {found.value} ones")
             states.append(found)

@@ -378,7 +378,8 @@ class Client:
     def pause_queue(self, name: str) -> Queue:
         """Stop starting the jobs of a queue, on every worker at once, until it is resumed
         (the pause is stored in the database, so it survives restarts). Sends are still
-        accepted; jobs already running finish. Pausing a paused queue changes nothing;
+        accepted; jobs already running finish, and so do the few a worker had claimed ahead of
+        its free slots (its prefetch). Pausing a paused queue changes nothing;
         :class:`QueueNotFound` if there is no such queue."""
         check_queue_name(name)
         if not self._stores.store().queue_pause(name):

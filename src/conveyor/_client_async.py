@@ -384,7 +384,8 @@ class AsyncClient:
     async def pause_queue_async(self, name: str) -> Queue:
         """Stop starting the jobs of a queue, on every worker at once, until it is resumed
         (the pause is stored in the database, so it survives restarts). Sends are still
-        accepted; jobs already running finish. Pausing a paused queue changes nothing;
+        accepted; jobs already running finish, and so do the few a worker had claimed ahead of
+        its free slots (its prefetch). Pausing a paused queue changes nothing;
         :class:`QueueNotFound` if there is no such queue."""
         check_queue_name(name)
         if not await self._stores.store_async().queue_pause(name):

@@ -210,7 +210,8 @@ class BulkResult:
 
 @dataclass(frozen=True, slots=True)
 class QueueStats:
-    """Counts of a queue's jobs by state, and how long its oldest runnable job has waited."""
+    """Counts of a queue's jobs by state, how long its oldest runnable job has waited, and
+    whether the queue is paused."""
 
     queue: str
     counts: dict[JobState, int]
@@ -265,7 +266,8 @@ class WorkerInfo:
 @dataclass(frozen=True, slots=True)
 class QueueHealth:
     """How far behind a queue is: its queued jobs (``created`` and ``retry``, due or not), and
-    how long the oldest runnable one has waited past its ``run_at``."""
+    how long the oldest runnable one has waited past its ``run_at``; a paused queue's backlog
+    waits on purpose and is never reported as stuck."""
 
     queue: str
     depth: int

@@ -36,7 +36,7 @@ RETURNING *
 SELECT up.*, EXISTS (SELECT FROM {schema}.queue_pause p WHERE p.queue = up.name) AS paused
 FROM up;
 
--- A queue's row and whether it is paused (queue_pause, 0006).
+-- A queue's row and whether it is paused (queue_pause, 0007).
 -- name: queue_get :one
 SELECT q.*, EXISTS (SELECT FROM {schema}.queue_pause p WHERE p.queue = q.name) AS paused
 FROM {schema}.queue q WHERE q.name = %(name)s;

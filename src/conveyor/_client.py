@@ -399,7 +399,7 @@ class Client:
         check_queue_name(name)
         if not self._stores.store().queue_pause(name):
             raise QueueNotFound(f"no queue named {name!r}")
-        return self.get_queue(name)
+        return self._queue(self._stores.store(), name)
 
     def resume_queue(self, name: str) -> Queue:
         """Run a paused queue's jobs again; its idle workers are woken at once. Resuming a
@@ -407,7 +407,7 @@ class Client:
         check_queue_name(name)
         if not self._stores.store().queue_resume(name):
             raise QueueNotFound(f"no queue named {name!r}")
-        return self.get_queue(name)
+        return self._queue(self._stores.store(), name)
 
     def wait_for(self, job_id: UUID | str, timeout: float = 60.0) -> Job:
         """Wait until the job is completed, failed or cancelled and return it (``.result``,

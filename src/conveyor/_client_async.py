@@ -407,7 +407,7 @@ class AsyncClient:
         check_queue_name(name)
         if not await self._stores.store_async().queue_pause(name):
             raise QueueNotFound(f"no queue named {name!r}")
-        return await self.get_queue_async(name)
+        return await self._queue_async(self._stores.store_async(), name)
 
     async def resume_queue_async(self, name: str) -> Queue:
         """Run a paused queue's jobs again; its idle workers are woken at once. Resuming a
@@ -415,7 +415,7 @@ class AsyncClient:
         check_queue_name(name)
         if not await self._stores.store_async().queue_resume(name):
             raise QueueNotFound(f"no queue named {name!r}")
-        return await self.get_queue_async(name)
+        return await self._queue_async(self._stores.store_async(), name)
 
     async def wait_for_async(self, job_id: UUID | str, timeout: float = 60.0) -> Job:
         """Wait until the job is completed, failed or cancelled and return it (``.result``,

@@ -92,6 +92,9 @@ def test_inspection_reads_see_the_standby_while_what_must_be_current_sees_the_pr
             app.get_queue("replica.new")
         assert "replica.new" not in {q.name for q in app.list_queues()}
         assert app.purge_queue("replica.new") == 0  # its existence checked on the primary
+        # A write's answer comes from the primary, the standby's view from the standby.
+        assert app.pause_queue(QUEUE).paused
+        assert not app.get_queue(QUEUE).paused
 
         metrics = Metrics(app, cache_seconds=0)
         try:

@@ -3,6 +3,7 @@
 from conveyor.app import Conveyor
 from conveyor.clock import FrozenClock
 from conveyor.errors import (
+    AttemptLost,
     ConfigurationError,
     ConveyorError,
     DuplicateJob,
@@ -24,6 +25,7 @@ from conveyor.errors import (
 from conveyor.models import Job, JobState, Queue, QueuePolicy, QueueStats, Schedule, WorkerInfo
 
 __all__ = [
+    "AttemptLost",
     "ConfigurationError",
     "Conveyor",
     "ConveyorError",

@@ -50,6 +50,9 @@ class Event:
     result: Any = None
     job_id: UUID | None = None
     queue: str | None = None
+    duration: float | None = None
+    """Seconds the attempt ran, for the outcomes of an attempt (``job.completed``,
+    ``job.retried``, ``job.failed``); None for other events."""
 
 
 Listener = Callable[[Event], object]

@@ -85,6 +85,35 @@ class JobRuntime(Protocol):
         """Record progress; the worker writes it to the database in its next batch."""
         ...
 
+    def transaction(self) -> HandlerTransaction:
+        """A transaction that completes the attempt when it commits."""
+        ...
+
+    def set_result(self, value: Any) -> None:
+        """The result the completion written by ``transaction()`` stores."""
+        ...
+
+    def complete_in(self, connection: Any, result: Any) -> None:
+        """Write the completion in a sync connection's transaction."""
+        ...
+
+    async def complete_in_async(self, connection: Any, result: Any) -> None:
+        """Write the completion in an async connection's transaction."""
+        ...
+
+
+class HandlerTransaction(Protocol):
+    """What ``job.transaction()`` returns: ``async with`` it in an ``async def`` handler,
+    ``with`` it in a ``def`` handler; either gives a psycopg connection in a transaction."""
+
+    async def __aenter__(self) -> Any: ...
+
+    async def __aexit__(self, kind: Any, exc: Any, tb: Any) -> bool | None: ...
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool | None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Job:
@@ -149,6 +178,49 @@ class Job:
         if message is not None and not isinstance(message, str):
             raise InvalidOption("message must be a string")
         self._runtime.report_progress(float(percent), message)
+
+    def transaction(self) -> HandlerTransaction:
+        """Do the handler's database work in the transaction that completes the job.
+
+        ``async with job.transaction() as conn:`` in an ``async def`` handler (``with`` in a
+        ``def`` handler) gives a psycopg connection (async or sync) in a new transaction. Write
+        on it, send follow-up jobs with ``connection=conn``; when the block ends, the job's
+        completion is written in the same transaction and it commits: all of it or none of it.
+        The completion is guarded like every acknowledgement: if this attempt no longer holds
+        the job (cancelled, recovered, expired), :class:`~conveyor.errors.AttemptLost` is
+        raised and everything is rolled back. If the block raises, it rolls back and the
+        attempt fails as usual. After a commit, the job is completed whatever the handler
+        does next; the stored result is the value given to :meth:`set_result` inside the
+        block (``None`` if none), since the handler's return value is not known at the commit.
+        """
+        return self._running().transaction()
+
+    def set_result(self, value: Any) -> None:
+        """The result to store when :meth:`transaction` completes the job; call it inside the
+        block. Checked when the completion is written (a value JSON cannot store raises
+        :class:`~conveyor.errors.PayloadError` there, and the transaction rolls back)."""
+        self._running().set_result(value)
+
+    def complete_in(self, connection: Any, result: Any = None) -> None:
+        """Complete the job in the open transaction of the caller's psycopg ``connection``:
+        the job is completed, with ``result``, if and only if that transaction commits.
+
+        Commit it before the handler returns: the worker then asks PostgreSQL whether that
+        transaction committed, and if it did not, the attempt fails as usual. Raises
+        :class:`~conveyor.errors.AttemptLost` (nothing written; roll the transaction back)
+        if this attempt no longer holds the job. For SQLAlchemy and Django, see
+        :mod:`conveyor.integrations.sqlalchemy` and :mod:`conveyor.integrations.django`.
+        """
+        self._running().complete_in(connection, result)
+
+    async def complete_in_async(self, connection: Any, result: Any = None) -> None:
+        """:meth:`complete_in` on a psycopg ``AsyncConnection``."""
+        await self._running().complete_in_async(connection, result)
+
+    def _running(self) -> JobRuntime:
+        if self._runtime is None:
+            raise JobStateError("a job completes in a transaction only inside its running handler")
+        return self._runtime
 
     @property
     def logger(self) -> logging.LoggerAdapter[logging.Logger]:

@@ -9,7 +9,8 @@ from conveyor import Conveyor
 from conveyor._store.queries import parse, queries
 
 EXPECTED_ALL = [
-    "ConfigurationError", "Conveyor", "ConveyorError", "DuplicateJob", "Fail", "FrozenClock",
+    "AttemptLost", "ConfigurationError", "Conveyor", "ConveyorError", "DuplicateJob", "Fail",
+    "FrozenClock",
     "InvalidOption", "InvalidQueueName", "Job", "JobNotFound", "JobState", "JobStateError",
     "MigrationError", "PayloadError", "PayloadTooLarge", "Queue", "QueueNotFound", "QueuePolicy",
     "QueueStats", "Retry", "Schedule", "ScheduleNotFound", "SchemaOutOfDate", "UnknownOption",

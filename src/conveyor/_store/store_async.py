@@ -229,6 +229,33 @@ class AsyncStore:
         results = {r["id"]: r["result"] for r in found}
         return {i: results[i] for i in job_ids if i in results}
 
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConn]:
+        """A pooled connection in a transaction: committed when the block ends, rolled back if
+        it raises (the commit's own failure included)."""
+        async with self.connection() as conn, conn.transaction():
+            yield conn
+
+    async def job_complete_in(
+        self,
+        job_id: UUID,
+        attempt: int,
+        worker: UUID,
+        result: str,
+        now: datetime | None,
+        conn: AsyncConn,
+    ) -> str | None:
+        """Complete an attempt in ``conn``'s transaction, guarded like every ack; the id of that
+        transaction, or None if the attempt no longer holds its job (nothing was written)."""
+        params = {"id": job_id, "attempt": attempt, "worker": worker, "result": result, "now": now}
+        found = await self._rows("job_complete_in", params, conn)
+        return str(found[0]["xid"]) if found else None
+
+    async def xact_status(self, xid: str) -> str | None:
+        """Whether a transaction committed: ``committed``, ``aborted`` or ``in progress``."""
+        found = await self._rows("xact_status", {"xid": xid}, None)
+        return found[0]["status"] if found else None
+
     async def job_publish(
         self, event: str, data: str, options: str, conn: AsyncConn | None = None
     ) -> list[UUID]:

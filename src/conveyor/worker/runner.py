@@ -44,6 +44,7 @@ from conveyor.worker.runtime import Runtime
 from conveyor.worker.service import Service, ServiceContext
 from conveyor.worker.supervisor import Supervisor
 from conveyor.worker.threads import DaemonThreadPool
+from conveyor.worker.transaction import Transactions
 from conveyor.worker.waiting import first_of
 
 log = logging.getLogger("conveyor.worker")
@@ -132,13 +133,17 @@ class Worker:
         self._refill_at = 1
         # Acked jobs until written, kept only to hand them to outcome listeners, and only for
         # the outcomes someone listens to (a quiet success costs nothing here).
-        self._pending: dict[tuple[uuid.UUID, int], Job] = {}
+        self._pending: dict[tuple[uuid.UUID, int], tuple[Job, float]] = {}
         self._outcomes_heard = frozenset(
             outcome
             for outcome, names in _ACKED_EVENTS.items()
             if any(events.wanted(name) for name in names)
         )
         self._threads = DaemonThreadPool(options.concurrency, "conveyor-job")
+        self._transactions = Transactions(
+            dsn, schema, self.id, size=options.concurrency, prepare=not pgbouncer, clock=clock,
+            max_payload_bytes=options.max_payload_bytes,
+        )  # fmt: skip
         self._wake = asyncio.Event()
         self._slot_freed = asyncio.Event()
         # When the last heartbeat that went through was sent. A worker frozen (SIGSTOP, a paused
@@ -225,6 +230,7 @@ class Worker:
             with contextlib.suppress(DatabaseUnavailable):
                 await self._store.worker_deregister(self.id)
             self._threads.shutdown()
+            await self._transactions.close()
             await self._store.close()
         return self.jobs_run
 
@@ -330,6 +336,7 @@ class Worker:
             row[rows.FETCHED_ATTEMPT],
             self._loop,
             self._completer.progress,
+            self._transactions,
         )
         job = rows.fetched_job(row, runtime)
         running = Running(job, runtime)
@@ -351,7 +358,15 @@ class Worker:
         except BaseException as exc:  # nothing a handler raises may reach the loop
             ack = self._failure(job, handler, exc)
         finally:
+            if running.runtime.completion is not None:  # the handler's own transaction
+                ack = await self._transactions.outcome(
+                    running.runtime,
+                    ack,
+                    lambda exc, kind: self._failure(job, handler, exc, kind=kind),
+                )
             took = time.monotonic() - running.started
+            if ack is None and running.runtime.completion is not None:
+                self._completed_in_transaction(job, running.runtime.completion.result, took)
             avg = self._avg_duration
             self._avg_duration = took if avg is None else avg + (took - avg) * 0.1
             self._running.pop((job.id, job.attempt), None)
@@ -362,7 +377,7 @@ class Worker:
                 self._slot_freed.set()
         if ack is not None:
             if ack.outcome in self._outcomes_heard:
-                self._pending[(ack.job_id, ack.attempt)] = job
+                self._pending[(ack.job_id, ack.attempt)] = (job, took)
             self._completer.add(ack)
 
     async def _call(self, handler: Handler | None, job: Job, running: Running) -> Ack | None:
@@ -407,6 +422,10 @@ class Worker:
             # Running the handler again would produce the same result: fail now.
             return self._failure(job, handler, bad, kind="ResultNotStorable", final=True)
 
+    def _completed_in_transaction(self, job: Job, result: Any, took: float) -> None:
+        if self._events.wanted("job.completed"):
+            self._events.emit(Event("job.completed", self.id, job, result=result, duration=took))
+
     def _give_up(self, future: concurrent.futures.Future[Any] | None) -> bool:
         """Stop waiting for a sync handler's call; True if it never started (and now never
         will). A call that runs on is abandoned: its thread is replaced, and counted."""
@@ -442,7 +461,7 @@ class Worker:
     # -- acks, notifications, liveness -----------------------------------------------------
 
     def _on_acked(self, ack: Ack, changed: Changed | None) -> None:
-        job = self._pending.pop((ack.job_id, ack.attempt), None)
+        job, took = self._pending.pop((ack.job_id, ack.attempt), (None, None))
         if changed is not None and ack.delay:
             # A retry or snooze this worker scheduled: no NOTIFY will announce it when it falls
             # due, so wake up then instead of waiting for the next poll.
@@ -458,7 +477,9 @@ class Worker:
             if self._events.wanted(name):
                 result = json.loads(ack.result) if ack.result is not None else None
                 error = json.loads(ack.error) if ack.error is not None else None
-                self._events.emit(Event(name, self.id, job, error=error, result=result))
+                self._events.emit(
+                    Event(name, self.id, job, error=error, result=result, duration=took)
+                )
 
     def _on_service_error(self, service: str, exc: BaseException) -> None:
         self._events.emit(

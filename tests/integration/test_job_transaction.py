@@ -34,10 +34,8 @@ def count(dsn: str, query: sql.Composable, *params: Any) -> Any:
 
 
 def queued(dsn: str, schema: str, queue: str) -> int:
-    return int(
-        count(dsn, sql.SQL("SELECT count(*) FROM {}.job WHERE queue = %s").format(
-            sql.Identifier(schema)), queue)  # fmt: skip
-    )
+    query = sql.SQL("SELECT count(*) FROM {}.job WHERE queue = %s")
+    return int(count(dsn, query.format(sql.Identifier(schema)), queue))
 
 
 async def test_writes_a_sent_job_and_the_completion_commit_together(

@@ -31,6 +31,7 @@ from conveyor.errors import (
     ScheduleNotFound,
     WaitTimeout,
 )
+from conveyor.events import Event, Events
 from conveyor.flows import FlowNode, flatten
 from conveyor.handlers import Registry
 from conveyor.models import (
@@ -60,6 +61,7 @@ from conveyor.options import (
 BatchItem = tuple[str, Any] | tuple[str, Any, Mapping[str, Any]]
 # Rounds of re-asking for a job whose key holder committed after the insert's snapshot.
 KEY_RESOLVE_ROUNDS = 5
+CANCELLED = "job.cancelled"
 
 
 class Client:
@@ -67,6 +69,7 @@ class Client:
 
     _settings: Settings
     _stores: Stores
+    _events: Events
     _registry: Registry
     _declared_schedules: dict[str, dict[str, Any]]
 
@@ -274,6 +277,10 @@ class Client:
         store = self._stores.store()
         job = store.job_cancel(check_job_id(job_id), self._settings.clock(), connection)
         if job is not None:
+            # A job a worker held is reported by that worker; a caller's transaction may still
+            # roll back.
+            if connection is None and job.worker_id is None and self._events.wanted(CANCELLED):
+                self._events.emit(Event(CANCELLED, None, job))
             return job
         job = self.get_job(job_id, connection=connection)
         if job.state is JobState.CANCELLED:

@@ -551,6 +551,10 @@ class Worker:
 
         if any(lost(row) for row in self._buffer):
             # Claimed but not started: it must not start at all.
+            if attempt is None and self._events.wanted("job.cancelled"):  # cancel(), not recovery
+                row = next(row for row in self._buffer if lost(row))
+                self._events.emit(Event("job.cancelled", self.id, job_id=job_id,
+                                        queue=row[rows.FETCHED_QUEUE]))  # fmt: skip
             self._buffer = collections.deque(row for row in self._buffer if not lost(row))
         for (running_id, running_attempt), running in list(self._running.items()):
             if running_id != job_id or attempt not in (None, running_attempt):
@@ -559,6 +563,8 @@ class Worker:
                 running.stop_reason = "cancelled"
                 running.runtime.request_stop()
                 running.task.cancel()
+                if attempt is None and self._events.wanted("job.cancelled"):
+                    self._events.emit(Event("job.cancelled", self.id, running.job))
 
     # -- shutdown --------------------------------------------------------------------------
 

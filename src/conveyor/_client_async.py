@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any, overload
 from uuid import UUID
 
-from conveyor import batching, diagnosis, reporting
+from conveyor import batching, diagnosis, reporting, telemetry
 from conveyor._store.migrations import MigrationStatus, pending_sql
 from conveyor._store.store_async import AsyncConn
 from conveyor._store.stores import Stores
@@ -115,15 +115,16 @@ class AsyncClient:
         store = self._stores.store_async()
         resolved: list[UUID | None] = [None] * len(rows)
         todo = list(range(len(rows)))
-        for _ in range(KEY_RESOLVE_ROUNDS):
-            found = await store.job_insert_many(
-                [rows[i] for i in todo], settings.defaults, settings.clock(), connection
-            )
-            for i, (job_id, _inserted) in zip(todo, found, strict=True):
-                resolved[i] = job_id
-            todo = [i for i in todo if resolved[i] is None]
-            if not todo:
-                return [resolved[i] for i in where]  # type: ignore[misc]
+        with telemetry.sending(specs) as meta:  # a producer span, when tracing is on
+            for _ in range(KEY_RESOLVE_ROUNDS):
+                found = await store.job_insert_many(
+                    [rows[i] for i in todo], settings.defaults, settings.clock(), connection, meta
+                )
+                for i, (job_id, _inserted) in zip(todo, found, strict=True):
+                    resolved[i] = job_id
+                todo = [i for i in todo if resolved[i] is None]
+                if not todo:
+                    return [resolved[i] for i in where]  # type: ignore[misc]
         raise ConveyorError("could not resolve the job holding a unique or singleton key")
 
     async def flow_async(

@@ -154,6 +154,17 @@ class Job:
     results: dict[UUID, Any] = field(default_factory=dict)
     """The results of the jobs in ``depends_on`` that completed (a flow's children), by id, in
     ``depends_on`` order; filled for a running job and by ``get_job``."""
+    meta: dict[str, Any] | None = None
+    """What Conveyor keeps about the job beside its payload, while it is live: the trace context
+    of its send (``traceparent``, ``tracestate``) and the schedule tick it stands for
+    (``scheduled_for``); ``None`` when there is nothing."""
+
+    @property
+    def scheduled_for(self) -> datetime | None:
+        """The tick of the schedule that sent this job (a backfilled job's is in the past), or
+        None for a job no schedule sent."""
+        tick = (self.meta or {}).get("scheduled_for")
+        return datetime.fromisoformat(tick) if isinstance(tick, str) else None
 
     @property
     def max_attempts(self) -> int:

@@ -197,8 +197,28 @@ class Store:
         defaults: dict[str, Any],
         now: datetime | None,
         conn: Conn | None = None,
+        meta: str | None = None,
     ) -> list[tuple[UUID | None, bool]]:
-        """Insert jobs; per spec, in order: the id it resolved to (None: ask again) and if new."""
+        """Insert jobs; per spec, in order: the id it resolved to (None: ask again) and if new.
+
+        ``meta`` (a JSON object's text) is stored on the jobs inserted, in the same transaction.
+        """
+        if meta is None:
+            return self._insert(specs, defaults, now, conn)
+        with self.connection(conn) as used, used.transaction():
+            found = self._insert(specs, defaults, now, used)
+            ids = [job_id for job_id, inserted in found if inserted]
+            if ids:
+                self._rows("job_set_meta", {"ids": ids, "meta": meta}, used)
+            return found
+
+    def _insert(
+        self,
+        specs: Sequence[JobSpec],
+        defaults: dict[str, Any],
+        now: datetime | None,
+        conn: Conn | None,
+    ) -> list[tuple[UUID | None, bool]]:
         if any(s.linked for s in specs):
             params = rows.insert_linked_params(specs, self._defaults_json(defaults), now)
             found = self._rows("job_insert_linked", params, conn)

@@ -198,8 +198,28 @@ class AsyncStore:
         defaults: dict[str, Any],
         now: datetime | None,
         conn: AsyncConn | None = None,
+        meta: str | None = None,
     ) -> list[tuple[UUID | None, bool]]:
-        """Insert jobs; per spec, in order: the id it resolved to (None: ask again) and if new."""
+        """Insert jobs; per spec, in order: the id it resolved to (None: ask again) and if new.
+
+        ``meta`` (a JSON object's text) is stored on the jobs inserted, in the same transaction.
+        """
+        if meta is None:
+            return await self._insert(specs, defaults, now, conn)
+        async with self.connection(conn) as used, used.transaction():
+            found = await self._insert(specs, defaults, now, used)
+            ids = [job_id for job_id, inserted in found if inserted]
+            if ids:
+                await self._rows("job_set_meta", {"ids": ids, "meta": meta}, used)
+            return found
+
+    async def _insert(
+        self,
+        specs: Sequence[JobSpec],
+        defaults: dict[str, Any],
+        now: datetime | None,
+        conn: AsyncConn | None,
+    ) -> list[tuple[UUID | None, bool]]:
         if any(s.linked for s in specs):
             params = rows.insert_linked_params(specs, self._defaults_json(defaults), now)
             found = await self._rows("job_insert_linked", params, conn)

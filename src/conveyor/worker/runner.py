@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+from conveyor import telemetry
 from conveyor._store import rows
 from conveyor._store.listen import Listener
 from conveyor._store.worker_store import Ack, Changed, WorkerStore
@@ -350,6 +351,7 @@ class Worker:
         job = running.job
         handler = self._registry.get(job.queue)
         ack: Ack | None
+        traced = telemetry.attempt_started(job)  # None unless OpenTelemetry traces
         try:
             if job.depends_on:
                 results = await self._store.job_results(job.depends_on)
@@ -375,6 +377,11 @@ class Worker:
             room = self._capacity() - len(self._running) - len(self._buffer)
             if room >= self._refill_at or not self._running:
                 self._slot_freed.set()
+        if traced is not None:
+            telemetry.attempt_ended(
+                traced, ack.outcome if ack else None, ack.error if ack else None,
+                completed_in_transaction=running.runtime.completion is not None,
+            )  # fmt: skip
         if ack is not None:
             if ack.outcome in self._outcomes_heard:
                 self._pending[(ack.job_id, ack.attempt)] = (job, took)

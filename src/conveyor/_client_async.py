@@ -115,7 +115,8 @@ class AsyncClient:
         store = self._stores.store_async()
         resolved: list[UUID | None] = [None] * len(rows)
         todo = list(range(len(rows)))
-        with telemetry.sending(specs) as meta:  # a producer span, when tracing is on
+        # A producer span, when tracing is on.
+        with telemetry.sending(specs, settings.tracer_provider) as meta:
             for _ in range(KEY_RESOLVE_ROUNDS):
                 found = await store.job_insert_many(
                     [rows[i] for i in todo], settings.defaults, settings.clock(), connection, meta

@@ -50,6 +50,9 @@ class Conveyor(Client, AsyncClient):
     sets one. Finished jobs are deleted once their ``retention`` ran out, dead letters (failed
     jobs) after ``dead_retention`` (default 14 days), by the workers' maintenance or
     :meth:`maintain`. Every I/O method exists twice: ``send`` and ``send_async``, and so on.
+    ``tracer_provider`` (an OpenTelemetry ``TracerProvider``, with the ``otel`` extra) receives
+    the spans of sends and attempts; by default the global provider does, once one is set
+    (see :mod:`conveyor.telemetry`).
     """
 
     def __init__(
@@ -64,12 +67,15 @@ class Conveyor(Client, AsyncClient):
         dead_retention: float | timedelta = DEFAULT_DEAD_RETENTION,
         listen_dsn: str | None = None,
         pgbouncer: bool = False,
+        tracer_provider: Any = None,
         **defaults: Any,
     ) -> None:
         if listen_dsn is not None and not isinstance(listen_dsn, str):
             raise InvalidOption("listen_dsn must be a connection string")
         if not isinstance(pgbouncer, bool):
             raise InvalidOption("pgbouncer must be True or False")
+        if tracer_provider is not None and not hasattr(tracer_provider, "get_tracer"):
+            raise InvalidOption("tracer_provider must be an OpenTelemetry TracerProvider")
         self._settings = Settings(
             dsn=dsn,
             listen_dsn=listen_dsn,
@@ -81,6 +87,7 @@ class Conveyor(Client, AsyncClient):
             pool_max_size=check_int("pool_max_size", pool_max_size, 1, 1000),
             clock=clock,
             dead_retention=check_seconds("dead_retention", dead_retention, allow_zero=False),
+            tracer_provider=tracer_provider,
         )
         self._stores = Stores(self._settings)
         self._registry = Registry()
@@ -231,6 +238,7 @@ class Conveyor(Client, AsyncClient):
             services=services,
             options=options,
             clock=self._settings.clock,
+            tracer_provider=self._settings.tracer_provider,
         )
         logs.log_worker_started(worker.id, options, schema=self.schema, dsn=self._stores.dsn)
         error: Exception | None = None

@@ -7,9 +7,10 @@ so a request, the jobs it sends and their runs are one trace. The attempt's span
 queue, the job id, the attempt number and the outcome (completed, retry, failed, snooze,
 release, cancelled), and the error of a failed attempt as an ``exception`` event.
 
-The spans go to the global tracer provider (``opentelemetry.trace.set_tracer_provider``).
-Without opentelemetry-api, or until a provider is set, nothing is recorded: a send or an attempt
-then costs one check (a module global, and the provider's type), and no job gets a trace context.
+The spans go to the app's ``tracer_provider`` if it was given one, else to the global provider
+(``opentelemetry.trace.set_tracer_provider``). Without opentelemetry-api, or until a provider
+is set, nothing is recorded: a send or an attempt then costs one check (a module global, and the
+provider's type), and no job gets a trace context.
 """
 
 from __future__ import annotations
@@ -45,12 +46,14 @@ class Sent(Protocol):
     def queue(self) -> str: ...
 
 
-def _tracer() -> Any:
-    """The tracer of the global provider, or None when there is nothing to record into."""
+def _tracer(provider: Any) -> Any:
+    """The tracer of ``provider`` (None: the global one), or None when there is nothing to
+    record into."""
     global _cached
     if trace is None:
         return None
-    provider = trace.get_tracer_provider()
+    if provider is None:
+        provider = trace.get_tracer_provider()
     if _cached is not None and _cached[0] is provider:
         return _cached[1]
     if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
@@ -59,10 +62,11 @@ def _tracer() -> Any:
     return _cached[1]
 
 
-def sending(jobs: Sequence[Sent]) -> AbstractContextManager[str | None]:
+def sending(jobs: Sequence[Sent], provider: Any) -> AbstractContextManager[str | None]:
     """Around a send: the producer span, giving the trace context to store in the jobs (JSON
-    text for ``job.meta``), or None when nothing is traced."""
-    tracer = _tracer()
+    text for ``job.meta``), or None when nothing is traced. ``provider``: the app's tracer
+    provider, None for the global one."""
+    tracer = _tracer(provider)
     return _NOTHING if tracer is None or not jobs else _sending(tracer, jobs)
 
 
@@ -93,10 +97,10 @@ class Attempt:
     token: Any
 
 
-def attempt_started(job: Job) -> Attempt | None:
+def attempt_started(job: Job, provider: Any) -> Attempt | None:
     """Start the span of an attempt, a child of the send's trace context; None when nothing is
     traced."""
-    tracer = _tracer()
+    tracer = _tracer(provider)
     if tracer is None:
         return None
     parent = propagate.extract(job.meta) if job.meta else None

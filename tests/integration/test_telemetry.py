@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from conveyor import Conveyor, Job
+from conveyor import Conveyor, InvalidOption, Job
 
 
 @pytest.fixture
@@ -79,3 +79,20 @@ def test_without_a_tracer_provider_jobs_carry_no_trace_context(app: Conveyor) ->
     with trace.get_tracer("web").start_as_current_span("request"):
         job_id = app.send("mail", {})
     assert app.get_job(job_id).meta is None
+
+
+def test_an_apps_own_tracer_provider_gets_its_spans(
+    conveyor_dsn: str, conveyor_schema: str
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with Conveyor(conveyor_dsn, schema=conveyor_schema, tracer_provider=provider) as app:
+        app.job("q")(lambda job: None)
+        app.send("q", {})
+        app.drain()
+    assert sorted(s.name for s in exporter.get_finished_spans()) == ["process q", "send q"]
+    assert len({s.context.trace_id for s in exporter.get_finished_spans()}) == 1
+    assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)  # untouched
+    with pytest.raises(InvalidOption, match="tracer_provider"):
+        Conveyor(conveyor_dsn, schema=conveyor_schema, tracer_provider="jaeger")

@@ -100,6 +100,7 @@ class Worker:
         options: WorkerOptions,
         clock: Callable[[], datetime | None],
         rng: Callable[[], float] = random.random,
+        tracer_provider: Any = None,
     ) -> None:
         missing = [q for q in options.queues if registry.get(q) is None]
         if missing:
@@ -114,6 +115,7 @@ class Worker:
         self._services = list(services)
         self._clock = clock
         self._rng = rng
+        self._tracer_provider = tracer_provider  # OpenTelemetry's; None: the global one
         self._store = WorkerStore(
             dsn,
             schema,
@@ -351,7 +353,7 @@ class Worker:
         job = running.job
         handler = self._registry.get(job.queue)
         ack: Ack | None
-        traced = telemetry.attempt_started(job)  # None unless OpenTelemetry traces
+        traced = telemetry.attempt_started(job, self._tracer_provider)  # None: not traced
         try:
             if job.depends_on:
                 results = await self._store.job_results(job.depends_on)

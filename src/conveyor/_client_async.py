@@ -110,22 +110,29 @@ class AsyncClient:
     async def _insert_async(self, specs: list[JobSpec], connection: AsyncConn | None) -> list[UUID]:
         if not specs:
             return []
+        traced = telemetry.sending(specs, self._settings.tracer_provider)
+        if traced is None:
+            return await self._insert_rounds_async(specs, connection, None)
+        with traced as meta:  # a producer span, whose trace context the jobs carry
+            return await self._insert_rounds_async(specs, connection, meta)
+
+    async def _insert_rounds_async(
+        self, specs: list[JobSpec], connection: AsyncConn | None, meta: str | None
+    ) -> list[UUID]:
         settings = self._settings
         rows, where = batching.fold(specs)
         store = self._stores.store_async()
         resolved: list[UUID | None] = [None] * len(rows)
         todo = list(range(len(rows)))
-        # A producer span, when tracing is on.
-        with telemetry.sending(specs, settings.tracer_provider) as meta:
-            for _ in range(KEY_RESOLVE_ROUNDS):
-                found = await store.job_insert_many(
-                    [rows[i] for i in todo], settings.defaults, settings.clock(), connection, meta
-                )
-                for i, (job_id, _inserted) in zip(todo, found, strict=True):
-                    resolved[i] = job_id
-                todo = [i for i in todo if resolved[i] is None]
-                if not todo:
-                    return [resolved[i] for i in where]  # type: ignore[misc]
+        for _ in range(KEY_RESOLVE_ROUNDS):
+            found = await store.job_insert_many(
+                [rows[i] for i in todo], settings.defaults, settings.clock(), connection, meta
+            )
+            for i, (job_id, _inserted) in zip(todo, found, strict=True):
+                resolved[i] = job_id
+            todo = [i for i in todo if resolved[i] is None]
+            if not todo:
+                return [resolved[i] for i in where]  # type: ignore[misc]
         raise ConveyorError("could not resolve the job holding a unique or singleton key")
 
     async def flow_async(

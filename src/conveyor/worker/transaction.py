@@ -151,15 +151,13 @@ class Transactions:
         """Write the completion in the transaction of ``conn`` (a psycopg AsyncConnection)."""
         self._check_free(runtime)
         done = Completion(OPEN, result)
-        self._encode(result)  # a result that cannot be stored is refused before any write
-        await self._write_async(runtime, conn, done)
+        await self._write_async(runtime, conn, done)  # a result JSON cannot store: before it
         runtime.completion = done
 
     def complete_in(self, runtime: Runtime, conn: Any, result: Any) -> None:
         """Write the completion in the transaction of ``conn`` (a psycopg Connection)."""
         self._check_free(runtime)
         done = Completion(OPEN, result)
-        self._encode(result)
         self._write(runtime, conn, done)
         runtime.completion = done
 

@@ -22,10 +22,20 @@ from conveyor.errors import (
     UnknownOption,
     ValidationError,
 )
-from conveyor.models import Job, JobState, Queue, QueuePolicy, QueueStats, Schedule, WorkerInfo
+from conveyor.models import (
+    BulkResult,
+    Job,
+    JobState,
+    Queue,
+    QueuePolicy,
+    QueueStats,
+    Schedule,
+    WorkerInfo,
+)
 
 __all__ = [
     "AttemptLost",
+    "BulkResult",
     "ConfigurationError",
     "Conveyor",
     "ConveyorError",

@@ -1,4 +1,4 @@
-"""Job metadata beside the payload (migration 0007): the tick a schedule sent a job for, and the
+"""Job metadata beside the payload (migration 0009): the tick a schedule sent a job for, and the
 meta option of SQL send()."""
 
 from __future__ import annotations

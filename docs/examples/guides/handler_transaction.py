@@ -18,7 +18,7 @@ def invoice(job: Job) -> None:
     with job.transaction() as conn:  # `async with` in an async def handler
         conn.execute(sql.SQL("INSERT INTO {} VALUES (%s, %s)").format(invoices),
                      [job.data["order"], job.attempt])  # fmt: skip
-        app.send("billing.mail", {"order": job.data["order"]}, connection=conn)
+        app.send("billing.mail", {"invoice_job": str(job.id)}, connection=conn)
         if job.attempt == 1:
             raise RuntimeError("the payment provider timed out")  # all of it rolls back
         job.set_result({"invoice": job.data["order"]})
@@ -40,5 +40,6 @@ with psycopg.connect(dsn, autocommit=True) as conn:
     rows = conn.execute(sql.SQL("SELECT order_id, attempt FROM {}").format(invoices)).fetchall()
     assert rows == [(42, 2)]  # only the committed attempt's row
     conn.execute(sql.SQL("DROP TABLE {}").format(invoices))
-assert len(app.list_jobs(queue="billing.mail")) == 1  # and one follow-up job
+mails = [j for j in app.list_jobs(queue="billing.mail") if j.data["invoice_job"] == str(job_id)]
+assert len(mails) == 1  # and one follow-up job
 app.close()

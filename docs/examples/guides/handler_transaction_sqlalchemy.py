@@ -14,6 +14,7 @@ schema = os.environ.get("CONVEYOR_SCHEMA", "conveyor")
 app = Conveyor(dsn, schema=schema)
 engine = create_engine(dsn.replace("postgresql://", "postgresql+psycopg://", 1))
 with engine.begin() as conn:
+    conn.execute(text(f'DROP TABLE IF EXISTS "{schema}".shipments'))
     conn.execute(text(f'CREATE TABLE "{schema}".shipments (order_id int)'))
 
 

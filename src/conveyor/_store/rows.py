@@ -26,7 +26,7 @@ def job(row: dict[str, Any]) -> Job:
 
 # Positions in the tuples job_fetch returns (the order of Job's fields).
 FETCHED_ID, FETCHED_QUEUE, FETCHED_STATE, FETCHED_ATTEMPT, FETCHED_DEPENDS_ON = 0, 1, 2, 5, 24
-# A claimed job has no result yet: the claim carries the job's meta there (migration 0007).
+# A claimed job has no result yet: the claim carries the job's meta there (migration 0009).
 FETCHED_META = 16
 
 

@@ -30,6 +30,7 @@ from conveyor._store.connections import (
 from conveyor._store.errors import translated
 from conveyor._store.queries import READS, queries
 from conveyor._store.waiters import done_waiter_async
+from conveyor.bulk import BulkFilter
 from conveyor.errors import ConveyorError, DatabaseUnavailable, InvalidOption
 from conveyor.models import Job, Queue, Schedule, WorkerInfo
 from conveyor.options import JobSpec
@@ -483,6 +484,59 @@ class AsyncStore:
         """Delete the queued jobs of a queue; how many."""
         found = await self._rows("queue_purge", {"name": name}, conn)
         return int(found[0]["count"])
+
+    async def queue_pause(self, name: str) -> bool:
+        """Pause a queue: no fetch claims its jobs until it is resumed; False if no such queue."""
+        return bool((await self._rows("queue_pause", {"name": name}, None))[0]["exists"])
+
+    async def queue_resume(self, name: str) -> bool:
+        """Resume a queue and wake its workers; False if no such queue."""
+        params = {"name": name, "channel": self.channel}
+        return bool((await self._rows("queue_resume", params, None))[0]["exists"])
+
+    async def job_bulk_count(
+        self, found: BulkFilter, now: datetime | None
+    ) -> tuple[int, datetime | None]:
+        """How many jobs ``found`` matches, and the creation cutoff of its ``older_than``
+        (fixed here, so every batch of the action uses the same one)."""
+        params = {
+            **found.params(),
+            "live_states": found.live_states,
+            "history_states": found.history_states,
+            "older_than": found.older_than,
+            "now": now,
+        }
+        row = (await self._rows("job_bulk_count", params, None))[0]
+        return int(row["matched"]), row["before"]
+
+    async def job_bulk_step(
+        self,
+        name: str,
+        found: BulkFilter,
+        states: list[str],
+        *,
+        before: datetime | None,
+        after: UUID,
+        limit: int,
+        priority: int | None,
+        now: datetime | None,
+    ) -> tuple[int, UUID | None]:
+        """One batch of a bulk action (the ``job_bulk_*`` statement ``name``): how many jobs it
+        changed, and the last id it looked at (None once none is left after ``after``)."""
+        params = {
+            **found.params(),
+            "states": states,
+            "before": before,
+            "after": after,
+            "limit": limit,
+            "priority": priority,
+            "now": now,
+            "channel": self.channel,
+            "cancel_channel": self.cancel_channel,
+            "done_channel": self.done_channel,
+        }
+        row = (await self._rows(name, params, None))[0]
+        return int(row["affected"]), row["last"]
 
     async def queue_stats(
         self, name: str | None, now: datetime | None, conn: AsyncConn | None = None

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any, overload
 from uuid import UUID
 
-from conveyor import batching, bulk, diagnosis, reporting
+from conveyor import batching, bulk, diagnosis, reporting, telemetry
 from conveyor._store.migrations import MigrationStatus, pending_sql
 from conveyor._store.store import Conn, Store
 from conveyor._store.stores import Stores
@@ -32,6 +32,7 @@ from conveyor.errors import (
     ScheduleNotFound,
     WaitTimeout,
 )
+from conveyor.events import Event, Events
 from conveyor.flows import FlowNode, flatten
 from conveyor.handlers import Registry
 from conveyor.models import (
@@ -62,6 +63,7 @@ from conveyor.options import (
 BatchItem = tuple[str, Any] | tuple[str, Any, Mapping[str, Any]]
 # Rounds of re-asking for a job whose key holder committed after the insert's snapshot.
 KEY_RESOLVE_ROUNDS = 5
+CANCELLED = "job.cancelled"
 # Where a bulk action's walk over job ids starts: below every id.
 FIRST_ID = UUID(int=0)
 
@@ -77,6 +79,7 @@ class Client:
 
     _settings: Settings
     _stores: Stores
+    _events: Events
     _registry: Registry
     _declared_schedules: dict[str, dict[str, Any]]
 
@@ -119,6 +122,15 @@ class Client:
     def _insert(self, specs: list[JobSpec], connection: Conn | None) -> list[UUID]:
         if not specs:
             return []
+        traced = telemetry.sending(specs, self._settings.tracer_provider)
+        if traced is None:
+            return self._insert_rounds(specs, connection, None)
+        with traced as meta:  # a producer span, whose trace context the jobs carry
+            return self._insert_rounds(specs, connection, meta)
+
+    def _insert_rounds(
+        self, specs: list[JobSpec], connection: Conn | None, meta: str | None
+    ) -> list[UUID]:
         settings = self._settings
         rows, where = batching.fold(specs)
         store = self._stores.store()
@@ -126,7 +138,7 @@ class Client:
         todo = list(range(len(rows)))
         for _ in range(KEY_RESOLVE_ROUNDS):
             found = store.job_insert_many(
-                [rows[i] for i in todo], settings.defaults, settings.clock(), connection
+                [rows[i] for i in todo], settings.defaults, settings.clock(), connection, meta
             )
             for i, (job_id, _inserted) in zip(todo, found, strict=True):
                 resolved[i] = job_id
@@ -293,6 +305,10 @@ class Client:
         store = self._stores.store()
         job = store.job_cancel(check_job_id(job_id), self._settings.clock(), connection)
         if job is not None:
+            # A job a worker held is reported by that worker; a caller's transaction may still
+            # roll back.
+            if connection is None and job.worker_id is None and self._events.wanted(CANCELLED):
+                self._events.emit(Event(CANCELLED, None, job))
             return job
         job = self._current_job(job_id, connection)
         if job.state is JobState.CANCELLED:

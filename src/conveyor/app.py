@@ -56,6 +56,9 @@ class Conveyor(Client, AsyncClient):
     ``get_*`` and ``list_*`` methods, the dashboard and ``/metrics``) go there and may lag
     behind by the replay delay; writes, ``wait_for``, the job ids a send answers with (unique
     and singleton keys included) and the workers stay on the primary.
+    ``tracer_provider`` (an OpenTelemetry ``TracerProvider``, with the ``otel`` extra) receives
+    the spans of sends and attempts; by default the global provider does, once one is set
+    (see :mod:`conveyor.telemetry`).
     """
 
     def __init__(
@@ -70,6 +73,7 @@ class Conveyor(Client, AsyncClient):
         dead_retention: float | timedelta = DEFAULT_DEAD_RETENTION,
         listen_dsn: str | None = None,
         pgbouncer: bool = False,
+        tracer_provider: Any = None,
         read_dsn: str | None = None,
         **defaults: Any,
     ) -> None:
@@ -78,6 +82,8 @@ class Conveyor(Client, AsyncClient):
                 raise InvalidOption(f"{name} must be a connection string")
         if not isinstance(pgbouncer, bool):
             raise InvalidOption("pgbouncer must be True or False")
+        if tracer_provider is not None and not hasattr(tracer_provider, "get_tracer"):
+            raise InvalidOption("tracer_provider must be an OpenTelemetry TracerProvider")
         self._settings = Settings(
             dsn=dsn,
             listen_dsn=listen_dsn,
@@ -90,6 +96,7 @@ class Conveyor(Client, AsyncClient):
             pool_max_size=check_int("pool_max_size", pool_max_size, 1, 1000),
             clock=clock,
             dead_retention=check_seconds("dead_retention", dead_retention, allow_zero=False),
+            tracer_provider=tracer_provider,
         )
         self._stores = Stores(self._settings)
         self._registry = Registry()
@@ -244,6 +251,7 @@ class Conveyor(Client, AsyncClient):
             services=services,
             options=options,
             clock=self._settings.clock,
+            tracer_provider=self._settings.tracer_provider,
         )
         logs.log_worker_started(worker.id, options, schema=self.schema, dsn=self._stores.dsn)
         error: Exception | None = None

@@ -63,3 +63,5 @@ class Settings:
     clock: Clock = database_clock
     # Seconds a dead letter (failed job) is kept before maintenance deletes it.
     dead_retention: float = DEFAULT_DEAD_RETENTION
+    # OpenTelemetry's TracerProvider for sends and attempts; None: the global one.
+    tracer_provider: Any = None

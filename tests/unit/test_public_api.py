@@ -9,8 +9,8 @@ from conveyor import Conveyor
 from conveyor._store.queries import parse, queries
 
 EXPECTED_ALL = [
-    "BulkResult", "ConfigurationError", "Conveyor", "ConveyorError", "DuplicateJob", "Fail",
-    "FrozenClock", "InvalidOption", "InvalidQueueName", "Job", "JobNotFound", "JobState",
+    "AttemptLost", "BulkResult", "ConfigurationError", "Conveyor", "ConveyorError", "DuplicateJob",
+    "Fail", "FrozenClock", "InvalidOption", "InvalidQueueName", "Job", "JobNotFound", "JobState",
     "JobStateError",
     "MigrationError", "PayloadError", "PayloadTooLarge", "Queue", "QueueNotFound", "QueuePolicy",
     "QueueStats", "Retry", "Schedule", "ScheduleNotFound", "SchemaOutOfDate", "UnknownOption",

@@ -85,6 +85,7 @@ READS = frozenset(
         "schedule_get",
         "schedule_list",
         "job_held",
+        "xact_status",
         "maintain_retentions",
         "maintain_dead_tuples",
         "doctor_invalid_indexes",

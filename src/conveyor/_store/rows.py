@@ -26,6 +26,8 @@ def job(row: dict[str, Any]) -> Job:
 
 # Positions in the tuples job_fetch returns (the order of Job's fields).
 FETCHED_ID, FETCHED_QUEUE, FETCHED_STATE, FETCHED_ATTEMPT, FETCHED_DEPENDS_ON = 0, 1, 2, 5, 24
+# A claimed job has no result yet: the claim carries the job's meta there (migration 0009).
+FETCHED_META = 16
 
 
 def fetched_job(values: tuple[Any, ...], runtime: JobRuntime) -> Job:
@@ -34,7 +36,9 @@ def fetched_job(values: tuple[Any, ...], runtime: JobRuntime) -> Job:
     fields = list(values)
     fields[FETCHED_STATE] = JobState(fields[FETCHED_STATE])
     fields[FETCHED_DEPENDS_ON] = fields[FETCHED_DEPENDS_ON] or []
-    fields.append(runtime)  # the last field, _runtime
+    meta = fields[FETCHED_META]
+    fields[FETCHED_META] = None
+    fields += (runtime, {}, meta)  # the fields after the columns: _runtime, results, meta
     return Job(*fields)
 
 

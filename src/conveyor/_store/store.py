@@ -198,8 +198,28 @@ class Store:
         defaults: dict[str, Any],
         now: datetime | None,
         conn: Conn | None = None,
+        meta: str | None = None,
     ) -> list[tuple[UUID | None, bool]]:
-        """Insert jobs; per spec, in order: the id it resolved to (None: ask again) and if new."""
+        """Insert jobs; per spec, in order: the id it resolved to (None: ask again) and if new.
+
+        ``meta`` (a JSON object's text) is stored on the jobs inserted, in the same transaction.
+        """
+        if meta is None:
+            return self._insert(specs, defaults, now, conn)
+        with self.connection(conn) as used, used.transaction():
+            found = self._insert(specs, defaults, now, used)
+            ids = [job_id for job_id, inserted in found if inserted]
+            if ids:
+                self._rows("job_set_meta", {"ids": ids, "meta": meta}, used)
+            return found
+
+    def _insert(
+        self,
+        specs: Sequence[JobSpec],
+        defaults: dict[str, Any],
+        now: datetime | None,
+        conn: Conn | None,
+    ) -> list[tuple[UUID | None, bool]]:
         if any(s.linked for s in specs):
             params = rows.insert_linked_params(specs, self._defaults_json(defaults), now)
             found = self._rows("job_insert_linked", params, conn)
@@ -226,6 +246,33 @@ class Store:
         found = self._rows("job_results", {"ids": list(job_ids)}, conn)
         results = {r["id"]: r["result"] for r in found}
         return {i: results[i] for i in job_ids if i in results}
+
+    @contextmanager
+    def transaction(self) -> Iterator[Conn]:
+        """A pooled connection in a transaction: committed when the block ends, rolled back if
+        it raises (the commit's own failure included)."""
+        with self.connection() as conn, conn.transaction():
+            yield conn
+
+    def job_complete_in(
+        self,
+        job_id: UUID,
+        attempt: int,
+        worker: UUID,
+        result: str,
+        now: datetime | None,
+        conn: Conn,
+    ) -> str | None:
+        """Complete an attempt in ``conn``'s transaction, guarded like every ack; the id of that
+        transaction, or None if the attempt no longer holds its job (nothing was written)."""
+        params = {"id": job_id, "attempt": attempt, "worker": worker, "result": result, "now": now}
+        found = self._rows("job_complete_in", params, conn)
+        return str(found[0]["xid"]) if found else None
+
+    def xact_status(self, xid: str) -> str | None:
+        """Whether a transaction committed: ``committed``, ``aborted`` or ``in progress``."""
+        found = self._rows("xact_status", {"xid": xid}, None)
+        return found[0]["status"] if found else None
 
     def job_publish(
         self, event: str, data: str, options: str, conn: Conn | None = None

@@ -122,6 +122,7 @@ SCHEMAS: dict[str, Any] = {
             "result": ANY,
             "errors": {"type": "array", "items": {"type": "object"}},
             "progress": {"type": ["object", "null"]},
+            "meta": {"type": ["object", "null"]},
         },
         ["id", "queue", "state", "attempt", "created_at"],
     ),

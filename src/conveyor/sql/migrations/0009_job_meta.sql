@@ -1,11 +1,13 @@
--- conveyor: non-breaking
+-- conveyor: breaking
 -- Job metadata beside the payload (issue 16): meta, a JSON object Conveyor fills with the job's
 -- context, never with the user's data: the W3C trace context of the send (traceparent,
 -- tracestate) and, for a job a schedule sent, the tick it stands for (scheduled_for). Sent from
 -- SQL as the option meta. Kept while the job is live (retries included); the move to the history
 -- does not carry it.
--- Non-breaking: workers of the previous release claim through as_fetched, whose type keeps its
--- shape (below), and every function keeps its signature.
+-- Breaking: workers of the previous release would still claim (as_fetched keeps its type's shape,
+-- below, and every function its signature), but its get_job and list_jobs build a Job from every
+-- column of the row and fail on the new one. This release reads only the columns it knows, so a
+-- column added later breaks nothing here.
 
 ALTER TABLE {schema}.job ADD COLUMN meta jsonb CHECK (jsonb_typeof(meta) = 'object');
 ALTER TABLE {schema}.job_history ADD COLUMN meta jsonb;

@@ -3,6 +3,7 @@
 from conveyor.app import Conveyor
 from conveyor.clock import FrozenClock
 from conveyor.errors import (
+    AttemptLost,
     ConfigurationError,
     ConveyorError,
     DuplicateJob,
@@ -21,9 +22,20 @@ from conveyor.errors import (
     UnknownOption,
     ValidationError,
 )
-from conveyor.models import Job, JobState, Queue, QueuePolicy, QueueStats, Schedule, WorkerInfo
+from conveyor.models import (
+    BulkResult,
+    Job,
+    JobState,
+    Queue,
+    QueuePolicy,
+    QueueStats,
+    Schedule,
+    WorkerInfo,
+)
 
 __all__ = [
+    "AttemptLost",
+    "BulkResult",
     "ConfigurationError",
     "Conveyor",
     "ConveyorError",

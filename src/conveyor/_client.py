@@ -9,15 +9,15 @@ hold only the I/O sequence.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, overload
 from uuid import UUID
 
-from conveyor import batching, diagnosis, reporting
+from conveyor import batching, bulk, diagnosis, reporting, telemetry
 from conveyor._store.migrations import MigrationStatus, pending_sql
-from conveyor._store.store import Conn
+from conveyor._store.store import Conn, Store
 from conveyor._store.stores import Stores
 from conveyor.config import (
     SCHEDULE_TICK_KEEP,
@@ -30,6 +30,7 @@ from conveyor.cron import parse_crontab
 from conveyor.errors import (
     ConveyorError,
     DatabaseUnavailable,
+    InvalidOption,
     JobNotFound,
     JobStateError,
     MigrationChecksumMismatch,
@@ -37,9 +38,11 @@ from conveyor.errors import (
     ScheduleNotFound,
     WaitTimeout,
 )
+from conveyor.events import Event, Events
 from conveyor.flows import FlowNode, flatten
 from conveyor.handlers import Registry
 from conveyor.models import (
+    BulkResult,
     Finding,
     Health,
     Job,
@@ -67,13 +70,23 @@ from conveyor.options import (
 BatchItem = tuple[str, Any] | tuple[str, Any, Mapping[str, Any]]
 # Rounds of re-asking for a job whose key holder committed after the insert's snapshot.
 KEY_RESOLVE_ROUNDS = 5
+CANCELLED = "job.cancelled"
+# Where a bulk action's walk over job ids starts: below every id.
+FIRST_ID = UUID(int=0)
 
 
 class Client:
-    """Enqueue, inspect and manage jobs and queues, asynchronously."""
+    """Enqueue, inspect and manage jobs and queues, asynchronously.
+
+    The inspection reads (``get_job``, ``list_jobs``, ``list_dead``, ``list_workers``,
+    ``get_queue``, ``list_queues``, ``queue_stats``, ``get_schedule``, ``list_schedules``,
+    ``list_subscriptions``) go to the app's ``read_dsn`` when it has one; everything else,
+    and whatever must be current (``wait_for``, the answers of writes), goes to the primary.
+    """
 
     _settings: Settings
     _stores: Stores
+    _events: Events
     _registry: Registry
     _declared_schedules: dict[str, dict[str, Any]]
 
@@ -116,6 +129,15 @@ class Client:
     def _insert(self, specs: list[JobSpec], connection: Conn | None) -> list[UUID]:
         if not specs:
             return []
+        traced = telemetry.sending(specs, self._settings.tracer_provider)
+        if traced is None:
+            return self._insert_rounds(specs, connection, None)
+        with traced as meta:  # a producer span, whose trace context the jobs carry
+            return self._insert_rounds(specs, connection, meta)
+
+    def _insert_rounds(
+        self, specs: list[JobSpec], connection: Conn | None, meta: str | None
+    ) -> list[UUID]:
         settings = self._settings
         rows, where = batching.fold(specs)
         store = self._stores.store()
@@ -123,7 +145,7 @@ class Client:
         todo = list(range(len(rows)))
         for _ in range(KEY_RESOLVE_ROUNDS):
             found = store.job_insert_many(
-                [rows[i] for i in todo], settings.defaults, settings.clock(), connection
+                [rows[i] for i in todo], settings.defaults, settings.clock(), connection, meta
             )
             for i, (job_id, _inserted) in zip(todo, found, strict=True):
                 resolved[i] = job_id
@@ -201,17 +223,26 @@ class Client:
         """The subscriptions as (event, queue) pairs, of one event or all."""
         if event is not None:
             check_queue_name(event, "event name")
-        return self._stores.store().subscription_list(event)
+        return self._stores.reader().subscription_list(event)
 
     def get_job(self, job_id: UUID | str, *, connection: Conn | None = None) -> Job:
-        """The job with this id, queued, running or finished; :class:`JobNotFound` if none."""
-        store = self._stores.store()
+        """The job with this id, queued, running or finished; :class:`JobNotFound` if none.
+
+        An inspection read: on the app's ``read_dsn`` (a standby, which may lag) when it has
+        one, unless ``connection`` is given."""
+        return self._job(self._stores.reader(connection), job_id, connection)
+
+    def _job(self, store: Store, job_id: UUID | str, connection: Conn | None) -> Job:
         job = store.job_get(check_job_id(job_id), connection)
         if job is None:
             raise JobNotFound(f"no job with id {job_id}")
         if job.depends_on:
             return replace(job, results=store.job_results(job.depends_on, connection))
         return job
+
+    def _current_job(self, job_id: UUID | str, connection: Conn | None) -> Job:
+        """The job as the primary has it now: what explains a refused write must be current."""
+        return self._job(self._stores.store(), job_id, connection)
 
     def list_jobs(
         self,
@@ -237,7 +268,7 @@ class Client:
         and go, unlike ``offset``.
         """
         filters = list_filters(queue, state, limit, offset, order, since, search, after)
-        store = self._stores.store()
+        store = self._stores.reader(connection)
         return store.job_list(**filters, now=self._settings.clock(), conn=connection)
 
     def delete_job(self, job_id: UUID | str, *, connection: Conn | None = None) -> None:
@@ -246,7 +277,7 @@ class Client:
         store = self._stores.store()
         if store.job_delete(check_job_id(job_id), connection):
             return
-        job = self.get_job(job_id, connection=connection)
+        job = self._current_job(job_id, connection)
         raise JobStateError(f"job {job_id} is {job.state}: cancel a running job before deleting it")
 
     def list_dead(
@@ -257,7 +288,7 @@ class Client:
             check_queue_name(queue)
         limit = check_int("limit", limit, 1, 10_000)
         offset = check_int("offset", offset, 0, 2**31 - 1)
-        return self._stores.store().job_list_dead(queue, limit, offset)
+        return self._stores.reader().job_list_dead(queue, limit, offset)
 
     def purge_dead(
         self, queue: str | None = None, *, older_than: float | timedelta | None = None
@@ -275,7 +306,7 @@ class Client:
     def list_workers(self) -> list[WorkerInfo]:
         """The registered workers with their queues and last heartbeat, oldest first. A worker
         whose heartbeat is older than the recovery threshold is presumed dead."""
-        return self._stores.store().worker_list()
+        return self._stores.reader().worker_list()
 
     def cancel(self, job_id: UUID | str, *, connection: Conn | None = None) -> Job:
         """Cancel a queued or running job (a running handler is told at once).
@@ -286,8 +317,12 @@ class Client:
         store = self._stores.store()
         job = store.job_cancel(check_job_id(job_id), self._settings.clock(), connection)
         if job is not None:
+            # A job a worker held is reported by that worker; a caller's transaction may still
+            # roll back.
+            if connection is None and job.worker_id is None and self._events.wanted(CANCELLED):
+                self._events.emit(Event(CANCELLED, None, job))
             return job
-        job = self.get_job(job_id, connection=connection)
+        job = self._current_job(job_id, connection)
         if job.state is JobState.CANCELLED:
             return job
         raise JobStateError(
@@ -304,7 +339,7 @@ class Client:
         job = store.job_retry(check_job_id(job_id), self._settings.clock(), False, connection)
         if job is not None:
             return job
-        job = self.get_job(job_id, connection=connection)
+        job = self._current_job(job_id, connection)
         raise JobStateError(
             f"job {job_id} is {job.state}: only queued, failed or cancelled jobs can be retried"
         )
@@ -316,7 +351,7 @@ class Client:
         job = store.job_retry(check_job_id(job_id), self._settings.clock(), True, connection)
         if job is not None:
             return job
-        job = self.get_job(job_id, connection=connection)
+        job = self._current_job(job_id, connection)
         raise JobStateError(f"job {job_id} is {job.state}, not in the dead letters")
 
     def retry_dead_all(self, queue: str, *, connection: Conn | None = None) -> int:
@@ -324,6 +359,83 @@ class Client:
         check_queue_name(queue)
         store = self._stores.store()
         return store.job_retry_dead_all(queue, self._settings.clock(), connection)
+
+    def bulk_jobs(
+        self,
+        action: str,
+        *,
+        queue: str | None = None,
+        state: str | Iterable[str] | None = None,
+        older_than: float | timedelta | None = None,
+        search: str | None = None,
+        group_key: str | None = None,
+        priority: int | None = None,
+        dry_run: bool = False,
+        batch_size: int = bulk.DEFAULT_BATCH_SIZE,
+        progress: Callable[[int], None] | None = None,
+    ) -> BulkResult:
+        """Cancel, retry, delete or re-prioritise every job a filter matches.
+
+        ``action``: ``"cancel"`` (queued, waiting or running jobs; running handlers are told at
+        once), ``"retry"`` (queued jobs are brought forward, failed or cancelled ones queued
+        again with a fresh attempt count), ``"delete"`` (any job but a running one) or
+        ``"reprioritize"`` (queued or waiting jobs get ``priority``). The filter: ``queue``,
+        ``state`` (one or several of those the action applies to; default all of them),
+        ``older_than`` (created more than that many seconds ago), ``search`` (text in the
+        payload's JSON or the id, ignoring case, as ``list_jobs``) and ``group_key``; at least
+        one of them is required.
+
+        The jobs are counted first (``dry_run=True`` stops there), then changed in batches of
+        ``batch_size`` in a transaction each, skipping rows another transaction holds, so no
+        lock is held for long. ``progress`` is called after each batch with the running total.
+        """
+        found = bulk.bulk_filter(
+            action, queue=queue, state=state, older_than=older_than, search=search,
+            group_key=group_key,
+        )  # fmt: skip
+        if action == "reprioritize":
+            priority = bulk.check_priority(priority)
+        elif priority is not None:
+            raise InvalidOption("priority applies to the reprioritize action only")
+        if not isinstance(dry_run, bool):
+            raise InvalidOption("dry_run must be true or false")
+        batch_size = bulk.check_batch_size(batch_size)
+        store = self._stores.store()
+        now = self._settings.clock()
+        matched, before = store.job_bulk_count(found, now)
+        if dry_run or not matched:
+            return BulkResult(action, dry_run, matched, 0)
+        affected = 0
+        for name, states in bulk.steps(action, found):
+            after: UUID | None = FIRST_ID
+            while after is not None:
+                changed, after = store.job_bulk_step(
+                    name, found, states, before=before, after=after, limit=batch_size,
+                    priority=priority, now=now,
+                )  # fmt: skip
+                affected += changed
+                if progress is not None and after is not None:
+                    progress(affected)
+        return BulkResult(action, False, matched, affected)
+
+    def pause_queue(self, name: str) -> Queue:
+        """Stop starting the jobs of a queue, on every worker at once, until it is resumed
+        (the pause is stored in the database, so it survives restarts). Sends are still
+        accepted; jobs already running finish, and so do the few a worker had claimed ahead of
+        its free slots (its prefetch). Pausing a paused queue changes nothing;
+        :class:`QueueNotFound` if there is no such queue."""
+        check_queue_name(name)
+        if not self._stores.store().queue_pause(name):
+            raise QueueNotFound(f"no queue named {name!r}")
+        return self._queue(self._stores.store(), name)
+
+    def resume_queue(self, name: str) -> Queue:
+        """Run a paused queue's jobs again; its idle workers are woken at once. Resuming a
+        queue that is not paused changes nothing; :class:`QueueNotFound` if there is none."""
+        check_queue_name(name)
+        if not self._stores.store().queue_resume(name):
+            raise QueueNotFound(f"no queue named {name!r}")
+        return self._queue(self._stores.store(), name)
 
     def wait_for(self, job_id: UUID | str, timeout: float = 60.0) -> Job:
         """Wait until the job is completed, failed or cancelled and return it (``.result``,
@@ -369,20 +481,24 @@ class Client:
 
     def purge_queue(self, name: str) -> int:
         """Delete the queued jobs of a queue (running and finished ones stay); return how many."""
-        self.get_queue(name)
-        return self._stores.store().queue_purge(name)
+        store = self._stores.store()
+        self._queue(store, name)
+        return store.queue_purge(name)
 
     def get_queue(self, name: str) -> Queue:
         """The queue of this name; :class:`QueueNotFound` if none."""
+        return self._queue(self._stores.reader(), name)
+
+    def _queue(self, store: Store, name: str) -> Queue:
         check_queue_name(name)
-        queue = self._stores.store().queue_get(name)
+        queue = store.queue_get(name)
         if queue is None:
             raise QueueNotFound(f"no queue named {name!r}")
         return queue
 
     def list_queues(self) -> list[Queue]:
         """Every queue, by name (queues are created on first send or by ``create_queue``)."""
-        return self._stores.store().queue_list()
+        return self._stores.reader().queue_list()
 
     @overload
     def queue_stats(self, name: str) -> QueueStats: ...
@@ -402,7 +518,7 @@ class Client:
         """
         if name is not None:
             check_queue_name(name)
-        found = self._stores.store().queue_stats(name, self._settings.clock())
+        found = self._stores.reader().queue_stats(name, self._settings.clock())
         stats = reporting.queue_stats(found)
         if name is None:
             return stats
@@ -418,7 +534,7 @@ class Client:
         counters a worker keeps, never from a scan of the history; see
         :class:`~conveyor.models.StatsMinute`."""
         minutes = check_int("minutes", minutes, 1, STATS_SERIES_MAX_MINUTES)
-        store = self._stores.store()
+        store = self._stores.reader()
         if name is not None:
             self.get_queue(name)
         return store.stats_series(name, minutes, self._settings.clock())
@@ -501,14 +617,14 @@ class Client:
     def get_schedule(self, name: str) -> Schedule:
         """The schedule of this name; :class:`ScheduleNotFound` if none."""
         check_queue_name(name, "schedule name")
-        found = self._stores.store().schedule_get(name)
+        found = self._stores.reader().schedule_get(name)
         if found is None:
             raise ScheduleNotFound(f"no schedule named {name!r}")
         return found
 
     def list_schedules(self) -> list[Schedule]:
         """Every schedule, by name."""
-        return self._stores.store().schedule_list()
+        return self._stores.reader().schedule_list()
 
     def migrate(self) -> list[str]:
         """Apply pending schema migrations; return the names of those applied by this call."""

@@ -7,15 +7,15 @@ hold only the I/O sequence.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, overload
 from uuid import UUID
 
-from conveyor import batching, diagnosis, reporting
+from conveyor import batching, bulk, diagnosis, reporting, telemetry
 from conveyor._store.migrations import MigrationStatus, pending_sql
-from conveyor._store.store_async import AsyncConn
+from conveyor._store.store_async import AsyncConn, AsyncStore
 from conveyor._store.stores import Stores
 from conveyor.config import (
     SCHEDULE_TICK_KEEP,
@@ -28,6 +28,7 @@ from conveyor.cron import parse_crontab
 from conveyor.errors import (
     ConveyorError,
     DatabaseUnavailable,
+    InvalidOption,
     JobNotFound,
     JobStateError,
     MigrationChecksumMismatch,
@@ -35,9 +36,11 @@ from conveyor.errors import (
     ScheduleNotFound,
     WaitTimeout,
 )
+from conveyor.events import Event, Events
 from conveyor.flows import FlowNode, flatten
 from conveyor.handlers import Registry
 from conveyor.models import (
+    BulkResult,
     Finding,
     Health,
     Job,
@@ -65,13 +68,23 @@ from conveyor.options import (
 BatchItem = tuple[str, Any] | tuple[str, Any, Mapping[str, Any]]
 # Rounds of re-asking for a job whose key holder committed after the insert's snapshot.
 KEY_RESOLVE_ROUNDS = 5
+CANCELLED = "job.cancelled"
+# Where a bulk action's walk over job ids starts: below every id.
+FIRST_ID = UUID(int=0)
 
 
 class AsyncClient:
-    """Enqueue, inspect and manage jobs and queues, asynchronously."""
+    """Enqueue, inspect and manage jobs and queues, asynchronously.
+
+    The inspection reads (``get_job``, ``list_jobs``, ``list_dead``, ``list_workers``,
+    ``get_queue``, ``list_queues``, ``queue_stats``, ``get_schedule``, ``list_schedules``,
+    ``list_subscriptions``) go to the app's ``read_dsn`` when it has one; everything else,
+    and whatever must be current (``wait_for``, the answers of writes), goes to the primary.
+    """
 
     _settings: Settings
     _stores: Stores
+    _events: Events
     _registry: Registry
     _declared_schedules: dict[str, dict[str, Any]]
 
@@ -114,6 +127,15 @@ class AsyncClient:
     async def _insert_async(self, specs: list[JobSpec], connection: AsyncConn | None) -> list[UUID]:
         if not specs:
             return []
+        traced = telemetry.sending(specs, self._settings.tracer_provider)
+        if traced is None:
+            return await self._insert_rounds_async(specs, connection, None)
+        with traced as meta:  # a producer span, whose trace context the jobs carry
+            return await self._insert_rounds_async(specs, connection, meta)
+
+    async def _insert_rounds_async(
+        self, specs: list[JobSpec], connection: AsyncConn | None, meta: str | None
+    ) -> list[UUID]:
         settings = self._settings
         rows, where = batching.fold(specs)
         store = self._stores.store_async()
@@ -121,7 +143,7 @@ class AsyncClient:
         todo = list(range(len(rows)))
         for _ in range(KEY_RESOLVE_ROUNDS):
             found = await store.job_insert_many(
-                [rows[i] for i in todo], settings.defaults, settings.clock(), connection
+                [rows[i] for i in todo], settings.defaults, settings.clock(), connection, meta
             )
             for i, (job_id, _inserted) in zip(todo, found, strict=True):
                 resolved[i] = job_id
@@ -201,19 +223,30 @@ class AsyncClient:
         """The subscriptions as (event, queue) pairs, of one event or all."""
         if event is not None:
             check_queue_name(event, "event name")
-        return await self._stores.store_async().subscription_list(event)
+        return await self._stores.reader_async().subscription_list(event)
 
     async def get_job_async(
         self, job_id: UUID | str, *, connection: AsyncConn | None = None
     ) -> Job:
-        """The job with this id, queued, running or finished; :class:`JobNotFound` if none."""
-        store = self._stores.store_async()
+        """The job with this id, queued, running or finished; :class:`JobNotFound` if none.
+
+        An inspection read: on the app's ``read_dsn`` (a standby, which may lag) when it has
+        one, unless ``connection`` is given."""
+        return await self._job_async(self._stores.reader_async(connection), job_id, connection)
+
+    async def _job_async(
+        self, store: AsyncStore, job_id: UUID | str, connection: AsyncConn | None
+    ) -> Job:
         job = await store.job_get(check_job_id(job_id), connection)
         if job is None:
             raise JobNotFound(f"no job with id {job_id}")
         if job.depends_on:
             return replace(job, results=await store.job_results(job.depends_on, connection))
         return job
+
+    async def _current_job_async(self, job_id: UUID | str, connection: AsyncConn | None) -> Job:
+        """The job as the primary has it now: what explains a refused write must be current."""
+        return await self._job_async(self._stores.store_async(), job_id, connection)
 
     async def list_jobs_async(
         self,
@@ -239,7 +272,7 @@ class AsyncClient:
         and go, unlike ``offset``.
         """
         filters = list_filters(queue, state, limit, offset, order, since, search, after)
-        store = self._stores.store_async()
+        store = self._stores.reader_async(connection)
         return await store.job_list(**filters, now=self._settings.clock(), conn=connection)
 
     async def delete_job_async(
@@ -250,7 +283,7 @@ class AsyncClient:
         store = self._stores.store_async()
         if await store.job_delete(check_job_id(job_id), connection):
             return
-        job = await self.get_job_async(job_id, connection=connection)
+        job = await self._current_job_async(job_id, connection)
         raise JobStateError(f"job {job_id} is {job.state}: cancel a running job before deleting it")
 
     async def list_dead_async(
@@ -261,7 +294,7 @@ class AsyncClient:
             check_queue_name(queue)
         limit = check_int("limit", limit, 1, 10_000)
         offset = check_int("offset", offset, 0, 2**31 - 1)
-        return await self._stores.store_async().job_list_dead(queue, limit, offset)
+        return await self._stores.reader_async().job_list_dead(queue, limit, offset)
 
     async def purge_dead_async(
         self, queue: str | None = None, *, older_than: float | timedelta | None = None
@@ -279,7 +312,7 @@ class AsyncClient:
     async def list_workers_async(self) -> list[WorkerInfo]:
         """The registered workers with their queues and last heartbeat, oldest first. A worker
         whose heartbeat is older than the recovery threshold is presumed dead."""
-        return await self._stores.store_async().worker_list()
+        return await self._stores.reader_async().worker_list()
 
     async def cancel_async(self, job_id: UUID | str, *, connection: AsyncConn | None = None) -> Job:
         """Cancel a queued or running job (a running handler is told at once).
@@ -290,8 +323,12 @@ class AsyncClient:
         store = self._stores.store_async()
         job = await store.job_cancel(check_job_id(job_id), self._settings.clock(), connection)
         if job is not None:
+            # A job a worker held is reported by that worker; a caller's transaction may still
+            # roll back.
+            if connection is None and job.worker_id is None and self._events.wanted(CANCELLED):
+                self._events.emit(Event(CANCELLED, None, job))
             return job
-        job = await self.get_job_async(job_id, connection=connection)
+        job = await self._current_job_async(job_id, connection)
         if job.state is JobState.CANCELLED:
             return job
         raise JobStateError(
@@ -308,7 +345,7 @@ class AsyncClient:
         job = await store.job_retry(check_job_id(job_id), self._settings.clock(), False, connection)
         if job is not None:
             return job
-        job = await self.get_job_async(job_id, connection=connection)
+        job = await self._current_job_async(job_id, connection)
         raise JobStateError(
             f"job {job_id} is {job.state}: only queued, failed or cancelled jobs can be retried"
         )
@@ -322,7 +359,7 @@ class AsyncClient:
         job = await store.job_retry(check_job_id(job_id), self._settings.clock(), True, connection)
         if job is not None:
             return job
-        job = await self.get_job_async(job_id, connection=connection)
+        job = await self._current_job_async(job_id, connection)
         raise JobStateError(f"job {job_id} is {job.state}, not in the dead letters")
 
     async def retry_dead_all_async(self, queue: str, *, connection: AsyncConn | None = None) -> int:
@@ -330,6 +367,83 @@ class AsyncClient:
         check_queue_name(queue)
         store = self._stores.store_async()
         return await store.job_retry_dead_all(queue, self._settings.clock(), connection)
+
+    async def bulk_jobs_async(
+        self,
+        action: str,
+        *,
+        queue: str | None = None,
+        state: str | Iterable[str] | None = None,
+        older_than: float | timedelta | None = None,
+        search: str | None = None,
+        group_key: str | None = None,
+        priority: int | None = None,
+        dry_run: bool = False,
+        batch_size: int = bulk.DEFAULT_BATCH_SIZE,
+        progress: Callable[[int], None] | None = None,
+    ) -> BulkResult:
+        """Cancel, retry, delete or re-prioritise every job a filter matches.
+
+        ``action``: ``"cancel"`` (queued, waiting or running jobs; running handlers are told at
+        once), ``"retry"`` (queued jobs are brought forward, failed or cancelled ones queued
+        again with a fresh attempt count), ``"delete"`` (any job but a running one) or
+        ``"reprioritize"`` (queued or waiting jobs get ``priority``). The filter: ``queue``,
+        ``state`` (one or several of those the action applies to; default all of them),
+        ``older_than`` (created more than that many seconds ago), ``search`` (text in the
+        payload's JSON or the id, ignoring case, as ``list_jobs``) and ``group_key``; at least
+        one of them is required.
+
+        The jobs are counted first (``dry_run=True`` stops there), then changed in batches of
+        ``batch_size`` in a transaction each, skipping rows another transaction holds, so no
+        lock is held for long. ``progress`` is called after each batch with the running total.
+        """
+        found = bulk.bulk_filter(
+            action, queue=queue, state=state, older_than=older_than, search=search,
+            group_key=group_key,
+        )  # fmt: skip
+        if action == "reprioritize":
+            priority = bulk.check_priority(priority)
+        elif priority is not None:
+            raise InvalidOption("priority applies to the reprioritize action only")
+        if not isinstance(dry_run, bool):
+            raise InvalidOption("dry_run must be true or false")
+        batch_size = bulk.check_batch_size(batch_size)
+        store = self._stores.store_async()
+        now = self._settings.clock()
+        matched, before = await store.job_bulk_count(found, now)
+        if dry_run or not matched:
+            return BulkResult(action, dry_run, matched, 0)
+        affected = 0
+        for name, states in bulk.steps(action, found):
+            after: UUID | None = FIRST_ID
+            while after is not None:
+                changed, after = await store.job_bulk_step(
+                    name, found, states, before=before, after=after, limit=batch_size,
+                    priority=priority, now=now,
+                )  # fmt: skip
+                affected += changed
+                if progress is not None and after is not None:
+                    progress(affected)
+        return BulkResult(action, False, matched, affected)
+
+    async def pause_queue_async(self, name: str) -> Queue:
+        """Stop starting the jobs of a queue, on every worker at once, until it is resumed
+        (the pause is stored in the database, so it survives restarts). Sends are still
+        accepted; jobs already running finish, and so do the few a worker had claimed ahead of
+        its free slots (its prefetch). Pausing a paused queue changes nothing;
+        :class:`QueueNotFound` if there is no such queue."""
+        check_queue_name(name)
+        if not await self._stores.store_async().queue_pause(name):
+            raise QueueNotFound(f"no queue named {name!r}")
+        return await self._queue_async(self._stores.store_async(), name)
+
+    async def resume_queue_async(self, name: str) -> Queue:
+        """Run a paused queue's jobs again; its idle workers are woken at once. Resuming a
+        queue that is not paused changes nothing; :class:`QueueNotFound` if there is none."""
+        check_queue_name(name)
+        if not await self._stores.store_async().queue_resume(name):
+            raise QueueNotFound(f"no queue named {name!r}")
+        return await self._queue_async(self._stores.store_async(), name)
 
     async def wait_for_async(self, job_id: UUID | str, timeout: float = 60.0) -> Job:
         """Wait until the job is completed, failed or cancelled and return it (``.result``,
@@ -375,20 +489,24 @@ class AsyncClient:
 
     async def purge_queue_async(self, name: str) -> int:
         """Delete the queued jobs of a queue (running and finished ones stay); return how many."""
-        await self.get_queue_async(name)
-        return await self._stores.store_async().queue_purge(name)
+        store = self._stores.store_async()
+        await self._queue_async(store, name)
+        return await store.queue_purge(name)
 
     async def get_queue_async(self, name: str) -> Queue:
         """The queue of this name; :class:`QueueNotFound` if none."""
+        return await self._queue_async(self._stores.reader_async(), name)
+
+    async def _queue_async(self, store: AsyncStore, name: str) -> Queue:
         check_queue_name(name)
-        queue = await self._stores.store_async().queue_get(name)
+        queue = await store.queue_get(name)
         if queue is None:
             raise QueueNotFound(f"no queue named {name!r}")
         return queue
 
     async def list_queues_async(self) -> list[Queue]:
         """Every queue, by name (queues are created on first send or by ``create_queue``)."""
-        return await self._stores.store_async().queue_list()
+        return await self._stores.reader_async().queue_list()
 
     @overload
     async def queue_stats_async(self, name: str) -> QueueStats: ...
@@ -408,7 +526,7 @@ class AsyncClient:
         """
         if name is not None:
             check_queue_name(name)
-        found = await self._stores.store_async().queue_stats(name, self._settings.clock())
+        found = await self._stores.reader_async().queue_stats(name, self._settings.clock())
         stats = reporting.queue_stats(found)
         if name is None:
             return stats
@@ -426,7 +544,7 @@ class AsyncClient:
         counters a worker keeps, never from a scan of the history; see
         :class:`~conveyor.models.StatsMinute`."""
         minutes = check_int("minutes", minutes, 1, STATS_SERIES_MAX_MINUTES)
-        store = self._stores.store_async()
+        store = self._stores.reader_async()
         if name is not None:
             await self.get_queue_async(name)
         return await store.stats_series(name, minutes, self._settings.clock())
@@ -509,14 +627,14 @@ class AsyncClient:
     async def get_schedule_async(self, name: str) -> Schedule:
         """The schedule of this name; :class:`ScheduleNotFound` if none."""
         check_queue_name(name, "schedule name")
-        found = await self._stores.store_async().schedule_get(name)
+        found = await self._stores.reader_async().schedule_get(name)
         if found is None:
             raise ScheduleNotFound(f"no schedule named {name!r}")
         return found
 
     async def list_schedules_async(self) -> list[Schedule]:
         """Every schedule, by name."""
-        return await self._stores.store_async().schedule_list()
+        return await self._stores.reader_async().schedule_list()
 
     async def migrate_async(self) -> list[str]:
         """Apply pending schema migrations; return the names of those applied by this call."""

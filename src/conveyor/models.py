@@ -85,6 +85,35 @@ class JobRuntime(Protocol):
         """Record progress; the worker writes it to the database in its next batch."""
         ...
 
+    def transaction(self) -> HandlerTransaction:
+        """A transaction that completes the attempt when it commits."""
+        ...
+
+    def set_result(self, value: Any) -> None:
+        """The result the completion written by ``transaction()`` stores."""
+        ...
+
+    def complete_in(self, connection: Any, result: Any) -> None:
+        """Write the completion in a sync connection's transaction."""
+        ...
+
+    async def complete_in_async(self, connection: Any, result: Any) -> None:
+        """Write the completion in an async connection's transaction."""
+        ...
+
+
+class HandlerTransaction(Protocol):
+    """What ``job.transaction()`` returns: ``async with`` it in an ``async def`` handler,
+    ``with`` it in a ``def`` handler; either gives a psycopg connection in a transaction."""
+
+    async def __aenter__(self) -> Any: ...
+
+    async def __aexit__(self, kind: Any, exc: Any, tb: Any) -> bool | None: ...
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool | None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Job:
@@ -125,6 +154,17 @@ class Job:
     results: dict[UUID, Any] = field(default_factory=dict)
     """The results of the jobs in ``depends_on`` that completed (a flow's children), by id, in
     ``depends_on`` order; filled for a running job and by ``get_job``."""
+    meta: dict[str, Any] | None = None
+    """What Conveyor keeps about the job beside its payload, while it is live: the trace context
+    of its send (``traceparent``, ``tracestate``) and the schedule tick it stands for
+    (``scheduled_for``); ``None`` when there is nothing."""
+
+    @property
+    def scheduled_for(self) -> datetime | None:
+        """The tick of the schedule that sent this job (a backfilled job's is in the past), or
+        None for a job no schedule sent."""
+        tick = (self.meta or {}).get("scheduled_for")
+        return datetime.fromisoformat(tick) if isinstance(tick, str) else None
 
     @property
     def max_attempts(self) -> int:
@@ -149,6 +189,49 @@ class Job:
         if message is not None and not isinstance(message, str):
             raise InvalidOption("message must be a string")
         self._runtime.report_progress(float(percent), message)
+
+    def transaction(self) -> HandlerTransaction:
+        """Do the handler's database work in the transaction that completes the job.
+
+        ``async with job.transaction() as conn:`` in an ``async def`` handler (``with`` in a
+        ``def`` handler) gives a psycopg connection (async or sync) in a new transaction. Write
+        on it, send follow-up jobs with ``connection=conn``; when the block ends, the job's
+        completion is written in the same transaction and it commits: all of it or none of it.
+        The completion is guarded like every acknowledgement: if this attempt no longer holds
+        the job (cancelled, recovered, expired), :class:`~conveyor.errors.AttemptLost` is
+        raised and everything is rolled back. If the block raises, it rolls back and the
+        attempt fails as usual. After a commit, the job is completed whatever the handler
+        does next; the stored result is the value given to :meth:`set_result` inside the
+        block (``None`` if none), since the handler's return value is not known at the commit.
+        """
+        return self._running().transaction()
+
+    def set_result(self, value: Any) -> None:
+        """The result to store when :meth:`transaction` completes the job; call it inside the
+        block. Checked when the completion is written (a value JSON cannot store raises
+        :class:`~conveyor.errors.PayloadError` there, and the transaction rolls back)."""
+        self._running().set_result(value)
+
+    def complete_in(self, connection: Any, result: Any = None) -> None:
+        """Complete the job in the open transaction of the caller's psycopg ``connection``:
+        the job is completed, with ``result``, if and only if that transaction commits.
+
+        Commit it before the handler returns: the worker then asks PostgreSQL whether that
+        transaction committed, and if it did not, the attempt fails as usual. Raises
+        :class:`~conveyor.errors.AttemptLost` (nothing written; roll the transaction back)
+        if this attempt no longer holds the job. For SQLAlchemy and Django, see
+        :mod:`conveyor.integrations.sqlalchemy` and :mod:`conveyor.integrations.django`.
+        """
+        self._running().complete_in(connection, result)
+
+    async def complete_in_async(self, connection: Any, result: Any = None) -> None:
+        """:meth:`complete_in` on a psycopg ``AsyncConnection``."""
+        await self._running().complete_in_async(connection, result)
+
+    def _running(self) -> JobRuntime:
+        if self._runtime is None:
+            raise JobStateError("a job completes in a transaction only inside its running handler")
+        return self._runtime
 
     @property
     def logger(self) -> logging.LoggerAdapter[logging.Logger]:
@@ -192,15 +275,31 @@ class Queue:
     rate_interval: float | None
     created_at: datetime
     updated_at: datetime
+    paused: bool = False
+    """No worker starts its jobs until it is resumed (:meth:`~conveyor.Conveyor.pause_queue`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BulkResult:
+    """What a bulk action did: ``matched`` jobs fitted the filter (and the action) when it
+    started; ``affected`` of them it changed (0 in a dry run). Fewer are affected than matched
+    when jobs moved on meanwhile (finished, claimed, or locked by another transaction)."""
+
+    action: str
+    dry_run: bool
+    matched: int
+    affected: int
 
 
 @dataclass(frozen=True, slots=True)
 class QueueStats:
-    """Counts of a queue's jobs by state, and how long its oldest runnable job has waited."""
+    """Counts of a queue's jobs by state, how long its oldest runnable job has waited, and
+    whether the queue is paused."""
 
     queue: str
     counts: dict[JobState, int]
     oldest_waiting_seconds: float | None
+    paused: bool = False
 
     @property
     def queued(self) -> int:
@@ -273,11 +372,13 @@ class WorkerInfo:
 @dataclass(frozen=True, slots=True)
 class QueueHealth:
     """How far behind a queue is: its queued jobs (``created`` and ``retry``, due or not), and
-    how long the oldest runnable one has waited past its ``run_at``."""
+    how long the oldest runnable one has waited past its ``run_at``; a paused queue's backlog
+    waits on purpose and is never reported as stuck."""
 
     queue: str
     depth: int
     oldest_waiting_seconds: float | None
+    paused: bool = False
 
 
 @dataclass(frozen=True, slots=True)

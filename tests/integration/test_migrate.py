@@ -91,8 +91,8 @@ def test_migrate_creates_the_v1_tables(conveyor_dsn: str, scratch_schema: str) -
     by_app = tables(conveyor_dsn, scratch_schema)
     assert by_app == sorted(
         ["job", "job_dependency", "job_history", "job_hook", "leader", "migration", "queue",
-         "schedule", "schedule_tick", "stats_backlog", "stats_minute", "stats_rollup",
-         "stats_total", "subscription", "throttle", "waiter", "worker"]
+         "queue_pause", "schedule", "schedule_tick", "stats_backlog", "stats_minute",
+         "stats_rollup", "stats_total", "subscription", "throttle", "waiter", "worker"]
     )  # fmt: skip
 
 

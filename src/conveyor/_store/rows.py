@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -16,16 +17,23 @@ SPEC_ARRAYS = (
 )  # fmt: skip
 
 
+# The columns of job and job_history that a Job shows. Columns a later release adds are left
+# out, so this release keeps reading jobs through a rolling deploy of the next one.
+JOB_COLUMNS = tuple(f.name for f in dataclasses.fields(Job) if f.init and f.name[0] != "_")
+
+
 def job(row: dict[str, Any]) -> Job:
     """A :class:`Job` from a ``SELECT *`` row of ``job`` or ``job_history``."""
-    del row["queued_key"]  # bookkeeping of the short and stately policies
-    row["state"] = JobState(row["state"])
-    row["depends_on"] = row["depends_on"] or []
-    return Job(**row)
+    values = {name: row[name] for name in JOB_COLUMNS if name in row}
+    values["state"] = JobState(row["state"])
+    values["depends_on"] = row["depends_on"] or []
+    return Job(**values)
 
 
 # Positions in the tuples job_fetch returns (the order of Job's fields).
 FETCHED_ID, FETCHED_QUEUE, FETCHED_STATE, FETCHED_ATTEMPT, FETCHED_DEPENDS_ON = 0, 1, 2, 5, 24
+# A claimed job has no result yet: the claim carries the job's meta there (migration 0009).
+FETCHED_META = 16
 
 
 def fetched_job(values: tuple[Any, ...], runtime: JobRuntime) -> Job:
@@ -34,7 +42,9 @@ def fetched_job(values: tuple[Any, ...], runtime: JobRuntime) -> Job:
     fields = list(values)
     fields[FETCHED_STATE] = JobState(fields[FETCHED_STATE])
     fields[FETCHED_DEPENDS_ON] = fields[FETCHED_DEPENDS_ON] or []
-    fields.append(runtime)  # the last field, _runtime
+    meta = fields[FETCHED_META]
+    fields[FETCHED_META] = None
+    fields += (runtime, {}, meta)  # the fields after the columns: _runtime, results, meta
     return Job(*fields)
 
 

@@ -32,6 +32,7 @@ from conveyor._store.connections import (
 from conveyor._store.errors import translated
 from conveyor._store.queries import READS, queries
 from conveyor._store.waiters import done_waiter
+from conveyor.bulk import BulkFilter
 from conveyor.config import (
     LIST_NARROW_WINDOWS,
     LIST_WINDOW,
@@ -207,8 +208,28 @@ class Store:
         defaults: dict[str, Any],
         now: datetime | None,
         conn: Conn | None = None,
+        meta: str | None = None,
     ) -> list[tuple[UUID | None, bool]]:
-        """Insert jobs; per spec, in order: the id it resolved to (None: ask again) and if new."""
+        """Insert jobs; per spec, in order: the id it resolved to (None: ask again) and if new.
+
+        ``meta`` (a JSON object's text) is stored on the jobs inserted, in the same transaction.
+        """
+        if meta is None:
+            return self._insert(specs, defaults, now, conn)
+        with self.connection(conn) as used, used.transaction():
+            found = self._insert(specs, defaults, now, used)
+            ids = [job_id for job_id, inserted in found if inserted]
+            if ids:
+                self._rows("job_set_meta", {"ids": ids, "meta": meta}, used)
+            return found
+
+    def _insert(
+        self,
+        specs: Sequence[JobSpec],
+        defaults: dict[str, Any],
+        now: datetime | None,
+        conn: Conn | None,
+    ) -> list[tuple[UUID | None, bool]]:
         if any(s.linked for s in specs):
             params = rows.insert_linked_params(specs, self._defaults_json(defaults), now)
             found = self._rows("job_insert_linked", params, conn)
@@ -235,6 +256,33 @@ class Store:
         found = self._rows("job_results", {"ids": list(job_ids)}, conn)
         results = {r["id"]: r["result"] for r in found}
         return {i: results[i] for i in job_ids if i in results}
+
+    @contextmanager
+    def transaction(self) -> Iterator[Conn]:
+        """A pooled connection in a transaction: committed when the block ends, rolled back if
+        it raises (the commit's own failure included)."""
+        with self.connection() as conn, conn.transaction():
+            yield conn
+
+    def job_complete_in(
+        self,
+        job_id: UUID,
+        attempt: int,
+        worker: UUID,
+        result: str,
+        now: datetime | None,
+        conn: Conn,
+    ) -> str | None:
+        """Complete an attempt in ``conn``'s transaction, guarded like every ack; the id of that
+        transaction, or None if the attempt no longer holds its job (nothing was written)."""
+        params = {"id": job_id, "attempt": attempt, "worker": worker, "result": result, "now": now}
+        found = self._rows("job_complete_in", params, conn)
+        return str(found[0]["xid"]) if found else None
+
+    def xact_status(self, xid: str) -> str | None:
+        """Whether a transaction committed: ``committed``, ``aborted`` or ``in progress``."""
+        found = self._rows("xact_status", {"xid": xid}, None)
+        return found[0]["status"] if found else None
 
     def job_publish(
         self, event: str, data: str, options: str, conn: Conn | None = None
@@ -452,6 +500,59 @@ class Store:
         """Delete the queued jobs of a queue; how many."""
         found = self._rows("queue_purge", {"name": name}, conn)
         return int(found[0]["count"])
+
+    def queue_pause(self, name: str) -> bool:
+        """Pause a queue: no fetch claims its jobs until it is resumed; False if no such queue."""
+        return bool((self._rows("queue_pause", {"name": name}, None))[0]["exists"])
+
+    def queue_resume(self, name: str) -> bool:
+        """Resume a queue and wake its workers; False if no such queue."""
+        params = {"name": name, "channel": self.channel}
+        return bool((self._rows("queue_resume", params, None))[0]["exists"])
+
+    def job_bulk_count(
+        self, found: BulkFilter, now: datetime | None
+    ) -> tuple[int, datetime | None]:
+        """How many jobs ``found`` matches, and the creation cutoff of its ``older_than``
+        (fixed here, so every batch of the action uses the same one)."""
+        params = {
+            **found.params(),
+            "live_states": found.live_states,
+            "history_states": found.history_states,
+            "older_than": found.older_than,
+            "now": now,
+        }
+        row = (self._rows("job_bulk_count", params, None))[0]
+        return int(row["matched"]), row["before"]
+
+    def job_bulk_step(
+        self,
+        name: str,
+        found: BulkFilter,
+        states: list[str],
+        *,
+        before: datetime | None,
+        after: UUID,
+        limit: int,
+        priority: int | None,
+        now: datetime | None,
+    ) -> tuple[int, UUID | None]:
+        """One batch of a bulk action (the ``job_bulk_*`` statement ``name``): how many jobs it
+        changed, and the last id it looked at (None once none is left after ``after``)."""
+        params = {
+            **found.params(),
+            "states": states,
+            "before": before,
+            "after": after,
+            "limit": limit,
+            "priority": priority,
+            "now": now,
+            "channel": self.channel,
+            "cancel_channel": self.cancel_channel,
+            "done_channel": self.done_channel,
+        }
+        row = (self._rows(name, params, None))[0]
+        return int(row["affected"]), row["last"]
 
     def queue_stats(
         self, name: str | None, now: datetime | None, conn: Conn | None = None

@@ -30,6 +30,10 @@ FROM {schema}.insert_jobs(
     ARRAY[%(group_key)s::text], ARRAY[%(depends_on)s::jsonb],
     %(defaults)s::jsonb, %(now)s::timestamptz);
 
+-- The meta of jobs a send just inserted (the trace context of that send), in its transaction.
+-- name: job_set_meta :exec
+UPDATE {schema}.job SET meta = %(meta)s::jsonb WHERE id = ANY (%(ids)s::uuid[]);
+
 -- name: job_get :one
 SELECT * FROM {schema}.job WHERE id = %(id)s
 UNION ALL

@@ -66,7 +66,7 @@ function tickTimes() {
 const served = new Map();
 let refreshing = null;
 
-async function refresh() {
+async function refresh(force = false) {
   const indicator = document.getElementById("live");
   const response = await fetch(window.location.href, {
     credentials: "same-origin", cache: "no-store", headers: { "X-Conveyor-Live": "1" },
@@ -81,7 +81,8 @@ async function refresh() {
   for (const region of document.querySelectorAll("[data-live][id]")) {
     const fresh = doc.getElementById(region.id);
     if (!fresh || served.get(region.id) === fresh.innerHTML) continue;
-    if (region.contains(document.activeElement) && document.activeElement !== document.body) continue;
+    const focused = region.contains(document.activeElement) ? document.activeElement : null;
+    if (focused && !force) continue;
     const open = new Set([...region.querySelectorAll("details[id]")].map((d) => [d.id, d.open]));
     region.innerHTML = fresh.innerHTML;
     served.set(region.id, fresh.innerHTML);
@@ -89,6 +90,7 @@ async function refresh() {
       const details = document.getElementById(id);
       if (details) details.open = wasOpen;
     }
+    if (focused) refocus(region, focused);
   }
   tickTimes();
   if (indicator) {
@@ -98,7 +100,23 @@ async function refresh() {
   }
 }
 
-function refreshNow() {
+// After a swap forced by an action, the keyboard focus goes to the same control if it is still
+// there (same form target and label), else to the region.
+function refocus(region, was) {
+  const form = was.closest("form");
+  const same = form && [...region.querySelectorAll("form")]
+    .find((f) => f.action === form.action && f.textContent === form.textContent);
+  const target = same ? same.querySelector("button") : region;
+  if (target === region) region.setAttribute("tabindex", "-1");
+  target.focus();
+}
+
+function refreshNow(force = false) {
+  if (force) {
+    // An action just changed things: a refresh already under way may have read them before.
+    const after = (refreshing || Promise.resolve()).then(() => refresh(true));
+    return after.catch(() => {});
+  }
   if (!refreshing) {
     refreshing = refresh().catch(() => {
       const indicator = document.getElementById("live");
@@ -143,7 +161,7 @@ document.addEventListener("submit", async (event) => {
     return;
   }
   flash(`Done: ${form.querySelector("button").textContent}.`, true);
-  await refreshNow();
+  await refreshNow(true);
 });
 
 // The bulk form: a dry run first, whose count the confirmation names; then the action itself.
@@ -197,7 +215,7 @@ function setUpBulk() {
     }
     pending = null;
     confirmBox.hidden = true;
-    await refreshNow();
+    await refreshNow(true);
   });
 }
 
@@ -244,9 +262,10 @@ function drawChart(svg, chart) {
     svg.append(svgNode("line", { x1: left, x2: width - right, y1: y(v), y2: y(v), class: "grid" }));
     svg.append(svgNode("text", { x: left - 6, y: y(v) + 4, class: "tick", "text-anchor": "end" }, formatValue(v)));
   }
-  for (let m = 60; m >= 0; m -= 15) {
+  const every = width < 420 ? 30 : 15;
+  for (let m = 60; m >= 0; m -= every) {
     const t = end - m * 60000;
-    const label = new Date(t).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    const label = new Date(t).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hourCycle: "h23" });
     svg.append(svgNode("line", { x1: x(t), x2: x(t), y1: height - bottom, y2: height - bottom + 4, class: "axis" }));
     svg.append(svgNode("text", { x: x(t), y: height - 6, class: "tick", "text-anchor": m === 60 ? "start" : m === 0 ? "end" : "middle" }, label));
   }

@@ -251,9 +251,7 @@ def test_flow_links_and_the_flow_view(board: Board, page: Page) -> None:
     expect(tree.locator("ul.tree > li > .node")).to_contain_text(str(parent))
 
     board.app.cancel(children[1])
-    expect(tree.locator(f".node:has(a[href$='/jobs/{children[1]}'])")).to_contain_text(
-        "cancelled"
-    )
+    expect(tree.locator(f".node:has(a[href$='/jobs/{children[1]}'])")).to_contain_text("cancelled")
 
 
 def test_workers_show_running_and_claimed_jobs_apart(board: Board, page: Page) -> None:

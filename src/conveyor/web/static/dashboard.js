@@ -248,7 +248,7 @@ function formatValue(value) {
 function drawChart(svg, chart) {
   const width = Math.max(240, svg.clientWidth || 320);
   const height = 170;
-  const left = 46, right = 10, top = 12, bottom = 24;
+  const left = 46, right = 10, top = 22, bottom = 24;
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
   svg.replaceChildren();
   const end = chart.end, start = end - 60 * 60000;
@@ -271,12 +271,12 @@ function drawChart(svg, chart) {
   }
   svg.append(svgNode("line", { x1: left, x2: left, y1: top, y2: height - bottom, class: "axis" }));
   svg.append(svgNode("line", { x1: left, x2: width - right, y1: height - bottom, y2: height - bottom, class: "axis" }));
-  svg.append(svgNode("text", { x: 4, y: top - 2, class: "unit" }, chart.unit));
+  svg.append(svgNode("text", { x: 4, y: 10, class: "unit" }, chart.unit));
 
   chart.series.forEach((series) => {
     let run = [];
     const flush = () => {
-      if (run.length === 1) svg.append(svgNode("circle", { cx: run[0][0], cy: run[0][1], r: 2, class: `line ${series.cls}` }));
+      if (run.length === 1) svg.append(svgNode("circle", { cx: run[0][0], cy: run[0][1], r: 3, class: `line ${series.cls}` }));
       else if (run.length > 1) svg.append(svgNode("polyline", { points: run.map((p) => p.join(",")).join(" "), class: `line ${series.cls}` }));
       run = [];
     };

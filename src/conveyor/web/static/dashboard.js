@@ -61,8 +61,9 @@ function tickTimes() {
 // -- live regions -----------------------------------------------------------------------------
 
 // A page whose body has data-live-every re-reads itself that often and swaps in each element
-// marked data-live whose server HTML changed; never one holding the keyboard focus (it is
-// swapped on a later round), and open <details> stay open.
+// marked data-live whose server HTML changed. A region where someone types is left for a later
+// round; elsewhere the focus moves to the same control in the new HTML, and open <details>
+// stay open.
 const served = new Map();
 let refreshing = null;
 
@@ -82,7 +83,7 @@ async function refresh(force = false) {
     const fresh = doc.getElementById(region.id);
     if (!fresh || served.get(region.id) === fresh.innerHTML) continue;
     const focused = region.contains(document.activeElement) ? document.activeElement : null;
-    if (focused && !force) continue;
+    if (focused && focused.matches("input, select, textarea") && !force) continue;
     const open = new Set([...region.querySelectorAll("details[id]")].map((d) => [d.id, d.open]));
     region.innerHTML = fresh.innerHTML;
     served.set(region.id, fresh.innerHTML);
@@ -100,13 +101,18 @@ async function refresh(force = false) {
   }
 }
 
-// After a swap forced by an action, the keyboard focus goes to the same control if it is still
-// there (same form target and label), else to the region.
+// After a swap, the keyboard focus goes back to the same control if it is still there (a link
+// to the same place, a button of a form with the same target), else to the region.
 function refocus(region, was) {
   const form = was.closest("form");
-  const same = form && [...region.querySelectorAll("form")]
-    .find((f) => f.action === form.action && f.textContent === form.textContent);
-  const target = same ? same.querySelector("button") : region;
+  let same = null;
+  if (was.matches("a[href]")) {
+    same = [...region.querySelectorAll("a[href]")].find((a) => a.href === was.href);
+  } else if (form) {
+    const twin = [...region.querySelectorAll("form")].find((f) => f.action === form.action);
+    same = twin && twin.querySelector("button");
+  }
+  const target = same || region;
   if (target === region) region.setAttribute("tabindex", "-1");
   target.focus();
 }

@@ -246,7 +246,7 @@ function niceMax(value) {
 function formatValue(value) {
   if (value >= 1e6) return `${+(value / 1e6).toFixed(1)}M`;
   if (value >= 1e3) return `${+(value / 1e3).toFixed(1)}k`;
-  return `${+value.toFixed(value < 10 ? 1 : 0)}`;
+  return `${+value.toFixed(value < 10 ? 2 : 0)}`;
 }
 
 // Draw lines over the last hour: x is the time (minutes), y from 0 to a rounded maximum, with

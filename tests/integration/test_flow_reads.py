@@ -26,11 +26,11 @@ def test_a_flow_is_read_from_any_of_its_jobs_top_first(app: Conveyor) -> None:
     leaf = app.get_job(below[0]).depends_on[0]
     for start in (parent, below[1], leaf):
         flow = app.get_flow(start)
-        assert [j.id for j in flow][0] == parent
+        assert flow[0].id == parent
         assert {j.id for j in flow} == {parent, *below, leaf}
     # Level by level: the parent, its two children, then the grandchild.
-    assert [j.id for j in app.get_flow(leaf)][-1] == leaf
-    assert [j.id for j in app.get_flow(parent, limit=2)][0] == parent
+    assert app.get_flow(leaf)[-1].id == leaf
+    assert [j.id for j in app.get_flow(parent, limit=2)] == [parent, below[0]]
     lone = app.send("alone", {})
     assert [j.id for j in app.get_flow(lone)] == [lone]
 

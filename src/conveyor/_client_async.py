@@ -241,6 +241,14 @@ class AsyncClient:
         """The job as the primary has it now: what explains a refused write must be current."""
         return await self._job_async(self._stores.store_async(), job_id, connection)
 
+    async def get_jobs_async(self, job_ids: Iterable[UUID | str]) -> list[Job]:
+        """The jobs with these ids, queued, running or finished, in the order given; an id
+        that names no job is left out (at most 10,000 ids)."""
+        ids = [check_job_id(i) for i in job_ids]
+        if len(ids) > 10_000:
+            raise InvalidOption("get_jobs reads at most 10000 ids at once")
+        return await self._stores.reader_async().job_get_many(ids) if ids else []
+
     async def list_dependants_async(self, job_id: UUID | str, *, limit: int = 100) -> list[Job]:
         """The jobs that depend on this one (``depends_on`` names it: a flow's parent is one),
         queued, running or finished, oldest first."""

@@ -94,3 +94,22 @@ def test_a_failed_attempt_records_when_it_was_claimed_and_started(app: Conveyor)
     ended = datetime.fromisoformat(error["at"])
     assert claimed == job.started_at
     assert claimed <= started <= ended
+
+
+def test_jobs_are_read_by_id_in_the_order_given(app: Conveyor) -> None:
+    @app.job("done.soon")
+    def done(job: Job) -> None:
+        return None
+
+    first = app.send("done.soon", {})
+    app.drain(["done.soon"])
+    second = app.send("queued.still", {})
+    missing = uuid.uuid4()
+    found = app.get_jobs([second, missing, str(first)])
+    assert [(j.id, j.state) for j in found] == [
+        (second, JobState.CREATED),
+        (first, JobState.COMPLETED),
+    ]
+    assert app.get_jobs([]) == []
+    with pytest.raises(InvalidOption):
+        app.get_jobs(["nope"])

@@ -74,6 +74,7 @@ READS = frozenset(
         "job_results",
         "job_next_due",
         "job_dependants",
+        "job_get_many",
         "job_flow_root",
         "job_flow",
         "subscription_list",

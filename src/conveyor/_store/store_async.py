@@ -277,6 +277,16 @@ class AsyncStore:
         found = await self._rows("xact_status", {"xid": xid}, None)
         return found[0]["status"] if found else None
 
+    async def job_get_many(
+        self, job_ids: Sequence[UUID], conn: AsyncConn | None = None
+    ) -> list[Job]:
+        """The jobs with these ids that exist, live or finished, in the order given."""
+        found = {
+            r["id"]: rows.job(r)
+            for r in await self._rows("job_get_many", {"ids": list(job_ids)}, conn)
+        }
+        return [found[i] for i in job_ids if i in found]
+
     async def job_dependants(
         self, job_id: UUID, limit: int, conn: AsyncConn | None = None
     ) -> list[Job]:

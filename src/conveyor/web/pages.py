@@ -275,11 +275,7 @@ class Pages:
         job = job_json(await self.conveyor.get_job_async(request.path_params["id"]))
         workers = plain(await self.conveyor.list_workers_async())
         unstarted = unstarted_claims(workers)
-        dependencies = []
-        if job["depends_on"]:
-            # The flow below this job holds its dependencies, with their states.
-            below = {j.id: j for j in await self.conveyor.get_flow_async(job["id"])}
-            dependencies = [job_json(below[UUID(i)]) for i in job["depends_on"] if UUID(i) in below]
+        dependencies = [job_json(j) for j in await self.conveyor.get_jobs_async(job["depends_on"])]
         dependants = [job_json(j) for j in await self.conveyor.list_dependants_async(job["id"])]
         context = {
             "job": job,

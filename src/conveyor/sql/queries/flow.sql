@@ -58,3 +58,9 @@ JOIN LATERAL (
 ) j ON true
 ORDER BY f.level, j.created_at, j.id
 LIMIT %(limit)s::integer;
+
+-- Jobs by id, live or finished (a job's dependencies, with their states).
+-- name: job_get_many :many
+SELECT * FROM {schema}.job WHERE id = ANY (%(ids)s::uuid[])
+UNION ALL
+SELECT * FROM {schema}.job_history WHERE id = ANY (%(ids)s::uuid[]);

@@ -24,7 +24,6 @@ from playwright.sync_api import Page, sync_playwright
 from conveyor import Conveyor, Fail, Job
 from conveyor.testing import LOCAL_TEST_DSN, IsolatedSchema
 from conveyor.web import create_app
-from conveyor.web.openapi import openapi_document
 
 OUT = Path(__file__).parent / "screenshots"
 TOKEN = "screenshots"
@@ -162,11 +161,15 @@ def main() -> None:
                 page.screenshot(path=OUT / "overview-narrow.png", full_page=True)
                 print("wrote", OUT / "overview-narrow.png")
                 shoot(page, f"{url}/jobs?queue=billing.charge", "jobs")
-                if "/api/jobs/bulk" in openapi_document()["paths"]:
-                    page.click("#bulk summary")
-                    page.click("#bulk-form button[type=submit]")
-                    page.wait_for_timeout(300)
-                    page.screenshot(path=OUT / "jobs-bulk.png", full_page=True)
+                # The bulk form after its dry run: the count it asks to confirm.
+                page.set_viewport_size({"width": 1280, "height": 760})
+                page.goto(f"{url}/jobs?queue=billing.charge&state=failed")
+                page.click("#bulk summary")
+                page.select_option("#bulk-form select[name=action]", "retry")
+                page.click("#bulk-form button[type=submit]")
+                page.wait_for_selector("#bulk-confirm:not([hidden])")
+                page.screenshot(path=OUT / "jobs-bulk.png", full_page=True)
+                print("wrote", OUT / "jobs-bulk.png")
                 shoot(page, f"{url}/jobs/{failed}", "job")
                 shoot(page, f"{url}/jobs/{child}/flow", "flow")
                 shoot(page, f"{url}/dead", "dead")

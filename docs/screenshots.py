@@ -59,7 +59,7 @@ def demo_app(dsn: str) -> Conveyor:
     async def encode(job: Job) -> None:
         for percent in range(0, 100, 5):
             job.report_progress(percent, f"frame {percent * 24}")
-            await asyncio.sleep(2)
+            await asyncio.sleep(1)
             if job.cancelled:  # the worker stops once the screenshots are taken
                 return
 
@@ -179,7 +179,7 @@ def main() -> None:
         finally:
             portal.call(stop.set)
             worker.result(timeout=30)
-            slow.result(timeout=30)
+            slow.result(timeout=60)
             server.should_exit = True
             serving.result(timeout=30)
             portal.call(app.close_async)

@@ -244,6 +244,31 @@ class Client:
         """The job as the primary has it now: what explains a refused write must be current."""
         return self._job(self._stores.store(), job_id, connection)
 
+    def get_jobs(self, job_ids: Iterable[UUID | str]) -> list[Job]:
+        """The jobs with these ids, queued, running or finished, in the order given; an id
+        that names no job is left out (at most 10,000 ids)."""
+        ids = [check_job_id(i) for i in job_ids]
+        if len(ids) > 10_000:
+            raise InvalidOption("get_jobs reads at most 10000 ids at once")
+        return self._stores.reader().job_get_many(ids) if ids else []
+
+    def list_dependants(self, job_id: UUID | str, *, limit: int = 100) -> list[Job]:
+        """The jobs that depend on this one (``depends_on`` names it: a flow's parent is one),
+        queued, running or finished, oldest first."""
+        limit = check_int("limit", limit, 1, 10_000)
+        return self._stores.reader().job_dependants(check_job_id(job_id), limit)
+
+    def get_flow(self, job_id: UUID | str, *, limit: int = 500) -> list[Job]:
+        """Every job of the flow this job belongs to: the top of the flow first (the job's
+        oldest dependant, followed up), then each job below it through ``depends_on``, level by
+        level; at most ``limit`` jobs. A job outside any flow gives a list of itself alone;
+        :class:`JobNotFound` if no job has this id."""
+        limit = check_int("limit", limit, 1, 10_000)
+        found = self._stores.reader().job_flow(check_job_id(job_id), limit)
+        if not found:
+            raise JobNotFound(f"no job with id {job_id}")
+        return found
+
     def list_jobs(
         self,
         queue: str | None = None,

@@ -248,6 +248,31 @@ class AsyncClient:
         """The job as the primary has it now: what explains a refused write must be current."""
         return await self._job_async(self._stores.store_async(), job_id, connection)
 
+    async def get_jobs_async(self, job_ids: Iterable[UUID | str]) -> list[Job]:
+        """The jobs with these ids, queued, running or finished, in the order given; an id
+        that names no job is left out (at most 10,000 ids)."""
+        ids = [check_job_id(i) for i in job_ids]
+        if len(ids) > 10_000:
+            raise InvalidOption("get_jobs reads at most 10000 ids at once")
+        return await self._stores.reader_async().job_get_many(ids) if ids else []
+
+    async def list_dependants_async(self, job_id: UUID | str, *, limit: int = 100) -> list[Job]:
+        """The jobs that depend on this one (``depends_on`` names it: a flow's parent is one),
+        queued, running or finished, oldest first."""
+        limit = check_int("limit", limit, 1, 10_000)
+        return await self._stores.reader_async().job_dependants(check_job_id(job_id), limit)
+
+    async def get_flow_async(self, job_id: UUID | str, *, limit: int = 500) -> list[Job]:
+        """Every job of the flow this job belongs to: the top of the flow first (the job's
+        oldest dependant, followed up), then each job below it through ``depends_on``, level by
+        level; at most ``limit`` jobs. A job outside any flow gives a list of itself alone;
+        :class:`JobNotFound` if no job has this id."""
+        limit = check_int("limit", limit, 1, 10_000)
+        found = await self._stores.reader_async().job_flow(check_job_id(job_id), limit)
+        if not found:
+            raise JobNotFound(f"no job with id {job_id}")
+        return found
+
     async def list_jobs_async(
         self,
         queue: str | None = None,

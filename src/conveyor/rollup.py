@@ -2,7 +2,7 @@
 
 One worker at a time, the holder of the ``stats`` lease, adds the history rows that finished
 since the last pass to per-minute buckets and per-queue totals (``stats_rollup`` in
-``sql/migrations/0010_counters.sql``), chunk after chunk until it has caught up. Reads then need
+``sql/migrations/0011_counters.sql``), chunk after chunk until it has caught up. Reads then need
 only those small tables and the few rows finished since, never a scan of the history, and the
 hot path (send, fetch, ack) writes no counter. Once a minute it samples each queue's backlog;
 once an hour it deletes per-minute rows older than ``keep`` and analyzes the queue table.

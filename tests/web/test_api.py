@@ -327,7 +327,7 @@ async def test_the_app_mounts_under_a_prefix(app_async: Conveyor) -> None:
         assert response.headers["location"] == "/jobs/"
         page = await client.get("/jobs/")
         assert 'href="/jobs/static/dashboard.css"' in page.text
-        assert 'data-live="/jobs/api/stats"' in page.text
+        assert 'data-stats="/jobs/api/stats"' in page.text
         queues = await client.get("/jobs/api/queues", headers=BEARER)
         assert [q["name"] for q in queues.json()["queues"]] == ["mounted.q"]
         doc = await client.get("/jobs/api/openapi.json", headers=BEARER)

@@ -284,6 +284,26 @@ class Store:
         found = self._rows("xact_status", {"xid": xid}, None)
         return found[0]["status"] if found else None
 
+    def job_get_many(self, job_ids: Sequence[UUID], conn: Conn | None = None) -> list[Job]:
+        """The jobs with these ids that exist, live or finished, in the order given."""
+        found = {
+            r["id"]: rows.job(r) for r in self._rows("job_get_many", {"ids": list(job_ids)}, conn)
+        }
+        return [found[i] for i in job_ids if i in found]
+
+    def job_dependants(self, job_id: UUID, limit: int, conn: Conn | None = None) -> list[Job]:
+        """The jobs whose ``depends_on`` names this one, live or finished, oldest first."""
+        found = self._rows("job_dependants", {"id": job_id, "limit": limit}, conn)
+        return [rows.job(r) for r in found]
+
+    def job_flow(self, job_id: UUID, limit: int, conn: Conn | None = None) -> list[Job]:
+        """The flow this job belongs to: its topmost dependant first, then every job below that
+        through ``depends_on``, nearest levels first; at most ``limit`` jobs."""
+        root = self._rows("job_flow_root", {"id": job_id}, conn)
+        top = root[0]["id"] if root else job_id
+        found = self._rows("job_flow", {"id": top, "limit": limit}, conn)
+        return [rows.job(r) for r in found]
+
     def job_publish(
         self, event: str, data: str, options: str, conn: Conn | None = None
     ) -> list[UUID]:

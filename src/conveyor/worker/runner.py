@@ -21,8 +21,8 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from conveyor import telemetry
@@ -86,6 +86,8 @@ class Running:
     deadline: float
     stop_reason: str | None = None  # "cancelled", "expired", "shutdown", "settling"
     future: concurrent.futures.Future[Any] | None = None  # a sync handler's call
+    # When the handler was called (wall clock), for the error of a failed attempt.
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 class Worker:
@@ -569,7 +571,9 @@ class Worker:
         message: str | None = None,
         final: bool = False,
     ) -> Ack:
-        error = outcome.describe(exc, job, self.id, kind)
+        running = self._running.get((job.id, job.attempt))
+        started_at = running.started_at if running is not None else None
+        error = outcome.describe(exc, job, self.id, kind, started_at)
         if message is not None:
             error["message"] = message
         self._events.emit(Event("job.attempt_failed", self.id, job, error=error))

@@ -1,4 +1,4 @@
--- The counters behind queue_stats, the per-minute series and the dashboard (0010_counters.sql):
+-- The counters behind queue_stats, the per-minute series and the dashboard (0011_counters.sql):
 -- kept by a rollup on the 'stats' lease holder, read together with the few history rows that
 -- finished since its watermark. No statement here reads more of the history than that.
 

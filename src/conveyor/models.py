@@ -317,7 +317,7 @@ class StatsMinute:
     of their last attempt: the jobs are counted in wait buckets (1, 1.5, 2, 3, 5, 7, 10 ms and
     so on) and the percentile is interpolated within its bucket (None when none started).
     ``backlog`` is the number of runnable jobs waiting when the minute was sampled (None if it
-    was not).
+    was not; the current minute has the backlog of now until it is sampled).
     """
 
     minute: datetime

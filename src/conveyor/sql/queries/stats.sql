@@ -40,11 +40,13 @@ SELECT (SELECT count(*) FROM minutes) + (SELECT count(*) FROM backlogs) AS count
 
 -- The per-minute series of one queue (or of all, summed) over the last %(minutes)s minutes, the
 -- current one included, oldest first: per minute one row per wait bucket that counted jobs
--- (bucket NULL if none did), with the backlog sampled in that minute (NULL if none was).
+-- (bucket NULL if none did), with the backlog sampled in that minute (NULL if none was; the
+-- current minute has the backlog of now until it is sampled).
 -- name: stats_series :many
 WITH t AS (SELECT coalesce(%(now)s::timestamptz, now()) AS now),
 span AS (
-    SELECT date_bin('1 minute', t.now, TIMESTAMPTZ '2000-01-01 00:00:00+00')
+    SELECT date_bin('1 minute', t.now, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS current,
+           date_bin('1 minute', t.now, TIMESTAMPTZ '2000-01-01 00:00:00+00')
            - make_interval(mins => %(minutes)s::integer - 1) AS start
     FROM t
 ),
@@ -70,10 +72,20 @@ backlogs AS (
     FROM {schema}.stats_backlog b, span
     WHERE b.minute >= span.start AND (%(queue)s::text IS NULL OR b.queue = %(queue)s::text)
     GROUP BY b.minute
+),
+-- The current minute before its sample: the backlog now, counted in the fetch index.
+waiting AS (
+    SELECT count(*) AS backlog
+    FROM {schema}.job j, t
+    WHERE (%(queue)s::text IS NULL OR j.queue = %(queue)s::text)
+      AND j.state IN ('created', 'retry') AND j.run_at <= t.now
 )
 SELECT m.minute, p.bucket, coalesce(p.completed, 0)::bigint AS completed,
        coalesce(p.failed, 0)::bigint AS failed, coalesce(p.cancelled, 0)::bigint AS cancelled,
-       coalesce(p.retried, 0)::bigint AS retried, bl.backlog::bigint AS backlog
+       coalesce(p.retried, 0)::bigint AS retried,
+       coalesce(bl.backlog,
+                CASE WHEN m.minute = span.current THEN (SELECT backlog FROM waiting) END)::bigint
+           AS backlog
 FROM span
 CROSS JOIN generate_series(span.start, span.start + make_interval(mins => %(minutes)s::integer - 1),
                            interval '1 minute') AS m(minute)

@@ -272,3 +272,5 @@ def test_the_worker_builds_a_claimed_job_equal_to_the_dataclass_constructor() ->
     assert job == expected and job.state is JobState.ACTIVE and job.depends_on == []
     assert job.meta == {"traceparent": "00-x"} and job.result is None
     assert job._runtime is runtime
+    never_failed = rows.fetched_job((*row[:17], None, *row[18:]), runtime)  # type: ignore[arg-type]
+    assert never_failed.errors == [] and never_failed.error is None

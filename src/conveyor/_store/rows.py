@@ -32,6 +32,7 @@ def job(row: dict[str, Any]) -> Job:
 
 # Positions in the tuples job_fetch returns (the order of Job's fields).
 FETCHED_ID, FETCHED_QUEUE, FETCHED_STATE, FETCHED_ATTEMPT, FETCHED_DEPENDS_ON = 0, 1, 2, 5, 24
+FETCHED_ERRORS = 17  # NULL for a job that never failed
 # A claimed job has no result yet: the claim carries the job's meta there (migration 0009).
 FETCHED_META = 16
 
@@ -47,6 +48,7 @@ def fetched_job(values: tuple[Any, ...], runtime: JobRuntime) -> Job:
     fields = list(values)
     fields[FETCHED_STATE] = JobState.ACTIVE  # what a claim leaves
     fields[FETCHED_DEPENDS_ON] = fields[FETCHED_DEPENDS_ON] or []
+    fields[FETCHED_ERRORS] = fields[FETCHED_ERRORS] or []
     meta = fields[FETCHED_META]
     fields[FETCHED_META] = None
     fields += (runtime, {}, meta)  # the fields after the columns: _runtime, results, meta

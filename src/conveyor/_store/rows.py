@@ -32,20 +32,30 @@ def job(row: dict[str, Any]) -> Job:
 
 # Positions in the tuples job_fetch returns (the order of Job's fields).
 FETCHED_ID, FETCHED_QUEUE, FETCHED_STATE, FETCHED_ATTEMPT, FETCHED_DEPENDS_ON = 0, 1, 2, 5, 24
+FETCHED_ERRORS = 17  # NULL for a job that never failed
 # A claimed job has no result yet: the claim carries the job's meta there (migration 0009).
 FETCHED_META = 16
 
 
+# Job's slots in field order: the worker fills them directly, since the frozen dataclass's
+# __init__ (one object.__setattr__ call per field) cost more than twice as much per job.
+_JOB_SLOTS = tuple(Job.__dict__[f.name].__set__ for f in dataclasses.fields(Job))
+
+
 def fetched_job(values: tuple[Any, ...], runtime: JobRuntime) -> Job:
-    """A :class:`Job` bound to its attempt, from a ``job_fetch`` tuple; positional construction
-    is the cheapest way to build one, and the worker builds one per job."""
+    """A :class:`Job` bound to its attempt, from a ``job_fetch`` tuple: the worker builds one
+    per job. Equal to ``Job(*fields)`` (Job has no __post_init__; a unit test checks)."""
     fields = list(values)
-    fields[FETCHED_STATE] = JobState(fields[FETCHED_STATE])
+    fields[FETCHED_STATE] = JobState.ACTIVE  # what a claim leaves
     fields[FETCHED_DEPENDS_ON] = fields[FETCHED_DEPENDS_ON] or []
+    fields[FETCHED_ERRORS] = fields[FETCHED_ERRORS] or []
     meta = fields[FETCHED_META]
     fields[FETCHED_META] = None
     fields += (runtime, {}, meta)  # the fields after the columns: _runtime, results, meta
-    return Job(*fields)
+    job = object.__new__(Job)
+    for put, value in zip(_JOB_SLOTS, fields, strict=True):
+        put(job, value)
+    return job
 
 
 def schedule(row: dict[str, Any]) -> Schedule:

@@ -19,7 +19,13 @@ from conveyor import batching, diagnosis, reporting
 from conveyor._store.migrations import MigrationStatus, pending_sql
 from conveyor._store.store import Conn
 from conveyor._store.stores import Stores
-from conveyor.config import SCHEDULE_TICK_KEEP, VACUUM_DEAD_SHARE, VACUUM_MIN_DEAD, Settings
+from conveyor.config import (
+    DEFAULT_RETENTION,
+    SCHEDULE_TICK_KEEP,
+    VACUUM_DEAD_SHARE,
+    VACUUM_MIN_DEAD,
+    Settings,
+)
 from conveyor.cron import parse_crontab
 from conveyor.errors import (
     ConveyorError,
@@ -499,11 +505,13 @@ class Client:
     # -- maintenance, health, diagnosis ----------------------------------------------------
 
     def maintain(self, *, chunk: int = 1000) -> dict[str, int]:
-        """Run one full maintenance pass now; return the rows deleted per kind: ``history``
-        (finished jobs past their retention), ``dead_letters`` (failed jobs older than the app's
+        """Run one full maintenance pass now and return what it did: ``partitions_created``
+        and ``partitions_dropped`` (the history's partitions, created ahead as far as the
+        longest retention in use, and dropped whole once every row in them may go), the rows
+        deleted per kind: ``dead_letters`` (failed jobs older than the app's
         ``dead_retention``), ``throttle`` (closed throttle windows), ``schedule_ticks`` (tick
         rows no scheduler needs any more); and ``vacuumed``, how many of the live table and
-        the history it then vacuumed because dead tuples piled up in them.
+        the dead letters it then vacuumed because dead tuples piled up in them.
 
         Workers do this on their own, on the one holding the maintenance lease; call it from
         tests or from a deployment that runs no worker. Deletes ``chunk`` rows per statement.
@@ -512,6 +520,7 @@ class Client:
         store = self._stores.store()
         counts = store.maintain(
             dead_retention=settings.dead_retention,
+            default_retention=settings.defaults.get("retention", DEFAULT_RETENTION),
             tick_keep=SCHEDULE_TICK_KEEP,
             chunk=check_int("chunk", chunk, 1, 100_000),
             now=settings.clock(),

@@ -44,13 +44,16 @@ WITH gone AS (
     DELETE FROM {schema}.queue WHERE name = %(name)s RETURNING name
 ), live AS (
     DELETE FROM {schema}.job WHERE queue IN (SELECT name FROM gone) RETURNING 1
-), finished AS (
-    DELETE FROM {schema}.job_history WHERE queue IN (SELECT name FROM gone) RETURNING 1
+), archived AS (
+    DELETE FROM {schema}.job_archive WHERE queue IN (SELECT name FROM gone) RETURNING 1
+), dead AS (
+    DELETE FROM {schema}.job_dead WHERE queue IN (SELECT name FROM gone) RETURNING 1
 ), windows AS (
     DELETE FROM {schema}.throttle WHERE queue IN (SELECT name FROM gone) RETURNING 1
 )
 SELECT (SELECT count(*) FROM gone) AS queues,
-       (SELECT count(*) FROM live) + (SELECT count(*) FROM finished) AS jobs,
+       (SELECT count(*) FROM live) + (SELECT count(*) FROM archived)
+           + (SELECT count(*) FROM dead) AS jobs,
        (SELECT count(*) FROM windows) AS windows;
 
 -- Delete the queued (not running, not finished) jobs of a queue.

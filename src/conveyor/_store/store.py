@@ -514,6 +514,7 @@ class Store:
                 elif where == "pending":
                     self._ddl("archive_finalize", name, conn)
                 if where != "gone":
+                    self._ddl("archive_drop_hooks", name, conn)
                     self._ddl("archive_drop", name, conn)
                 self._rows("archive_forget", {"name": name}, conn)
                 dropped += 1

@@ -525,6 +525,7 @@ class AsyncStore:
                 elif where == "pending":
                     await self._ddl("archive_finalize", name, conn)
                 if where != "gone":
+                    await self._ddl("archive_drop_hooks", name, conn)
                     await self._ddl("archive_drop", name, conn)
                 await self._rows("archive_forget", {"name": name}, conn)
                 dropped += 1

@@ -171,6 +171,11 @@ CREATE VIEW {schema}.job_history AS
     UNION ALL
     SELECT * FROM {schema}.job_dead;
 
+-- Writers through the view that leave these out get what the table gave them.
+ALTER VIEW {schema}.job_history ALTER COLUMN priority SET DEFAULT 0;
+ALTER VIEW {schema}.job_history ALTER COLUMN attempt SET DEFAULT 0;
+ALTER VIEW {schema}.job_history ALTER COLUMN errors SET DEFAULT '[]';
+
 -- The dead letters: failed jobs, with their whole error history.
 CREATE VIEW {schema}.dead_letter AS SELECT * FROM {schema}.job_dead;
 

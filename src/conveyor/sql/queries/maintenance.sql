@@ -52,6 +52,11 @@ ALTER TABLE {schema}.job_archive DETACH PARTITION {schema}.{partition};
 -- name: archive_finalize :exec
 ALTER TABLE {schema}.job_archive DETACH PARTITION {schema}.{partition} FINALIZE;
 
+-- The completion hooks of the jobs in a partition about to be dropped: a hook is kept while
+-- its job is.
+-- name: archive_drop_hooks :exec
+DELETE FROM {schema}.job_hook k USING {schema}.{partition} p WHERE k.job_id = p.id;
+
 -- name: archive_drop :exec
 DROP TABLE IF EXISTS {schema}.{partition};
 

@@ -569,8 +569,9 @@ class Client:
     def diagnose(self, *, stale_after: float = 30.0, notify_timeout: float = 1.0) -> list[Finding]:
         """What ``conveyor doctor`` reports, one :class:`~conveyor.models.Finding` per problem
         (or one ``ok`` per clean check): schema version and drift from what the migrations
-        build, table and index bloat, old transactions holding back vacuum, orphaned or stuck
-        jobs, silent workers, and whether LISTEN/NOTIFY works.
+        build, table and index bloat, the history's partitions (runway, drops, the leader's
+        failures), old transactions holding back vacuum, orphaned or stuck jobs, silent
+        workers, and whether LISTEN/NOTIFY works.
 
         A check that cannot run becomes an error finding; an unreachable database raises
         :class:`~conveyor.errors.DatabaseUnavailable`.
@@ -581,6 +582,7 @@ class Client:
         for check, run in (
             ("schema", self._diagnose_schema),
             ("bloat", self._diagnose_bloat),
+            ("history", self._diagnose_history),
             ("transactions", self._diagnose_transactions),
             ("jobs", self._diagnose_jobs),
             ("workers", self._diagnose_workers),
@@ -622,6 +624,11 @@ class Client:
             store.doctor_indexes(),
             store.doctor_autovacuum(),
         )
+
+    def _diagnose_history(self, stale_after: float, timeout: float) -> list[Finding]:
+        archive = self._stores.store().doctor_archive()
+        default = self._settings.defaults.get("retention", DEFAULT_RETENTION)
+        return diagnosis.history_findings(archive, default)
 
     def _diagnose_transactions(self, stale_after: float, timeout: float) -> list[Finding]:
         rows = self._stores.store().doctor_old_transactions()

@@ -577,8 +577,9 @@ class AsyncClient:
     ) -> list[Finding]:
         """What ``conveyor doctor`` reports, one :class:`~conveyor.models.Finding` per problem
         (or one ``ok`` per clean check): schema version and drift from what the migrations
-        build, table and index bloat, old transactions holding back vacuum, orphaned or stuck
-        jobs, silent workers, and whether LISTEN/NOTIFY works.
+        build, table and index bloat, the history's partitions (runway, drops, the leader's
+        failures), old transactions holding back vacuum, orphaned or stuck jobs, silent
+        workers, and whether LISTEN/NOTIFY works.
 
         A check that cannot run becomes an error finding; an unreachable database raises
         :class:`~conveyor.errors.DatabaseUnavailable`.
@@ -589,6 +590,7 @@ class AsyncClient:
         for check, run in (
             ("schema", self._diagnose_schema_async),
             ("bloat", self._diagnose_bloat_async),
+            ("history", self._diagnose_history_async),
             ("transactions", self._diagnose_transactions_async),
             ("jobs", self._diagnose_jobs_async),
             ("workers", self._diagnose_workers_async),
@@ -630,6 +632,11 @@ class AsyncClient:
             await store.doctor_indexes(),
             await store.doctor_autovacuum(),
         )
+
+    async def _diagnose_history_async(self, stale_after: float, timeout: float) -> list[Finding]:
+        archive = await self._stores.store_async().doctor_archive()
+        default = self._settings.defaults.get("retention", DEFAULT_RETENTION)
+        return diagnosis.history_findings(archive, default)
 
     async def _diagnose_transactions_async(
         self, stale_after: float, timeout: float

@@ -369,6 +369,15 @@ async def test_a_failing_cleanup_is_reported_and_recovery_goes_on(
                     break
                 await asyncio.sleep(0.05)
             assert errors and "throttle" in errors[0]
+            # Recorded for doctor too.
+            for _ in range(100):
+                if count(conveyor_dsn, scratch_schema, "archive_status WHERE failure IS NOT NULL"):
+                    break
+                await asyncio.sleep(0.05)
+            findings = [f for f in await app.diagnose_async() if f.check == "history"]
+            assert any(
+                "upkeep failed" in f.message and "throttle" in f.message for f in findings
+            ), findings
             job_id = await app.send_async("orphan", {})
             [claimed] = await store.job_fetch(["orphan"], uuid.uuid4(), 1, None)  # a dead worker
             assert claimed[0] == job_id

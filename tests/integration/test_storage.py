@@ -279,3 +279,44 @@ def test_redrive_purge_and_delete_work_on_the_new_tables(app: Conveyor) -> None:
     app.delete_job(cancelled)
     with pytest.raises(JobNotFound):
         app.get_job(cancelled)
+
+
+# -- doctor -----------------------------------------------------------------------------------
+
+
+def history_check(app: Conveyor) -> list[tuple[str, str]]:
+    return [(f.severity, f.message) for f in app.diagnose() if f.check == "history"]
+
+
+def test_doctor_shows_the_runway_the_drops_and_the_last_failure(
+    conveyor_dsn: str, scratch_schema: str
+) -> None:
+    s = scratch_schema
+    with Conveyor(conveyor_dsn, schema=s) as app:
+        app.migrate()
+        [(severity, message)] = history_check(app)
+        assert severity == "ok" and "dropped (none yet)" in message, message
+        # Partitions that ended an hour ago, not dropped: no leader ran.
+        scalar(conveyor_dsn, f"SELECT {s}.archive_extend(600, now() - interval '1 hour')")
+        app.create_queue("kept-long", retention=timedelta(days=40))
+        found = history_check(app)
+        ended = [m for sev, m in found if sev == "warning" and "ended and wait" in m]
+        assert len(ended) == 1 and ended[0].endswith("(last drop: never)"), found
+        n = int(ended[0].split()[0])
+        assert n >= 10
+        assert any(
+            sev == "warning" and "need 40.0d: jobs kept longer leave" in msg for sev, msg in found
+        ), found
+        counts = app.maintain()
+        assert counts["partitions_dropped"] == n and counts["partitions_created"] > 0
+        [(severity, message)] = history_check(app)
+        assert severity == "ok" and f"; {n} dropped (the last" in message, message
+        with psycopg.connect(conveyor_dsn, autocommit=True) as conn:
+            conn.execute(
+                f"UPDATE {s}.archive_status SET failed_at = now(), failure = 'lock timeout'"
+            )
+        [(severity, message)] = history_check(app)
+        assert severity == "warning" and message.endswith("ago: lock timeout"), message
+        app.maintain()  # a pass that succeeds afterwards clears it
+        [(severity, _)] = history_check(app)
+        assert severity == "ok"

@@ -473,6 +473,7 @@ class Store:
                 if pace is not None:
                     pace(time.monotonic() - started, backlog)
             counts[kind] = total
+        self.archive_note(now, passed=True)
         return counts
 
     def maintain_dead(self, dead_retention: float, now: datetime | None, limit: int) -> int:
@@ -534,14 +535,17 @@ class Store:
         dropped: int = 0,
         analyzed: bool = False,
         failure: str | None = None,
+        passed: bool = False,
     ) -> None:
-        """Record what the leader did to the partitions, for ``conveyor doctor``."""
+        """Record what the leader did to the partitions, for ``conveyor doctor``: ``passed``
+        once a whole pass succeeded, which clears the last failure."""
         params = {
             "now": now,
             "extended": extended,
             "dropped": dropped,
             "analyzed": analyzed,
             "failure": failure,
+            "passed": passed,
         }
         self._rows("archive_note", params, None)
 

@@ -484,6 +484,7 @@ class AsyncStore:
                 if pace is not None:
                     await pace(time.monotonic() - started, backlog)
             counts[kind] = total
+        await self.archive_note(now, passed=True)
         return counts
 
     async def maintain_dead(self, dead_retention: float, now: datetime | None, limit: int) -> int:
@@ -545,14 +546,17 @@ class AsyncStore:
         dropped: int = 0,
         analyzed: bool = False,
         failure: str | None = None,
+        passed: bool = False,
     ) -> None:
-        """Record what the leader did to the partitions, for ``conveyor doctor``."""
+        """Record what the leader did to the partitions, for ``conveyor doctor``: ``passed``
+        once a whole pass succeeded, which clears the last failure."""
         params = {
             "now": now,
             "extended": extended,
             "dropped": dropped,
             "analyzed": analyzed,
             "failure": failure,
+            "passed": passed,
         }
         await self._rows("archive_note", params, None)
 

@@ -69,7 +69,8 @@ DELETE FROM {schema}.archive_partition WHERE name = %(name)s::text;
 ANALYZE {schema}.job_archive;
 
 -- What the leader did, for `conveyor doctor`: the time of the last extension, drop, analyze
--- and failure (with its message), and how many partitions were dropped in all.
+-- and failure, and how many partitions were dropped in all. The failure's message stays until
+-- a whole pass succeeds (passed).
 -- name: archive_note :exec
 INSERT INTO {schema}.archive_status AS s (
     one, extended_at, dropped_at, dropped, analyzed_at, failed_at, failure)
@@ -84,7 +85,8 @@ ON CONFLICT (one) DO UPDATE SET
     dropped = s.dropped + EXCLUDED.dropped,
     analyzed_at = coalesce(EXCLUDED.analyzed_at, s.analyzed_at),
     failed_at = coalesce(EXCLUDED.failed_at, s.failed_at),
-    failure = coalesce(EXCLUDED.failure, s.failure);
+    failure = CASE WHEN %(passed)s::boolean THEN NULL
+                   ELSE coalesce(EXCLUDED.failure, s.failure) END;
 
 -- Dead letters older than the dead-letter retention, oldest first.
 -- name: maintain_dead :scalar

@@ -6,13 +6,17 @@ the partitions' runway and the leader's failures."""
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.rows import dict_row
 
 import conveyor._store.migrate as migrate_module
@@ -320,3 +324,35 @@ def test_doctor_shows_the_runway_the_drops_and_the_last_failure(
         app.maintain()  # a pass that succeeds afterwards clears it
         [(severity, _)] = history_check(app)
         assert severity == "ok"
+
+
+def test_a_least_privilege_role_keeps_the_partitions_too(
+    conveyor_dsn: str, scratch_schema: str
+) -> None:
+    """Workers that run as a role with only the grants of docs/security.md own no table: the
+    runway and the drops go through the owner's functions."""
+    s = scratch_schema
+    role = f"conveyor_storage_{os.getpid()}"
+    doc = (Path(__file__).parents[2] / "docs" / "security.md").read_text(encoding="utf-8")
+    grants = re.search(r"```sql\n(.*?)```", doc, re.S)
+    assert grants is not None
+    with Conveyor(conveyor_dsn, schema=s) as owner:
+        owner.migrate()
+    scalar(conveyor_dsn, f"SELECT {s}.archive_extend(600, now() - interval '1 hour')")
+    with psycopg.connect(conveyor_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        block = grants.group(1).replace("SCHEMA conveyor", f"SCHEMA {s}")
+        conn.execute(block.replace("app_worker", role))  # type: ignore[arg-type]
+    try:
+        dsn = psycopg.conninfo.make_conninfo(conveyor_dsn, user=role)
+        with Conveyor(dsn, schema=s) as app:
+            app.create_queue("kept-long", retention=timedelta(days=40))
+            counts = app.maintain()
+            assert counts["partitions_dropped"] >= 10 and counts["partitions_created"] > 0
+            [finding] = [f for f in app.diagnose() if f.check == "history"]
+            assert finding.severity == "ok", finding
+    finally:
+        with psycopg.connect(conveyor_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

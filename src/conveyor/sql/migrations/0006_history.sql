@@ -99,9 +99,13 @@ $fn$;
 -- that do not exist yet; how many. ATTACH takes a SHARE UPDATE EXCLUSIVE lock on job_archive,
 -- which acknowledgements (ROW EXCLUSIVE) do not wait for; lock_timeout bounds the wait for the
 -- rare statement that conflicts (an ANALYZE, a detach).
+-- SECURITY DEFINER: workers running as a role that may only read and write the tables (see
+-- docs/security.md) still keep the runway; the function creates nothing but the layout's
+-- partitions.
 CREATE FUNCTION {schema}.archive_extend(p_horizon double precision, p_now timestamptz)
 RETURNS integer
-LANGUAGE plpgsql SET lock_timeout = '2s' AS $fn$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET lock_timeout = '2s'
+AS $fn$
 DECLARE
     t_now timestamptz := coalesce(p_now, now());
     b timestamptz;
@@ -125,6 +129,39 @@ BEGIN
         made := made + 1;
     END LOOP;
     RETURN made;
+END
+$fn$;
+
+-- Drop one partition that ended, for a role that does not own job_archive (least privilege):
+-- as the owner, with a plain DETACH (a concurrent one cannot run inside a function), which
+-- takes an exclusive lock on job_archive for a moment, bounded by lock_timeout. Only a listed
+-- partition that ended a minute ago, and never the newest, so the function drops nothing else.
+CREATE FUNCTION {schema}.archive_drop_partition(p_name text, p_now timestamptz)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET lock_timeout = '2s'
+AS $fn$
+DECLARE
+    v_table regclass;
+BEGIN
+    IF NOT EXISTS (
+        SELECT FROM {schema}.archive_partition p
+        WHERE p.name = p_name AND p.hi < coalesce(p_now, now()) - interval '1 minute'
+          AND p.hi < (SELECT max(x.hi) FROM {schema}.archive_partition x)
+    ) THEN
+        RETURN false;
+    END IF;
+    v_table := to_regclass(format('%I.%I', {schema_literal}, p_name));
+    IF v_table IS NOT NULL THEN
+        IF EXISTS (SELECT FROM pg_inherits i WHERE i.inhrelid = v_table) THEN
+            EXECUTE format('ALTER TABLE %I.job_archive DETACH PARTITION %s',
+                           {schema_literal}, v_table);
+        END IF;
+        EXECUTE format('DELETE FROM %I.job_hook k USING %s p WHERE k.job_id = p.id',
+                       {schema_literal}, v_table);
+        EXECUTE format('DROP TABLE %s', v_table);
+    END IF;
+    DELETE FROM {schema}.archive_partition p WHERE p.name = p_name;
+    RETURN true;
 END
 $fn$;
 

@@ -23,6 +23,16 @@ WHERE p.hi < coalesce(%(now)s::timestamptz, now()) - interval '1 minute'
   AND p.hi < (SELECT max(x.hi) FROM {schema}.archive_partition x)
 ORDER BY p.hi;
 
+-- Whether this session's role owns job_archive: only the owner detaches concurrently;
+-- another role drops through archive_drop_partition.
+-- name: archive_owned :scalar
+SELECT pg_has_role(current_user, c.relowner, 'USAGE')
+FROM pg_class c
+WHERE c.oid = to_regclass({schema_literal} || '.job_archive');
+
+-- name: archive_drop_partition :scalar
+SELECT {schema}.archive_drop_partition(%(name)s::text, %(now)s::timestamptz);
+
 -- Where a partition stands: attached, pending (a concurrent detach was interrupted: finalize
 -- it), detached (drop it) or gone.
 -- name: archive_partition_state :scalar

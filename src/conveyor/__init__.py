@@ -21,9 +21,19 @@ from conveyor.errors import (
     UnknownOption,
     ValidationError,
 )
-from conveyor.models import Job, JobState, Queue, QueuePolicy, QueueStats, Schedule, WorkerInfo
+from conveyor.models import (
+    BulkResult,
+    Job,
+    JobState,
+    Queue,
+    QueuePolicy,
+    QueueStats,
+    Schedule,
+    WorkerInfo,
+)
 
 __all__ = [
+    "BulkResult",
     "ConfigurationError",
     "Conveyor",
     "ConveyorError",

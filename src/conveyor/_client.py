@@ -9,13 +9,13 @@ hold only the I/O sequence.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, overload
 from uuid import UUID
 
-from conveyor import batching, diagnosis, reporting
+from conveyor import batching, bulk, diagnosis, reporting
 from conveyor._store.migrations import MigrationStatus, pending_sql
 from conveyor._store.store import Conn
 from conveyor._store.stores import Stores
@@ -30,6 +30,7 @@ from conveyor.cron import parse_crontab
 from conveyor.errors import (
     ConveyorError,
     DatabaseUnavailable,
+    InvalidOption,
     JobNotFound,
     JobStateError,
     MigrationChecksumMismatch,
@@ -40,6 +41,7 @@ from conveyor.errors import (
 from conveyor.flows import FlowNode, flatten
 from conveyor.handlers import Registry
 from conveyor.models import (
+    BulkResult,
     Finding,
     Health,
     Job,
@@ -66,6 +68,8 @@ from conveyor.options import (
 BatchItem = tuple[str, Any] | tuple[str, Any, Mapping[str, Any]]
 # Rounds of re-asking for a job whose key holder committed after the insert's snapshot.
 KEY_RESOLVE_ROUNDS = 5
+# Where a bulk action's walk over job ids starts: below every id.
+FIRST_ID = UUID(int=0)
 
 
 class Client:
@@ -318,6 +322,83 @@ class Client:
         check_queue_name(queue)
         store = self._stores.store()
         return store.job_retry_dead_all(queue, self._settings.clock(), connection)
+
+    def bulk_jobs(
+        self,
+        action: str,
+        *,
+        queue: str | None = None,
+        state: str | Iterable[str] | None = None,
+        older_than: float | timedelta | None = None,
+        search: str | None = None,
+        group_key: str | None = None,
+        priority: int | None = None,
+        dry_run: bool = False,
+        batch_size: int = bulk.DEFAULT_BATCH_SIZE,
+        progress: Callable[[int], None] | None = None,
+    ) -> BulkResult:
+        """Cancel, retry, delete or re-prioritise every job a filter matches.
+
+        ``action``: ``"cancel"`` (queued, waiting or running jobs; running handlers are told at
+        once), ``"retry"`` (queued jobs are brought forward, failed or cancelled ones queued
+        again with a fresh attempt count), ``"delete"`` (any job but a running one) or
+        ``"reprioritize"`` (queued or waiting jobs get ``priority``). The filter: ``queue``,
+        ``state`` (one or several of those the action applies to; default all of them),
+        ``older_than`` (created more than that many seconds ago), ``search`` (text in the
+        payload's JSON or the id, ignoring case, as ``list_jobs``) and ``group_key``; at least
+        one of them is required.
+
+        The jobs are counted first (``dry_run=True`` stops there), then changed in batches of
+        ``batch_size`` in a transaction each, skipping rows another transaction holds, so no
+        lock is held for long. ``progress`` is called after each batch with the running total.
+        """
+        found = bulk.bulk_filter(
+            action, queue=queue, state=state, older_than=older_than, search=search,
+            group_key=group_key,
+        )  # fmt: skip
+        if action == "reprioritize":
+            priority = bulk.check_priority(priority)
+        elif priority is not None:
+            raise InvalidOption("priority applies to the reprioritize action only")
+        if not isinstance(dry_run, bool):
+            raise InvalidOption("dry_run must be true or false")
+        batch_size = bulk.check_batch_size(batch_size)
+        store = self._stores.store()
+        now = self._settings.clock()
+        matched, before = store.job_bulk_count(found, now)
+        if dry_run or not matched:
+            return BulkResult(action, dry_run, matched, 0)
+        affected = 0
+        for name, states in bulk.steps(action, found):
+            after: UUID | None = FIRST_ID
+            while after is not None:
+                changed, after = store.job_bulk_step(
+                    name, found, states, before=before, after=after, limit=batch_size,
+                    priority=priority, now=now,
+                )  # fmt: skip
+                affected += changed
+                if progress is not None and after is not None:
+                    progress(affected)
+        return BulkResult(action, False, matched, affected)
+
+    def pause_queue(self, name: str) -> Queue:
+        """Stop starting the jobs of a queue, on every worker at once, until it is resumed
+        (the pause is stored in the database, so it survives restarts). Sends are still
+        accepted; jobs already running finish, and so do the few a worker had claimed ahead of
+        its free slots (its prefetch). Pausing a paused queue changes nothing;
+        :class:`QueueNotFound` if there is no such queue."""
+        check_queue_name(name)
+        if not self._stores.store().queue_pause(name):
+            raise QueueNotFound(f"no queue named {name!r}")
+        return self.get_queue(name)
+
+    def resume_queue(self, name: str) -> Queue:
+        """Run a paused queue's jobs again; its idle workers are woken at once. Resuming a
+        queue that is not paused changes nothing; :class:`QueueNotFound` if there is none."""
+        check_queue_name(name)
+        if not self._stores.store().queue_resume(name):
+            raise QueueNotFound(f"no queue named {name!r}")
+        return self.get_queue(name)
 
     def wait_for(self, job_id: UUID | str, timeout: float = 60.0) -> Job:
         """Wait until the job is completed, failed or cancelled and return it (``.result``,

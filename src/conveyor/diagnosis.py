@@ -54,11 +54,15 @@ def assess_health(
             queue=str(q["queue"]),
             depth=int(q["created"]) + int(q["retry"]),
             oldest_waiting_seconds=q["oldest_waiting_seconds"],
+            paused=bool(q.get("paused")),
         )
         for q in queues
     )
     if max_wait is not None:
         for q in found:
+            # A paused queue's backlog waits on purpose: it is not stuck.
+            if q.paused:
+                continue
             if q.oldest_waiting_seconds is not None and q.oldest_waiting_seconds > max_wait:
                 problems.append(
                     f"queue {q.queue}: oldest runnable job waited "

@@ -192,15 +192,31 @@ class Queue:
     rate_interval: float | None
     created_at: datetime
     updated_at: datetime
+    paused: bool = False
+    """No worker starts its jobs until it is resumed (:meth:`~conveyor.Conveyor.pause_queue`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BulkResult:
+    """What a bulk action did: ``matched`` jobs fitted the filter (and the action) when it
+    started; ``affected`` of them it changed (0 in a dry run). Fewer are affected than matched
+    when jobs moved on meanwhile (finished, claimed, or locked by another transaction)."""
+
+    action: str
+    dry_run: bool
+    matched: int
+    affected: int
 
 
 @dataclass(frozen=True, slots=True)
 class QueueStats:
-    """Counts of a queue's jobs by state, and how long its oldest runnable job has waited."""
+    """Counts of a queue's jobs by state, how long its oldest runnable job has waited, and
+    whether the queue is paused."""
 
     queue: str
     counts: dict[JobState, int]
     oldest_waiting_seconds: float | None
+    paused: bool = False
 
     @property
     def queued(self) -> int:
@@ -250,11 +266,13 @@ class WorkerInfo:
 @dataclass(frozen=True, slots=True)
 class QueueHealth:
     """How far behind a queue is: its queued jobs (``created`` and ``retry``, due or not), and
-    how long the oldest runnable one has waited past its ``run_at``."""
+    how long the oldest runnable one has waited past its ``run_at``; a paused queue's backlog
+    waits on purpose and is never reported as stuck."""
 
     queue: str
     depth: int
     oldest_waiting_seconds: float | None
+    paused: bool = False
 
 
 @dataclass(frozen=True, slots=True)

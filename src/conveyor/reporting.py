@@ -12,8 +12,10 @@ def queue_stats(rows: Iterable[dict[str, Any]]) -> list[QueueStats]:
     """One :class:`QueueStats` per queue from (queue, state, n, oldest_waiting_seconds) rows."""
     counts: dict[str, dict[JobState, int]] = {}
     oldest: dict[str, float | None] = {}
+    paused: dict[str, bool] = {}
     for row in rows:
         name = row["queue"]
+        paused[name] = bool(row.get("paused"))
         per_state = counts.setdefault(name, dict.fromkeys(JobState, 0))
         oldest.setdefault(name, None)
         if row["state"] is not None:
@@ -22,4 +24,4 @@ def queue_stats(rows: Iterable[dict[str, Any]]) -> list[QueueStats]:
         if wait is not None:
             current = oldest[name]
             oldest[name] = max(wait, 0.0) if current is None else max(current, wait)
-    return [QueueStats(name, counts[name], oldest[name]) for name in counts]
+    return [QueueStats(name, counts[name], oldest[name], paused[name]) for name in counts]

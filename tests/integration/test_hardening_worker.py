@@ -420,7 +420,7 @@ async def test_a_passing_error_on_an_ack_writes_the_same_outcome_again(
 
     async def cancel_first_ack(self: WorkerStore, name: str, *args: object) -> list[object]:
         nonlocal cancelled
-        if name == "job_ack_many" and cancelled < 2:
+        if name in ("job_ack_many", "job_ack_fetch") and cancelled < 2:
             cancelled += 1
             raise psycopg.errors.QueryCanceled("canceling statement due to user request")
         return await original(self, name, *args)  # type: ignore[arg-type]

@@ -82,8 +82,33 @@ def test_fetch_and_ack_use_their_indexes_on_a_large_table(app: Conveyor, conveyo
                 "now": None,
             },
         )
+        before = len(notices)
+        # The ack of those 100 folded into the next claim (one statement, as a busy worker does).
+        params = {
+            "id": [r["id"] for r in claimed[:50]],
+            "worker": [worker] * 50,
+            "attempt": [r["attempt"] for r in claimed[:50]],
+            "outcome": ["completed"] * 50,
+            "result": [None] * 50,
+            "error": [None] * 50,
+            "delay": [None] * 50,
+            "now": None,
+        }
+        nothing = {k: [] if isinstance(v, list) else v for k, v in params.items()}
+        for i in range(6):  # the acks ride on the last one, once the generic plans are in use
+            found = conn.execute(
+                named["job_ack_fetch"].sql,
+                {**(params if i == 5 else nothing), "queues": ["bench"], "claimer": worker,
+                 "limit": 100},
+            ).fetchall()  # fmt: skip
+        assert len(found) == 100
+        folded = notices[before:]
         conn.rollback()
     ack = next(n for n in notices if "DELETE FROM" in n and ".job j" in n)
     assert "job_pkey" in ack
     assert "Index Cond: (id = a" in ack  # one key lookup per acknowledged job
     assert "Seq Scan on job " not in ack
+    folded_fetch = [n for n in folded if "LATERAL" in n][-1]
+    assert "job_fetch_idx" in folded_fetch and "Seq Scan on job" not in folded_fetch
+    folded_ack = next(n for n in folded if "DELETE FROM" in n and ".job j" in n)
+    assert "Index Cond: (id = a" in folded_ack and "Seq Scan on job " not in folded_ack

@@ -9,8 +9,9 @@ from conveyor import Conveyor
 from conveyor._store.queries import parse, queries
 
 EXPECTED_ALL = [
-    "ConfigurationError", "Conveyor", "ConveyorError", "DuplicateJob", "Fail", "FrozenClock",
-    "InvalidOption", "InvalidQueueName", "Job", "JobNotFound", "JobState", "JobStateError",
+    "BulkResult", "ConfigurationError", "Conveyor", "ConveyorError", "DuplicateJob", "Fail",
+    "FrozenClock", "InvalidOption", "InvalidQueueName", "Job", "JobNotFound", "JobState",
+    "JobStateError",
     "MigrationError", "PayloadError", "PayloadTooLarge", "Queue", "QueueNotFound", "QueuePolicy",
     "QueueStats", "Retry", "Schedule", "ScheduleNotFound", "SchemaOutOfDate", "UnknownOption",
     "ValidationError", "WorkerInfo",
@@ -22,7 +23,7 @@ IO_METHODS = [
     "migrate", "migration_status", "migration_sql", "close", "schedule", "unschedule",
     "get_schedule", "list_schedules", "schedule_crontab", "wait_for", "retry_dead",
     "retry_dead_all", "delete_job", "list_dead", "purge_dead", "list_workers", "maintain",
-    "health", "diagnose",
+    "health", "diagnose", "pause_queue", "resume_queue", "bulk_jobs",
 ]  # fmt: skip
 
 

@@ -80,6 +80,7 @@ READS = frozenset(
         "queue_get",
         "queue_list",
         "queue_stats",
+        "job_bulk_count",
         "schedule_get",
         "schedule_list",
         "job_held",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID, uuid4
@@ -31,6 +31,7 @@ from conveyor._store.connections import (
 from conveyor._store.errors import translated
 from conveyor._store.queries import READS, queries
 from conveyor._store.waiters import done_waiter
+from conveyor.bulk import BulkFilter
 from conveyor.errors import ConveyorError, DatabaseUnavailable, InvalidOption
 from conveyor.models import Job, Queue, Schedule, WorkerInfo
 from conveyor.options import JobSpec
@@ -38,6 +39,8 @@ from conveyor.options import JobSpec
 Conn = Connection[Any]
 # How often wait_for looks at a job when it cannot LISTEN (behind PgBouncer, no listen_dsn).
 WAIT_POLL_INTERVAL = 0.2
+# A wait's registration outlives its timeout by this much before anyone may delete it.
+WAITER_GRACE = 30.0
 # Seconds a caller waits for a pooled connection before asking the server directly whether it
 # can be reached: an outage surfaces at once, in libpq's words, not after the pool's timeout.
 POOL_WAIT_SLICE = 1.0
@@ -363,15 +366,25 @@ class Store:
                     return job
                 time.sleep(min(remaining, WAIT_POLL_INTERVAL))
         with self._waiter.watch(job_id) as woken:
-            while True:
-                woken.arm()
-                job = self.job_get(job_id)
-                if woken.outcome is not None:  # retention 0: the row is gone, or soon will be
-                    return rows.job_outcome(woken.outcome)
-                remaining = deadline - time.monotonic()
-                if job is None or job.state.is_terminal or remaining <= 0:
-                    return job
-                woken.wait(remaining)
+            woken.arm()
+            # Listening before registering: an ack that sees the registration notifies a
+            # connection that hears it.
+            waiter = uuid4()
+            params = {"id": waiter, "job": job_id, "ttl": timeout + WAITER_GRACE}
+            self._rows("waiter_register", params, None)
+            try:
+                while True:
+                    job = self.job_get(job_id)
+                    if woken.outcome is not None:  # retention 0: the row is gone
+                        return rows.job_outcome(woken.outcome)
+                    remaining = deadline - time.monotonic()
+                    if job is None or job.state.is_terminal or remaining <= 0:
+                        return job
+                    woken.wait(remaining)
+                    woken.arm()
+            finally:
+                with suppress(Error, DatabaseUnavailable):
+                    self._rows("waiter_remove", {"id": waiter}, None)
 
     def schedule_upsert(self, values: dict[str, Any], conn: Conn | None = None) -> Schedule:
         """Create or replace a schedule."""
@@ -420,6 +433,59 @@ class Store:
         """Delete the queued jobs of a queue; how many."""
         found = self._rows("queue_purge", {"name": name}, conn)
         return int(found[0]["count"])
+
+    def queue_pause(self, name: str) -> bool:
+        """Pause a queue: no fetch claims its jobs until it is resumed; False if no such queue."""
+        return bool((self._rows("queue_pause", {"name": name}, None))[0]["exists"])
+
+    def queue_resume(self, name: str) -> bool:
+        """Resume a queue and wake its workers; False if no such queue."""
+        params = {"name": name, "channel": self.channel}
+        return bool((self._rows("queue_resume", params, None))[0]["exists"])
+
+    def job_bulk_count(
+        self, found: BulkFilter, now: datetime | None
+    ) -> tuple[int, datetime | None]:
+        """How many jobs ``found`` matches, and the creation cutoff of its ``older_than``
+        (fixed here, so every batch of the action uses the same one)."""
+        params = {
+            **found.params(),
+            "live_states": found.live_states,
+            "history_states": found.history_states,
+            "older_than": found.older_than,
+            "now": now,
+        }
+        row = (self._rows("job_bulk_count", params, None))[0]
+        return int(row["matched"]), row["before"]
+
+    def job_bulk_step(
+        self,
+        name: str,
+        found: BulkFilter,
+        states: list[str],
+        *,
+        before: datetime | None,
+        after: UUID,
+        limit: int,
+        priority: int | None,
+        now: datetime | None,
+    ) -> tuple[int, UUID | None]:
+        """One batch of a bulk action (the ``job_bulk_*`` statement ``name``): how many jobs it
+        changed, and the last id it looked at (None once none is left after ``after``)."""
+        params = {
+            **found.params(),
+            "states": states,
+            "before": before,
+            "after": after,
+            "limit": limit,
+            "priority": priority,
+            "now": now,
+            "channel": self.channel,
+            "cancel_channel": self.cancel_channel,
+            "done_channel": self.done_channel,
+        }
+        row = (self._rows(name, params, None))[0]
+        return int(row["affected"]), row["last"]
 
     def queue_stats(
         self, name: str | None, now: datetime | None, conn: Conn | None = None

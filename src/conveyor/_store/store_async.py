@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID, uuid4
@@ -30,6 +30,7 @@ from conveyor._store.connections import (
 from conveyor._store.errors import translated
 from conveyor._store.queries import READS, queries
 from conveyor._store.waiters import done_waiter_async
+from conveyor.bulk import BulkFilter
 from conveyor.errors import ConveyorError, DatabaseUnavailable, InvalidOption
 from conveyor.models import Job, Queue, Schedule, WorkerInfo
 from conveyor.options import JobSpec
@@ -37,6 +38,8 @@ from conveyor.options import JobSpec
 AsyncConn = AsyncConnection[Any]
 # How often wait_for looks at a job when it cannot LISTEN (behind PgBouncer, no listen_dsn).
 WAIT_POLL_INTERVAL = 0.2
+# A wait's registration outlives its timeout by this much before anyone may delete it.
+WAITER_GRACE = 30.0
 # Seconds a caller waits for a pooled connection before asking the server directly whether it
 # can be reached: an outage surfaces at once, in libpq's words, not after the pool's timeout.
 POOL_WAIT_SLICE = 1.0
@@ -370,15 +373,25 @@ class AsyncStore:
                     return job
                 await asyncio.sleep(min(remaining, WAIT_POLL_INTERVAL))
         async with self._waiter.watch(job_id) as woken:
-            while True:
-                await woken.arm()
-                job = await self.job_get(job_id)
-                if woken.outcome is not None:  # retention 0: the row is gone, or soon will be
-                    return rows.job_outcome(woken.outcome)
-                remaining = deadline - time.monotonic()
-                if job is None or job.state.is_terminal or remaining <= 0:
-                    return job
-                await woken.wait(remaining)
+            await woken.arm()
+            # Listening before registering: an ack that sees the registration notifies a
+            # connection that hears it.
+            waiter = uuid4()
+            params = {"id": waiter, "job": job_id, "ttl": timeout + WAITER_GRACE}
+            await self._rows("waiter_register", params, None)
+            try:
+                while True:
+                    job = await self.job_get(job_id)
+                    if woken.outcome is not None:  # retention 0: the row is gone
+                        return rows.job_outcome(woken.outcome)
+                    remaining = deadline - time.monotonic()
+                    if job is None or job.state.is_terminal or remaining <= 0:
+                        return job
+                    await woken.wait(remaining)
+                    await woken.arm()
+            finally:
+                with suppress(Error, DatabaseUnavailable):
+                    await self._rows("waiter_remove", {"id": waiter}, None)
 
     async def schedule_upsert(
         self, values: dict[str, Any], conn: AsyncConn | None = None
@@ -429,6 +442,59 @@ class AsyncStore:
         """Delete the queued jobs of a queue; how many."""
         found = await self._rows("queue_purge", {"name": name}, conn)
         return int(found[0]["count"])
+
+    async def queue_pause(self, name: str) -> bool:
+        """Pause a queue: no fetch claims its jobs until it is resumed; False if no such queue."""
+        return bool((await self._rows("queue_pause", {"name": name}, None))[0]["exists"])
+
+    async def queue_resume(self, name: str) -> bool:
+        """Resume a queue and wake its workers; False if no such queue."""
+        params = {"name": name, "channel": self.channel}
+        return bool((await self._rows("queue_resume", params, None))[0]["exists"])
+
+    async def job_bulk_count(
+        self, found: BulkFilter, now: datetime | None
+    ) -> tuple[int, datetime | None]:
+        """How many jobs ``found`` matches, and the creation cutoff of its ``older_than``
+        (fixed here, so every batch of the action uses the same one)."""
+        params = {
+            **found.params(),
+            "live_states": found.live_states,
+            "history_states": found.history_states,
+            "older_than": found.older_than,
+            "now": now,
+        }
+        row = (await self._rows("job_bulk_count", params, None))[0]
+        return int(row["matched"]), row["before"]
+
+    async def job_bulk_step(
+        self,
+        name: str,
+        found: BulkFilter,
+        states: list[str],
+        *,
+        before: datetime | None,
+        after: UUID,
+        limit: int,
+        priority: int | None,
+        now: datetime | None,
+    ) -> tuple[int, UUID | None]:
+        """One batch of a bulk action (the ``job_bulk_*`` statement ``name``): how many jobs it
+        changed, and the last id it looked at (None once none is left after ``after``)."""
+        params = {
+            **found.params(),
+            "states": states,
+            "before": before,
+            "after": after,
+            "limit": limit,
+            "priority": priority,
+            "now": now,
+            "channel": self.channel,
+            "cancel_channel": self.cancel_channel,
+            "done_channel": self.done_channel,
+        }
+        row = (await self._rows(name, params, None))[0]
+        return int(row["affected"]), row["last"]
 
     async def queue_stats(
         self, name: str | None, now: datetime | None, conn: AsyncConn | None = None

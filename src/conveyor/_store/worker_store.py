@@ -9,7 +9,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 from uuid import UUID
 
 from psycopg import Error
@@ -24,6 +24,9 @@ from conveyor.errors import (
     JobNotFound,
     ValidationError,
 )
+
+# How many columns job_fetch returns (the type job_fetched); job_ack_fetch adds more after them.
+FETCHED_WIDTH = 26
 
 # SQLSTATE classes of errors about the values themselves (data exception, integrity constraint
 # violation): writing the same rows again cannot succeed.
@@ -77,25 +80,37 @@ class WorkerStore(AsyncStore):
         (a deadlock, a cancelled statement, a lock timeout, a lost connection): the same batch
         may be written again.
         """
-        params = {
-            "id": [a.job_id for a in acks],
-            "worker": [worker] * len(acks),
-            "attempt": [a.attempt for a in acks],
-            "outcome": [a.outcome for a in acks],
-            "result": [a.result for a in acks],
-            "error": [a.error for a in acks],
-            "delay": [a.delay for a in acks],
-            "now": now,
-        }
+        params = _ack_params(worker, acks, now)
         try:
             found = await self._fetch("job_ack_many", params, None, tuple_row)
-        except (ValidationError, DuplicateJob, JobNotFound) as exc:  # translated 22xxx / 23xxx
-            raise InvalidOption(f"outcome refused: {one_line(str(exc))}") from exc
-        except Error as exc:
-            if (exc.sqlstate or "")[:2] in REFUSED_VALUES:
-                raise InvalidOption(f"outcome refused: {one_line(str(exc))}") from exc
-            raise DatabaseUnavailable(f"outcomes not written: {one_line(str(exc))}") from exc
+        except Exception as exc:
+            _raise_outcome_error(exc)
         return [Changed(*r) for r in found]
+
+    async def job_ack_fetch(
+        self,
+        worker: UUID,
+        acks: Sequence[Ack],
+        queues: Sequence[str],
+        limit: int,
+        now: datetime | None,
+    ) -> tuple[list[Changed], list[tuple[Any, ...]]]:
+        """Write outcomes and claim up to ``limit`` jobs in one transaction, sent in one round
+        trip: one commit where :meth:`job_ack_many` and :meth:`job_fetch` take two. Raises as
+        :meth:`job_ack_many` does; on any error neither the outcomes nor the claims are written.
+        """
+        params = _ack_params(worker, acks, now)
+        params.update(queues=list(queues), claimer=worker, limit=limit)
+        try:
+            found = await self._fetch("job_ack_fetch", params, None, tuple_row)
+        except Exception as exc:
+            _raise_outcome_error(exc)
+        first = found[0]
+        ids, queues_, states = first[FETCHED_WIDTH + 1 :]
+        changed = [Changed(*c) for c in zip(ids or (), queues_ or (), states or (), strict=True)]
+        if first[0] is None:
+            return changed, []
+        return changed, [row[:FETCHED_WIDTH] for row in found]
 
     async def job_progress_many(
         self, worker: UUID, progress: dict[tuple[UUID, int], dict[str, Any]]
@@ -170,3 +185,30 @@ class WorkerStore(AsyncStore):
         }
         found = await self._rows("job_recover", params, None)
         return [Changed(r["id"], r["queue"], r["state"]) for r in found]
+
+
+def _ack_params(worker: UUID, acks: Sequence[Ack], now: datetime | None) -> dict[str, Any]:
+    """The parameters of ``job_ack_many``: one array per field, one element per ack."""
+    return {
+        "id": [a.job_id for a in acks],
+        "worker": [worker] * len(acks),
+        "attempt": [a.attempt for a in acks],
+        "outcome": [a.outcome for a in acks],
+        "result": [a.result for a in acks],
+        "error": [a.error for a in acks],
+        "delay": [a.delay for a in acks],
+        "now": now,
+    }
+
+
+def _raise_outcome_error(exc: Exception) -> NoReturn:
+    """Raise what a failed write of outcomes means: InvalidOption for values the database
+    refuses (writing them again cannot succeed), DatabaseUnavailable for anything else the
+    database raised; any other error as it is."""
+    if isinstance(exc, ValidationError | DuplicateJob | JobNotFound):  # translated 22xxx / 23xxx
+        raise InvalidOption(f"outcome refused: {one_line(str(exc))}") from exc
+    if isinstance(exc, Error):
+        if (exc.sqlstate or "")[:2] in REFUSED_VALUES:
+            raise InvalidOption(f"outcome refused: {one_line(str(exc))}") from exc
+        raise DatabaseUnavailable(f"outcomes not written: {one_line(str(exc))}") from exc
+    raise exc

@@ -40,17 +40,20 @@ def console() -> Console:
 
 
 @contextlib.contextmanager
-def progress(description: str, *, total: int | None, as_json: bool) -> Iterator[None]:
-    """A progress bar on stderr while one long operation runs (a pulse until it returns, then
-    full). Off when the output is not a terminal or with ``--json``, so scripts and logs get
+def progress(
+    description: str, *, total: int | None, as_json: bool
+) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr while one long operation runs: a pulse, or the count it
+    reports through the function yielded (how many of ``total`` are done); full once it
+    returns. Off when the output is not a terminal or with ``--json``, so scripts and logs get
     only the result."""
     if as_json or not (sys.stdout.isatty() and sys.stderr.isatty()):
-        yield
+        yield lambda done: None
         return
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(description, total=total or None)
-        yield
+        yield lambda done: bar.update(task, completed=done)
         bar.update(task, completed=total or 1, total=total or 1)
 
 

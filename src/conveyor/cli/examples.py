@@ -21,13 +21,24 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "conveyor worker myapp.jobs:app --processes 4 --metrics-port 9100",
     ),
     "status": ("conveyor status", "conveyor status --json | jq '.queues[].counts'"),
-    "queues": ("conveyor queues", "conveyor queues --json"),
+    "queues": ("conveyor queues", "conveyor queues --json", "conveyor queues pause reports"),
+    "queues pause": ("conveyor queues pause reports", "conveyor queues pause reports --json"),
+    "queues resume": ("conveyor queues resume reports",),
     "schedules": ("conveyor schedules",),
     "workers": ("conveyor workers --stale-after 60",),
     "jobs": ("conveyor jobs list --queue email.send --state failed", "conveyor jobs watch"),
     "jobs list": (
         "conveyor jobs list --queue email.send --state failed --since 2h",
         "conveyor jobs list --search ada@example.com --json",
+    ),
+    "jobs cancel": (
+        "conveyor jobs cancel --queue email.send --search @spam.example --dry-run",
+        "conveyor jobs cancel --queue email.send --state created --older-than 2h --yes",
+    ),
+    "jobs retry": ("conveyor jobs retry --queue email.send --state failed --older-than 1h",),
+    "jobs delete": ("conveyor jobs delete --state completed --state cancelled --older-than 7d",),
+    "jobs reprioritize": (
+        "conveyor jobs reprioritize --queue reports --group-key tenant-7 --priority 10 --yes",
     ),
     "jobs show": ("conveyor jobs show 01a2389b-9a18-7000-a13d-ed03ab59961b",),
     "jobs watch": (

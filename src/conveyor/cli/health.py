@@ -48,10 +48,13 @@ def health(
                 f"{report.workers} live worker(s)"
             )
         if report.queues:
-            table = Table("queue", "depth", "oldest wait (s)")
+            table = Table("queue", "depth", "oldest wait (s)", "paused")
             for q in report.queues:
                 wait = q.oldest_waiting_seconds
-                table.add_row(q.queue, str(q.depth), "-" if wait is None else f"{wait:.1f}")
+                table.add_row(
+                    q.queue, str(q.depth), "-" if wait is None else f"{wait:.1f}",
+                    "yes" if q.paused else "",
+                )  # fmt: skip
             out.print(table)
         for problem in report.problems:
             out.print(f"problem: {problem}", markup=False)

@@ -39,6 +39,7 @@ def status(cli: CliContext, stale_after: float, as_json: bool) -> None:
                     "queue": s.queue,
                     "counts": {state.value: n for state, n in s.counts.items()},
                     "oldest_waiting_seconds": s.oldest_waiting_seconds,
+                    "paused": s.paused,
                 }
                 for s in stats
             ],
@@ -47,11 +48,11 @@ def status(cli: CliContext, stale_after: float, as_json: bool) -> None:
         return
     out = console()
     if stats:
-        table = Table("queue", *(s.value for s in JobState), "oldest wait")
+        table = Table("queue", *(s.value for s in JobState), "oldest wait", "paused")
         for s in stats:
             table.add_row(
                 s.queue, *(str(s.counts[state]) for state in JobState),
-                age(s.oldest_waiting_seconds),
+                age(s.oldest_waiting_seconds), "yes" if s.paused else "",
             )  # fmt: skip
         out.print(table)
     else:
@@ -59,12 +60,19 @@ def status(cli: CliContext, stale_after: float, as_json: bool) -> None:
     out.print(f"workers: {len(live)} alive, {len(workers)} registered")
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @json_option
-@click.pass_obj
+@click.pass_context
+def queues(ctx: click.Context, as_json: bool) -> None:
+    """Every queue with its policy, limits (blank: the app's default) and whether it is
+    paused; ``queues pause|resume NAME`` stops and restarts a queue on every worker."""
+    if ctx.invoked_subcommand is None:
+        list_queues(ctx.obj, as_json)
+
+
 @one_line_errors
-def queues(cli: CliContext, as_json: bool) -> None:
-    """Every queue with its policy and limits (blank: the app's default)."""
+def list_queues(cli: CliContext, as_json: bool) -> None:
+    """The table (or JSON) of ``conveyor queues``."""
     found = cli.app().list_queues()
     if as_json:
         emit_json([record(q) for q in found])
@@ -75,7 +83,7 @@ def queues(cli: CliContext, as_json: bool) -> None:
         return
     table = Table(
         "queue", "policy", "priority", "retry limit", "retry delay", "backoff", "expire in",
-        "retention", "dead letter", "concurrency", "rate limit",
+        "retention", "dead letter", "concurrency", "rate limit", "paused",
     )  # fmt: skip
     for q in found:
         rate = f"{q.rate_limit}/{q.rate_interval:g}s" if q.rate_limit is not None else ""
@@ -83,8 +91,38 @@ def queues(cli: CliContext, as_json: bool) -> None:
             q.name, q.policy.value, _blank(q.priority), _blank(q.retry_limit),
             _blank(q.retry_delay), q.retry_backoff or "", _blank(q.expire_in),
             _blank(q.retention), q.dead_letter or "", _blank(q.concurrency), rate,
+            "yes" if q.paused else "",
         )  # fmt: skip
     out.print(table)
+
+
+@queues.command("pause")
+@click.argument("name")
+@json_option
+@click.pass_obj
+@one_line_errors
+def pause(cli: CliContext, name: str, as_json: bool) -> None:
+    """Stop starting the jobs of queue NAME on every worker (sends are still accepted; running
+    jobs finish). Holds across restarts until ``queues resume``."""
+    queue = cli.app().pause_queue(name)
+    if as_json:
+        emit_json({"queue": queue.name, "paused": queue.paused})
+    else:
+        click.echo(f"queue {queue.name} is paused")
+
+
+@queues.command("resume")
+@click.argument("name")
+@json_option
+@click.pass_obj
+@one_line_errors
+def resume(cli: CliContext, name: str, as_json: bool) -> None:
+    """Start running the jobs of queue NAME again (idle workers are woken at once)."""
+    queue = cli.app().resume_queue(name)
+    if as_json:
+        emit_json({"queue": queue.name, "paused": queue.paused})
+    else:
+        click.echo(f"queue {queue.name} is running")
 
 
 def _blank(value: float | None) -> str:

@@ -1,10 +1,12 @@
-"""``conveyor jobs list|show``, ``conveyor retry ID`` and ``conveyor cancel ID``."""
+"""``conveyor jobs list|show|watch``, the bulk actions ``conveyor jobs
+cancel|retry|delete|reprioritize`` by filter, ``conveyor retry ID`` and ``conveyor cancel ID``."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import time
+from dataclasses import replace
 from typing import Any
 
 import click
@@ -14,13 +16,16 @@ from rich.table import Table
 from rich.text import Text
 
 from conveyor.app import Conveyor
-from conveyor.cli import CliContext, one_line_errors
+from conveyor.bulk import ACTION_STATES
+from conveyor.cli import EXIT_CHECK_FAILED, CliContext, fail, one_line_errors
 from conveyor.cli.common import (
     age,
     console,
     emit_json,
     json_option,
+    parse_duration,
     parse_when,
+    progress,
     record,
     when,
 )
@@ -293,5 +298,106 @@ def cancel(cli: CliContext, job_id: str, as_json: bool) -> None:
     else:
         click.echo(f"job {job.id} is {job.state.value}")
 
+
+# What each bulk action is called in its help, its confirmation and its report.
+BULK_WORDS = {
+    "cancel": ("Cancel", "cancelled"),
+    "retry": ("Retry", "queued again"),
+    "delete": ("Delete", "deleted"),
+    "reprioritize": ("Re-prioritise", "re-prioritised"),
+}
+BULK_HELP = {
+    "cancel": "Cancel every queued, waiting or running job the filter matches (running "
+    "handlers are told at once).",
+    "retry": "Run again every job the filter matches: queued ones are brought forward, failed "
+    "or cancelled ones queued with a fresh attempt count.",
+    "delete": "Delete for good every job the filter matches that is not running.",
+    "reprioritize": "Give every queued or waiting job the filter matches a new --priority.",
+}
+
+
+def bulk_command(action: str) -> click.Command:
+    """``conveyor jobs ACTION``: count what the filter matches, ask (unless --yes), then
+    change it in batches with a progress bar."""
+    verb, done_word = BULK_WORDS[action]
+    choices = [s.value for s in ACTION_STATES[action]]
+
+    @click.pass_obj
+    @one_line_errors
+    def run(
+        cli: CliContext,
+        queue: str | None,
+        states: tuple[str, ...],
+        older_than: str | None,
+        search: str | None,
+        group_key: str | None,
+        dry_run: bool,
+        yes: bool,
+        batch_size: int,
+        as_json: bool,
+        priority: int | None = None,
+    ) -> None:
+        if action == "reprioritize" and priority is None:
+            raise ValidationError("--priority is required")
+        app = cli.app()
+        seconds = None if older_than is None else parse_duration(older_than, "--older-than")
+        options: dict[str, Any] = {
+            "queue": queue,
+            "state": list(states) or None,
+            "older_than": seconds,
+            "search": search,
+            "group_key": group_key,
+            "priority": priority,
+            "batch_size": batch_size,
+        }
+        result = app.bulk_jobs(action, **options, dry_run=True)
+        if not dry_run and result.matched:
+            if not yes and not click.confirm(f"{verb} {result.matched} jobs?", err=True):
+                fail("nothing changed", EXIT_CHECK_FAILED)
+            total = result.matched
+            with progress(f"{verb}: {total} jobs", total=total, as_json=as_json) as advance:
+                result = app.bulk_jobs(action, **options, progress=advance)
+        elif not dry_run:
+            result = replace(result, dry_run=False)
+        if as_json:
+            emit_json(record(result))
+        elif result.dry_run:
+            click.echo(f"{result.matched} jobs match (dry run: nothing changed)")
+        else:
+            click.echo(f"{done_word}: {result.affected} of {result.matched} matching jobs")
+
+    params: list[click.Parameter] = [
+        click.Option(["--queue"], help="Only this queue."),
+        click.Option(
+            ["--state", "states"],
+            multiple=True,
+            metavar="STATE",
+            help=f"Only this state (repeat): {', '.join(choices)} (default: all of them).",
+        ),
+        click.Option(["--older-than"], help="Only jobs created longer ago (15m, 2h, 7d)."),
+        click.Option(["--search"], help="Text in the payload or the id (case-insensitive)."),
+        click.Option(["--group-key"], help="Only jobs of this group."),
+        click.Option(["--dry-run"], is_flag=True, help="Count the matching jobs; change nothing."),
+        click.Option(["--yes"], is_flag=True, help="Do not ask for confirmation."),
+        click.Option(
+            ["--batch-size"],
+            type=int,
+            default=1000,
+            show_default=True,
+            help="Jobs changed per transaction.",
+        ),
+        click.Option(["--json", "as_json"], is_flag=True, help="Machine-readable output."),
+    ]
+    if action == "reprioritize":
+        params.append(click.Option(["--priority"], type=int, help="The new priority (required)."))
+    help_text = (
+        f"{BULK_HELP[action]} Give at least one filter. Counts first and asks for confirmation "
+        "(declining exits 1) unless --yes."
+    )
+    return click.Command(action, callback=run, params=params, help=help_text)
+
+
+for _action in ACTION_STATES:
+    jobs.add_command(bulk_command(_action))
 
 COMMANDS: tuple[click.Command, ...] = (jobs, retry, cancel)

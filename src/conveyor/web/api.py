@@ -36,6 +36,9 @@ Action = Callable[[Request, Params], Awaitable[Any]]
 
 # The filters GET /api/jobs accepts; anything else is refused rather than silently ignored.
 JOB_FILTERS = frozenset({"queue", "state", "since", "search", "limit", "offset", "order"})
+# The body of POST /api/jobs/bulk, and the fields of its "filter" object.
+BULK_FIELDS = frozenset({"action", "filter", "priority", "dry_run"})
+BULK_FILTERS = frozenset({"queue", "state", "older_than", "search", "group_key"})
 DEFAULT_LIMIT = 50
 
 
@@ -180,7 +183,10 @@ class Api:
             ("GET", "/api/queues", "api_queues", self.queues),
             ("GET", "/api/queues/{name}", "api_queue", self.queue),
             ("POST", "/api/queues/{name}/purge", "api_queue_purge", self.queue_purge),
+            ("POST", "/api/queues/{name}/pause", "api_queue_pause", self.queue_pause),
+            ("POST", "/api/queues/{name}/resume", "api_queue_resume", self.queue_resume),
             ("GET", "/api/jobs", "api_jobs", self.jobs),
+            ("POST", "/api/jobs/bulk", "api_jobs_bulk", self.jobs_bulk),
             ("GET", "/api/jobs/{id}", "api_job", self.job),
             ("POST", "/api/jobs/{id}/retry", "api_job_retry", self.job_retry),
             ("POST", "/api/jobs/{id}/cancel", "api_job_cancel", self.job_cancel),
@@ -246,7 +252,41 @@ class Api:
         name = request.path_params["name"]
         return {"queue": name, "purged": await self.conveyor.purge_queue_async(name)}
 
+    async def queue_pause(self, request: Request, params: Params) -> Any:
+        only(params, frozenset())
+        queue = await self.conveyor.pause_queue_async(request.path_params["name"])
+        return {"queue": queue.name, "paused": queue.paused}
+
+    async def queue_resume(self, request: Request, params: Params) -> Any:
+        only(params, frozenset())
+        queue = await self.conveyor.resume_queue_async(request.path_params["name"])
+        return {"queue": queue.name, "paused": queue.paused}
+
     # -- jobs --------------------------------------------------------------------------------
+
+    async def jobs_bulk(self, request: Request, params: Params) -> Any:
+        only(params, BULK_FIELDS)
+        action = params.get("action")
+        if not isinstance(action, str):
+            raise InvalidOption("action is required: cancel, retry, delete or reprioritize")
+        found = params.get("filter")
+        if not isinstance(found, dict):
+            raise InvalidOption("filter is required: an object with at least one criterion")
+        unknown = sorted(set(found) - BULK_FILTERS)
+        if unknown:
+            names = ", ".join(sorted(BULK_FILTERS))
+            raise InvalidOption(f"unknown filter {unknown[0]!r}; accepted: {names}")
+        result = await self.conveyor.bulk_jobs_async(
+            action,
+            queue=found.get("queue"),
+            state=found.get("state"),
+            older_than=found.get("older_than"),
+            search=found.get("search"),
+            group_key=found.get("group_key"),
+            priority=params.get("priority"),
+            dry_run=params.get("dry_run", False),
+        )
+        return plain(result)
 
     async def jobs(self, request: Request, params: Params) -> Any:
         only(params, JOB_FILTERS)

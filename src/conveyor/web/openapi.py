@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from conveyor.bulk import ACTIONS
 from conveyor.models import JobState
 
 STATES = [state.value for state in JobState]
@@ -60,6 +61,7 @@ def _op(
     params: list[dict[str, Any]] | None = None,
     errors: dict[str, Any] | None = None,
     body: dict[str, Any] | None = None,
+    json_only: bool = False,
 ) -> dict[str, Any]:
     op: dict[str, Any] = {
         "summary": summary,
@@ -68,13 +70,10 @@ def _op(
         "responses": {"200": ok, **(errors or ERRORS)},
     }
     if body is not None:
-        op["requestBody"] = {
-            "required": False,
-            "content": {
-                "application/json": {"schema": body},
-                "application/x-www-form-urlencoded": {"schema": body},
-            },
-        }
+        content = {"application/json": {"schema": body}}
+        if not json_only:
+            content["application/x-www-form-urlencoded"] = {"schema": body}
+        op["requestBody"] = {"required": json_only, "content": content}
     return op
 
 
@@ -140,9 +139,45 @@ SCHEMAS: dict[str, Any] = {
             "name": {"type": "string"},
             "policy": {"type": "string"},
             "concurrency": {"type": ["integer", "null"]},
+            "paused": {"type": "boolean"},
             "stats": {"oneOf": [_ref("QueueStats"), {"type": "null"}]},
         },
-        ["name", "policy"],
+        ["name", "policy", "paused"],
+    ),
+    "QueuePaused": _object(
+        {"queue": {"type": "string"}, "paused": {"type": "boolean"}}, ["queue", "paused"]
+    ),
+    "BulkRequest": _object(
+        {
+            "action": {"type": "string", "enum": list(ACTIONS)},
+            "filter": {
+                **_object(
+                    {
+                        "queue": {"type": "string"},
+                        "state": {"type": "array", "items": {"type": "string", "enum": STATES}},
+                        "older_than": {"type": "number", "minimum": 0},
+                        "search": {"type": "string"},
+                        "group_key": {"type": "string"},
+                    }
+                ),
+                "additionalProperties": False,
+                "description": "At least one criterion. state: among those the action applies "
+                "to (default: all of them); older_than: created more than this many seconds "
+                "ago; search: text in the payload (as JSON) or the id, ignoring case.",
+            },
+            "priority": {"type": "integer", "description": "The new priority (reprioritize)."},
+            "dry_run": {"type": "boolean", "default": False},
+        },
+        ["action", "filter"],
+    ),
+    "BulkResult": _object(
+        {
+            "action": {"type": "string", "enum": list(ACTIONS)},
+            "dry_run": {"type": "boolean"},
+            "matched": COUNT,
+            "affected": COUNT,
+        },
+        ["action", "dry_run", "matched", "affected"],
     ),
     "Schedule": _object(
         {
@@ -196,6 +231,31 @@ def openapi_document(root_path: str = "") -> dict[str, Any]:
                 ),
                 params=[QUEUE_NAME],
                 errors={**WRITE_ERRORS, **NOT_FOUND},
+            )
+        },
+        "/api/queues/{name}/pause": {
+            "post": _op(
+                "Pause a queue",
+                _json(_ref("QueuePaused"), "No worker starts its jobs until it is resumed."),
+                params=[QUEUE_NAME],
+                errors={**WRITE_ERRORS, **NOT_FOUND},
+            )
+        },
+        "/api/queues/{name}/resume": {
+            "post": _op(
+                "Resume a queue",
+                _json(_ref("QueuePaused"), "Its jobs run again."),
+                params=[QUEUE_NAME],
+                errors={**WRITE_ERRORS, **NOT_FOUND},
+            )
+        },
+        "/api/jobs/bulk": {
+            "post": _op(
+                "Act on jobs by filter",
+                _json(_ref("BulkResult"), "How many jobs matched, and how many were changed."),
+                errors=WRITE_ERRORS,
+                body=_ref("BulkRequest"),
+                json_only=True,
             )
         },
         "/api/jobs": {

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -81,6 +81,36 @@ class Completer:
         once a flush returns, every ack queued before it was called is written."""
         async with self._lock:
             await self._flush_locked()
+
+    async def fetch(self, queues: Sequence[str], limit: int) -> list[tuple[Any, ...]]:
+        """Claim up to ``limit`` jobs. The outcomes pending now are written in the same
+        transaction and round trip, so a busy worker commits once per batch instead of twice."""
+        async with self._lock:
+            if self._progress or not self._acks:
+                if self._progress:
+                    await self._flush_locked()
+                return await self._store.job_fetch(queues, self._worker_id, limit, self._clock())
+            self._pending.clear()
+            self._full.clear()
+            acks, self._acks = self._acks, []
+            try:
+                changed, claimed = await self._store.job_ack_fetch(
+                    self._worker_id, acks, queues, limit, self._clock()
+                )
+            except ValidationError:
+                # An outcome the database refuses: the batch is written the slow way, which
+                # isolates it, and the claim goes alone.
+                self._acks[:0] = acks
+                await self._flush_locked()
+                return await self._store.job_fetch(queues, self._worker_id, limit, self._clock())
+            except BaseException:
+                self._acks[:0] = acks
+                self._pending.set()
+                raise
+            by_id = {c.id: c for c in changed}
+            for ack in acks:
+                self._on_changed(ack, by_id.get(ack.job_id))
+            return claimed
 
     async def _flush_locked(self) -> None:
         self._pending.clear()

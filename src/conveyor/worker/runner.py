@@ -21,7 +21,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -53,6 +53,8 @@ log = logging.getLogger("conveyor.worker")
 # other workers until a slot is free.
 PREFETCH_WINDOW = 0.1
 MAX_PREFETCH = 200
+# A slot whose handlers finish without suspending gives the event loop a turn this often.
+YIELD_EVERY = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,15 +73,17 @@ class WorkerOptions:
     flush_interval: float = 0.005
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Running:
-    """One attempt in flight."""
+    """One attempt in flight, on the slot loop (a task) that runs it."""
 
     job: Job
     runtime: Runtime
-    task: asyncio.Task[None] | None = None
-    stop_reason: str | None = None  # "cancelled", "shutdown"
-    started: float = field(default_factory=time.monotonic)
+    slot: asyncio.Task[None]
+    started: float
+    deadline: float
+    stop_reason: str | None = None  # "cancelled", "expired", "shutdown"
+    future: concurrent.futures.Future[Any] | None = None  # a sync handler's call
 
 
 class Worker:
@@ -141,6 +145,14 @@ class Worker:
         self._threads = DaemonThreadPool(options.concurrency, "conveyor-job")
         self._wake = asyncio.Event()
         self._slot_freed = asyncio.Event()
+        # The slot loops: one task per unit of concurrency, each running one attempt at a time.
+        # Idle ones wait for _rows_ready, which the producer and the heartbeat set.
+        self._slot_tasks: list[asyncio.Task[None]] = []
+        self._rows_ready = asyncio.Event()
+        # One sweep stops attempts past expire_in: it sleeps until the earliest deadline, and a
+        # job starting with an earlier one than that wakes it.
+        self._sweep_at = float("inf")
+        self._deadline_moved = asyncio.Event()
         # When the last heartbeat that went through was sent. A worker frozen (SIGSTOP, a paused
         # VM) or cut off past stale_after is presumed dead and its claims handed to others, so
         # claims it buffered are started only while its liveness is recent.
@@ -217,8 +229,18 @@ class Worker:
                 # Listen before the first fetch, so no cancellation of a job it runs is missed.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(listener.connected.wait(), 5)
-            await self._produce()
-            await self._shutdown()
+            self._slot_tasks = [
+                asyncio.create_task(self._slot(), name=f"conveyor-slot-{n}")
+                for n in range(self.options.concurrency)
+            ]
+            sweep = asyncio.create_task(self._sweep_expired(), name="conveyor-expiry")
+            try:
+                await self._produce()
+                await self._shutdown()
+            finally:
+                sweep.cancel()
+                for slot in self._slot_tasks:
+                    slot.cancel()
         finally:
             await supervisor.stop()
             await self._completer.drain()
@@ -255,7 +277,7 @@ class Worker:
                 continue
             try:
                 presumed_dead = self._presumed_dead
-                jobs = await self._store.job_fetch(opts.queues, self.id, room, self._clock())
+                jobs = await self._completer.fetch(opts.queues, room)
                 if jobs and presumed_dead != self._presumed_dead:
                     jobs = await self._still_held(jobs)
                 failures = 0
@@ -304,12 +326,16 @@ class Worker:
         return concurrency + min(MAX_PREFETCH, ahead)
 
     def _start_buffered(self) -> None:
-        """Move claimed jobs from the local buffer into free slots."""
-        if self._buffer and time.monotonic() - self._alive_at > self.options.stale_after / 2:
+        """Let idle slots take claimed jobs from the local buffer."""
+        if self._buffer and not self._claims_fresh():
             self._verify_claims.set()  # the heartbeat first finds out which are still held
             return
-        while self._buffer and len(self._running) < self._slots():
-            self._start(self._buffer.popleft())
+        if self._buffer:
+            self._rows_ready.set()
+
+    def _claims_fresh(self) -> bool:
+        """Whether this worker's liveness is recent enough to start what it claimed."""
+        return time.monotonic() - self._alive_at <= self.options.stale_after / 2
 
     async def _wait(self, event: asyncio.Event | None, timeout: float | None = None) -> None:
         waits: list[Any] = [self._stop.wait()]
@@ -321,9 +347,41 @@ class Worker:
         if event is not None:
             event.clear()
 
-    # -- one attempt -----------------------------------------------------------------------
+    # -- the slot loops ----------------------------------------------------------------------
 
-    def _start(self, row: tuple[Any, ...]) -> None:
+    async def _slot(self) -> None:
+        """Run claimed jobs one after another until the worker stops. A handler that never
+        suspends does not hold the loop: the slot yields between such jobs every so often."""
+        task = asyncio.current_task()
+        assert task is not None
+        buffer = self._buffer
+        since_yield = 0
+        while True:
+            if (
+                not buffer
+                or self._stop.is_set()
+                or len(self._running) >= self._slots()
+                or not self._claims_fresh()
+            ):
+                if self._stop.is_set():
+                    return
+                if buffer and not self._claims_fresh():
+                    self._verify_claims.set()
+                self._rows_ready.clear()
+                await self._rows_ready.wait()
+                since_yield = 0
+                continue
+            running = self._begin(buffer.popleft(), task)
+            ack = await self._run(running)
+            if running.stop_reason is not None and task.cancelling():
+                task.uncancel()  # the handler swallowed the cancellation meant for it
+            self._end(running, ack)
+            since_yield += 1
+            if since_yield >= YIELD_EVERY:
+                since_yield = 0
+                await asyncio.sleep(0)
+
+    def _begin(self, row: tuple[Any, ...], slot: asyncio.Task[None]) -> Running:
         runtime = Runtime(
             row[rows.FETCHED_ID],
             row[rows.FETCHED_QUEUE],
@@ -332,80 +390,102 @@ class Worker:
             self._completer.progress,
         )
         job = rows.fetched_job(row, runtime)
-        running = Running(job, runtime)
+        now = time.monotonic()
+        running = Running(job, runtime, slot, now, now + job.expire_in)
         self._running[(job.id, job.attempt)] = running
-        running.task = asyncio.create_task(self._attempt(running))
+        if running.deadline < self._sweep_at:
+            self._deadline_moved.set()
         self.jobs_run += 1
         if self._events.wanted("job.started"):
             self._events.emit(Event("job.started", self.id, job))
+        return running
 
-    async def _attempt(self, running: Running) -> None:
+    def _end(self, running: Running, ack: Ack | None) -> None:
         job = running.job
-        handler = self._registry.get(job.queue)
-        ack: Ack | None
-        try:
-            if job.depends_on:
-                results = await self._store.job_results(job.depends_on)
-                job = running.job = replace(job, results=results)
-            ack = await self._call(handler, job, running)
-        except BaseException as exc:  # nothing a handler raises may reach the loop
-            ack = self._failure(job, handler, exc)
-        finally:
-            took = time.monotonic() - running.started
-            avg = self._avg_duration
-            self._avg_duration = took if avg is None else avg + (took - avg) * 0.1
-            self._running.pop((job.id, job.attempt), None)
-            if not self._stop.is_set():
-                self._start_buffered()
-            room = self._capacity() - len(self._running) - len(self._buffer)
-            if room >= self._refill_at or not self._running:
-                self._slot_freed.set()
+        self._running.pop((job.id, job.attempt), None)
+        took = time.monotonic() - running.started
+        avg = self._avg_duration
+        self._avg_duration = took if avg is None else avg + (took - avg) * 0.1
+        room = self._capacity() - len(self._running) - len(self._buffer)
+        if room >= self._refill_at or not self._running:
+            self._slot_freed.set()
         if ack is not None:
             if ack.outcome in self._outcomes_heard:
                 self._pending[(ack.job_id, ack.attempt)] = job
             self._completer.add(ack)
 
-    async def _call(self, handler: Handler | None, job: Job, running: Running) -> Ack | None:
-        if handler is None:
-            raise ConfigurationError(f"no handler for queue {job.queue!r} in this worker")
-        future: concurrent.futures.Future[Any] | None = None
+    async def _run(self, running: Running) -> Ack | None:
+        """One attempt, start to outcome; never raises (the slot goes on with the next job)."""
+        job = running.job
+        handler = self._registry.get(job.queue)
         try:
-            async with asyncio.timeout(job.expire_in) as deadline:
-                if handler.is_async:
-                    result = await handler.func(job)
-                else:
-                    future = self._threads.submit(handler.func, job)
-                    result = await asyncio.shield(asyncio.wrap_future(future))
-        except TimeoutError as exc:
-            if not deadline.expired():
-                raise
-            if self._give_up(future):
-                # Still waiting for a thread when the deadline passed: it never ran, so the
-                # attempt is handed back, not spent.
-                return Ack(job.id, job.attempt, "release")
-            running.runtime.request_stop()
-            return self._failure(job, handler, exc, kind="Expired", message=(
-                f"the attempt ran past expire_in ({job.expire_in:g} s) and was stopped"
-            ))  # fmt: skip
-        except asyncio.CancelledError:
-            never_started = self._give_up(future)
-            running.runtime.request_stop()
-            if running.stop_reason == "cancelled":
-                return None  # cancel() already moved the job to the history
-            if running.stop_reason == "shutdown" or never_started:
-                return Ack(job.id, job.attempt, "release")
-            raise
+            if handler is None:
+                raise ConfigurationError(f"no handler for queue {job.queue!r} in this worker")
+            if job.depends_on:
+                results = await self._store.job_results(job.depends_on)
+                job = running.job = replace(job, results=results)
+            if handler.is_async:
+                result = await handler.func(job)
+            else:
+                running.future = self._threads.submit(handler.func, job)
+                result = await asyncio.shield(asyncio.wrap_future(running.future))
+        except asyncio.CancelledError as exc:
+            if running.stop_reason is None:
+                # Not a stop of this attempt (the handler cancelled itself, or raised it): a
+                # failure like any other.
+                return self._failure(job, handler, exc)
+            running.slot.uncancel()
+            return self._stopped(running, handler)
         except Retry as request:
             self._events.emit(Event("job.snoozed", self.id, job))
             try:
                 return outcome.snoozed(job, request, self._clock())
             except InvalidRetryDelay as bad:
                 return self._failure(job, handler, bad)
+        except BaseException as exc:  # nothing a handler raises may reach the loop
+            return self._failure(job, handler, exc)
         try:
             return outcome.completed(job, result, self.options.max_payload_bytes)
         except PayloadError as bad:
             # Running the handler again would produce the same result: fail now.
             return self._failure(job, handler, bad, kind="ResultNotStorable", final=True)
+
+    def _stopped(self, running: Running, handler: Handler | None) -> Ack | None:
+        """The outcome of an attempt stopped from outside: cancelled, expired or shut down."""
+        job = running.job
+        never_started = self._give_up(running.future)
+        running.runtime.request_stop()
+        if running.stop_reason == "cancelled":
+            return None  # cancel() already moved the job to the history
+        if never_started or running.stop_reason == "shutdown":
+            # Still waiting for a thread, or handed back at shutdown: the attempt is not spent.
+            return Ack(job.id, job.attempt, "release")
+        return self._failure(job, handler, TimeoutError(), kind="Expired", message=(
+            f"the attempt ran past expire_in ({job.expire_in:g} s) and was stopped"
+        ))  # fmt: skip
+
+    def _stop_attempt(self, running: Running, reason: str) -> None:
+        """Stop a running attempt: its handler is cancelled (a sync one is told and left)."""
+        if running.stop_reason is None:
+            running.stop_reason = reason
+            running.runtime.request_stop()
+            running.slot.cancel()
+
+    async def _sweep_expired(self) -> None:
+        """Stop the attempts that ran past their expire_in."""
+        while True:
+            now = time.monotonic()
+            for running in list(self._running.values()):
+                if running.deadline <= now:
+                    self._stop_attempt(running, "expired")
+            self._sweep_at = min(
+                (r.deadline for r in self._running.values() if r.stop_reason is None),
+                default=float("inf"),
+            )
+            self._deadline_moved.clear()
+            timeout = None if self._sweep_at == float("inf") else self._sweep_at - now
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._deadline_moved.wait(), timeout)
 
     def _give_up(self, future: concurrent.futures.Future[Any] | None) -> bool:
         """Stop waiting for a sync handler's call; True if it never started (and now never
@@ -530,14 +610,12 @@ class Worker:
 
         if any(lost(row) for row in self._buffer):
             # Claimed but not started: it must not start at all.
-            self._buffer = collections.deque(row for row in self._buffer if not lost(row))
+            kept = [row for row in self._buffer if not lost(row)]
+            self._buffer.clear()  # in place: the slot loops hold this deque
+            self._buffer.extend(kept)
         for (running_id, running_attempt), running in list(self._running.items()):
-            if running_id != job_id or attempt not in (None, running_attempt):
-                continue
-            if running.task is not None and running.stop_reason is None:
-                running.stop_reason = "cancelled"
-                running.runtime.request_stop()
-                running.task.cancel()
+            if running_id == job_id and attempt in (None, running_attempt):
+                self._stop_attempt(running, "cancelled")
 
     # -- shutdown --------------------------------------------------------------------------
 
@@ -546,21 +624,20 @@ class Worker:
         while self._buffer:
             row = self._buffer.popleft()
             self._completer.add(Ack(row[rows.FETCHED_ID], row[rows.FETCHED_ATTEMPT], "release"))
-        tasks = [r.task for r in self._running.values() if r.task is not None]
-        if tasks and not self._hard_stop.is_set():
-            log.info("waiting up to %gs for %d job(s)", self.options.shutdown_timeout, len(tasks))
+        self._rows_ready.set()  # idle slots see the stop and end
+        slots = self._slot_tasks
+        if self._running and not self._hard_stop.is_set():
+            log.info(
+                "waiting up to %gs for %d job(s)", self.options.shutdown_timeout, len(self._running)
+            )
             await first_of(
-                asyncio.wait(tasks), asyncio.sleep(self.options.shutdown_timeout),
+                asyncio.wait(slots), asyncio.sleep(self.options.shutdown_timeout),
                 self._hard_stop.wait(),
             )  # fmt: skip
-        leftovers = list(self._running.values())
-        for running in leftovers:
-            running.stop_reason = "shutdown"
-            running.runtime.request_stop()
-            if running.task is not None:
-                running.task.cancel()
-        if leftovers:
-            await asyncio.wait([r.task for r in leftovers if r.task is not None], timeout=5)
+        for running in list(self._running.values()):
+            self._stop_attempt(running, "shutdown")
+        if self._running:
+            await asyncio.wait(slots, timeout=5)
 
 
 # Events emitted once an outcome is written, by outcome: "failed" is the job's last attempt (the

@@ -286,7 +286,7 @@ BEGIN
 END
 $fn$;
 
--- As in 0001, but a finished job is archived (completed) or a dead letter (failed), and a
+-- As in 0006, but a finished job is archived (completed) or a dead letter (failed), and a
 -- completed job with retention 0 keeps no history: its row is deleted and its outcome (the
 -- job's columns but its data, as JSON) reaches wait_for() in the "done" notification itself,
 -- as JSON arrays of outcomes under NOTIFY's 8000-byte limit. Such a job is archived after all,
@@ -310,6 +310,7 @@ DECLARE
     v_done uuid[];
     v_zero {schema}.job_archive[];
     v_told integer;
+    v_waiting boolean;
     dl_queue text[];
     dl_data jsonb[];
 BEGIN
@@ -406,6 +407,8 @@ BEGIN
     IF v_id IS NULL THEN
         RETURN;
     END IF;
+    -- Outcomes and finished ids reach wait_for only while one is registered (see 0006).
+    v_waiting := EXISTS (SELECT FROM {schema}.waiter);
     IF v_zero IS NOT NULL THEN
         WITH kept AS (
             INSERT INTO {schema}.job_archive
@@ -433,7 +436,7 @@ BEGIN
                (SELECT count(pg_notify('conveyor:' || {schema_literal} || ':done',
                                        '[' || g.bodies || ']'))
                 FROM (SELECT string_agg(t.body, ',') AS bodies
-                      FROM told t GROUP BY (t.upto - 1) / 3800) g)::integer
+                      FROM told t WHERE v_waiting GROUP BY (t.upto - 1) / 3800) g)::integer
         INTO v_done, v_told;
     END IF;
     IF dl_queue IS NOT NULL THEN
@@ -450,10 +453,15 @@ BEGIN
     FROM {schema}.queue x
     WHERE x.name IN (SELECT DISTINCT u FROM unnest(v_queue) AS u)
       AND (x.concurrency IS NOT NULL OR x.policy IN ('singleton', 'stately'));
-    PERFORM pg_notify('conveyor:' || {schema_literal} || ':done', string_agg(d.id::text, ','))
-    FROM (SELECT u.id, (row_number() OVER () - 1) / 200 AS chunk
-          FROM unnest(v_done) AS u(id)) d
-    GROUP BY d.chunk;
+    -- Only while some wait_for is registered: a notifying commit holds a cluster-wide lock
+    -- through its WAL flush, so notifying every batch would serialise the acks of all workers.
+    IF v_waiting THEN
+        PERFORM pg_notify('conveyor:' || {schema_literal} || ':done',
+                          string_agg(d.id::text, ','))
+        FROM (SELECT u.id, (row_number() OVER () - 1) / 200 AS chunk
+              FROM unnest(v_done) AS u(id)) d
+        GROUP BY d.chunk;
+    END IF;
     RETURN QUERY SELECT * FROM unnest(v_id, v_queue, v_state);
 END
 $fn$;

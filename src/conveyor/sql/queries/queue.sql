@@ -3,6 +3,7 @@
 
 -- Set the given fields of a queue's policy; with create, make the queue first if it is missing.
 -- name: queue_upsert :one
+WITH up AS (
 INSERT INTO {schema}.queue AS q (
     name, policy, priority, retry_limit, retry_delay, retry_backoff, retry_delay_max, expire_in,
     retention, dead_letter, concurrency, rate_limit, rate_interval)
@@ -30,13 +31,43 @@ ON CONFLICT (name) DO UPDATE SET
     rate_interval = CASE WHEN %(policy)s::jsonb ? 'rate_interval' THEN EXCLUDED.rate_interval
                          ELSE q.rate_interval END,
     updated_at = now()
-RETURNING *;
+RETURNING *
+)
+SELECT up.*, EXISTS (SELECT FROM {schema}.queue_pause p WHERE p.queue = up.name) AS paused
+FROM up;
 
+-- A queue's row and whether it is paused (queue_pause, 0007).
 -- name: queue_get :one
-SELECT * FROM {schema}.queue WHERE name = %(name)s;
+SELECT q.*, EXISTS (SELECT FROM {schema}.queue_pause p WHERE p.queue = q.name) AS paused
+FROM {schema}.queue q WHERE q.name = %(name)s;
 
 -- name: queue_list :many
-SELECT * FROM {schema}.queue ORDER BY name;
+SELECT q.*, EXISTS (SELECT FROM {schema}.queue_pause p WHERE p.queue = q.name) AS paused
+FROM {schema}.queue q ORDER BY q.name;
+
+-- Pause a queue: fetch_jobs claims none of its jobs from now on. True if the queue exists
+-- (pausing a paused queue changes nothing).
+-- name: queue_pause :scalar
+WITH q AS (
+    SELECT name FROM {schema}.queue WHERE name = %(name)s::text
+), paused AS (
+    INSERT INTO {schema}.queue_pause (queue) SELECT name FROM q
+    ON CONFLICT (queue) DO NOTHING
+    RETURNING 1
+)
+SELECT EXISTS (SELECT FROM q) FROM (SELECT count(*) FROM paused) n;
+
+-- Resume a queue, and wake the workers that serve it (its jobs waited meanwhile). True if the
+-- queue exists.
+-- name: queue_resume :scalar
+WITH q AS (
+    SELECT name FROM {schema}.queue WHERE name = %(name)s::text
+), resumed AS (
+    DELETE FROM {schema}.queue_pause p USING q WHERE p.queue = q.name RETURNING p.queue
+), woken AS (
+    SELECT pg_notify(%(channel)s::text, r.queue) FROM resumed r
+)
+SELECT EXISTS (SELECT FROM q) FROM (SELECT count(*) FROM woken) n;
 
 -- Delete a queue with every job it holds, live or finished, and its throttle windows.
 -- name: queue_delete :one
@@ -80,7 +111,8 @@ counted AS (
     GROUP BY queue, state
 )
 SELECT q.name AS queue, c.state, coalesce(c.n, 0)::bigint AS n,
-       extract(epoch FROM t.now - c.oldest)::double precision AS oldest_waiting_seconds
+       extract(epoch FROM t.now - c.oldest)::double precision AS oldest_waiting_seconds,
+       EXISTS (SELECT FROM {schema}.queue_pause p WHERE p.queue = q.name) AS paused
 FROM {schema}.queue q
 CROSS JOIN t
 LEFT JOIN counted c ON c.queue = q.name
@@ -107,7 +139,8 @@ SELECT q.name AS queue,
        (SELECT count(*) FROM {schema}.job_history h
         WHERE h.queue = q.name AND h.state = 'failed')::bigint AS failed,
        greatest(extract(epoch FROM t.now - l.oldest), 0)::double precision
-           AS oldest_waiting_seconds
+           AS oldest_waiting_seconds,
+       EXISTS (SELECT FROM {schema}.queue_pause p WHERE p.queue = q.name) AS paused
 FROM {schema}.queue q
 CROSS JOIN t
 LEFT JOIN live l ON l.queue = q.name

@@ -12,6 +12,30 @@ FROM {schema}.ack_jobs(
     %(result)b::text[]::jsonb[], %(error)b::text[]::jsonb[], %(delay)b::double precision[],
     %(now)b::timestamptz);
 
+-- The outcomes of one batch and the next claim, in one statement: one round trip and one commit
+-- where job_ack_many and job_fetch take two. The claimed jobs come as job_fetch returns them (no
+-- claim: one row whose id is NULL), followed by the row's ordinal; the jobs the acks changed ride
+-- on the first row only, as arrays. The acks run first (the outer side of the join), so a slot
+-- they free in a limited queue can be claimed at once.
+-- name: job_ack_fetch :many
+WITH acked AS MATERIALIZED (
+    SELECT array_agg(a.id) AS id, array_agg(a.queue) AS queue, array_agg(a.state) AS state
+    FROM {schema}.ack_jobs(
+        %(id)b::uuid[], %(worker)b::uuid[], %(attempt)b::integer[], %(outcome)b::text[],
+        %(result)b::text[]::jsonb[], %(error)b::text[]::jsonb[], %(delay)b::double precision[],
+        %(now)b::timestamptz) a
+)
+SELECT f.*,
+       CASE WHEN coalesce(f.n, 1) = 1 THEN x.id END,
+       CASE WHEN coalesce(f.n, 1) = 1 THEN x.queue END,
+       CASE WHEN coalesce(f.n, 1) = 1 THEN x.state END
+FROM acked x
+LEFT JOIN LATERAL (
+    SELECT c.*, row_number() OVER () AS n
+    FROM {schema}.fetch_jobs(
+        %(queues)s::text[], %(claimer)s::uuid, %(limit)s::integer, %(now)b::timestamptz) c
+) f ON true;
+
 -- Progress reported by running handlers; only the attempt that holds the job may write it.
 -- name: job_progress_many :exec
 UPDATE {schema}.job j

@@ -1,0 +1,97 @@
+"""When the hot path notifies (issue 14): a NOTIFY serialises commits cluster-wide, so acks notify
+the ':done' channel only while a ``wait_for`` is registered, and a registration racing an ack is
+never left unwoken."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from conveyor import Conveyor, Job, JobState
+
+
+def done_notes(conn: psycopg.Connection[Any], seconds: float) -> list[str]:
+    """The payloads heard on a listening connection within ``seconds``."""
+    return [note.payload for note in conn.notifies(timeout=seconds)]
+
+
+def listen_done(dsn: str, schema: str) -> psycopg.Connection[Any]:
+    conn = psycopg.connect(dsn, autocommit=True)
+    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(f"conveyor:{schema}:done")))
+    return conn
+
+
+def test_acks_notify_done_only_while_a_wait_for_is_registered(
+    app: Conveyor, conveyor_dsn: str, conveyor_schema: str
+) -> None:
+    @app.job("quiet.q")
+    def handle(job: Job) -> int:
+        return 1
+
+    with listen_done(conveyor_dsn, conveyor_schema) as listener:
+        for i in range(5):
+            app.send("quiet.q", {"i": i})
+        assert app.drain() == 5
+        assert done_notes(listener, 0.3) == []
+
+        waited = app.send("quiet.q", {"i": "waited"})
+        outcome: list[Job] = []
+        waiting = threading.Thread(target=lambda: outcome.append(app.wait_for(waited, 30)))
+        waiting.start()
+        deadline = time.monotonic() + 10
+        while not _waiters(conveyor_dsn, conveyor_schema):
+            assert time.monotonic() < deadline, "wait_for never registered"
+            time.sleep(0.02)
+        assert app.drain() == 1
+        waiting.join(10)
+        assert outcome and outcome[0].state is JobState.COMPLETED
+        assert str(waited) in ",".join(done_notes(listener, 1.0))
+    assert _waiters(conveyor_dsn, conveyor_schema) == 0  # the registration goes with the wait
+
+
+def test_a_wait_for_registered_while_an_ack_commits_is_woken_at_once(
+    app: Conveyor, conveyor_dsn: str, conveyor_schema: str
+) -> None:
+    job_id = app.send("race.q", {})
+    worker = uuid.uuid4()
+    ack = sql.SQL(
+        "SELECT * FROM {s}.ack_jobs(ARRAY[%s::uuid], ARRAY[%s::uuid], ARRAY[1], "
+        "ARRAY['completed'], ARRAY[NULL::jsonb], ARRAY[NULL::jsonb], "
+        "ARRAY[NULL::double precision], NULL)"
+    ).format(s=sql.Identifier(conveyor_schema))
+    claim = sql.SQL("SELECT id FROM {s}.fetch_jobs(ARRAY['race.q'], %s, 1, NULL)").format(
+        s=sql.Identifier(conveyor_schema)
+    )
+    with psycopg.connect(conveyor_dsn, autocommit=True) as conn:
+        assert conn.execute(claim, [worker]).fetchall() == [(job_id,)]
+        outcome: list[tuple[Job, float]] = []
+        with conn.transaction():
+            # The ack has finished the job but not committed when the wait registers: no waiter
+            # existed when it looked, so only the lock makes the wait see the outcome.
+            assert conn.execute(ack, [job_id, worker]).fetchall()
+
+            def wait() -> None:
+                job = app.wait_for(job_id, timeout=20)
+                outcome.append((job, time.monotonic()))
+
+            waiting = threading.Thread(target=wait)
+            waiting.start()
+            time.sleep(0.5)
+            committed = time.monotonic()
+        waiting.join(25)
+    assert outcome, "wait_for did not return"
+    job, returned = outcome[0]
+    assert job.state is JobState.COMPLETED
+    assert returned - committed < 3, f"woken {returned - committed:.1f}s after the commit"
+
+
+def _waiters(dsn: str, schema: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        query = sql.SQL("SELECT count(*) FROM {}.waiter").format(sql.Identifier(schema))
+        row = conn.execute(query).fetchone()
+    return int(row[0]) if row else 0

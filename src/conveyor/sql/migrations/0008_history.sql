@@ -28,6 +28,11 @@
 -- it reports an error each pass and deletes nothing, until the new release holds the lease.
 -- The existing history is copied in this transaction (acks wait for it: see the deploy guide).
 
+-- Acknowledgements of running workers write the old history table until this commits: they
+-- wait here, so none writes a row after the copy below has read the table (it would be lost with
+-- the table). Readers go on.
+LOCK TABLE {schema}.job_history IN EXCLUSIVE MODE;
+
 CREATE TABLE {schema}.job_archive (
     LIKE {schema}.job INCLUDING DEFAULTS,
     drop_at timestamptz NOT NULL,

@@ -91,28 +91,32 @@ SELECT (SELECT count(*) FROM moved) AS affected, (SELECT p.id FROM picked p ORDE
 -- Queue failed or cancelled jobs again with a fresh attempt count, as job_retry does one. A job
 -- whose unique key another live job holds now stays where it is (ON CONFLICT), not the batch.
 -- name: job_bulk_retry_history :one
-WITH picked AS (
-    -- Each table walked along its ids, the next batch of both kept: a row locked here but not
-    -- picked has a higher id than the last one picked, so the next batch visits it.
-    SELECT x.id FROM (
-        (SELECT h.id FROM {schema}.job_archive h
-         WHERE h.id > %(after)s::uuid AND h.state = ANY (%(states)s::text[])
-           AND (%(queue)s::text IS NULL OR h.queue = %(queue)s::text)
-           AND (%(before)s::timestamptz IS NULL OR h.created_at < %(before)s::timestamptz)
-           AND (%(search)s::text IS NULL OR h.data::text ILIKE %(search)s::text
-                OR h.id::text ILIKE %(search)s::text)
-           AND (%(group_key)s::text IS NULL OR h.group_key = %(group_key)s::text)
-         ORDER BY h.id LIMIT %(limit)s::integer FOR UPDATE SKIP LOCKED)
-        UNION ALL
-        (SELECT h.id FROM {schema}.job_dead h
-         WHERE h.id > %(after)s::uuid AND 'failed' = ANY (%(states)s::text[])
-           AND (%(queue)s::text IS NULL OR h.queue = %(queue)s::text)
-           AND (%(before)s::timestamptz IS NULL OR h.created_at < %(before)s::timestamptz)
-           AND (%(search)s::text IS NULL OR h.data::text ILIKE %(search)s::text
-                OR h.id::text ILIKE %(search)s::text)
-           AND (%(group_key)s::text IS NULL OR h.group_key = %(group_key)s::text)
-         ORDER BY h.id LIMIT %(limit)s::integer FOR UPDATE SKIP LOCKED)
-    ) x
+WITH picked_archived AS (
+    SELECT h.id FROM {schema}.job_archive h
+    WHERE h.id > %(after)s::uuid AND h.state = ANY (%(states)s::text[])
+      AND (%(queue)s::text IS NULL OR h.queue = %(queue)s::text)
+      AND (%(before)s::timestamptz IS NULL OR h.created_at < %(before)s::timestamptz)
+      AND (%(search)s::text IS NULL OR h.data::text ILIKE %(search)s::text
+           OR h.id::text ILIKE %(search)s::text)
+      AND (%(group_key)s::text IS NULL OR h.group_key = %(group_key)s::text)
+    ORDER BY h.id
+    LIMIT %(limit)s::integer
+    FOR UPDATE SKIP LOCKED
+), picked_dead AS (
+    SELECT h.id FROM {schema}.job_dead h
+    WHERE h.id > %(after)s::uuid AND 'failed' = ANY (%(states)s::text[])
+      AND (%(queue)s::text IS NULL OR h.queue = %(queue)s::text)
+      AND (%(before)s::timestamptz IS NULL OR h.created_at < %(before)s::timestamptz)
+      AND (%(search)s::text IS NULL OR h.data::text ILIKE %(search)s::text
+           OR h.id::text ILIKE %(search)s::text)
+      AND (%(group_key)s::text IS NULL OR h.group_key = %(group_key)s::text)
+    ORDER BY h.id
+    LIMIT %(limit)s::integer
+    FOR UPDATE SKIP LOCKED
+), picked AS (
+    -- The next batch of both tables: a row locked above but not picked has a higher id than
+    -- the last one picked, so the next batch visits it.
+    SELECT x.id FROM (SELECT id FROM picked_archived UNION ALL SELECT id FROM picked_dead) x
     ORDER BY x.id
     LIMIT %(limit)s::integer
 ), requeued AS (
@@ -157,28 +161,32 @@ SELECT (SELECT count(*) FROM gone) AS affected, (SELECT p.id FROM picked p ORDER
 
 -- Delete finished jobs (completed, cancelled, dead letters) for good.
 -- name: job_bulk_delete_history :one
-WITH picked AS (
-    -- Each table walked along its ids, the next batch of both kept: a row locked here but not
-    -- picked has a higher id than the last one picked, so the next batch visits it.
-    SELECT x.id FROM (
-        (SELECT h.id FROM {schema}.job_archive h
-         WHERE h.id > %(after)s::uuid AND h.state = ANY (%(states)s::text[])
-           AND (%(queue)s::text IS NULL OR h.queue = %(queue)s::text)
-           AND (%(before)s::timestamptz IS NULL OR h.created_at < %(before)s::timestamptz)
-           AND (%(search)s::text IS NULL OR h.data::text ILIKE %(search)s::text
-                OR h.id::text ILIKE %(search)s::text)
-           AND (%(group_key)s::text IS NULL OR h.group_key = %(group_key)s::text)
-         ORDER BY h.id LIMIT %(limit)s::integer FOR UPDATE SKIP LOCKED)
-        UNION ALL
-        (SELECT h.id FROM {schema}.job_dead h
-         WHERE h.id > %(after)s::uuid AND 'failed' = ANY (%(states)s::text[])
-           AND (%(queue)s::text IS NULL OR h.queue = %(queue)s::text)
-           AND (%(before)s::timestamptz IS NULL OR h.created_at < %(before)s::timestamptz)
-           AND (%(search)s::text IS NULL OR h.data::text ILIKE %(search)s::text
-                OR h.id::text ILIKE %(search)s::text)
-           AND (%(group_key)s::text IS NULL OR h.group_key = %(group_key)s::text)
-         ORDER BY h.id LIMIT %(limit)s::integer FOR UPDATE SKIP LOCKED)
-    ) x
+WITH picked_archived AS (
+    SELECT h.id FROM {schema}.job_archive h
+    WHERE h.id > %(after)s::uuid AND h.state = ANY (%(states)s::text[])
+      AND (%(queue)s::text IS NULL OR h.queue = %(queue)s::text)
+      AND (%(before)s::timestamptz IS NULL OR h.created_at < %(before)s::timestamptz)
+      AND (%(search)s::text IS NULL OR h.data::text ILIKE %(search)s::text
+           OR h.id::text ILIKE %(search)s::text)
+      AND (%(group_key)s::text IS NULL OR h.group_key = %(group_key)s::text)
+    ORDER BY h.id
+    LIMIT %(limit)s::integer
+    FOR UPDATE SKIP LOCKED
+), picked_dead AS (
+    SELECT h.id FROM {schema}.job_dead h
+    WHERE h.id > %(after)s::uuid AND 'failed' = ANY (%(states)s::text[])
+      AND (%(queue)s::text IS NULL OR h.queue = %(queue)s::text)
+      AND (%(before)s::timestamptz IS NULL OR h.created_at < %(before)s::timestamptz)
+      AND (%(search)s::text IS NULL OR h.data::text ILIKE %(search)s::text
+           OR h.id::text ILIKE %(search)s::text)
+      AND (%(group_key)s::text IS NULL OR h.group_key = %(group_key)s::text)
+    ORDER BY h.id
+    LIMIT %(limit)s::integer
+    FOR UPDATE SKIP LOCKED
+), picked AS (
+    -- The next batch of both tables: a row locked above but not picked has a higher id than
+    -- the last one picked, so the next batch visits it.
+    SELECT x.id FROM (SELECT id FROM picked_archived UNION ALL SELECT id FROM picked_dead) x
     ORDER BY x.id
     LIMIT %(limit)s::integer
 ), gone_archived AS (

@@ -585,7 +585,7 @@ class Store:
                 if stop is not None and stop.is_set():
                     break
                 state = self._rows("archive_partition_state", {"name": name}, conn)
-                where = state[0]["case"]
+                where = state[0]["state"]
                 if where == "attached":
                     detach = "archive_detach" if concurrent else "archive_detach_now"
                     self._ddl(detach, name, conn)
@@ -632,7 +632,11 @@ class Store:
         one of its own (``listen_dsn``), else a pooled one (behind a transaction pooler)."""
         if self.listen_dsn is None:
             with self.connection() as pooled:
-                yield pooled, False
+                try:
+                    yield pooled, False
+                finally:
+                    # The lock_timeout set for the DDL must not stay with the pool's connection.
+                    self._rows("migration_lock_timeout_reset", {}, pooled)
             return
         try:
             conn = Connection.connect(

@@ -596,7 +596,7 @@ class AsyncStore:
                 if stop is not None and stop.is_set():
                     break
                 state = await self._rows("archive_partition_state", {"name": name}, conn)
-                where = state[0]["case"]
+                where = state[0]["state"]
                 if where == "attached":
                     detach = "archive_detach" if concurrent else "archive_detach_now"
                     await self._ddl(detach, name, conn)
@@ -643,7 +643,11 @@ class AsyncStore:
         one of its own (``listen_dsn``), else a pooled one (behind a transaction pooler)."""
         if self.listen_dsn is None:
             async with self.connection() as pooled:
-                yield pooled, False
+                try:
+                    yield pooled, False
+                finally:
+                    # The lock_timeout set for the DDL must not stay with the pool's connection.
+                    await self._rows("migration_lock_timeout_reset", {}, pooled)
             return
         try:
             conn = await AsyncConnection.connect(

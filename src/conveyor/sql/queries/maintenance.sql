@@ -3,7 +3,7 @@
 -- transaction holds, so the leader loops over short statements that never wait on a worker nor
 -- hold many locks for long.
 
--- The history leaves by partitions (see 0008_history.sql): the leader creates them ahead as far
+-- The history leaves by partitions (see 0009_history.sql): the leader creates them ahead as far
 -- as the longest retention in use, and detaches and drops those that ended. A partition is
 -- dropped a minute after it ended, never the newest (rows beyond the runway go there), and every
 -- acknowledgement routes its rows by its own clock to partitions that end after it: so no
@@ -39,7 +39,7 @@ SELECT {schema}.archive_drop_partition(%(name)s::text, %(now)s::timestamptz);
 SELECT CASE WHEN c.oid IS NULL THEN 'gone'
             WHEN i.inhrelid IS NULL THEN 'detached'
             WHEN i.inhdetachpending THEN 'pending'
-            ELSE 'attached' END
+            ELSE 'attached' END AS state
 FROM (SELECT 1) one
 LEFT JOIN pg_class c
   ON c.relname = %(name)s::text AND c.relnamespace = {schema_literal}::regnamespace

@@ -17,7 +17,7 @@ from uuid import UUID
 
 from conveyor import batching, bulk, diagnosis, reporting
 from conveyor._store.migrations import MigrationStatus, pending_sql
-from conveyor._store.store import Conn
+from conveyor._store.store import Conn, Store
 from conveyor._store.stores import Stores
 from conveyor.config import (
     DEFAULT_RETENTION,
@@ -73,7 +73,13 @@ FIRST_ID = UUID(int=0)
 
 
 class Client:
-    """Enqueue, inspect and manage jobs and queues, asynchronously."""
+    """Enqueue, inspect and manage jobs and queues, asynchronously.
+
+    The inspection reads (``get_job``, ``list_jobs``, ``list_dead``, ``list_workers``,
+    ``get_queue``, ``list_queues``, ``queue_stats``, ``get_schedule``, ``list_schedules``,
+    ``list_subscriptions``) go to the app's ``read_dsn`` when it has one; everything else,
+    and whatever must be current (``wait_for``, the answers of writes), goes to the primary.
+    """
 
     _settings: Settings
     _stores: Stores
@@ -204,17 +210,26 @@ class Client:
         """The subscriptions as (event, queue) pairs, of one event or all."""
         if event is not None:
             check_queue_name(event, "event name")
-        return self._stores.store().subscription_list(event)
+        return self._stores.reader().subscription_list(event)
 
     def get_job(self, job_id: UUID | str, *, connection: Conn | None = None) -> Job:
-        """The job with this id, queued, running or finished; :class:`JobNotFound` if none."""
-        store = self._stores.store()
+        """The job with this id, queued, running or finished; :class:`JobNotFound` if none.
+
+        An inspection read: on the app's ``read_dsn`` (a standby, which may lag) when it has
+        one, unless ``connection`` is given."""
+        return self._job(self._stores.reader(connection), job_id, connection)
+
+    def _job(self, store: Store, job_id: UUID | str, connection: Conn | None) -> Job:
         job = store.job_get(check_job_id(job_id), connection)
         if job is None:
             raise JobNotFound(f"no job with id {job_id}")
         if job.depends_on:
             return replace(job, results=store.job_results(job.depends_on, connection))
         return job
+
+    def _current_job(self, job_id: UUID | str, connection: Conn | None) -> Job:
+        """The job as the primary has it now: what explains a refused write must be current."""
+        return self._job(self._stores.store(), job_id, connection)
 
     def list_jobs(
         self,
@@ -235,7 +250,7 @@ class Client:
         this text, ignoring case; ``%`` and ``_`` are matched literally.
         """
         filters = list_filters(queue, state, limit, offset, order, since, search)
-        store = self._stores.store()
+        store = self._stores.reader(connection)
         return store.job_list(**filters, now=self._settings.clock(), conn=connection)
 
     def delete_job(self, job_id: UUID | str, *, connection: Conn | None = None) -> None:
@@ -244,7 +259,7 @@ class Client:
         store = self._stores.store()
         if store.job_delete(check_job_id(job_id), connection):
             return
-        job = self.get_job(job_id, connection=connection)
+        job = self._current_job(job_id, connection)
         raise JobStateError(f"job {job_id} is {job.state}: cancel a running job before deleting it")
 
     def list_dead(
@@ -255,7 +270,7 @@ class Client:
             check_queue_name(queue)
         limit = check_int("limit", limit, 1, 10_000)
         offset = check_int("offset", offset, 0, 2**31 - 1)
-        return self._stores.store().job_list_dead(queue, limit, offset)
+        return self._stores.reader().job_list_dead(queue, limit, offset)
 
     def purge_dead(
         self, queue: str | None = None, *, older_than: float | timedelta | None = None
@@ -273,7 +288,7 @@ class Client:
     def list_workers(self) -> list[WorkerInfo]:
         """The registered workers with their queues and last heartbeat, oldest first. A worker
         whose heartbeat is older than the recovery threshold is presumed dead."""
-        return self._stores.store().worker_list()
+        return self._stores.reader().worker_list()
 
     def cancel(self, job_id: UUID | str, *, connection: Conn | None = None) -> Job:
         """Cancel a queued or running job (a running handler is told at once).
@@ -285,7 +300,7 @@ class Client:
         job = store.job_cancel(check_job_id(job_id), self._settings.clock(), connection)
         if job is not None:
             return job
-        job = self.get_job(job_id, connection=connection)
+        job = self._current_job(job_id, connection)
         if job.state is JobState.CANCELLED:
             return job
         raise JobStateError(
@@ -302,7 +317,7 @@ class Client:
         job = store.job_retry(check_job_id(job_id), self._settings.clock(), False, connection)
         if job is not None:
             return job
-        job = self.get_job(job_id, connection=connection)
+        job = self._current_job(job_id, connection)
         raise JobStateError(
             f"job {job_id} is {job.state}: only queued, failed or cancelled jobs can be retried"
         )
@@ -314,7 +329,7 @@ class Client:
         job = store.job_retry(check_job_id(job_id), self._settings.clock(), True, connection)
         if job is not None:
             return job
-        job = self.get_job(job_id, connection=connection)
+        job = self._current_job(job_id, connection)
         raise JobStateError(f"job {job_id} is {job.state}, not in the dead letters")
 
     def retry_dead_all(self, queue: str, *, connection: Conn | None = None) -> int:
@@ -390,7 +405,7 @@ class Client:
         check_queue_name(name)
         if not self._stores.store().queue_pause(name):
             raise QueueNotFound(f"no queue named {name!r}")
-        return self.get_queue(name)
+        return self._queue(self._stores.store(), name)
 
     def resume_queue(self, name: str) -> Queue:
         """Run a paused queue's jobs again; its idle workers are woken at once. Resuming a
@@ -398,7 +413,7 @@ class Client:
         check_queue_name(name)
         if not self._stores.store().queue_resume(name):
             raise QueueNotFound(f"no queue named {name!r}")
-        return self.get_queue(name)
+        return self._queue(self._stores.store(), name)
 
     def wait_for(self, job_id: UUID | str, timeout: float = 60.0) -> Job:
         """Wait until the job is completed, failed or cancelled and return it (``.result``,
@@ -444,20 +459,24 @@ class Client:
 
     def purge_queue(self, name: str) -> int:
         """Delete the queued jobs of a queue (running and finished ones stay); return how many."""
-        self.get_queue(name)
-        return self._stores.store().queue_purge(name)
+        store = self._stores.store()
+        self._queue(store, name)
+        return store.queue_purge(name)
 
     def get_queue(self, name: str) -> Queue:
         """The queue of this name; :class:`QueueNotFound` if none."""
+        return self._queue(self._stores.reader(), name)
+
+    def _queue(self, store: Store, name: str) -> Queue:
         check_queue_name(name)
-        queue = self._stores.store().queue_get(name)
+        queue = store.queue_get(name)
         if queue is None:
             raise QueueNotFound(f"no queue named {name!r}")
         return queue
 
     def list_queues(self) -> list[Queue]:
         """Every queue, by name (queues are created on first send or by ``create_queue``)."""
-        return self._stores.store().queue_list()
+        return self._stores.reader().queue_list()
 
     @overload
     def queue_stats(self, name: str) -> QueueStats: ...
@@ -469,7 +488,7 @@ class Client:
         """Counts by state and the oldest runnable job's wait, for one queue or for all."""
         if name is not None:
             check_queue_name(name)
-        found = self._stores.store().queue_stats(name, self._settings.clock())
+        found = self._stores.reader().queue_stats(name, self._settings.clock())
         stats = reporting.queue_stats(found)
         if name is None:
             return stats
@@ -555,14 +574,14 @@ class Client:
     def get_schedule(self, name: str) -> Schedule:
         """The schedule of this name; :class:`ScheduleNotFound` if none."""
         check_queue_name(name, "schedule name")
-        found = self._stores.store().schedule_get(name)
+        found = self._stores.reader().schedule_get(name)
         if found is None:
             raise ScheduleNotFound(f"no schedule named {name!r}")
         return found
 
     def list_schedules(self) -> list[Schedule]:
         """Every schedule, by name."""
-        return self._stores.store().schedule_list()
+        return self._stores.reader().schedule_list()
 
     def migrate(self) -> list[str]:
         """Apply pending schema migrations; return the names of those applied by this call."""

@@ -15,7 +15,7 @@ from uuid import UUID
 
 from conveyor import batching, bulk, diagnosis, reporting
 from conveyor._store.migrations import MigrationStatus, pending_sql
-from conveyor._store.store_async import AsyncConn
+from conveyor._store.store_async import AsyncConn, AsyncStore
 from conveyor._store.stores import Stores
 from conveyor.config import (
     DEFAULT_RETENTION,
@@ -71,7 +71,13 @@ FIRST_ID = UUID(int=0)
 
 
 class AsyncClient:
-    """Enqueue, inspect and manage jobs and queues, asynchronously."""
+    """Enqueue, inspect and manage jobs and queues, asynchronously.
+
+    The inspection reads (``get_job``, ``list_jobs``, ``list_dead``, ``list_workers``,
+    ``get_queue``, ``list_queues``, ``queue_stats``, ``get_schedule``, ``list_schedules``,
+    ``list_subscriptions``) go to the app's ``read_dsn`` when it has one; everything else,
+    and whatever must be current (``wait_for``, the answers of writes), goes to the primary.
+    """
 
     _settings: Settings
     _stores: Stores
@@ -204,19 +210,30 @@ class AsyncClient:
         """The subscriptions as (event, queue) pairs, of one event or all."""
         if event is not None:
             check_queue_name(event, "event name")
-        return await self._stores.store_async().subscription_list(event)
+        return await self._stores.reader_async().subscription_list(event)
 
     async def get_job_async(
         self, job_id: UUID | str, *, connection: AsyncConn | None = None
     ) -> Job:
-        """The job with this id, queued, running or finished; :class:`JobNotFound` if none."""
-        store = self._stores.store_async()
+        """The job with this id, queued, running or finished; :class:`JobNotFound` if none.
+
+        An inspection read: on the app's ``read_dsn`` (a standby, which may lag) when it has
+        one, unless ``connection`` is given."""
+        return await self._job_async(self._stores.reader_async(connection), job_id, connection)
+
+    async def _job_async(
+        self, store: AsyncStore, job_id: UUID | str, connection: AsyncConn | None
+    ) -> Job:
         job = await store.job_get(check_job_id(job_id), connection)
         if job is None:
             raise JobNotFound(f"no job with id {job_id}")
         if job.depends_on:
             return replace(job, results=await store.job_results(job.depends_on, connection))
         return job
+
+    async def _current_job_async(self, job_id: UUID | str, connection: AsyncConn | None) -> Job:
+        """The job as the primary has it now: what explains a refused write must be current."""
+        return await self._job_async(self._stores.store_async(), job_id, connection)
 
     async def list_jobs_async(
         self,
@@ -237,7 +254,7 @@ class AsyncClient:
         this text, ignoring case; ``%`` and ``_`` are matched literally.
         """
         filters = list_filters(queue, state, limit, offset, order, since, search)
-        store = self._stores.store_async()
+        store = self._stores.reader_async(connection)
         return await store.job_list(**filters, now=self._settings.clock(), conn=connection)
 
     async def delete_job_async(
@@ -248,7 +265,7 @@ class AsyncClient:
         store = self._stores.store_async()
         if await store.job_delete(check_job_id(job_id), connection):
             return
-        job = await self.get_job_async(job_id, connection=connection)
+        job = await self._current_job_async(job_id, connection)
         raise JobStateError(f"job {job_id} is {job.state}: cancel a running job before deleting it")
 
     async def list_dead_async(
@@ -259,7 +276,7 @@ class AsyncClient:
             check_queue_name(queue)
         limit = check_int("limit", limit, 1, 10_000)
         offset = check_int("offset", offset, 0, 2**31 - 1)
-        return await self._stores.store_async().job_list_dead(queue, limit, offset)
+        return await self._stores.reader_async().job_list_dead(queue, limit, offset)
 
     async def purge_dead_async(
         self, queue: str | None = None, *, older_than: float | timedelta | None = None
@@ -277,7 +294,7 @@ class AsyncClient:
     async def list_workers_async(self) -> list[WorkerInfo]:
         """The registered workers with their queues and last heartbeat, oldest first. A worker
         whose heartbeat is older than the recovery threshold is presumed dead."""
-        return await self._stores.store_async().worker_list()
+        return await self._stores.reader_async().worker_list()
 
     async def cancel_async(self, job_id: UUID | str, *, connection: AsyncConn | None = None) -> Job:
         """Cancel a queued or running job (a running handler is told at once).
@@ -289,7 +306,7 @@ class AsyncClient:
         job = await store.job_cancel(check_job_id(job_id), self._settings.clock(), connection)
         if job is not None:
             return job
-        job = await self.get_job_async(job_id, connection=connection)
+        job = await self._current_job_async(job_id, connection)
         if job.state is JobState.CANCELLED:
             return job
         raise JobStateError(
@@ -306,7 +323,7 @@ class AsyncClient:
         job = await store.job_retry(check_job_id(job_id), self._settings.clock(), False, connection)
         if job is not None:
             return job
-        job = await self.get_job_async(job_id, connection=connection)
+        job = await self._current_job_async(job_id, connection)
         raise JobStateError(
             f"job {job_id} is {job.state}: only queued, failed or cancelled jobs can be retried"
         )
@@ -320,7 +337,7 @@ class AsyncClient:
         job = await store.job_retry(check_job_id(job_id), self._settings.clock(), True, connection)
         if job is not None:
             return job
-        job = await self.get_job_async(job_id, connection=connection)
+        job = await self._current_job_async(job_id, connection)
         raise JobStateError(f"job {job_id} is {job.state}, not in the dead letters")
 
     async def retry_dead_all_async(self, queue: str, *, connection: AsyncConn | None = None) -> int:
@@ -396,7 +413,7 @@ class AsyncClient:
         check_queue_name(name)
         if not await self._stores.store_async().queue_pause(name):
             raise QueueNotFound(f"no queue named {name!r}")
-        return await self.get_queue_async(name)
+        return await self._queue_async(self._stores.store_async(), name)
 
     async def resume_queue_async(self, name: str) -> Queue:
         """Run a paused queue's jobs again; its idle workers are woken at once. Resuming a
@@ -404,7 +421,7 @@ class AsyncClient:
         check_queue_name(name)
         if not await self._stores.store_async().queue_resume(name):
             raise QueueNotFound(f"no queue named {name!r}")
-        return await self.get_queue_async(name)
+        return await self._queue_async(self._stores.store_async(), name)
 
     async def wait_for_async(self, job_id: UUID | str, timeout: float = 60.0) -> Job:
         """Wait until the job is completed, failed or cancelled and return it (``.result``,
@@ -450,20 +467,24 @@ class AsyncClient:
 
     async def purge_queue_async(self, name: str) -> int:
         """Delete the queued jobs of a queue (running and finished ones stay); return how many."""
-        await self.get_queue_async(name)
-        return await self._stores.store_async().queue_purge(name)
+        store = self._stores.store_async()
+        await self._queue_async(store, name)
+        return await store.queue_purge(name)
 
     async def get_queue_async(self, name: str) -> Queue:
         """The queue of this name; :class:`QueueNotFound` if none."""
+        return await self._queue_async(self._stores.reader_async(), name)
+
+    async def _queue_async(self, store: AsyncStore, name: str) -> Queue:
         check_queue_name(name)
-        queue = await self._stores.store_async().queue_get(name)
+        queue = await store.queue_get(name)
         if queue is None:
             raise QueueNotFound(f"no queue named {name!r}")
         return queue
 
     async def list_queues_async(self) -> list[Queue]:
         """Every queue, by name (queues are created on first send or by ``create_queue``)."""
-        return await self._stores.store_async().queue_list()
+        return await self._stores.reader_async().queue_list()
 
     @overload
     async def queue_stats_async(self, name: str) -> QueueStats: ...
@@ -475,7 +496,7 @@ class AsyncClient:
         """Counts by state and the oldest runnable job's wait, for one queue or for all."""
         if name is not None:
             check_queue_name(name)
-        found = await self._stores.store_async().queue_stats(name, self._settings.clock())
+        found = await self._stores.reader_async().queue_stats(name, self._settings.clock())
         stats = reporting.queue_stats(found)
         if name is None:
             return stats
@@ -561,14 +582,14 @@ class AsyncClient:
     async def get_schedule_async(self, name: str) -> Schedule:
         """The schedule of this name; :class:`ScheduleNotFound` if none."""
         check_queue_name(name, "schedule name")
-        found = await self._stores.store_async().schedule_get(name)
+        found = await self._stores.reader_async().schedule_get(name)
         if found is None:
             raise ScheduleNotFound(f"no schedule named {name!r}")
         return found
 
     async def list_schedules_async(self) -> list[Schedule]:
         """Every schedule, by name."""
-        return await self._stores.store_async().schedule_list()
+        return await self._stores.reader_async().schedule_list()
 
     async def migrate_async(self) -> list[str]:
         """Apply pending schema migrations; return the names of those applied by this call."""

@@ -51,6 +51,12 @@ class Conveyor(Client, AsyncClient):
     sets one. Finished jobs are deleted once their ``retention`` ran out, dead letters (failed
     jobs) after ``dead_retention`` (default 14 days), by the workers' maintenance or
     :meth:`maintain`. Every I/O method exists twice: ``send`` and ``send_async``, and so on.
+
+    ``read_dsn`` (else ``CONVEYOR_READ_DATABASE_URL``) names a streaming standby of the
+    database: the inspection reads (``get_job``, ``list_jobs``, ``queue_stats``, the other
+    ``get_*`` and ``list_*`` methods, the dashboard and ``/metrics``) go there and may lag
+    behind by the replay delay; writes, ``wait_for``, the job ids a send answers with (unique
+    and singleton keys included) and the workers stay on the primary.
     """
 
     def __init__(
@@ -65,15 +71,18 @@ class Conveyor(Client, AsyncClient):
         dead_retention: float | timedelta = DEFAULT_DEAD_RETENTION,
         listen_dsn: str | None = None,
         pgbouncer: bool = False,
+        read_dsn: str | None = None,
         **defaults: Any,
     ) -> None:
-        if listen_dsn is not None and not isinstance(listen_dsn, str):
-            raise InvalidOption("listen_dsn must be a connection string")
+        for name, value in (("listen_dsn", listen_dsn), ("read_dsn", read_dsn)):
+            if value is not None and not isinstance(value, str):
+                raise InvalidOption(f"{name} must be a connection string")
         if not isinstance(pgbouncer, bool):
             raise InvalidOption("pgbouncer must be True or False")
         self._settings = Settings(
             dsn=dsn,
             listen_dsn=listen_dsn,
+            read_dsn=read_dsn,
             pgbouncer=pgbouncer,
             schema=check_schema_name(schema),
             defaults=check_defaultable(_known_defaults(defaults)),
@@ -100,11 +109,15 @@ class Conveyor(Client, AsyncClient):
 
     def use_database(self, dsn: str | None = None, schema: str | None = None) -> None:
         """Point the app at another database and/or schema before it is first used (the CLI's
-        global ``--dsn`` and ``--schema`` applied to an app it loads); its handlers stay."""
+        global ``--dsn`` and ``--schema`` applied to an app it loads); its handlers stay.
+
+        A new ``dsn`` drops the app's ``read_dsn``: a standby of the old database is no
+        replica of the new one."""
         self._stores.close()
         self._settings = dataclasses.replace(
             self._settings,
             dsn=dsn or self._settings.dsn,
+            read_dsn=None if dsn else self._settings.read_dsn,
             schema=check_schema_name(schema) if schema else self._settings.schema,
         )
         self._stores = Stores(self._settings)

@@ -10,6 +10,7 @@ from conveyor.clock import Clock, database_clock
 from conveyor.errors import ConfigurationError
 
 DSN_VARIABLES = ("CONVEYOR_DATABASE_URL", "DATABASE_URL")
+READ_DSN_VARIABLE = "CONVEYOR_READ_DATABASE_URL"
 DEFAULT_SCHEMA = "conveyor"
 DEFAULT_PAYLOAD_LIMIT = 1024 * 1024
 DEFAULT_DEAD_RETENTION = 14 * 24 * 3600.0
@@ -38,6 +39,12 @@ def resolve_dsn(dsn: str | None) -> str:
     )
 
 
+def resolve_read_dsn(read_dsn: str | None) -> str | None:
+    """Where inspection reads go: the ``read_dsn`` given, else ``CONVEYOR_READ_DATABASE_URL``,
+    else None (the primary)."""
+    return read_dsn or os.environ.get(READ_DSN_VARIABLE) or None
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything an application is configured with; built by :class:`~conveyor.Conveyor`."""
@@ -45,6 +52,9 @@ class Settings:
     dsn: str | None
     # LISTEN needs a session of its own: behind PgBouncer in transaction mode, a direct DSN.
     listen_dsn: str | None = None
+    # A streaming standby for inspection reads, which may lag; what must be current (writes,
+    # wait_for, a send's key answer, the workers' fencing) never goes there.
+    read_dsn: str | None = None
     # The dsn is PgBouncer in transaction mode: no server-side prepared statements, and no LISTEN
     # through it (wake-ups and wait_for poll unless listen_dsn is given).
     pgbouncer: bool = False

@@ -40,7 +40,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from conveyor._store.store import Store
-from conveyor.config import resolve_dsn
+from conveyor.config import resolve_dsn, resolve_read_dsn
 from conveyor.errors import ConveyorError
 from conveyor.events import Event
 
@@ -76,9 +76,9 @@ class Metrics:
     """The Prometheus metrics of one app, in a registry of their own.
 
     The job and worker counts are read at most once per ``cache_seconds``, on a connection of
-    their own; a worker counts as alive while its heartbeat is younger than ``stale_after``.
-    ``render`` queries the database (when the counts are stale): from async code, call it in a
-    thread.
+    their own (to the app's ``read_dsn`` when it has one); a worker counts as alive while its
+    heartbeat is younger than ``stale_after``. ``render`` queries the database (when the
+    counts are stale): from async code, call it in a thread.
     """
 
     def __init__(
@@ -145,8 +145,10 @@ class Metrics:
         """The metrics' own one-connection pool: a scrape never waits for the app's pool."""
         if self._store is None:
             settings = self.app.settings
+            # Counts are inspection reads: on the standby when the app has one.
+            dsn = resolve_read_dsn(settings.read_dsn) or resolve_dsn(settings.dsn)
             self._store = Store(
-                resolve_dsn(settings.dsn), settings.schema, min_size=0, max_size=1,
+                dsn, settings.schema, min_size=0, max_size=1,
                 application_name=f"conveyor-metrics {settings.schema}", timeout=DATABASE_TIMEOUT,
                 prepare=not settings.pgbouncer,
             )  # fmt: skip

@@ -46,7 +46,7 @@ def test_demo_runs_the_helpdesk_end_to_end_on_the_embedded_server(
     try:
         lines = Lines(proc)
         url = lines.until("Dashboard:").split()[-1]
-        token = lines.until("Token:").split()[-1]
+        token = lines.until("Token:").split()[1]
         assert "embedded PostgreSQL" in "\n".join(lines.seen)
         # The printed DSN lets another terminal join the demo's database.
         dsn = next(line for line in lines.seen if line.strip().startswith("DSN:")).split()[1]
@@ -61,6 +61,16 @@ def test_demo_runs_the_helpdesk_end_to_end_on_the_embedded_server(
                 return list(response.json()["jobs"])
 
             assert http.get("/api/jobs").status_code == 401
+            # The login link signs a browser in once; the token is not in it.
+            printed = next(line for line in lines.seen if line.strip().startswith("Log in:"))
+            link = printed.split()[2]
+            assert token not in link
+            with httpx.Client(timeout=10, follow_redirects=True) as browser:
+                signed_in = browser.get(link)
+                assert signed_in.status_code == 200 and str(signed_in.url) == url
+                assert browser.get(f"{url}api/jobs").status_code == 200
+            with httpx.Client(timeout=10) as browser:
+                assert browser.get(link).status_code == 401
             assert (
                 http.get("/api/jobs", headers={"Authorization": "Bearer wrong"}).status_code == 401
             )

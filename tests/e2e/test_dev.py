@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -18,8 +19,10 @@ def test_check_starts_probes_and_stops_the_server(embedded_dir: Path) -> None:
     assert "a job was sent and completed by a worker" in done.stdout
     assert "LISTEN/NOTIFY works" in done.stdout
     assert not server_running(data_dir)
-    # The data directory is reused: a second check finds the schema migrated already.
-    again = conveyor("dev", "--check", "--data-dir", str(data_dir))
+    # The data directory is reused: a second check finds the schema migrated already. A read
+    # replica configured for another database is no replica of the embedded one: not used.
+    replica = {**os.environ, "CONVEYOR_READ_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/x"}
+    again = conveyor("dev", "--check", "--data-dir", str(data_dir), env=replica)
     assert again.returncode == 0, again.stderr
     assert "migrated (up to date)" in again.stdout
 

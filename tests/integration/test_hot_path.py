@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import uuid
 from typing import Any
 
@@ -11,6 +13,7 @@ import pytest
 from conveyor import Conveyor, Job, JobState
 from conveyor._store.worker_store import Ack, WorkerStore
 from conveyor.worker.completer import Completer
+from tests.integration.test_worker import worker_in_background
 
 
 def record_statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -75,3 +78,42 @@ async def test_a_refused_outcome_in_a_folded_batch_fails_only_its_job(
     assert bad.state is JobState.RETRY
     assert bad.errors[-1]["type"] == "OutcomeRefused"
     assert sorted(written) == [("completed", "completed")] * 4 + [("retry", "retry")]
+
+
+async def _start_delay(app: Conveyor, send_first: bool) -> float:
+    """How long after its due time a job sent with start_after=1 starts on an idle worker that
+    polls only every 30 s (so only a wake-up can start it on time)."""
+    started: list[float] = []
+
+    @app.job("due.q")
+    async def handle(job: Job) -> None:
+        started.append(time.monotonic())
+
+    due = 0.0
+    if send_first:
+        due = time.monotonic() + 1.0
+        await app.send_async("due.q", {}, start_after=1.0)
+    async for _stop, _task in worker_in_background(app, poll_interval=30):
+        await asyncio.sleep(0.3)  # the worker has looked and found nothing due
+        if not send_first:
+            due = time.monotonic() + 1.0
+            await app.send_async("due.q", {}, start_after=1.0)
+        deadline = time.monotonic() + 10
+        while not started and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+    assert started, "the job never started"
+    return started[0] - due
+
+
+async def test_a_job_sent_with_start_after_to_an_idle_worker_starts_when_due(
+    app_async: Conveyor,
+) -> None:
+    late = await _start_delay(app_async, send_first=False)
+    assert -0.05 < late < 0.5, f"started {late:+.3f}s from its due time"
+
+
+async def test_a_worker_starting_with_only_future_jobs_wakes_when_the_first_falls_due(
+    app_async: Conveyor,
+) -> None:
+    late = await _start_delay(app_async, send_first=True)
+    assert -0.05 < late < 0.5, f"started {late:+.3f}s from its due time"

@@ -4,6 +4,7 @@ never left unwoken."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -13,6 +14,7 @@ import psycopg
 from psycopg import sql
 
 from conveyor import Conveyor, Job, JobState
+from conveyor._store.worker_store import WorkerStore
 
 
 def done_notes(conn: psycopg.Connection[Any], seconds: float) -> list[str]:
@@ -95,3 +97,45 @@ def _waiters(dsn: str, schema: str) -> int:
         query = sql.SQL("SELECT count(*) FROM {}.waiter").format(sql.Identifier(schema))
         row = conn.execute(query).fetchone()
     return int(row[0]) if row else 0
+
+
+def test_a_wait_for_returns_when_recovery_fails_its_job_for_good(
+    app: Conveyor, conveyor_dsn: str, conveyor_schema: str
+) -> None:
+    """A job whose worker died on its last attempt is failed by recovery (through ack_jobs, so
+    under the same rule): the waiting caller hears of it at once, not at its timeout."""
+    job_id = app.send("orphan.q", {}, retry_limit=0)
+    claim = sql.SQL("SELECT id FROM {s}.fetch_jobs(ARRAY['orphan.q'], %s, 1, NULL)").format(
+        s=sql.Identifier(conveyor_schema)
+    )
+    with psycopg.connect(conveyor_dsn, autocommit=True) as conn:
+        # Claimed by a worker that never registered: recovery treats it as dead.
+        assert conn.execute(claim, [uuid.uuid4()]).fetchall() == [(job_id,)]
+    outcome: list[tuple[Job, float]] = []
+
+    def wait() -> None:
+        job = app.wait_for(job_id, timeout=20)
+        outcome.append((job, time.monotonic()))
+
+    waiting = threading.Thread(target=wait)
+    waiting.start()
+    deadline = time.monotonic() + 10
+    while not _waiters(conveyor_dsn, conveyor_schema):
+        assert time.monotonic() < deadline, "wait_for never registered"
+        time.sleep(0.02)
+    time.sleep(0.5)  # past its read of the job: now only a notification can wake it
+    store = WorkerStore(conveyor_dsn, conveyor_schema, min_size=0, max_size=1)
+
+    async def recover() -> list[Any]:
+        try:
+            return await store.job_recover(30, 60, None)
+        finally:
+            await store.close()
+
+    recovered_at = time.monotonic()
+    assert [c.state for c in asyncio.run(recover())] == ["failed"]
+    waiting.join(25)
+    assert outcome, "wait_for did not return"
+    job, returned = outcome[0]
+    assert job.state is JobState.FAILED
+    assert returned - recovered_at < 3, f"woken {returned - recovered_at:.1f}s after recovery"

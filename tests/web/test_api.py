@@ -24,7 +24,7 @@ from conveyor.errors import (
     JobStateError,
     QueueNotFound,
 )
-from conveyor.web import create_app
+from conveyor.web import create_app, login_link
 from conveyor.web.api import conveyor_error_status
 from conveyor.web.openapi import openapi_document
 
@@ -240,6 +240,42 @@ async def test_login_sets_a_strict_session_cookie_and_logout_ends_it(
     response = await anonymous.post("/logout", data={"csrf_token": token})
     assert response.status_code == 303 and response.headers["location"] == "/login"
     assert_error(await anonymous.get("/api/queues"), 401)
+
+
+async def test_a_login_link_signs_a_browser_in_once(web: Starlette) -> None:
+    link = login_link(web, "http://testserver/")
+    assert TOKEN not in link
+    path = link.removeprefix(ORIGIN)
+    async with web_client(web) as browser:
+        response = await browser.get(path)
+        assert response.status_code == 303 and response.headers["location"] == "/"
+        assert response.headers["referrer-policy"] == "no-referrer"
+        assert "conveyor_session=" in response.headers["set-cookie"]
+        assert (await browser.get("/api/queues")).status_code == 200
+        assert (await browser.get("/")).status_code == 200
+    async with web_client(web) as second:
+        again = await second.get(path)
+        assert again.status_code == 401 and "used already or has expired" in again.text
+        assert "set-cookie" not in again.headers
+        assert_error(await second.get("/api/queues"), 401)
+        forged = await second.get("/login/link?ticket=made-up")
+        assert forged.status_code == 401 and "set-cookie" not in forged.headers
+
+
+async def test_an_expired_login_link_is_refused(web: Starlette) -> None:
+    links = web.state.login_links
+    now = [1000.0]
+    links.clock = lambda: now[0]
+    path = login_link(web, ORIGIN, seconds=60).removeprefix(ORIGIN)
+    now[0] += 60
+    async with web_client(web) as browser:
+        response = await browser.get(path)
+        assert response.status_code == 401 and "set-cookie" not in response.headers
+        assert_error(await browser.get("/api/queues"), 401)
+    fresh = login_link(web, ORIGIN, seconds=60).removeprefix(ORIGIN)
+    now[0] += 59
+    async with web_client(web) as browser:
+        assert (await browser.get(f"{fresh}&next=/jobs")).headers["location"] == "/jobs"
 
 
 async def test_pages_render_and_escape_what_jobs_contain(

@@ -19,27 +19,29 @@ def email(job: Job) -> None:
 
 
 # Pause: every worker stops starting the queue's jobs; sends are still accepted.
-app.send("reports", {"tenant": "acme"})
+acme = app.send("reports", {"tenant": "acme"})
 app.pause_queue("reports")
-app.send("reports", {"tenant": "globex"})
-app.send("emails", {"to": "ada@example.com"})
-assert app.drain() == 1  # the email ran, the reports wait
+globex = app.send("reports", {"tenant": "globex"})
+mail = app.send("emails", {"to": "ada@example.com"})
+app.drain()  # the email runs, the reports wait
+assert app.get_job(mail).state is JobState.COMPLETED
+assert {app.get_job(r).state for r in (acme, globex)} == {JobState.CREATED}
 assert app.get_queue("reports").paused
-assert app.queue_stats("reports").queued == 2
 
 app.resume_queue("reports")
-assert app.drain() == 2
+app.drain()
+assert {app.get_job(r).state for r in (acme, globex)} == {JobState.COMPLETED}
 
 # Bulk actions: count first (dry run), then act in batches.
 app.send_batch([("emails", {"to": f"user{n}@spam.example"}) for n in range(1500)])
 app.send_batch([("emails", {"to": f"user{n}@example.com"}) for n in range(3)])
 preview = app.bulk_jobs("cancel", queue="emails", search="@spam.example", dry_run=True)
-print(f"{preview.matched} jobs would be cancelled")
-assert (preview.matched, preview.affected) == (1500, 0)
+print(f"{preview.matched} jobs would be cancelled")  # these 1500, and any left queued before
+assert preview.matched >= 1500 and preview.affected == 0
 
 done = app.bulk_jobs("cancel", queue="emails", search="@spam.example")
-assert done.affected == 1500
-assert app.queue_stats("emails").counts[JobState.CANCELLED] == 1500
+assert done.affected == preview.matched
+assert app.list_jobs("emails", state="created", search="@spam.example") == []
 
 # The rest: bring them forward at a higher priority, and tidy up the cancelled ones.
 app.bulk_jobs("reprioritize", queue="emails", state="created", priority=10)

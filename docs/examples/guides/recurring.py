@@ -43,12 +43,8 @@ app.schedule_crontab(
 
 for schedule in app.list_schedules():
     print(schedule.name, schedule.cron or f"every {schedule.every:.0f}s", schedule.tz)
-assert [s.name for s in app.list_schedules()] == [
-    "bills.monthly",
-    "refresh",
-    "reindex",
-    "weekday-digest",
-]
+names = {s.name for s in app.list_schedules()}  # with any other schedule of the schema
+assert {"bills.monthly", "refresh", "reindex", "weekday-digest"} <= names
 
 assert app.unschedule("refresh")  # jobs it already sent stay
 assert app.get_schedule("reindex").options["priority"] == 3

@@ -72,6 +72,7 @@ READS = frozenset(
         "job_list",
         "job_list_dead",
         "job_results",
+        "job_next_due",
         "subscription_list",
         "worker_list",
         "worker_count_alive",

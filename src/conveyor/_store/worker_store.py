@@ -69,6 +69,13 @@ class WorkerStore(AsyncStore):
         params = {"queues": list(queues), "worker": worker, "limit": limit, "now": now}
         return await self._fetch("job_fetch", params, None, tuple_row)
 
+    async def job_next_due(self, queues: Sequence[str], now: datetime | None) -> float | None:
+        """Seconds until the next job of ``queues`` falls due after ``now``, None if none waits;
+        measured by the database's clock, so the worker's own clock cannot skew it."""
+        params = {"queues": list(queues), "now": now}
+        found = await self._fetch("job_next_due", params, None, tuple_row)
+        return None if not found or found[0][0] is None else float(found[0][0])
+
     async def job_ack_many(
         self, worker: UUID, acks: Sequence[Ack], now: datetime | None
     ) -> list[Changed]:

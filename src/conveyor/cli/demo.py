@@ -226,7 +226,8 @@ async def run(listener: socket.socket, settings: Settings, where: str, dsn: str)
 
     from conveyor.demo_app import jobs, service
     from conveyor.demo_app import traffic as people
-    from conveyor.web import create_app
+    from conveyor.web import create_app, login_link
+    from conveyor.web.security import LOGIN_LINK_SECONDS
 
     app = jobs.app
     stop = asyncio.Event()
@@ -261,10 +262,12 @@ async def run(listener: socket.socket, settings: Settings, where: str, dsn: str)
 
             bound_host, bound_port = listener.getsockname()[:2]
             url = f"http://{bound_host}:{bound_port}/"
-            print_banner(url, settings, where, smtp_port, dsn)
+            link = login_link(dashboard, url)
+            expiry = f"works once, within {LOGIN_LINK_SECONDS / 60:g} minutes"
+            print_banner(url, f"{link}  ({expiry})", settings, where, smtp_port, dsn)
             if settings.browser and has_display():
                 # In a thread: starting a browser can take a while, and the loop serves meanwhile.
-                loop.run_in_executor(None, webbrowser.open, url)
+                loop.run_in_executor(None, webbrowser.open, link)
             stopping = asyncio.create_task(stop.wait())
             await asyncio.wait(
                 (stopping, serving, workers, traffic), return_when=asyncio.FIRST_COMPLETED
@@ -359,7 +362,9 @@ def print_event(event: Event) -> None:
     print(f"  {job.queue} attempt {job.attempt} failed and {what}: {message}", flush=True)
 
 
-def print_banner(url: str, settings: Settings, where: str, smtp_port: int, dsn: str) -> None:
+def print_banner(
+    url: str, link: str, settings: Settings, where: str, smtp_port: int, dsn: str
+) -> None:
     lasting = f"for {settings.duration:g} s" if settings.duration else "until Ctrl-C"
     worker = f"{settings.processes} worker processes" if settings.processes else "one worker"
     print(
@@ -367,7 +372,8 @@ def print_banner(url: str, settings: Settings, where: str, smtp_port: int, dsn: 
         f"  Database:  {where}\n"
         f"  DSN:       {dsn}  (another terminal joins with CONVEYOR_DATABASE_URL set to it)\n"
         f"  Dashboard: {url}\n"
-        f"  Token:     {settings.token}\n"
+        f"  Log in:    {link}\n"
+        f"  Token:     {settings.token}  (for the login page and the API)\n"
         f"  Mailbox:   {url}mail/  (SMTP sink on 127.0.0.1:{smtp_port})\n"
         f"  Jobs:      {worker}; new sign-ups and tickets every {settings.interval:g} s",
         flush=True,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shlex
 import signal
 import subprocess
@@ -23,6 +24,7 @@ import click
 
 from conveyor.app import Conveyor
 from conveyor.cli import EXIT_CHECK_FAILED, EXIT_DATABASE, CliContext, fail, one_line_errors
+from conveyor.config import READ_DSN_VARIABLE
 from conveyor.embedded import PG_MAJOR, default_data_dir, embedded_postgres
 from conveyor.errors import ConveyorError
 from conveyor.models import Job, JobState
@@ -90,7 +92,11 @@ def run_dev(cli: CliContext, directory: Path, check: bool) -> None:
 
 def start_embedded(stack: contextlib.ExitStack, directory: Path) -> str:
     """Start (or join) the embedded server in ``directory`` and return its URL; it stops when
-    ``stack`` closes. A server that cannot start ends the command with one line, exit code 3."""
+    ``stack`` closes. A server that cannot start ends the command with one line, exit code 3.
+
+    ``CONVEYOR_READ_DATABASE_URL`` leaves this process's environment (and its children's): it
+    names a standby of the configured database, which the embedded server replaces."""
+    os.environ.pop(READ_DSN_VARIABLE, None)
     try:
         return stack.enter_context(embedded_postgres(directory))
     except (OSError, subprocess.SubprocessError, RuntimeError) as exc:

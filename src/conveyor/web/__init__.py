@@ -8,6 +8,6 @@
     serve(conveyor, port=8000)                               # standalone (``conveyor dashboard``)
 """
 
-from conveyor.web.server import create_app, serve
+from conveyor.web.server import create_app, login_link, serve
 
-__all__ = ["create_app", "serve"]
+__all__ = ["create_app", "login_link", "serve"]

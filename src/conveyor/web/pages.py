@@ -109,6 +109,7 @@ class Pages:
         return [
             Route("/login", self.login_form, methods=["GET"], name="login"),
             Route("/login", self.login, methods=["POST"], name="login_post"),
+            Route("/login/link", self.login_link, methods=["GET"], name="login_link"),
             Route("/logout", self.logout, methods=["POST"], name="logout"),
             Route("/", self.page(self.overview), methods=["GET"], name="overview"),
             Route("/jobs", self.page(self.jobs), methods=["GET"], name="jobs"),
@@ -170,6 +171,21 @@ class Pages:
             return self.render(request, "login.html", context, 401)
         self.guard.log_in(request)
         return RedirectResponse(target, status_code=303)
+
+    async def login_link(self, request: Request) -> Response:
+        """Exchange a one-time ticket for a session (the link ``conveyor demo`` prints)."""
+        target = safe_next(request.query_params.get("next"), f"{base_path(request)}/")
+        ticket = request.query_params.get("ticket", "")
+        if not self.guard.links.redeem(ticket):
+            message = "This login link was used already or has expired: log in with the token."
+            response = self.render(request, "login.html", {"next": target, "message": message}, 401)
+        else:
+            self.guard.log_in(request)
+            response = RedirectResponse(target, status_code=303)
+        # The ticket is in this URL: no page it leads to may send it on, and no cache keep it.
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["Cache-Control"] = "no-store"
+        return response
 
     async def logout(self, request: Request) -> Response:
         form = await request.form()

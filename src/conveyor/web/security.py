@@ -1,9 +1,13 @@
 """Who may use the dashboard and the admin API, and which writes are refused.
 
 Two ways in: ``Authorization: Bearer <token>`` (scripts), or the signed session cookie the login
-page sets (browsers). A cookie rides along with any request the browser makes, including ones a
-hostile page triggers, so every write it authenticates must also carry the session's CSRF token.
-Whatever authenticates a write, a request a browser marks as cross-site is refused.
+page sets (browsers). A browser gets that cookie by typing the token into the login page, or
+from a login link: a one-time ticket, good for a few minutes, exchanged for the cookie, so the
+token itself never sits in a URL or a browser's history.
+
+A cookie rides along with any request the browser makes, including ones a hostile page
+triggers, so every write it authenticates must also carry the session's CSRF token. Whatever
+authenticates a write, a request a browser marks as cross-site is refused.
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ import hashlib
 import hmac
 import os
 import secrets
+import threading
+import time
+from collections.abc import Callable
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -25,6 +32,9 @@ CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf_token"
 # Methods that change something; the others only read.
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Long enough to switch from the terminal to a browser; a link found later in a scrollback or a
+# history is dead by then.
+LOGIN_LINK_SECONDS = 300.0
 
 Credential = Literal["bearer", "cookie"]
 
@@ -65,8 +75,42 @@ def derive_secret(token: str) -> str:
     return hmac.new(token.encode(), b"conveyor dashboard session", hashlib.sha256).hexdigest()
 
 
+class LoginLinks:
+    """One-time login tickets: each signs one browser in, once, within its lifetime.
+
+    They live in this process only (the server that issued one redeems it), and only their
+    digests are kept, so the set held cannot be read back as working links.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._expiry: dict[str, float] = {}
+
+    def issue(self, seconds: float = LOGIN_LINK_SECONDS) -> str:
+        """A new ticket, redeemable once within ``seconds``."""
+        ticket = secrets.token_urlsafe(32)
+        now = self.clock()
+        with self._lock:
+            self._expiry = {d: t for d, t in self._expiry.items() if t > now}
+            self._expiry[_digest(ticket)] = now + seconds
+        return ticket
+
+    def redeem(self, ticket: str) -> bool:
+        """True if ``ticket`` was issued here, is unused and has not expired; it is spent
+        either way."""
+        with self._lock:
+            expires = self._expiry.pop(_digest(ticket), None)
+        return expires is not None and self.clock() < expires
+
+
+def _digest(ticket: str) -> str:
+    return hashlib.sha256(b"conveyor login link:" + ticket.encode()).hexdigest()
+
+
 class Guard:
-    """Checks credentials, CSRF tokens and the origin of writes against one access token."""
+    """Checks credentials, CSRF tokens and the origin of writes against one access token, and
+    holds the one-time login links issued for it."""
 
     def __init__(self, token: str) -> None:
         if not token:
@@ -76,6 +120,7 @@ class Guard:
         self._token = token
         # The session stores a digest, never the token itself.
         self._grant = hashlib.sha256(b"conveyor grant:" + token.encode()).hexdigest()
+        self.links = LoginLinks()
 
     def token_matches(self, given: str) -> bool:
         """True if ``given`` is the access token (compared in constant time)."""

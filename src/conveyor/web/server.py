@@ -23,6 +23,7 @@ from conveyor.metrics import Metrics
 from conveyor.web.api import Api, error_response
 from conveyor.web.pages import Pages
 from conveyor.web.security import (
+    LOGIN_LINK_SECONDS,
     SESSION_COOKIE,
     TOKEN_ENV,
     Guard,
@@ -85,7 +86,17 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.metrics = collector
+    app.state.login_links = guard.links
     return app
+
+
+def login_link(dashboard: Starlette, url: str, *, seconds: float = LOGIN_LINK_SECONDS) -> str:
+    """A link that signs one browser into ``dashboard`` (an app of :func:`create_app`, served
+    at ``url``) once, within ``seconds``: a ticket exchanged for the session cookie, so the
+    access token never appears in a URL. The process serving the app must be the one that
+    issued it."""
+    ticket = dashboard.state.login_links.issue(seconds)
+    return f"{url.rstrip('/')}/login/link?ticket={ticket}"
 
 
 def _metrics_endpoint(guard: Guard, collector: Metrics) -> Callable[[Request], Awaitable[Response]]:

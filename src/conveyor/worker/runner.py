@@ -153,6 +153,8 @@ class Worker:
         # job starting with an earlier one than that wakes it.
         self._sweep_at = float("inf")
         self._deadline_moved = asyncio.Event()
+        # Set when the next job of these queues falls due, after a fetch found nothing to do.
+        self._due_timer: asyncio.TimerHandle | None = None
         # When the last heartbeat that went through was sent. A worker frozen (SIGSTOP, a paused
         # VM) or cut off past stale_after is presumed dead and its claims handed to others, so
         # claims it buffered are started only while its liveness is recent.
@@ -239,6 +241,8 @@ class Worker:
                 await self._shutdown()
             finally:
                 sweep.cancel()
+                if self._due_timer is not None:
+                    self._due_timer.cancel()
                 for slot in self._slot_tasks:
                     slot.cancel()
         finally:
@@ -307,8 +311,23 @@ class Worker:
                 self._buffer.extend(again)
                 self._start_buffered()
                 continue
+            if not jobs:
+                await self._wake_when_due()
             poll = min(opts.poll_interval, self._token_interval) * (0.75 + random.random() / 2)
             await self._wait(self._wake, poll)
+
+    async def _wake_when_due(self) -> None:
+        """Wake up when the next job of these queues falls due; the poll stays the fallback."""
+        try:
+            seconds = await self._store.job_next_due(self.options.queues, self._clock())
+        except Exception as exc:  # an optimisation: whatever fails, the poll still finds jobs
+            self._on_worker_error(exc)
+            return
+        if self._due_timer is not None:
+            self._due_timer.cancel()
+        self._due_timer = None
+        if seconds is not None:
+            self._due_timer = self._loop.call_later(seconds, self._wake.set)
 
     def _slots(self) -> int:
         """Slots that can run a job now: each thread stuck past the pool's replacements holds

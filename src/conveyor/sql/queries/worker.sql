@@ -111,3 +111,33 @@ SELECT * FROM {schema}.worker ORDER BY started_at, id;
 -- name: worker_count_alive :scalar
 SELECT count(*) FROM {schema}.worker
 WHERE heartbeat_at > now() - make_interval(secs => %(stale_after)s::double precision);
+
+-- Seconds until the next job of these queues falls due (later than now), or NULL: a worker with
+-- nothing to do wakes itself then, since no NOTIFY marks that moment. A loose index scan of
+-- job_fetch_idx: per queue, one probe per priority in use, however many jobs wait.
+-- name: job_next_due :scalar
+WITH RECURSIVE t AS (
+    SELECT coalesce(%(now)s::timestamptz, now()) AS now
+), levels AS (
+    SELECT q.name AS queue,
+           (SELECT j.priority FROM {schema}.job j
+             WHERE j.queue = q.name AND j.state IN ('created', 'retry')
+             ORDER BY j.priority DESC LIMIT 1) AS priority
+    FROM unnest(%(queues)s::text[]) AS q(name)
+    UNION ALL
+    SELECT l.queue,
+           (SELECT j.priority FROM {schema}.job j
+             WHERE j.queue = l.queue AND j.state IN ('created', 'retry')
+               AND j.priority < l.priority
+             ORDER BY j.priority DESC LIMIT 1)
+    FROM levels l
+    WHERE l.priority IS NOT NULL
+)
+SELECT extract(epoch FROM (
+           SELECT min((SELECT j.run_at FROM {schema}.job j
+                        WHERE j.queue = l.queue AND j.state IN ('created', 'retry')
+                          AND j.priority = l.priority AND j.run_at > t.now
+                        ORDER BY j.run_at LIMIT 1))
+           FROM levels l
+           WHERE l.priority IS NOT NULL) - t.now)::double precision
+FROM t;

@@ -1,9 +1,10 @@
-"""Take the README's screenshots of the dashboard: ``.venv/bin/python docs/screenshots.py``.
+"""Take the dashboard's screenshots: ``.venv/bin/python docs/screenshots.py``.
 
-Fills a scratch schema with a small demo (queues, finished, failed and waiting jobs, schedules, a
-running worker fed by a steady trickle of jobs), serves the dashboard on a free port and saves
-PNGs of its main pages to ``docs/screenshots/`` with the headless Chromium at ``/usr/bin/chromium``.
-The database is ``CONVEYOR_DATABASE_URL``, else the local test database.
+Fills a scratch schema with a small demo (queues, finished, failed and waiting jobs, a flow,
+schedules, a worker fed by a steady trickle of jobs and one holding slow jobs, some claimed ahead),
+serves the dashboard on a free port and saves PNGs of every page at 1280 px (``NAME.png``) and
+390 px wide (``NAME-narrow.png``) to ``docs/screenshots/`` with the headless Chromium at
+``/usr/bin/chromium``. The database is ``CONVEYOR_DATABASE_URL``, else the local test database.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ OUT = Path(__file__).parent / "screenshots"
 TOKEN = "screenshots"
 SCHEMA = "conveyor_screenshots"
 QUEUES = ["emails.send", "reports.export", "billing.charge"]
+WIDTHS = {"": 1280, "-narrow": 390}
 
 
 def demo_app(dsn: str) -> Conveyor:
@@ -53,6 +55,14 @@ def demo_app(dsn: str) -> Conveyor:
             raise ConnectionError("payment gateway timed out after 30 s")
         return "charged"
 
+    @app.job("video.encode")
+    async def encode(job: Job) -> None:
+        for percent in range(0, 100, 5):
+            job.report_progress(percent, f"frame {percent * 24}")
+            await asyncio.sleep(1)
+            if job.cancelled:  # the worker stops once the screenshots are taken
+                return
+
     return app
 
 
@@ -72,6 +82,11 @@ async def seed(app: Conveyor) -> None:
     await app.drain_async(QUEUES, concurrency=4)
     await app.send_batch_async([("emails.send", {"to": f"late{i}@example.com"}) for i in range(6)])
     await app.send_async("reports.export", {"report": "yearly"}, start_after=3600)
+    await app.flow_async(
+        ("reports.export", {"report": "quarterly"}),
+        [("video.encode", {"clip": n}) for n in range(1, 4)] + [("emails.send", {"to": "cfo"})],
+    )
+    await app.send_batch_async([("video.encode", {"clip": n}) for n in range(4, 8)])
     await app.schedule_async("daily-digest", "0 8 * * 1-5", queue="emails.send",
                              data={"kind": "digest"}, tz="Europe/Paris")  # fmt: skip
     await app.schedule_async(
@@ -80,10 +95,13 @@ async def seed(app: Conveyor) -> None:
 
 
 def shoot(page: Page, url: str, name: str, wait: float = 0.5) -> None:
-    page.goto(url)
-    page.wait_for_timeout(wait * 1000)
-    page.screenshot(path=OUT / f"{name}.png", full_page=True)
-    print("wrote", OUT / f"{name}.png")
+    """The page at each width."""
+    for suffix, width in WIDTHS.items():
+        page.set_viewport_size({"width": width, "height": 760})
+        page.goto(url)
+        page.wait_for_timeout(wait * 1000)
+        page.screenshot(path=OUT / f"{name}{suffix}.png", full_page=True)
+        print("wrote", OUT / f"{name}{suffix}.png")
 
 
 def main() -> None:
@@ -96,16 +114,27 @@ def main() -> None:
     sock.bind(("127.0.0.1", 0))
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     server = uvicorn.Server(
-        uvicorn.Config(create_app(app, token=TOKEN, metrics=False), lifespan="off")
+        uvicorn.Config(
+            create_app(app, token=TOKEN, metrics=False), lifespan="off", log_level="warning"
+        )
     )
     with start_blocking_portal() as portal:
         portal.call(seed, app)
         failed = portal.call(app.list_dead_async)[0].id
+        flows = portal.call(functools.partial(app.list_jobs_async, "video.encode", order="asc"))
+        child = flows[0].id
         serving = portal.start_task_soon(functools.partial(server.serve, sockets=[sock]))
         stop = asyncio.Event()
         worker = portal.start_task_soon(
             functools.partial(app.run_worker_async, ["emails.send"], 4, stop=stop)
         )
+        # Two slots and two more claimed ahead: the workers page shows them apart.
+        slow = portal.start_task_soon(
+            functools.partial(
+                app.run_worker_async, ["video.encode"], 2, stop=stop, prefetch=2,
+                heartbeat_interval=0.5,
+            )
+        )  # fmt: skip
         while not server.started:
             time.sleep(0.05)
         try:
@@ -115,6 +144,7 @@ def main() -> None:
                 )
                 page = browser.new_page(viewport={"width": 1280, "height": 760})
                 shoot(page, f"{url}/login", "login", 0.2)
+                page.set_viewport_size({"width": 1280, "height": 760})
                 page.fill("input[name=token]", TOKEN)
                 page.click("button[type=submit]")
                 page.wait_for_selector("h1:has-text('Queues')")
@@ -123,17 +153,33 @@ def main() -> None:
                     batch = [("emails.send", {"n": n}) for n in range(random.randint(5, 40))]
                     portal.call(app.send_batch_async, batch)
                     page.wait_for_timeout(700)
+                page.select_option("#chart-queue", "emails.send")
                 page.screenshot(path=OUT / "overview.png", full_page=True)
                 print("wrote", OUT / "overview.png")
+                page.set_viewport_size({"width": 390, "height": 760})
+                page.wait_for_timeout(3500)  # the charts redraw at the new width
+                page.screenshot(path=OUT / "overview-narrow.png", full_page=True)
+                print("wrote", OUT / "overview-narrow.png")
                 shoot(page, f"{url}/jobs?queue=billing.charge", "jobs")
+                # The bulk form after its dry run: the count it asks to confirm.
+                page.set_viewport_size({"width": 1280, "height": 760})
+                page.goto(f"{url}/jobs?queue=billing.charge&state=failed")
+                page.click("#bulk summary")
+                page.select_option("#bulk-form select[name=action]", "retry")
+                page.click("#bulk-form button[type=submit]")
+                page.wait_for_selector("#bulk-confirm:not([hidden])")
+                page.screenshot(path=OUT / "jobs-bulk.png", full_page=True)
+                print("wrote", OUT / "jobs-bulk.png")
                 shoot(page, f"{url}/jobs/{failed}", "job")
+                shoot(page, f"{url}/jobs/{child}/flow", "flow")
                 shoot(page, f"{url}/dead", "dead")
                 shoot(page, f"{url}/schedules", "schedules")
-                shoot(page, f"{url}/workers", "workers")
+                shoot(page, f"{url}/workers", "workers", 1.5)
                 browser.close()
         finally:
             portal.call(stop.set)
             worker.result(timeout=30)
+            slow.result(timeout=60)
             server.should_exit = True
             serving.result(timeout=30)
             portal.call(app.close_async)

@@ -40,8 +40,8 @@ MODULES: list[tuple[str, list[str] | None, str]] = [
     ),
     (
         "conveyor.models",
-        ["Health", "QueueHealth", "Finding"],
-        "What `health()` and `diagnose()` return.",
+        ["Health", "QueueHealth", "Finding", "StatsMinute"],
+        "What `health()`, `diagnose()` and `queue_series()` return.",
     ),
     ("conveyor.events", ["Event"], "What the callbacks of `Conveyor.on(event)` receive."),
     ("conveyor.testing", ["test_database", "IsolatedSchema"], "Test helpers outside pytest."),

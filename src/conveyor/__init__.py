@@ -3,6 +3,7 @@
 from conveyor.app import Conveyor
 from conveyor.clock import FrozenClock
 from conveyor.errors import (
+    AttemptLost,
     ConfigurationError,
     ConveyorError,
     DuplicateJob,
@@ -33,6 +34,7 @@ from conveyor.models import (
 )
 
 __all__ = [
+    "AttemptLost",
     "BulkResult",
     "ConfigurationError",
     "Conveyor",

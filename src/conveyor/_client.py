@@ -15,13 +15,14 @@ from datetime import datetime, timedelta
 from typing import Any, overload
 from uuid import UUID
 
-from conveyor import batching, bulk, diagnosis, reporting
+from conveyor import batching, bulk, diagnosis, reporting, telemetry
 from conveyor._store.migrations import MigrationStatus, pending_sql
 from conveyor._store.store import Conn, Store
 from conveyor._store.stores import Stores
 from conveyor.config import (
     DEFAULT_RETENTION,
     SCHEDULE_TICK_KEEP,
+    STATS_SERIES_MAX_MINUTES,
     VACUUM_DEAD_SHARE,
     VACUUM_MIN_DEAD,
     Settings,
@@ -38,6 +39,7 @@ from conveyor.errors import (
     ScheduleNotFound,
     WaitTimeout,
 )
+from conveyor.events import Event, Events
 from conveyor.flows import FlowNode, flatten
 from conveyor.handlers import Registry
 from conveyor.models import (
@@ -49,6 +51,7 @@ from conveyor.models import (
     Queue,
     QueueStats,
     Schedule,
+    StatsMinute,
     WorkerInfo,
 )
 from conveyor.options import (
@@ -68,6 +71,7 @@ from conveyor.options import (
 BatchItem = tuple[str, Any] | tuple[str, Any, Mapping[str, Any]]
 # Rounds of re-asking for a job whose key holder committed after the insert's snapshot.
 KEY_RESOLVE_ROUNDS = 5
+CANCELLED = "job.cancelled"
 # Where a bulk action's walk over job ids starts: below every id.
 FIRST_ID = UUID(int=0)
 
@@ -83,6 +87,7 @@ class Client:
 
     _settings: Settings
     _stores: Stores
+    _events: Events
     _registry: Registry
     _declared_schedules: dict[str, dict[str, Any]]
 
@@ -125,6 +130,15 @@ class Client:
     def _insert(self, specs: list[JobSpec], connection: Conn | None) -> list[UUID]:
         if not specs:
             return []
+        traced = telemetry.sending(specs, self._settings.tracer_provider)
+        if traced is None:
+            return self._insert_rounds(specs, connection, None)
+        with traced as meta:  # a producer span, whose trace context the jobs carry
+            return self._insert_rounds(specs, connection, meta)
+
+    def _insert_rounds(
+        self, specs: list[JobSpec], connection: Conn | None, meta: str | None
+    ) -> list[UUID]:
         settings = self._settings
         rows, where = batching.fold(specs)
         store = self._stores.store()
@@ -132,7 +146,7 @@ class Client:
         todo = list(range(len(rows)))
         for _ in range(KEY_RESOLVE_ROUNDS):
             found = store.job_insert_many(
-                [rows[i] for i in todo], settings.defaults, settings.clock(), connection
+                [rows[i] for i in todo], settings.defaults, settings.clock(), connection, meta
             )
             for i, (job_id, _inserted) in zip(todo, found, strict=True):
                 resolved[i] = job_id
@@ -231,6 +245,31 @@ class Client:
         """The job as the primary has it now: what explains a refused write must be current."""
         return self._job(self._stores.store(), job_id, connection)
 
+    def get_jobs(self, job_ids: Iterable[UUID | str]) -> list[Job]:
+        """The jobs with these ids, queued, running or finished, in the order given; an id
+        that names no job is left out (at most 10,000 ids)."""
+        ids = [check_job_id(i) for i in job_ids]
+        if len(ids) > 10_000:
+            raise InvalidOption("get_jobs reads at most 10000 ids at once")
+        return self._stores.reader().job_get_many(ids) if ids else []
+
+    def list_dependants(self, job_id: UUID | str, *, limit: int = 100) -> list[Job]:
+        """The jobs that depend on this one (``depends_on`` names it: a flow's parent is one),
+        queued, running or finished, oldest first."""
+        limit = check_int("limit", limit, 1, 10_000)
+        return self._stores.reader().job_dependants(check_job_id(job_id), limit)
+
+    def get_flow(self, job_id: UUID | str, *, limit: int = 500) -> list[Job]:
+        """Every job of the flow this job belongs to: the top of the flow first (the job's
+        oldest dependant, followed up), then each job below it through ``depends_on``, level by
+        level; at most ``limit`` jobs. A job outside any flow gives a list of itself alone;
+        :class:`JobNotFound` if no job has this id."""
+        limit = check_int("limit", limit, 1, 10_000)
+        found = self._stores.reader().job_flow(check_job_id(job_id), limit)
+        if not found:
+            raise JobNotFound(f"no job with id {job_id}")
+        return found
+
     def list_jobs(
         self,
         queue: str | None = None,
@@ -241,15 +280,20 @@ class Client:
         limit: int = 100,
         offset: int = 0,
         order: str = "desc",
+        after: Job | tuple[datetime, UUID | str] | str | None = None,
         connection: Conn | None = None,
     ) -> list[Job]:
         """Jobs filtered by queue and state(s), newest first (``order="asc"``: oldest first).
 
         ``since``: only jobs created at or after it (an aware datetime, or a timedelta or
-        seconds before now). ``search``: only jobs whose payload (as JSON text) or id contains
-        this text, ignoring case; ``%`` and ``_`` are matched literally.
+        seconds before now). Finished jobs created more than a day ago are listed only when
+        ``since`` reaches back to them: the history is read by its index from a bounded
+        window. ``search``: only jobs whose payload (as JSON text) or id contains this text,
+        ignoring case; ``%`` and ``_`` are matched literally. ``after``: the last job of the
+        previous page (or its ``(created_at, id)``), for pages that stay put while jobs come
+        and go, unlike ``offset``.
         """
-        filters = list_filters(queue, state, limit, offset, order, since, search)
+        filters = list_filters(queue, state, limit, offset, order, since, search, after)
         store = self._stores.reader(connection)
         return store.job_list(**filters, now=self._settings.clock(), conn=connection)
 
@@ -299,6 +343,10 @@ class Client:
         store = self._stores.store()
         job = store.job_cancel(check_job_id(job_id), self._settings.clock(), connection)
         if job is not None:
+            # A job a worker held is reported by that worker; a caller's transaction may still
+            # roll back.
+            if connection is None and job.worker_id is None and self._events.wanted(CANCELLED):
+                self._events.emit(Event(CANCELLED, None, job))
             return job
         job = self._current_job(job_id, connection)
         if job.state is JobState.CANCELLED:
@@ -485,7 +533,15 @@ class Client:
     def queue_stats(self, name: None = None) -> list[QueueStats]: ...
 
     def queue_stats(self, name: str | None = None) -> QueueStats | list[QueueStats]:
-        """Counts by state and the oldest runnable job's wait, for one queue or for all."""
+        """Counts by state and the oldest runnable job's wait, for one queue or for all.
+
+        Queued and running jobs are those in the live table now; ``failed`` counts the dead
+        letters held now; ``completed`` and ``cancelled`` count every job of the queue that
+        reached that state since the counters began (the history present when they were
+        first built included), whether or not the history still holds it. Read from counters
+        a worker keeps and the jobs finished since its last pass, never from a scan of the
+        history.
+        """
         if name is not None:
             check_queue_name(name)
         found = self._stores.reader().queue_stats(name, self._settings.clock())
@@ -495,6 +551,19 @@ class Client:
         if not stats:
             raise QueueNotFound(f"no queue named {name!r}")
         return stats[0]
+
+    def queue_series(self, name: str | None = None, *, minutes: int = 60) -> list[StatsMinute]:
+        """What happened per minute over the last ``minutes`` minutes (at most 1440, the current
+        minute included, oldest first), in one queue (:class:`QueueNotFound` if there is none)
+        or, without a name, in all of them summed: jobs completed, failed, cancelled and
+        retried, the wait before their last attempt (p50 and p95) and the backlog. Read from
+        counters a worker keeps, never from a scan of the history; see
+        :class:`~conveyor.models.StatsMinute`."""
+        minutes = check_int("minutes", minutes, 1, STATS_SERIES_MAX_MINUTES)
+        store = self._stores.reader()
+        if name is not None:
+            self.get_queue(name)
+        return store.stats_series(name, minutes, self._settings.clock())
 
     def schedule(
         self,

@@ -34,6 +34,7 @@ from conveyor.options import (
     check_schema_name,
     check_seconds,
 )
+from conveyor.rollup import StatsRollup
 from conveyor.scheduler import Scheduler
 from conveyor.worker import logs, signals
 from conveyor.worker.runner import Worker, WorkerOptions
@@ -57,6 +58,9 @@ class Conveyor(Client, AsyncClient):
     ``get_*`` and ``list_*`` methods, the dashboard and ``/metrics``) go there and may lag
     behind by the replay delay; writes, ``wait_for``, the job ids a send answers with (unique
     and singleton keys included) and the workers stay on the primary.
+    ``tracer_provider`` (an OpenTelemetry ``TracerProvider``, with the ``otel`` extra) receives
+    the spans of sends and attempts; by default the global provider does, once one is set
+    (see :mod:`conveyor.telemetry`).
     """
 
     def __init__(
@@ -71,6 +75,7 @@ class Conveyor(Client, AsyncClient):
         dead_retention: float | timedelta = DEFAULT_DEAD_RETENTION,
         listen_dsn: str | None = None,
         pgbouncer: bool = False,
+        tracer_provider: Any = None,
         read_dsn: str | None = None,
         **defaults: Any,
     ) -> None:
@@ -79,6 +84,8 @@ class Conveyor(Client, AsyncClient):
                 raise InvalidOption(f"{name} must be a connection string")
         if not isinstance(pgbouncer, bool):
             raise InvalidOption("pgbouncer must be True or False")
+        if tracer_provider is not None and not hasattr(tracer_provider, "get_tracer"):
+            raise InvalidOption("tracer_provider must be an OpenTelemetry TracerProvider")
         self._settings = Settings(
             dsn=dsn,
             listen_dsn=listen_dsn,
@@ -91,6 +98,7 @@ class Conveyor(Client, AsyncClient):
             pool_max_size=check_int("pool_max_size", pool_max_size, 1, 1000),
             clock=clock,
             dead_retention=check_seconds("dead_retention", dead_retention, allow_zero=False),
+            tracer_provider=tracer_provider,
         )
         self._stores = Stores(self._settings)
         self._registry = Registry()
@@ -232,6 +240,7 @@ class Conveyor(Client, AsyncClient):
                     default_retention=self._settings.defaults.get("retention", DEFAULT_RETENTION),
                 ),
                 Scheduler(),
+                StatsRollup(),
             ]
         )
         # Before the worker is built: it asks which events have listeners.
@@ -246,6 +255,7 @@ class Conveyor(Client, AsyncClient):
             services=services,
             options=options,
             clock=self._settings.clock,
+            tracer_provider=self._settings.tracer_provider,
         )
         logs.log_worker_started(worker.id, options, schema=self.schema, dsn=self._stores.dsn)
         error: Exception | None = None

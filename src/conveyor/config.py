@@ -23,6 +23,19 @@ SCHEDULE_TICK_KEEP = 3600.0
 # (a count, and a share of its live tuples), whether or not autovacuum would get there.
 VACUUM_MIN_DEAD = 10_000
 VACUUM_DEAD_SHARE = 0.1
+# Upper bounds (milliseconds) of the wait-time buckets the rollup counts jobs in, about six per
+# decade from 1 ms to 2 hours. Stored counts are numbered by these bounds: never change them.
+STATS_WAIT_BOUNDS_MS = tuple(float(m * 10**e) for e in range(7) for m in (1, 1.5, 2, 3, 5, 7))
+# At most this many history rows finished since the rollup's watermark are read by one stats
+# read; under a load that outruns the rollup, the rest is counted a second or two later.
+STATS_TAIL_LIMIT = 20_000
+# Per-minute counters are kept this long (seconds); the series reaches back at most a day.
+STATS_KEEP = 2 * 24 * 3600.0
+STATS_SERIES_MAX_MINUTES = 1440
+# How far back (seconds) a listing of jobs reads the history: first the narrow windows, widened
+# until the page is full, then at most LIST_WINDOW unless the caller names an older ``since``.
+LIST_NARROW_WINDOWS = (60.0, 3600.0)
+LIST_WINDOW = 24 * 3600.0
 
 
 def resolve_dsn(dsn: str | None) -> str:
@@ -66,3 +79,5 @@ class Settings:
     clock: Clock = database_clock
     # Seconds a dead letter (failed job) is kept before maintenance deletes it.
     dead_retention: float = DEFAULT_DEAD_RETENTION
+    # OpenTelemetry's TracerProvider for sends and attempts; None: the global one.
+    tracer_provider: Any = None

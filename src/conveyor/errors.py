@@ -78,6 +78,11 @@ class JobStateError(ConveyorError):
     """The job is in a state that does not allow the requested action."""
 
 
+class AttemptLost(JobStateError):
+    """The attempt no longer holds its job (cancelled, recovered or expired), so it cannot
+    complete it: the transaction that tried was rolled back, with everything written in it."""
+
+
 class DuplicateJob(JobStateError):
     """The action would create a second queued job with the same ``unique_key``."""
 

@@ -30,6 +30,7 @@ EVENTS = (
     "job.snoozed",  # the handler raised Retry: queued again, attempt not spent
     "job.failed",  # the last attempt failed: the job is in state failed, in the dead letters
     "job.dead",  # the same moment as job.failed, under the name the dead letters go by
+    "job.cancelled",  # cancel() ended the job: by the worker that held it, else by the caller
     "worker.error",  # the worker hit an error of its own (database unreachable, ...)
 )
 
@@ -41,15 +42,24 @@ class Event:
     ``job`` is the job as its attempt saw it. Recovery, which takes back the jobs of dead
     workers without reading them whole, leaves ``job`` None and names the job by ``job_id`` and
     ``queue`` (its attempt number and error are not at hand either).
+
+    ``job.cancelled`` comes from the worker that held the job (running it, or claimed and
+    waiting: ``job`` None there, named by ``job_id`` and ``queue``) when ``cancel()`` reaches
+    it; for a job no worker held, from the app whose ``cancel()`` moved it (``worker_id``
+    None), unless that cancel ran in the caller's transaction (``connection=``), whose commit
+    the app cannot see.
     """
 
     name: str
-    worker_id: UUID
+    worker_id: UUID | None
     job: Job | None = None
     error: dict[str, Any] | None = None
     result: Any = None
     job_id: UUID | None = None
     queue: str | None = None
+    duration: float | None = None
+    """Seconds the attempt ran, for the outcomes of an attempt (``job.completed``,
+    ``job.retried``, ``job.failed``); None for other events."""
 
 
 Listener = Callable[[Event], object]

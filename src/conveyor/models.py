@@ -85,6 +85,35 @@ class JobRuntime(Protocol):
         """Record progress; the worker writes it to the database in its next batch."""
         ...
 
+    def transaction(self) -> HandlerTransaction:
+        """A transaction that completes the attempt when it commits."""
+        ...
+
+    def set_result(self, value: Any) -> None:
+        """The result the completion written by ``transaction()`` stores."""
+        ...
+
+    def complete_in(self, connection: Any, result: Any) -> None:
+        """Write the completion in a sync connection's transaction."""
+        ...
+
+    async def complete_in_async(self, connection: Any, result: Any) -> None:
+        """Write the completion in an async connection's transaction."""
+        ...
+
+
+class HandlerTransaction(Protocol):
+    """What ``job.transaction()`` returns: ``async with`` it in an ``async def`` handler,
+    ``with`` it in a ``def`` handler; either gives a psycopg connection in a transaction."""
+
+    async def __aenter__(self) -> Any: ...
+
+    async def __aexit__(self, kind: Any, exc: Any, tb: Any) -> bool | None: ...
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool | None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Job:
@@ -125,6 +154,17 @@ class Job:
     results: dict[UUID, Any] = field(default_factory=dict)
     """The results of the jobs in ``depends_on`` that completed (a flow's children), by id, in
     ``depends_on`` order; filled for a running job and by ``get_job``."""
+    meta: dict[str, Any] | None = None
+    """What Conveyor keeps about the job beside its payload, while it is live: the trace context
+    of its send (``traceparent``, ``tracestate``) and the schedule tick it stands for
+    (``scheduled_for``); ``None`` when there is nothing."""
+
+    @property
+    def scheduled_for(self) -> datetime | None:
+        """The tick of the schedule that sent this job (a backfilled job's is in the past), or
+        None for a job no schedule sent."""
+        tick = (self.meta or {}).get("scheduled_for")
+        return datetime.fromisoformat(tick) if isinstance(tick, str) else None
 
     @property
     def max_attempts(self) -> int:
@@ -149,6 +189,49 @@ class Job:
         if message is not None and not isinstance(message, str):
             raise InvalidOption("message must be a string")
         self._runtime.report_progress(float(percent), message)
+
+    def transaction(self) -> HandlerTransaction:
+        """Do the handler's database work in the transaction that completes the job.
+
+        ``async with job.transaction() as conn:`` in an ``async def`` handler (``with`` in a
+        ``def`` handler) gives a psycopg connection (async or sync) in a new transaction. Write
+        on it, send follow-up jobs with ``connection=conn``; when the block ends, the job's
+        completion is written in the same transaction and it commits: all of it or none of it.
+        The completion is guarded like every acknowledgement: if this attempt no longer holds
+        the job (cancelled, recovered, expired), :class:`~conveyor.errors.AttemptLost` is
+        raised and everything is rolled back. If the block raises, it rolls back and the
+        attempt fails as usual. After a commit, the job is completed whatever the handler
+        does next; the stored result is the value given to :meth:`set_result` inside the
+        block (``None`` if none), since the handler's return value is not known at the commit.
+        """
+        return self._running().transaction()
+
+    def set_result(self, value: Any) -> None:
+        """The result to store when :meth:`transaction` completes the job; call it inside the
+        block. Checked when the completion is written (a value JSON cannot store raises
+        :class:`~conveyor.errors.PayloadError` there, and the transaction rolls back)."""
+        self._running().set_result(value)
+
+    def complete_in(self, connection: Any, result: Any = None) -> None:
+        """Complete the job in the open transaction of the caller's psycopg ``connection``:
+        the job is completed, with ``result``, if and only if that transaction commits.
+
+        Commit it before the handler returns: the worker then asks PostgreSQL whether that
+        transaction committed, and if it did not, the attempt fails as usual. Raises
+        :class:`~conveyor.errors.AttemptLost` (nothing written; roll the transaction back)
+        if this attempt no longer holds the job. For SQLAlchemy and Django, see
+        :mod:`conveyor.integrations.sqlalchemy` and :mod:`conveyor.integrations.django`.
+        """
+        self._running().complete_in(connection, result)
+
+    async def complete_in_async(self, connection: Any, result: Any = None) -> None:
+        """:meth:`complete_in` on a psycopg ``AsyncConnection``."""
+        await self._running().complete_in_async(connection, result)
+
+    def _running(self) -> JobRuntime:
+        if self._runtime is None:
+            raise JobStateError("a job completes in a transaction only inside its running handler")
+        return self._runtime
 
     @property
     def logger(self) -> logging.LoggerAdapter[logging.Logger]:
@@ -222,6 +305,29 @@ class QueueStats:
     def queued(self) -> int:
         """Jobs waiting to run (``created`` plus ``retry``)."""
         return self.counts[JobState.CREATED] + self.counts[JobState.RETRY]
+
+
+@dataclass(frozen=True, slots=True)
+class StatsMinute:
+    """What happened in one queue (or in all) during one minute.
+
+    ``completed``, ``failed`` and ``cancelled`` count the jobs that reached that state in the
+    minute; ``retried`` the attempts of those jobs that ended in a retry. ``wait_p50_ms`` and
+    ``wait_p95_ms`` estimate how long those jobs waited between their ``run_at`` and the start
+    of their last attempt: the jobs are counted in wait buckets (1, 1.5, 2, 3, 5, 7, 10 ms and
+    so on) and the percentile is interpolated within its bucket (None when none started).
+    ``backlog`` is the number of runnable jobs waiting when the minute was sampled (None if it
+    was not; the current minute has the backlog of now until it is sampled).
+    """
+
+    minute: datetime
+    completed: int
+    failed: int
+    cancelled: int
+    retried: int
+    wait_p50_ms: float | None
+    wait_p95_ms: float | None
+    backlog: int | None
 
 
 @dataclass(frozen=True, slots=True)

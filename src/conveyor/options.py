@@ -28,7 +28,7 @@ from conveyor.errors import (
     PayloadTooLarge,
     UnknownOption,
 )
-from conveyor.models import JobState, QueuePolicy
+from conveyor.models import Job, JobState, QueuePolicy
 
 QUEUE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-/:]{0,127}")
 # NOTIFY channels are named after the schema ("conveyor:<schema>:cancel" the longest) and
@@ -388,11 +388,13 @@ def list_filters(
     order: str,
     since: object = None,
     search: object = None,
+    after: object = None,
 ) -> dict[str, Any]:
     """Validate the filters of ``list_jobs`` into the store's parameters.
 
     ``since`` is an aware datetime, or a timedelta or seconds before now; ``search`` a substring
-    of the payload's JSON text or of the job id, matched case-insensitively and literally.
+    of the payload's JSON text or of the job id, matched case-insensitively and literally;
+    ``after`` the last job of the previous page, or its (created_at, id).
     """
     if queue is not None:
         check_queue_name(queue)
@@ -414,7 +416,33 @@ def list_filters(
         "descending": order == "desc",
         **since_filter(since),
         "search": search_pattern(search),
+        "after": page_cursor(after),
     }
+
+
+def cursor_text(job: Job) -> str:
+    """The text that names ``job`` as the last of a page (what ``after`` takes)."""
+    return f"{job.created_at.isoformat()},{job.id}"
+
+
+def page_cursor(after: object) -> tuple[datetime, uuid.UUID] | None:
+    """The (created_at, id) a page of jobs starts after: from a :class:`Job`, such a pair, or
+    the text ``<ISO created_at>,<id>`` (what the admin API hands out)."""
+    if after is None:
+        return None
+    if isinstance(after, Job):
+        return after.created_at, after.id
+    if isinstance(after, str):
+        created_at, _, job_id = after.partition(",")
+        try:
+            return page_cursor((datetime.fromisoformat(created_at), job_id))
+        except ValueError:
+            raise InvalidOption("after must be '<ISO time>,<job id>'") from None
+    if isinstance(after, tuple) and len(after) == 2 and isinstance(after[0], datetime):
+        if after[0].tzinfo is None:
+            raise InvalidOption("after's time must be aware (with a time zone)")
+        return after[0], check_job_id(after[1])
+    raise InvalidOption("after must be a Job, a (created_at, id) pair or '<ISO time>,<job id>'")
 
 
 def since_filter(since: object) -> dict[str, Any]:

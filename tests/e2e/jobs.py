@@ -7,6 +7,7 @@ how often each job really ran, and in which process.
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 
@@ -59,3 +60,16 @@ def flow_child(job: Job) -> int:
 def flow_parent(job: Job) -> int:
     ledger(job)
     return sum(job.results.values())
+
+
+@app.job("e2e.tx.die_after_commit", retry_delay=0, retry_limit=3)
+def die_after_commit(job: Job) -> None:
+    """Records its attempt in the transaction that completes the job, then dies at once: the
+    worker is gone between that commit and anything it would write of its own."""
+    with job.transaction() as conn:
+        conn.execute(
+            f'INSERT INTO "{SCHEMA}".ledger (job_id, attempt, pid) VALUES (%s, %s, %s)',
+            [job.id, job.attempt, os.getpid()],
+        )
+        job.set_result("committed")
+    os.kill(os.getpid(), signal.SIGKILL)

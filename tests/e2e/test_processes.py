@@ -229,3 +229,33 @@ def test_a_flow_survives_sigkill_of_its_worker_mid_way(e2e: Conveyor, conveyor_d
     assert [r[0] for r in runs].count(parent) == 1
     assert {r[0] for r in runs} == {parent, *done.depends_on}
     assert e2e.queue_stats("e2e.flow.child").counts[JobState.COMPLETED] == n
+
+
+def test_a_worker_killed_after_its_handlers_transaction_committed_leaves_the_job_completed_once(
+    e2e: Conveyor, conveyor_dsn: str
+) -> None:
+    fast = ["--stale-after", "2", "--recover-interval", "0.5"]
+    job_id = e2e.send("e2e.tx.die_after_commit", {})
+    victim = start_worker(conveyor_dsn, e2e.schema, *fast)
+    try:
+        victim.wait(30)  # the handler kills its worker right after the commit
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    assert victim.returncode == -signal.SIGKILL
+    dead = {w.id for w in e2e.list_workers()}
+    assert len(dead) == 1
+    rescuer = start_worker(conveyor_dsn, e2e.schema, *fast)
+    try:
+        # Recovery has looked at the dead worker's jobs once its row is gone.
+        wait_until(lambda: not dead & {w.id for w in e2e.list_workers()}, 30, "recovery")
+        marker = e2e.send("e2e.record", {})
+        e2e.wait_for(marker, timeout=30)
+    finally:
+        code, out = stop(rescuer)
+    assert code == 0, out[-3000:]
+    done = e2e.get_job(job_id)
+    assert (done.state, done.attempt, done.result, done.errors) == (
+        JobState.COMPLETED, 1, "committed", []
+    )  # fmt: skip
+    assert [r[:2] for r in ledger(conveyor_dsn, e2e.schema) if r[0] == job_id] == [(job_id, 1)]

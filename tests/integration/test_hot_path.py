@@ -117,3 +117,20 @@ async def test_a_worker_starting_with_only_future_jobs_wakes_when_the_first_fall
 ) -> None:
     late = await _start_delay(app_async, send_first=True)
     assert -0.05 < late < 0.5, f"started {late:+.3f}s from its due time"
+
+
+def test_a_claim_carries_the_errors_of_earlier_attempts_and_none_for_a_first(
+    app: Conveyor,
+) -> None:
+    """The claim sends no error list for a job that never failed; a retried one gets its own."""
+    seen: list[list[str]] = []
+
+    @app.job("again.q", retry_delay=0)
+    def handle(job: Job) -> None:
+        seen.append([e["type"] for e in job.errors])
+        if job.attempt == 1:
+            raise ValueError("first")
+
+    app.send("again.q", {})
+    assert app.drain() == 2
+    assert seen == [[], ["ValueError"]]

@@ -181,3 +181,20 @@ def test_a_version_table_without_the_breaking_column_is_read_and_upgraded(
     assert migrated.migrate() == []
     rows = run(conveyor_dsn, sql.SQL("SELECT DISTINCT breaking FROM {}").format(table))
     assert rows == [(True,)]
+
+
+def test_jobs_are_read_through_a_column_a_later_release_adds(
+    migrated: Conveyor, conveyor_dsn: str
+) -> None:
+    """A column the next release adds to the job tables does not break this release's reads
+    during a rolling deploy."""
+    job_id = migrated.send("later.q", {"n": 1})
+    with psycopg.connect(conveyor_dsn, autocommit=True) as conn:
+        for table in ("job", "job_history"):
+            conn.execute(
+                sql.SQL("ALTER TABLE {}.{} ADD COLUMN added_later int DEFAULT 7").format(
+                    sql.Identifier(migrated.schema), sql.Identifier(table)
+                )
+            )
+    assert migrated.get_job(job_id).data == {"n": 1}
+    assert [j.id for j in migrated.list_jobs(queue="later.q")] == [job_id]

@@ -409,3 +409,44 @@ def test_a_job_of_another_backend_in_a_workers_queue_fails_naming_both(
     job = backend.app.get_job(stray)
     assert job.state is JobState.FAILED
     assert "a task of backend 'other', not of 'default'" in job.errors[-1]["message"]
+
+
+def test_a_handler_completes_its_job_in_djangos_transaction(backend: ConveyorBackend) -> None:
+    from django.db import connection
+
+    from conveyor import Job
+    from conveyor.integrations.django import complete
+
+    app = backend.app
+    schema = app.schema
+    with connection.cursor() as cursor:
+        cursor.execute(f'CREATE TABLE "{schema}".invoices (attempt int)')
+
+    @app.job("django.invoice", retry_limit=1, retry_delay=0)
+    def invoice(job: Job) -> None:
+        try:
+            with transaction.atomic():
+                with connections["default"].cursor() as cursor:
+                    cursor.execute(f'INSERT INTO "{schema}".invoices VALUES (%s)', [job.attempt])
+                app.send("django.mail", {}, connection=connections["default"].connection)
+                complete(job, result={"attempt": job.attempt})
+                if job.attempt == 1:
+                    raise RuntimeError("roll back the first attempt")
+        finally:
+            connections.close_all()
+
+    try:
+        job_id = app.send("django.invoice", {})
+        assert app.drain(["django.invoice"]) == 2
+        done = app.get_job(job_id)
+        assert (done.state, done.attempt, done.result) == (
+            JobState.COMPLETED, 2, {"attempt": 2}
+        )  # fmt: skip
+        assert [e["type"] for e in done.errors] == ["RuntimeError"]
+        assert [j.state for j in app.list_jobs(queue="django.mail")] == [JobState.CREATED]
+        with connection.cursor() as cursor:
+            cursor.execute(f'SELECT array_agg(attempt) FROM "{schema}".invoices')
+            assert cursor.fetchone()[0] == [2]
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f'DROP TABLE "{schema}".invoices')

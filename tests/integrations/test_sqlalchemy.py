@@ -14,8 +14,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 from sqlalchemy.orm import Session
 from sqlalchemy.schema import CreateSchema, DropSchema
 
-from conveyor import Conveyor, InvalidOption, JobNotFound, JobState
-from conveyor.integrations.sqlalchemy import send, send_async, send_batch, send_batch_async
+from conveyor import Conveyor, InvalidOption, Job, JobNotFound, JobState
+from conveyor.integrations.sqlalchemy import (
+    complete,
+    complete_async,
+    send,
+    send_async,
+    send_batch,
+    send_batch_async,
+)
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sqlalchemy_app"
 if str(EXAMPLE) not in sys.path:
@@ -143,3 +150,42 @@ async def test_an_async_connection_joins_too(
     with pytest.raises(JobNotFound):
         await app_async.get_job_async(dropped)
     assert (await app_async.get_job_async(kept[0])).data == {"n": 2}
+
+
+def test_a_handler_completes_its_job_in_the_sessions_transaction(
+    app: Conveyor, engine: Engine
+) -> None:
+    @app.job("orders.place", retry_limit=1, retry_delay=0)
+    def place(job: Job) -> None:
+        with Session(engine) as session, session.begin():
+            order = Order(email=job.data["email"])
+            session.add(order)
+            session.flush()
+            send(app, session, "orders.mail", {"order": order.id})
+            complete(job, session, result={"order": order.id})
+            if job.attempt == 1:
+                session.rollback()  # nothing of attempt 1 is kept: it fails
+
+    job_id = app.send("orders.place", {"email": "a@b.c"})
+    assert app.drain(["orders.place"]) == 2
+    done = app.get_job(job_id)
+    assert (done.state, done.attempt) == (JobState.COMPLETED, 2)
+    assert [e["type"] for e in done.errors] == ["TransactionRolledBack"]
+    assert orders(engine) == 1
+    assert [j.data for j in app.list_jobs(queue="orders.mail")] == [done.result]
+
+
+async def test_an_async_handler_completes_its_job_in_an_async_sessions_transaction(
+    app_async: Conveyor, engine: Engine, async_engine: AsyncEngine
+) -> None:
+    @app_async.job("orders.place")
+    async def place(job: Job) -> None:
+        async with AsyncSession(async_engine) as session, session.begin():
+            session.add(Order(email=job.data["email"]))
+            await complete_async(job, session, result="placed")
+
+    job_id = await app_async.send_async("orders.place", {"email": "a@b.c"})
+    await app_async.drain_async(["orders.place"])
+    done = await app_async.get_job_async(job_id)
+    assert (done.state, done.result) == (JobState.COMPLETED, "placed")
+    assert orders(engine) == 1

@@ -9,8 +9,8 @@ from conveyor import Conveyor
 from conveyor._store.queries import parse, queries
 
 EXPECTED_ALL = [
-    "BulkResult", "ConfigurationError", "Conveyor", "ConveyorError", "DuplicateJob", "Fail",
-    "FrozenClock", "InvalidOption", "InvalidQueueName", "Job", "JobNotFound", "JobState",
+    "AttemptLost", "BulkResult", "ConfigurationError", "Conveyor", "ConveyorError", "DuplicateJob",
+    "Fail", "FrozenClock", "InvalidOption", "InvalidQueueName", "Job", "JobNotFound", "JobState",
     "JobStateError",
     "MigrationError", "PayloadError", "PayloadTooLarge", "Queue", "QueueNotFound", "QueuePolicy",
     "QueueStats", "Retry", "Schedule", "ScheduleNotFound", "SchemaOutOfDate", "UnknownOption",
@@ -20,6 +20,7 @@ EXPECTED_ALL = [
 IO_METHODS = [
     "send", "send_batch", "get_job", "list_jobs", "cancel", "retry", "create_queue",
     "update_queue", "delete_queue", "purge_queue", "get_queue", "list_queues", "queue_stats",
+    "queue_series",
     "migrate", "migration_status", "migration_sql", "close", "schedule", "unschedule",
     "get_schedule", "list_schedules", "schedule_crontab", "wait_for", "retry_dead",
     "retry_dead_all", "delete_job", "list_dead", "purge_dead", "list_workers", "maintain",

@@ -252,3 +252,25 @@ def test_a_log_stream_that_blocks_never_blocks_the_code_that_logs() -> None:
         for handler in [h for h in root.handlers if h.get_name() == "conveyor"]:
             root.removeHandler(handler)
         root.setLevel(level)
+
+
+def test_the_worker_builds_a_claimed_job_equal_to_the_dataclass_constructor() -> None:
+    """fetched_job fills Job's slots directly (faster than its frozen __init__): same Job."""
+    from datetime import UTC, datetime
+
+    from conveyor._store import rows
+    from conveyor.models import Job, JobState
+
+    now = datetime.now(UTC)
+    claimed = uuid.uuid4()
+    row = (claimed, "q", "active", {"i": 1}, 3, 2, 5, 1.5, "fixed", 60.0, 900.0, 3600.0, now,
+           now, now, None, {"traceparent": "00-x"}, [{"m": 1}], None, "s", 10, "u", "dl", "g",
+           None, uuid.uuid4())  # fmt: skip
+    runtime = object()
+    job = rows.fetched_job(row, runtime)  # type: ignore[arg-type]
+    expected = Job(*row[:16], None, *row[17:24], [], row[25], runtime, {}, row[16])  # type: ignore[arg-type]
+    assert job == expected and job.state is JobState.ACTIVE and job.depends_on == []
+    assert job.meta == {"traceparent": "00-x"} and job.result is None
+    assert job._runtime is runtime
+    never_failed = rows.fetched_job((*row[:17], None, *row[18:]), runtime)  # type: ignore[arg-type]
+    assert never_failed.errors == [] and never_failed.error is None

@@ -4,6 +4,7 @@ errors as JSON, the OpenAPI document, and every action's happy path."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -326,7 +327,7 @@ async def test_the_app_mounts_under_a_prefix(app_async: Conveyor) -> None:
         assert response.headers["location"] == "/jobs/"
         page = await client.get("/jobs/")
         assert 'href="/jobs/static/dashboard.css"' in page.text
-        assert 'data-live="/jobs/api/stats"' in page.text
+        assert 'data-stats="/jobs/api/stats"' in page.text
         queues = await client.get("/jobs/api/queues", headers=BEARER)
         assert [q["name"] for q in queues.json()["queues"]] == ["mounted.q"]
         doc = await client.get("/jobs/api/openapi.json", headers=BEARER)
@@ -570,3 +571,28 @@ async def test_workers_with_their_heartbeat(app_async: Conveyor, api: httpx.Asyn
     finally:
         stop.set()
         await running
+
+
+async def test_the_per_minute_series(app_async: Conveyor, api: httpx.AsyncClient) -> None:
+    await failed_job(app_async, "web.series")
+    await app_async.send_async("web.series", {})
+    response = await api.get("/api/stats/series?queue=web.series&minutes=3")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["queue"], body["minutes"]) == ("web.series", 3)
+    buckets = body["buckets"]
+    assert [set(b) for b in buckets] == [
+        {"minute", "completed", "failed", "cancelled", "retried", "wait_p50_ms", "wait_p95_ms",
+         "backlog"}
+    ] * 3  # fmt: skip
+    minutes = [datetime.fromisoformat(b["minute"]) for b in buckets]
+    assert [b - a for a, b in itertools.pairwise(minutes)] == [timedelta(minutes=1)] * 2
+    assert sum(b["failed"] for b in buckets) == 1
+    assert sum(b["completed"] for b in buckets) == 0
+    assert sum(b["failed"] for b in (await api.get("/api/stats/series")).json()["buckets"]) == 1
+    assert len((await api.get("/api/stats/series")).json()["buckets"]) == 60
+    assert_error(await api.get("/api/stats/series?queue=web.none"), 404, "QueueNotFound")
+    assert_error(await api.get("/api/stats/series?minutes=0"), 400)
+    assert_error(await api.get("/api/stats/series?minutes=1441"), 400)
+    assert_error(await api.get("/api/stats/series?minutes=x"), 400)
+    assert_error(await api.get("/api/stats/series?since=1"), 400)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
-from dataclasses import fields
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -12,11 +12,6 @@ from uuid import UUID
 from conveyor.models import Job, JobRuntime, JobState, Queue, QueuePolicy, Schedule
 from conveyor.options import JobSpec
 
-# The columns of a job row that are fields of Job ("data" aside: an outcome leaves it out).
-JOB_COLUMNS = frozenset(f.name for f in fields(Job) if f.init and not f.name.startswith("_")) - {
-    "data",
-    "results",
-}
 SPEC_ARRAYS = (
     "id", "queue", "data", "priority", "run_at", "delay", "retry_limit", "retry_delay",
     "retry_backoff", "retry_delay_max", "expire_in", "retention", "singleton_key",
@@ -24,18 +19,23 @@ SPEC_ARRAYS = (
 )  # fmt: skip
 
 
+# The columns of job and job_history that a Job shows. Columns a later release adds are left
+# out, so this release keeps reading jobs through a rolling deploy of the next one.
+JOB_COLUMNS = tuple(f.name for f in dataclasses.fields(Job) if f.init and f.name[0] != "_")
+
+
 def job(row: dict[str, Any]) -> Job:
     """A :class:`Job` from a ``SELECT *`` row of ``job`` or ``job_history``."""
-    del row["queued_key"]  # bookkeeping of the short and stately policies
-    row["state"] = JobState(row["state"])
-    row["depends_on"] = row["depends_on"] or []
-    return Job(**row)
+    values = {name: row[name] for name in JOB_COLUMNS if name in row}
+    values["state"] = JobState(row["state"])
+    values["depends_on"] = row["depends_on"] or []
+    return Job(**values)
 
 
 def job_outcome(outcome: dict[str, Any]) -> Job:
     """A :class:`Job` from the JSON outcome a "done" notification carries for a job kept in no
     history (its columns but ``data``)."""
-    row = {k: v for k, v in outcome.items() if k in JOB_COLUMNS}
+    row = {k: v for k, v in outcome.items() if k in JOB_COLUMNS and k != "data"}
     for name in ("run_at", "created_at", "started_at", "finished_at"):
         if row.get(name) is not None:
             row[name] = datetime.fromisoformat(row[name])
@@ -49,16 +49,30 @@ def job_outcome(outcome: dict[str, Any]) -> Job:
 
 # Positions in the tuples job_fetch returns (the order of Job's fields).
 FETCHED_ID, FETCHED_QUEUE, FETCHED_STATE, FETCHED_ATTEMPT, FETCHED_DEPENDS_ON = 0, 1, 2, 5, 24
+FETCHED_ERRORS = 17  # NULL for a job that never failed
+# A claimed job has no result yet: the claim carries the job's meta there (migration 0009).
+FETCHED_META = 16
+
+
+# Job's slots in field order: the worker fills them directly, since the frozen dataclass's
+# __init__ (one object.__setattr__ call per field) cost more than twice as much per job.
+_JOB_SLOTS = tuple(Job.__dict__[f.name].__set__ for f in dataclasses.fields(Job))
 
 
 def fetched_job(values: tuple[Any, ...], runtime: JobRuntime) -> Job:
-    """A :class:`Job` bound to its attempt, from a ``job_fetch`` tuple; positional construction
-    is the cheapest way to build one, and the worker builds one per job."""
+    """A :class:`Job` bound to its attempt, from a ``job_fetch`` tuple: the worker builds one
+    per job. Equal to ``Job(*fields)`` (Job has no __post_init__; a unit test checks)."""
     fields = list(values)
-    fields[FETCHED_STATE] = JobState(fields[FETCHED_STATE])
+    fields[FETCHED_STATE] = JobState.ACTIVE  # what a claim leaves
     fields[FETCHED_DEPENDS_ON] = fields[FETCHED_DEPENDS_ON] or []
-    fields.append(runtime)  # the last field, _runtime
-    return Job(*fields)
+    fields[FETCHED_ERRORS] = fields[FETCHED_ERRORS] or []
+    meta = fields[FETCHED_META]
+    fields[FETCHED_META] = None
+    fields += (runtime, {}, meta)  # the fields after the columns: _runtime, results, meta
+    job = object.__new__(Job)
+    for put, value in zip(_JOB_SLOTS, fields, strict=True):
+        put(job, value)
+    return job
 
 
 def schedule(row: dict[str, Any]) -> Schedule:

@@ -20,6 +20,7 @@ from psycopg import Connection, Error, sql
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from conveyor import reporting
 from conveyor._store import rows
 from conveyor._store.connections import (
     closed_by_server,
@@ -32,8 +33,14 @@ from conveyor._store.errors import translated
 from conveyor._store.queries import READS, queries
 from conveyor._store.waiters import done_waiter
 from conveyor.bulk import BulkFilter
+from conveyor.config import (
+    LIST_NARROW_WINDOWS,
+    LIST_WINDOW,
+    STATS_TAIL_LIMIT,
+    STATS_WAIT_BOUNDS_MS,
+)
 from conveyor.errors import ConveyorError, DatabaseUnavailable, InvalidOption
-from conveyor.models import Job, Queue, Schedule, WorkerInfo
+from conveyor.models import Job, Queue, Schedule, StatsMinute, WorkerInfo
 from conveyor.options import JobSpec
 
 Conn = Connection[Any]
@@ -49,6 +56,9 @@ POOL_WAIT_SLICE = 1.0
 POOL_RECONNECT_TIMEOUT = 3.0
 # Seconds partition DDL waits for a lock before it gives up until the next pass.
 ARCHIVE_LOCK_TIMEOUT = 2.0
+# What every read of the counters passes: the wait buckets, and how many history rows finished
+# since the rollup's watermark it may read.
+_COUNTED = {"bounds": list(STATS_WAIT_BOUNDS_MS), "tail": STATS_TAIL_LIMIT}
 
 
 class Store:
@@ -200,8 +210,28 @@ class Store:
         defaults: dict[str, Any],
         now: datetime | None,
         conn: Conn | None = None,
+        meta: str | None = None,
     ) -> list[tuple[UUID | None, bool]]:
-        """Insert jobs; per spec, in order: the id it resolved to (None: ask again) and if new."""
+        """Insert jobs; per spec, in order: the id it resolved to (None: ask again) and if new.
+
+        ``meta`` (a JSON object's text) is stored on the jobs inserted, in the same transaction.
+        """
+        if meta is None:
+            return self._insert(specs, defaults, now, conn)
+        with self.connection(conn) as used, used.transaction():
+            found = self._insert(specs, defaults, now, used)
+            ids = [job_id for job_id, inserted in found if inserted]
+            if ids:
+                self._rows("job_set_meta", {"ids": ids, "meta": meta}, used)
+            return found
+
+    def _insert(
+        self,
+        specs: Sequence[JobSpec],
+        defaults: dict[str, Any],
+        now: datetime | None,
+        conn: Conn | None,
+    ) -> list[tuple[UUID | None, bool]]:
         if any(s.linked for s in specs):
             params = rows.insert_linked_params(specs, self._defaults_json(defaults), now)
             found = self._rows("job_insert_linked", params, conn)
@@ -228,6 +258,53 @@ class Store:
         found = self._rows("job_results", {"ids": list(job_ids)}, conn)
         results = {r["id"]: r["result"] for r in found}
         return {i: results[i] for i in job_ids if i in results}
+
+    @contextmanager
+    def transaction(self) -> Iterator[Conn]:
+        """A pooled connection in a transaction: committed when the block ends, rolled back if
+        it raises (the commit's own failure included)."""
+        with self.connection() as conn, conn.transaction():
+            yield conn
+
+    def job_complete_in(
+        self,
+        job_id: UUID,
+        attempt: int,
+        worker: UUID,
+        result: str,
+        now: datetime | None,
+        conn: Conn,
+    ) -> str | None:
+        """Complete an attempt in ``conn``'s transaction, guarded like every ack; the id of that
+        transaction, or None if the attempt no longer holds its job (nothing was written)."""
+        params = {"id": job_id, "attempt": attempt, "worker": worker, "result": result, "now": now}
+        found = self._rows("job_complete_in", params, conn)
+        return str(found[0]["xid"]) if found else None
+
+    def xact_status(self, xid: str) -> str | None:
+        """Whether a transaction committed: ``committed``, ``aborted`` or ``in progress``."""
+        found = self._rows("xact_status", {"xid": xid}, None)
+        return found[0]["status"] if found else None
+
+    def job_get_many(self, job_ids: Sequence[UUID], conn: Conn | None = None) -> list[Job]:
+        """The jobs with these ids that exist, live or finished, in the order given."""
+        found = {
+            r["id"]: rows.job(r) for r in self._rows("job_get_many", {"ids": list(job_ids)}, conn)
+        }
+        return [found[i] for i in job_ids if i in found]
+
+    def job_dependants(self, job_id: UUID, limit: int, conn: Conn | None = None) -> list[Job]:
+        """The jobs whose ``depends_on`` names this one, live or finished, oldest first."""
+        found = self._rows("job_dependants", {"id": job_id, "limit": limit}, conn)
+        return [rows.job(r) for r in found]
+
+    def job_flow(self, job_id: UUID, limit: int, conn: Conn | None = None) -> list[Job]:
+        """The flow this job belongs to: its topmost dependant first, then every job below that
+        through ``depends_on``, nearest levels first; at most ``limit`` jobs."""
+        root = self._rows("job_flow_root", {"id": job_id}, conn)
+        top = root[0]["id"] if root else job_id
+        found = self._rows("job_flow", {"id": top, "limit": limit}, conn)
+        return [rows.job(r) for r in found]
 
     def job_publish(
         self, event: str, data: str, options: str, conn: Conn | None = None
@@ -264,11 +341,15 @@ class Store:
         since_at: datetime | None = None,
         since_seconds: float | None = None,
         search: str | None = None,
+        after: tuple[datetime, UUID] | None = None,
         now: datetime | None = None,
         conn: Conn | None = None,
     ) -> list[Job]:
         """Jobs filtered by queue, states, creation time and a search pattern, newest (or
-        oldest) first."""
+        oldest) first, after the job ``after`` (created_at, id) of the previous page.
+
+        The history is read from a window by its finished_at index, widened while the page is
+        not full (newest first), up to ``LIST_WINDOW`` or, when given, ``since``."""
         params = {
             "queue": queue,
             "states": states,
@@ -278,9 +359,20 @@ class Store:
             "since_at": since_at,
             "since_seconds": since_seconds,
             "search": search,
+            "after_at": after[0] if after else None,
+            "after_id": after[1] if after else None,
             "now": now,
         }
-        return [rows.job(r) for r in self._rows("job_list", params, conn)]
+        bounded = since_at is not None or since_seconds is not None
+        widest: tuple[float | None, ...] = (None,) if bounded else (LIST_WINDOW,)
+        windows = (*LIST_NARROW_WINDOWS, *widest) if descending else widest
+        for window in windows:
+            found = self._rows("job_list", {**params, "window": window}, conn)
+            if len(found) == limit and found[-1]["created_at"] >= found[-1]["listed_from"]:
+                break
+        for row in found:
+            del row["listed_from"]
+        return [rows.job(r) for r in found]
 
     def job_cancel(
         self, job_id: UUID, now: datetime | None, conn: Conn | None = None
@@ -491,7 +583,17 @@ class Store:
         self, name: str | None, now: datetime | None, conn: Conn | None = None
     ) -> list[dict[str, Any]]:
         """Rows of (queue, state, n, oldest_waiting_seconds)."""
-        return self._rows("queue_stats", {"name": name, "now": now}, conn)
+        params = {"name": name, "now": now, **_COUNTED}
+        return self._rows("queue_stats", params, conn)
+
+    def stats_series(
+        self, queue: str | None, minutes: int, now: datetime | None, conn: Conn | None = None
+    ) -> list[StatsMinute]:
+        """The last ``minutes`` minutes of one queue, or of all summed, oldest first."""
+        params = {"queue": queue, "minutes": minutes, "now": now, **_COUNTED}
+        return reporting.stats_series(
+            self._rows("stats_series", params, conn), STATS_WAIT_BOUNDS_MS
+        )
 
     # -- maintenance and diagnosis ---------------------------------------------------------
 

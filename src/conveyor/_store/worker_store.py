@@ -17,6 +17,7 @@ from psycopg.rows import tuple_row
 
 from conveyor._store.connections import one_line
 from conveyor._store.store_async import AsyncStore
+from conveyor.config import STATS_WAIT_BOUNDS_MS
 from conveyor.errors import (
     DatabaseUnavailable,
     DuplicateJob,
@@ -192,6 +193,33 @@ class WorkerStore(AsyncStore):
         }
         found = await self._rows("job_recover", params, None)
         return [Changed(r["id"], r["queue"], r["state"]) for r in found]
+
+    async def stats_rollup(
+        self, now: datetime | None, lag: float, hold: float, chunk: int
+    ) -> tuple[int, datetime]:
+        """Add up to ``chunk`` history rows finished since the watermark to the counters: none
+        of the last ``lag`` seconds, none an open transaction may still write unless it has
+        been open for ``hold`` seconds; (jobs counted, the new watermark)."""
+        params = {
+            "now": now,
+            "lag": lag,
+            "hold": hold,
+            "chunk": chunk,
+            "bounds": list(STATS_WAIT_BOUNDS_MS),
+        }
+        found = (await self._rows("stats_rollup", params, None))[0]
+        return int(found["counted"]), found["rolled_to"]
+
+    async def stats_sample_backlog(self, now: datetime | None) -> None:
+        """Record each queue's runnable jobs as the backlog of the current minute."""
+        await self._rows("stats_sample_backlog", {"now": now}, None)
+
+    async def stats_prune(self, keep: float, now: datetime | None) -> int:
+        """Delete per-minute counters older than ``keep`` seconds, and analyze the queue
+        table; how many rows were deleted."""
+        found = await self._rows("stats_prune", {"keep": keep, "now": now}, None)
+        await self._rows("stats_analyze_queues", {}, None)
+        return int(found[0]["count"])
 
 
 def _ack_params(worker: UUID, acks: Sequence[Ack], now: datetime | None) -> dict[str, Any]:

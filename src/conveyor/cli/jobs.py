@@ -62,7 +62,8 @@ def list_jobs(
     offset: int,
     as_json: bool,
 ) -> None:
-    """Jobs, newest first, live and finished."""
+    """Jobs, newest first, live and finished (finished ones created in the last day, unless
+    --since reaches further)."""
     found = cli.app().list_jobs(
         queue,
         list(states) or None,

@@ -7,6 +7,9 @@ very DBAPI connection the session holds, so it commits or rolls back with the se
         session.add(Order(id=42))
         send(app, session, "orders.confirm", {"order": 42})
     # both the order and the job exist, or neither does
+
+A handler completes its job in the session's transaction the same way (:func:`complete`): the
+order, the jobs it sends and the job's completion commit together.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ from sqlalchemy.orm import Session
 
 from conveyor.app import Conveyor
 from conveyor.errors import InvalidOption
+from conveyor.models import Job
 
-__all__ = ["send", "send_async", "send_batch", "send_batch_async"]
+__all__ = ["complete", "complete_async", "send", "send_async", "send_batch", "send_batch_async"]
 
 # As in Conveyor.send_batch: (queue, data) or (queue, data, options).
 BatchItem = tuple[str, Any] | tuple[str, Any, Mapping[str, Any]]
@@ -71,6 +75,21 @@ async def send_batch_async(
     """Enqueue many jobs in an async session's transaction; see :func:`send_batch`."""
     driver = await _driver_async(session_or_connection)
     return await app.send_batch_async(jobs, connection=driver)
+
+
+def complete(job: Job, session_or_connection: Session | Connection, result: Any = None) -> None:
+    """Inside a running handler: complete ``job`` in the session's (or connection's)
+    transaction, with ``result``; it is completed if and only if the caller commits, before the
+    handler returns. See :meth:`Job.complete_in <conveyor.Job.complete_in>`."""
+    job.complete_in(_driver(session_or_connection), result)
+
+
+async def complete_async(
+    job: Job, session_or_connection: AsyncSession | AsyncConnection, result: Any = None
+) -> None:
+    """The async twin of :func:`complete`, for an :class:`AsyncSession` or
+    :class:`AsyncConnection`."""
+    await job.complete_in_async(await _driver_async(session_or_connection), result)
 
 
 def _driver(session_or_connection: Session | Connection) -> Any:

@@ -26,6 +26,7 @@ from conveyor.errors import (
     ValidationError,
 )
 from conveyor.models import Schedule
+from conveyor.options import cursor_text
 from conveyor.web.encode import job_json, plain, queue_json, schedule_json, stats_json
 from conveyor.web.openapi import openapi_document
 from conveyor.web.security import CSRF_FIELD, Forbidden, Guard, HttpError, is_cross_site
@@ -35,7 +36,7 @@ N = TypeVar("N", int, float)
 Action = Callable[[Request, Params], Awaitable[Any]]
 
 # The filters GET /api/jobs accepts; anything else is refused rather than silently ignored.
-JOB_FILTERS = frozenset({"queue", "state", "since", "search", "limit", "offset", "order"})
+JOB_FILTERS = frozenset({"queue", "state", "since", "search", "limit", "offset", "order", "after"})
 # The body of POST /api/jobs/bulk, and the fields of its "filter" object.
 BULK_FIELDS = frozenset({"action", "filter", "priority", "dry_run"})
 BULK_FILTERS = frozenset({"queue", "state", "older_than", "search", "group_key"})
@@ -198,6 +199,7 @@ class Api:
             ("GET", "/api/schedules", "api_schedules", self.schedules),
             ("GET", "/api/workers", "api_workers", self.workers),
             ("GET", "/api/stats", "api_stats", self.stats),
+            ("GET", "/api/stats/series", "api_stats_series", self.stats_series),
         ]
         return [
             Route(path, self.endpoint(action), methods=[method], name=name)
@@ -300,8 +302,15 @@ class Api:
             limit=limit,
             offset=offset,
             order=str_param(params, "order") or "desc",
+            after=str_param(params, "after"),
         )
-        return {"jobs": [job_json(j) for j in jobs], "limit": limit, "offset": offset}
+        last = jobs[-1] if len(jobs) == limit else None
+        return {
+            "jobs": [job_json(j) for j in jobs],
+            "limit": limit,
+            "offset": offset,
+            "next": cursor_text(last) if last else None,
+        }
 
     async def job(self, request: Request, params: Params) -> Any:
         only(params, frozenset())
@@ -374,3 +383,10 @@ class Api:
             "queues": [stats_json(s) for s in stats],
             "totals": totals,
         }
+
+    async def stats_series(self, request: Request, params: Params) -> Any:
+        only(params, frozenset({"queue", "minutes"}))
+        queue = str_param(params, "queue")
+        minutes = int_param(params, "minutes", 60)
+        series = await self.conveyor.queue_series_async(queue, minutes=minutes)
+        return {"queue": queue, "minutes": minutes, "buckets": [plain(m) for m in series]}

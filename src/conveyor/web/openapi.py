@@ -91,6 +91,10 @@ JOBS_PAGE = _object(
         "jobs": {"type": "array", "items": _ref("Job")},
         "limit": {"type": "integer"},
         "offset": {"type": "integer"},
+        "next": {
+            "type": ["string", "null"],
+            "description": "Pass as `after` for the next page; null on the last page.",
+        },
     },
     ["jobs", "limit", "offset"],
 )
@@ -122,6 +126,7 @@ SCHEMAS: dict[str, Any] = {
             "result": ANY,
             "errors": {"type": "array", "items": {"type": "object"}},
             "progress": {"type": ["object", "null"]},
+            "meta": {"type": ["object", "null"]},
         },
         ["id", "queue", "state", "attempt", "created_at"],
     ),
@@ -133,6 +138,28 @@ SCHEMAS: dict[str, Any] = {
             "oldest_waiting_seconds": {"type": ["number", "null"]},
         },
         ["queue", "counts", "queued"],
+    ),
+    "StatsMinute": _object(
+        {
+            "minute": {"type": "string", "format": "date-time"},
+            "completed": COUNT,
+            "failed": COUNT,
+            "cancelled": COUNT,
+            "retried": COUNT,
+            "wait_p50_ms": {"type": ["number", "null"]},
+            "wait_p95_ms": {"type": ["number", "null"]},
+            "backlog": {"type": ["integer", "null"], "minimum": 0},
+        },
+        [
+            "minute",
+            "completed",
+            "failed",
+            "cancelled",
+            "retried",
+            "wait_p50_ms",
+            "wait_p95_ms",
+            "backlog",
+        ],
     ),
     "Queue": _object(
         {
@@ -272,7 +299,8 @@ def openapi_document(root_path: str = "") -> dict[str, Any]:
                     _query(
                         "since",
                         {"type": "string", "format": "date-time"},
-                        "Only jobs created at or after this time (ISO 8601).",
+                        "Only jobs created at or after this time (ISO 8601). Without it, "
+                        "finished jobs created more than a day ago are not listed.",
                     ),
                     _query(
                         "search",
@@ -285,6 +313,11 @@ def openapi_document(root_path: str = "") -> dict[str, Any]:
                         "order",
                         {"type": "string", "enum": ["asc", "desc"], "default": "desc"},
                         "Oldest (asc) or newest (desc) first.",
+                    ),
+                    _query(
+                        "after",
+                        {"type": "string"},
+                        "The next page: the `next` of the previous one.",
                     ),
                 ],
             )
@@ -400,6 +433,33 @@ def openapi_document(root_path: str = "") -> dict[str, Any]:
                     ),
                     "Counts by queue and state, for the overview.",
                 ),
+            )
+        },
+        "/api/stats/series": {
+            "get": _op(
+                "Get stats series",
+                _json(
+                    _object(
+                        {
+                            "queue": {"type": ["string", "null"]},
+                            "minutes": {"type": "integer"},
+                            "buckets": {"type": "array", "items": _ref("StatsMinute")},
+                        },
+                        ["queue", "minutes", "buckets"],
+                    ),
+                    "One bucket per minute, oldest first, the current minute last: jobs "
+                    "completed, failed, cancelled and retried in it, the wait before their last "
+                    "attempt (p50, p95, in milliseconds), and the backlog sampled in it.",
+                ),
+                params=[
+                    _query("queue", {"type": "string"}, "One queue; all of them summed if absent."),
+                    _query(
+                        "minutes",
+                        {"type": "integer", "minimum": 1, "maximum": 1440, "default": 60},
+                        "How many minutes, up to the current one.",
+                    ),
+                ],
+                errors={**ERRORS, **NOT_FOUND},
             )
         },
     }

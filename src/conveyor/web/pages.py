@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+from uuid import UUID
 
 import jinja2
 from starlette.requests import Request
@@ -23,6 +24,15 @@ from starlette.templating import Jinja2Templates
 from conveyor.app import Conveyor
 from conveyor.errors import InvalidOption
 from conveyor.models import JobState
+from conveyor.web.activity import (
+    CLAIMED,
+    RUNNING,
+    attempts,
+    flow_tree,
+    phase,
+    split_active,
+    unstarted_claims,
+)
 from conveyor.web.api import (
     DEFAULT_LIMIT,
     conveyor_error_status,
@@ -43,6 +53,11 @@ from conveyor.web.security import (
 )
 
 HERE = Path(__file__).parent
+# The overview's columns: "active" is shown as claimed and running apart.
+OVERVIEW_STATES = ["waiting", "created", "retry", "completed", "cancelled", "failed"]
+# Active jobs read for the claimed/running split; more than this many at once is a fleet
+# whose split the overview shows for the oldest claims only.
+ACTIVE_LIMIT = 2000
 Page = Callable[[Request], Awaitable[Response]]
 NAV = [("overview", "Queues"), ("jobs", "Jobs"), ("dead", "Dead letters"),
        ("schedules", "Schedules"), ("workers", "Workers")]  # fmt: skip
@@ -114,6 +129,7 @@ class Pages:
             Route("/", self.page(self.overview), methods=["GET"], name="overview"),
             Route("/jobs", self.page(self.jobs), methods=["GET"], name="jobs"),
             Route("/jobs/{id}", self.page(self.job), methods=["GET"], name="job"),
+            Route("/jobs/{id}/flow", self.page(self.flow), methods=["GET"], name="flow"),
             Route("/dead", self.page(self.dead), methods=["GET"], name="dead"),
             Route("/schedules", self.page(self.schedules), methods=["GET"], name="schedules"),
             Route("/workers", self.page(self.workers), methods=["GET"], name="workers"),
@@ -129,6 +145,7 @@ class Pages:
             "csrf": csrf_token(request),
             "nav": NAV,
             "current": name.removesuffix(".html"),
+            "now": datetime.now(UTC).isoformat(),
             **context,
         }
         return self.templates.TemplateResponse(request, name, full, status_code=status)
@@ -201,12 +218,29 @@ class Pages:
 
     # -- pages -------------------------------------------------------------------------------
 
+    async def _active(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]], set[str]]:
+        """The workers, the active jobs, and the claims that wait in prefetch buffers."""
+        workers = plain(await self.conveyor.list_workers_async())
+        active = await self.conveyor.list_jobs_async(
+            None, [JobState.ACTIVE.value], limit=ACTIVE_LIMIT, order="asc"
+        )
+        return workers, [job_json(j) for j in active], unstarted_claims(workers)
+
     async def overview(self, request: Request) -> Response:
         queues = await self.conveyor.list_queues_async()
         stats = {s.queue: stats_json(s) for s in await self.conveyor.queue_stats_async()}
-        rows = [{"queue": plain(q), "stats": stats.get(q.name)} for q in queues]
-        states = [s.value for s in JobState]
-        return self.render(request, "overview.html", {"rows": rows, "states": states})
+        _, active, unstarted = await self._active()
+        phases = split_active(active, unstarted)
+        rows = [
+            {
+                "queue": plain(q),
+                "stats": stats.get(q.name),
+                "phases": phases.get(q.name, {CLAIMED: 0, RUNNING: 0}),
+            }
+            for q in queues
+        ]
+        context = {"rows": rows, "states": OVERVIEW_STATES}
+        return self.render(request, "overview.html", context)
 
     async def jobs(self, request: Request) -> Response:
         params = request.query_params
@@ -238,8 +272,32 @@ class Pages:
         return self.render(request, "jobs.html", context)
 
     async def job(self, request: Request) -> Response:
-        job = await self.conveyor.get_job_async(request.path_params["id"])
-        return self.render(request, "job.html", {"job": job_json(job)})
+        job = job_json(await self.conveyor.get_job_async(request.path_params["id"]))
+        workers = plain(await self.conveyor.list_workers_async())
+        unstarted = unstarted_claims(workers)
+        dependencies = [job_json(j) for j in await self.conveyor.get_jobs_async(job["depends_on"])]
+        dependants = [job_json(j) for j in await self.conveyor.list_dependants_async(job["id"])]
+        context = {
+            "job": job,
+            "phase": phase(job, unstarted),
+            "attempts": attempts(job, unstarted, datetime.now(UTC)),
+            "dependencies": dependencies,
+            "dependants": dependants,
+        }
+        return self.render(request, "job.html", context)
+
+    async def flow(self, request: Request) -> Response:
+        given = request.path_params["id"]
+        jobs = [job_json(j) for j in await self.conveyor.get_flow_async(given)]
+        workers = plain(await self.conveyor.list_workers_async())
+        context = {
+            # get_flow_async accepted the id, so it parses.
+            "focus": str(UUID(given)),
+            "tree": flow_tree(jobs),
+            "count": len(jobs),
+            "unstarted": unstarted_claims(workers),
+        }
+        return self.render(request, "flow.html", context)
 
     async def dead(self, request: Request) -> Response:
         queue = str_param(request.query_params, "queue")
@@ -261,7 +319,14 @@ class Pages:
         return self.render(request, "schedules.html", {"schedules": rows})
 
     async def workers(self, request: Request) -> Response:
-        workers = plain(await self.conveyor.list_workers_async())
+        workers, active, unstarted = await self._active()
+        now = datetime.now(UTC)
+        for worker in workers:
+            beat = datetime.fromisoformat(worker["heartbeat_at"])
+            worker["heartbeat_age"] = max(0.0, (now - beat).total_seconds())
+            held = [j for j in active if j["worker_id"] == worker["id"]]
+            worker["running"] = [j for j in held if phase(j, unstarted) == RUNNING]
+            worker["claimed"] = [j for j in held if phase(j, unstarted) == CLAIMED]
         return self.render(request, "workers.html", {"workers": workers})
 
 

@@ -43,8 +43,18 @@ def _from_handler(tb: TracebackType | None) -> TracebackType | None:
     return first or tb
 
 
-def describe(exc: BaseException, job: Job, worker: UUID, kind: str | None = None) -> dict[str, Any]:
-    """The stored form of an attempt's error. Never raises, whatever the exception does."""
+def describe(
+    exc: BaseException,
+    job: Job,
+    worker: UUID,
+    kind: str | None = None,
+    started_at: datetime | None = None,
+) -> dict[str, Any]:
+    """The stored form of an attempt's error. Never raises, whatever the exception does.
+
+    ``claimed_at`` (the job's ``started_at``: when the worker claimed it) and ``started_at``
+    (when its handler was called) let the dashboard draw each attempt's timeline: a claim may
+    wait in the worker's prefetch buffer before it starts."""
     try:
         name = kind or type(exc).__name__
     except Exception:
@@ -65,6 +75,8 @@ def describe(exc: BaseException, job: Job, worker: UUID, kind: str | None = None
         "message": _clean(message),
         "traceback": _clean(trace) if trace is not None else None,
         "worker": str(worker),
+        "claimed_at": job.started_at.isoformat() if job.started_at else None,
+        "started_at": started_at.isoformat() if started_at else None,
         "at": datetime.now(UTC).isoformat(),
     }
 

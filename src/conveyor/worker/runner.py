@@ -21,10 +21,11 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
+from conveyor import telemetry
 from conveyor._store import rows
 from conveyor._store.listen import Listener
 from conveyor._store.worker_store import Ack, Changed, WorkerStore
@@ -44,6 +45,7 @@ from conveyor.worker.runtime import Runtime
 from conveyor.worker.service import Service, ServiceContext
 from conveyor.worker.supervisor import Supervisor
 from conveyor.worker.threads import DaemonThreadPool
+from conveyor.worker.transaction import Transactions
 from conveyor.worker.waiting import first_of
 
 log = logging.getLogger("conveyor.worker")
@@ -82,8 +84,10 @@ class Running:
     slot: asyncio.Task[None]
     started: float
     deadline: float
-    stop_reason: str | None = None  # "cancelled", "expired", "shutdown"
+    stop_reason: str | None = None  # "cancelled", "expired", "shutdown", "settling"
     future: concurrent.futures.Future[Any] | None = None  # a sync handler's call
+    # When the handler was called (wall clock), for the error of a failed attempt.
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 class Worker:
@@ -102,6 +106,7 @@ class Worker:
         options: WorkerOptions,
         clock: Callable[[], datetime | None],
         rng: Callable[[], float] = random.random,
+        tracer_provider: Any = None,
     ) -> None:
         missing = [q for q in options.queues if registry.get(q) is None]
         if missing:
@@ -116,6 +121,7 @@ class Worker:
         self._services = list(services)
         self._clock = clock
         self._rng = rng
+        self._tracer_provider = tracer_provider  # OpenTelemetry's; None: the global one
         self._store = WorkerStore(
             dsn,
             schema,
@@ -136,13 +142,17 @@ class Worker:
         self._refill_at = 1
         # Acked jobs until written, kept only to hand them to outcome listeners, and only for
         # the outcomes someone listens to (a quiet success costs nothing here).
-        self._pending: dict[tuple[uuid.UUID, int], Job] = {}
+        self._pending: dict[tuple[uuid.UUID, int], tuple[Job, float]] = {}
         self._outcomes_heard = frozenset(
             outcome
             for outcome, names in _ACKED_EVENTS.items()
             if any(events.wanted(name) for name in names)
         )
         self._threads = DaemonThreadPool(options.concurrency, "conveyor-job")
+        self._transactions = Transactions(
+            dsn, schema, self.id, size=options.concurrency, prepare=not pgbouncer, clock=clock,
+            max_payload_bytes=options.max_payload_bytes,
+        )  # fmt: skip
         self._wake = asyncio.Event()
         self._slot_freed = asyncio.Event()
         # The slot loops: one task per unit of concurrency, each running one attempt at a time.
@@ -251,6 +261,7 @@ class Worker:
             with contextlib.suppress(DatabaseUnavailable):
                 await self._store.worker_deregister(self.id)
             self._threads.shutdown()
+            await self._transactions.close()
             await self._store.close()
         return self.jobs_run
 
@@ -391,10 +402,18 @@ class Worker:
                 since_yield = 0
                 continue
             running = self._begin(buffer.popleft(), task)
+            traced = telemetry.attempt_started(running.job, self._tracer_provider)
             ack = await self._run(running)
             if running.stop_reason is not None and task.cancelling():
                 task.uncancel()  # the handler swallowed the cancellation meant for it
+            if running.runtime.completion is not None:  # the handler's own transaction
+                ack = await self._settle_transaction(running, ack)
             self._end(running, ack)
+            if traced is not None:  # None unless OpenTelemetry traces
+                telemetry.attempt_ended(
+                    traced, ack.outcome if ack else None, ack.error if ack else None,
+                    completed_in_transaction=running.runtime.completion is not None,
+                )  # fmt: skip
             since_yield += 1
             if since_yield >= YIELD_EVERY:
                 since_yield = 0
@@ -407,6 +426,7 @@ class Worker:
             row[rows.FETCHED_ATTEMPT],
             self._loop,
             self._completer.progress,
+            self._transactions,
         )
         job = rows.fetched_job(row, runtime)
         now = time.monotonic()
@@ -430,7 +450,7 @@ class Worker:
             self._slot_freed.set()
         if ack is not None:
             if ack.outcome in self._outcomes_heard:
-                self._pending[(ack.job_id, ack.attempt)] = job
+                self._pending[(ack.job_id, ack.attempt)] = (job, took)
             self._completer.add(ack)
 
     async def _run(self, running: Running) -> Ack | None:
@@ -506,6 +526,25 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._deadline_moved.wait(), timeout)
 
+    async def _settle_transaction(self, running: Running, ack: Ack | None) -> Ack | None:
+        """The outcome of an attempt that completed, or tried to, in a transaction of its own
+        (worker/transaction.py)."""
+        # The handler has returned: from here nothing may cancel the slot (a late cancel() or
+        # expiry would end the slot loop itself in this await).
+        running.stop_reason = running.stop_reason or "settling"
+        job = running.job
+        handler = self._registry.get(job.queue)
+        ack = await self._transactions.outcome(
+            running.runtime, ack, lambda exc, kind: self._failure(job, handler, exc, kind=kind)
+        )
+        done = running.runtime.completion
+        if ack is None and done is not None and self._events.wanted("job.completed"):
+            took = time.monotonic() - running.started
+            self._events.emit(
+                Event("job.completed", self.id, job, result=done.result, duration=took)
+            )
+        return ack
+
     def _give_up(self, future: concurrent.futures.Future[Any] | None) -> bool:
         """Stop waiting for a sync handler's call; True if it never started (and now never
         will). A call that runs on is abandoned: its thread is replaced, and counted."""
@@ -532,7 +571,9 @@ class Worker:
         message: str | None = None,
         final: bool = False,
     ) -> Ack:
-        error = outcome.describe(exc, job, self.id, kind)
+        running = self._running.get((job.id, job.attempt))
+        started_at = running.started_at if running is not None else None
+        error = outcome.describe(exc, job, self.id, kind, started_at)
         if message is not None:
             error["message"] = message
         self._events.emit(Event("job.attempt_failed", self.id, job, error=error))
@@ -541,7 +582,7 @@ class Worker:
     # -- acks, notifications, liveness -----------------------------------------------------
 
     def _on_acked(self, ack: Ack, changed: Changed | None) -> None:
-        job = self._pending.pop((ack.job_id, ack.attempt), None)
+        job, took = self._pending.pop((ack.job_id, ack.attempt), (None, None))
         if changed is not None and ack.delay:
             # A retry or snooze this worker scheduled: no NOTIFY will announce it when it falls
             # due, so wake up then instead of waiting for the next poll.
@@ -557,7 +598,9 @@ class Worker:
             if self._events.wanted(name):
                 result = json.loads(ack.result) if ack.result is not None else None
                 error = json.loads(ack.error) if ack.error is not None else None
-                self._events.emit(Event(name, self.id, job, error=error, result=result))
+                self._events.emit(
+                    Event(name, self.id, job, error=error, result=result, duration=took)
+                )
 
     def _on_service_error(self, service: str, exc: BaseException) -> None:
         self._events.emit(
@@ -629,11 +672,18 @@ class Worker:
 
         if any(lost(row) for row in self._buffer):
             # Claimed but not started: it must not start at all.
+            if attempt is None and self._events.wanted("job.cancelled"):  # cancel(), not recovery
+                row = next(row for row in self._buffer if lost(row))
+                self._events.emit(Event("job.cancelled", self.id, job_id=job_id,
+                                        queue=row[rows.FETCHED_QUEUE]))  # fmt: skip
             kept = [row for row in self._buffer if not lost(row)]
             self._buffer.clear()  # in place: the slot loops hold this deque
             self._buffer.extend(kept)
         for (running_id, running_attempt), running in list(self._running.items()):
             if running_id == job_id and attempt in (None, running_attempt):
+                told = attempt is None and running.stop_reason is None  # cancel(), not recovery
+                if told and self._events.wanted("job.cancelled"):
+                    self._events.emit(Event("job.cancelled", self.id, running.job))
                 self._stop_attempt(running, "cancelled")
 
     # -- shutdown --------------------------------------------------------------------------

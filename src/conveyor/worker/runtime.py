@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+from conveyor.errors import JobStateError
 from conveyor.models import Cancellation
+
+if TYPE_CHECKING:
+    from conveyor.worker.transaction import Completion, JobTransaction, Transactions
 
 job_log = logging.getLogger("conveyor.job")
 
@@ -20,7 +24,7 @@ class Runtime:
     """
 
     __slots__ = ("_attempt", "_cancelled", "_job_id", "_logger", "_loop", "_on_progress", "_queue",
-                 "_stop_requested")  # fmt: skip
+                 "_stop_requested", "_transactions", "completion", "result")  # fmt: skip
 
     def __init__(
         self,
@@ -29,6 +33,7 @@ class Runtime:
         attempt: int,
         loop: asyncio.AbstractEventLoop,
         on_progress: Callable[[UUID, int, dict[str, Any]], None],
+        transactions: Transactions | None = None,
     ) -> None:
         self._job_id = job_id
         self._queue = queue
@@ -38,6 +43,10 @@ class Runtime:
         self._cancelled: Cancellation | None = None
         self._logger: logging.LoggerAdapter[logging.Logger] | None = None
         self._stop_requested = False
+        self._transactions = transactions
+        # The completion written in the handler's own transaction, if it used one.
+        self.completion: Completion | None = None
+        self.result: Any = None  # set_result(): what that completion stores
 
     @property
     def logger(self) -> logging.LoggerAdapter[logging.Logger]:
@@ -66,11 +75,45 @@ class Runtime:
     def report_progress(self, percent: float, message: str | None) -> None:
         """Queue progress for the next batch; safe from the loop and from handler threads."""
         value = {"percent": percent, "message": message}
-        try:
-            running_here = asyncio.get_running_loop() is self._loop
-        except RuntimeError:
-            running_here = False
-        if running_here:
+        if self.on_worker_loop():
             self._on_progress(self._job_id, self._attempt, value)
         else:
             self._loop.call_soon_threadsafe(self._on_progress, self._job_id, self._attempt, value)
+
+    @property
+    def job_id(self) -> UUID:
+        """The id of the attempt's job."""
+        return self._job_id
+
+    @property
+    def attempt(self) -> int:
+        """The attempt's number."""
+        return self._attempt
+
+    def on_worker_loop(self) -> bool:
+        """True when called from the worker's event loop (an async handler)."""
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
+
+    def _source(self) -> Transactions:
+        if self._transactions is None:
+            raise JobStateError("this attempt runs without a database to complete it in")
+        return self._transactions
+
+    def transaction(self) -> JobTransaction:
+        """See :meth:`conveyor.models.Job.transaction`."""
+        return self._source().begin(self)
+
+    def set_result(self, value: Any) -> None:
+        """See :meth:`conveyor.models.Job.set_result`."""
+        self.result = value
+
+    def complete_in(self, connection: Any, result: Any) -> None:
+        """See :meth:`conveyor.models.Job.complete_in`."""
+        self._source().complete_in(self, connection, result)
+
+    async def complete_in_async(self, connection: Any, result: Any) -> None:
+        """See :meth:`conveyor.models.Job.complete_in_async`."""
+        await self._source().complete_in_async(self, connection, result)

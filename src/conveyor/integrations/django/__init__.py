@@ -12,11 +12,12 @@ from typing import Any
 from conveyor.integrations.django.backend import (
     ConveyorBackend,
     backend_for,
+    complete,
     run_task,
     worker_app,
 )
 
-__all__ = ["ConveyorBackend", "backend_for", "run_task", "worker_app"]
+__all__ = ["ConveyorBackend", "backend_for", "complete", "run_task", "worker_app"]
 
 
 def __getattr__(name: str) -> Any:

@@ -445,6 +445,16 @@ def run_task(job: Job) -> Any:
     return value
 
 
+def complete(job: Job, result: Any = None, *, using: str = "default") -> None:
+    """Inside a running handler: complete ``job`` in the open transaction of Django's
+    connection ``using`` (``transaction.atomic()``), with ``result``. The job is completed if
+    and only if that transaction commits, before the handler returns; outside an atomic block
+    the completion commits at once. See :meth:`Job.complete_in <conveyor.Job.complete_in>`."""
+    connection = connections[using]
+    connection.ensure_connection()
+    job.complete_in(connection.connection, result)
+
+
 def _handler(alias: str) -> HandlerFunc:
     """The Conveyor handler of the queues of the task backend ``alias``: it runs only that
     backend's tasks (a job of another backend in its queue fails, saying so)."""

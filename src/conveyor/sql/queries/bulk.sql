@@ -49,12 +49,16 @@ WITH picked AS (
     SELECT coalesce(%(now)s::timestamptz, now()) AS now,
            coalesce(%(now)s::timestamptz, clock_timestamp()) AS floor
 ), archived AS (
-    INSERT INTO {schema}.job_archive
+    INSERT INTO {schema}.job_archive (
+        id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
+        retry_backoff, retry_delay_max, expire_in, retention, singleton_key, singleton_seconds,
+        unique_key, dead_letter, group_key, depends_on, worker_id, created_at, started_at,
+        finished_at, result, errors, progress, drop_at)
     SELECT m.id, m.queue, 'cancelled', m.data, m.priority, m.run_at, m.attempt, m.retry_limit,
            m.retry_delay, m.retry_backoff, m.retry_delay_max, m.expire_in, m.retention,
            m.singleton_key, m.singleton_seconds, m.unique_key, m.dead_letter, m.group_key,
            m.depends_on, m.worker_id, m.created_at, m.started_at, t.now, m.result, m.errors,
-           m.progress, NULL,
+           m.progress,
            {schema}.archive_drop_at(t.now + make_interval(secs => m.retention), t.floor)
     FROM moved m, t
     RETURNING id

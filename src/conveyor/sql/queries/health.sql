@@ -143,7 +143,7 @@ ORDER BY started_at, id;
 -- name: doctor_notify :exec
 SELECT pg_notify(%(channel)s::text, %(payload)s::text);
 
--- The history's partitions (see 0009_history.sql): how far the runway reaches, how many ended
+-- The history's partitions (see 0012_history.sql): how far the runway reaches, how many ended
 -- and wait for the leader to drop them, and what the leader last did.
 -- name: doctor_archive :one
 SELECT (SELECT count(*) FROM {schema}.archive_partition) AS partitions,

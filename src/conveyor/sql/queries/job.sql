@@ -32,6 +32,10 @@ FROM {schema}.insert_jobs(
     ARRAY[%(group_key)s::text], ARRAY[%(depends_on)s::jsonb],
     %(defaults)s::jsonb, %(now)s::timestamptz);
 
+-- The meta of jobs a send just inserted (the trace context of that send), in its transaction.
+-- name: job_set_meta :exec
+UPDATE {schema}.job SET meta = %(meta)s::jsonb WHERE id = ANY (%(ids)s::uuid[]);
+
 -- name: job_get :one
 SELECT * FROM {schema}.job WHERE id = %(id)s
 UNION ALL
@@ -39,32 +43,58 @@ SELECT * FROM {schema}.job_history WHERE id = %(id)s
 LIMIT 1;
 
 -- since: created at or after since_at, or since_seconds before now. search: an ILIKE pattern
--- (escaped by conveyor.options) matched against the payload's JSON text and the id.
+-- (escaped by conveyor.options) matched against the payload's JSON text and the id. after_at and
+-- after_id: the last job of the previous page (keyset pagination, in the listing's order).
+-- The history is read only from listed_from on, by the finished_at indexes: a job finishes after
+-- it was created, so every finished job created since then finished since then. listed_from is
+-- since, or window seconds before the page's start (the cursor, else now), whichever is later;
+-- a NULL window reaches back to since (to the first job without it). The live table is small
+-- and read whole. The caller widens the window until the page is complete: it holds its limit
+-- of jobs created at or after listed_from (every row carries it).
+-- The bounds are written out where they are used, not read from a CTE: the planner then
+-- estimates the history's range from their values and walks the index.
 -- name: job_list :many
-WITH t AS (
-    SELECT coalesce(%(since_at)s::timestamptz,
-                    coalesce(%(now)s::timestamptz, now())
-                    - make_interval(secs => %(since_seconds)s::double precision)) AS since
-)
-SELECT j.* FROM (
+SELECT j.*,
+       coalesce(greatest(
+           coalesce(%(since_at)s::timestamptz, coalesce(%(now)s::timestamptz, now())
+                    - make_interval(secs => %(since_seconds)s::double precision)),
+           coalesce(%(after_at)s::timestamptz, %(now)s::timestamptz, now())
+           - make_interval(secs => %(window)s::double precision)), '-infinity') AS listed_from
+FROM (
     SELECT * FROM {schema}.job
     WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
       AND (%(states)b::text[] IS NULL OR state = ANY (%(states)b::text[]))
-      AND (created_at >= (SELECT since FROM t) OR (SELECT since FROM t) IS NULL)
+      AND created_at >= coalesce(
+          %(since_at)s::timestamptz, coalesce(%(now)s::timestamptz, now())
+          - make_interval(secs => %(since_seconds)s::double precision), '-infinity')
       AND (%(search)s::text IS NULL OR data::text ILIKE %(search)s::text
            OR id::text ILIKE %(search)s::text)
     UNION ALL
     SELECT * FROM {schema}.job_history
     WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
       AND (%(states)b::text[] IS NULL OR state = ANY (%(states)b::text[]))
-      AND (created_at >= (SELECT since FROM t) OR (SELECT since FROM t) IS NULL)
+      AND finished_at >= coalesce(greatest(
+          coalesce(%(since_at)s::timestamptz, coalesce(%(now)s::timestamptz, now())
+                   - make_interval(secs => %(since_seconds)s::double precision)),
+          coalesce(%(after_at)s::timestamptz, %(now)s::timestamptz, now())
+          - make_interval(secs => %(window)s::double precision)), '-infinity')
+      AND created_at >= coalesce(greatest(
+          coalesce(%(since_at)s::timestamptz, coalesce(%(now)s::timestamptz, now())
+                   - make_interval(secs => %(since_seconds)s::double precision)),
+          coalesce(%(after_at)s::timestamptz, %(now)s::timestamptz, now())
+          - make_interval(secs => %(window)s::double precision)), '-infinity')
       AND (%(search)s::text IS NULL OR data::text ILIKE %(search)s::text
            OR id::text ILIKE %(search)s::text)
 ) j
+WHERE %(after_at)s::timestamptz IS NULL
+   OR CASE WHEN %(descending)s::boolean
+           THEN (j.created_at, j.id) < (%(after_at)s::timestamptz, %(after_id)s::uuid)
+           ELSE (j.created_at, j.id) > (%(after_at)s::timestamptz, %(after_id)s::uuid) END
 ORDER BY
-    CASE WHEN %(descending)s::boolean THEN created_at END DESC,
-    CASE WHEN NOT %(descending)s::boolean THEN created_at END ASC,
-    id
+    CASE WHEN %(descending)s::boolean THEN j.created_at END DESC,
+    CASE WHEN %(descending)s::boolean THEN j.id END DESC,
+    CASE WHEN NOT %(descending)s::boolean THEN j.created_at END ASC,
+    CASE WHEN NOT %(descending)s::boolean THEN j.id END ASC
 LIMIT %(limit)s::integer OFFSET %(offset)s::integer;
 
 -- Cancel a queued or running job: it leaves the live table for the archive as 'cancelled'
@@ -77,18 +107,23 @@ WITH t AS (
 ), moved AS (
     DELETE FROM {schema}.job WHERE id = %(id)s RETURNING *
 ), archived AS (
-    INSERT INTO {schema}.job_archive
+    INSERT INTO {schema}.job_archive (
+        id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
+        retry_backoff, retry_delay_max, expire_in, retention, singleton_key, singleton_seconds,
+        unique_key, dead_letter, group_key, depends_on, worker_id, created_at, started_at,
+        finished_at, result, errors, progress, drop_at)
     SELECT m.id, m.queue, 'cancelled', m.data, m.priority, m.run_at, m.attempt, m.retry_limit,
            m.retry_delay, m.retry_backoff, m.retry_delay_max, m.expire_in, m.retention,
            m.singleton_key, m.singleton_seconds, m.unique_key, m.dead_letter, m.group_key,
            m.depends_on, m.worker_id, m.created_at, m.started_at, t.now, m.result, m.errors,
-           m.progress, NULL,
+           m.progress,
            {schema}.archive_drop_at(t.now + make_interval(secs => m.retention), t.floor)
     FROM moved m, t
     RETURNING id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
               retry_backoff, retry_delay_max, expire_in, retention, singleton_key,
               singleton_seconds, unique_key, dead_letter, group_key, depends_on, worker_id,
-              created_at, started_at, finished_at, result, errors, progress, queued_key
+              created_at, started_at, finished_at, result, errors, progress, queued_key,
+              meta
 ), told AS (
     SELECT pg_notify(%(cancel_channel)s::text, m.id::text) FROM moved m WHERE m.state = 'active'
     UNION ALL
@@ -116,7 +151,8 @@ WITH t AS (
     RETURNING id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
               retry_backoff, retry_delay_max, expire_in, retention, singleton_key,
               singleton_seconds, unique_key, dead_letter, group_key, depends_on, worker_id,
-              created_at, started_at, finished_at, result, errors, progress, queued_key
+              created_at, started_at, finished_at, result, errors, progress, queued_key,
+              meta
 ), requeued AS (
     INSERT INTO {schema}.job
     SELECT r.id, r.queue, 'created', r.data, r.priority, t.now, 0, r.retry_limit, r.retry_delay,

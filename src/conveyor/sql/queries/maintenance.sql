@@ -3,7 +3,7 @@
 -- transaction holds, so the leader loops over short statements that never wait on a worker nor
 -- hold many locks for long.
 
--- The history leaves by partitions (see 0009_history.sql): the leader creates them ahead as far
+-- The history leaves by partitions (see 0012_history.sql): the leader creates them ahead as far
 -- as the longest retention in use, and detaches and drops those that ended. A partition is
 -- dropped a minute after it ended, never the newest (rows beyond the runway go there), and every
 -- acknowledgement routes its rows by its own clock to partitions that end after it: so no

@@ -69,7 +69,7 @@ WITH q AS (
 )
 SELECT EXISTS (SELECT FROM q) FROM (SELECT count(*) FROM woken) n;
 
--- Delete a queue with every job it holds, live or finished, and its throttle windows.
+-- Delete a queue with every job it holds, live or finished, its throttle windows and counters.
 -- name: queue_delete :one
 WITH gone AS (
     DELETE FROM {schema}.queue WHERE name = %(name)s RETURNING name
@@ -81,6 +81,13 @@ WITH gone AS (
     DELETE FROM {schema}.job_dead WHERE queue IN (SELECT name FROM gone) RETURNING 1
 ), windows AS (
     DELETE FROM {schema}.throttle WHERE queue IN (SELECT name FROM gone) RETURNING 1
+), totals AS (
+    -- A queue created again under this name starts its counts from zero.
+    DELETE FROM {schema}.stats_total WHERE queue IN (SELECT name FROM gone)
+), minutes AS (
+    DELETE FROM {schema}.stats_minute WHERE queue IN (SELECT name FROM gone)
+), backlogs AS (
+    DELETE FROM {schema}.stats_backlog WHERE queue IN (SELECT name FROM gone)
 )
 SELECT (SELECT count(*) FROM gone) AS queues,
        (SELECT count(*) FROM live) + (SELECT count(*) FROM archived)
@@ -95,9 +102,23 @@ WITH gone AS (
 SELECT count(*) FROM gone;
 
 -- Counts by state; oldest_waiting_seconds is how long the oldest runnable job has waited past
--- its run_at (NULL when none is runnable).
+-- its run_at (NULL when none is runnable). Live states are counted in the (small) live table;
+-- completed and cancelled are the rolled-up totals plus the rows finished since the rollup's
+-- watermark (at most %(tail)s of them, by the finished_at indexes); failed is the dead letters
+-- held, counted in job_dead_queue_idx. Never a scan of the history.
 -- name: queue_stats :many
 WITH t AS (SELECT coalesce(%(now)s::timestamptz, now()) AS now),
+w AS (SELECT coalesce((SELECT rolled_to FROM {schema}.stats_rollup), '-infinity') AS after),
+finished AS (
+    SELECT s.queue, s.completed, s.cancelled
+    FROM {schema}.stats_total s
+    WHERE %(name)s::text IS NULL OR s.queue = %(name)s::text
+    UNION ALL
+    SELECT c.queue, c.completed, c.cancelled
+    FROM w,
+         {schema}.finished_counts(w.after, NULL, %(tail)s::bigint, %(bounds)s::double precision[]) c
+    WHERE %(name)s::text IS NULL OR c.queue = %(name)s::text
+),
 counted AS (
     SELECT queue, state, count(*) AS n,
            min(run_at) FILTER (WHERE state IN ('created', 'retry') AND run_at <= t.now) AS oldest
@@ -105,10 +126,15 @@ counted AS (
     WHERE %(name)s::text IS NULL OR queue = %(name)s::text
     GROUP BY queue, state
     UNION ALL
-    SELECT queue, state, count(*), NULL
-    FROM {schema}.job_history
-    WHERE %(name)s::text IS NULL OR queue = %(name)s::text
-    GROUP BY queue, state
+    SELECT f.queue, x.state, x.n, NULL
+    FROM finished f
+    CROSS JOIN LATERAL (VALUES ('completed', f.completed), ('cancelled', f.cancelled)) x(state, n)
+    UNION ALL
+    SELECT q.name, 'failed',
+           (SELECT count(*) FROM {schema}.job_history h
+            WHERE h.queue = q.name AND h.state = 'failed'), NULL
+    FROM {schema}.queue q
+    WHERE %(name)s::text IS NULL OR q.name = %(name)s::text
 )
 SELECT q.name AS queue, c.state, coalesce(c.n, 0)::bigint AS n,
        extract(epoch FROM t.now - c.oldest)::double precision AS oldest_waiting_seconds,
@@ -120,7 +146,7 @@ WHERE %(name)s::text IS NULL OR q.name = %(name)s::text
 ORDER BY q.name, c.state;
 
 -- The cheap counts a metrics scrape takes: live jobs by state from the small live table, and
--- the dead letters of each queue through job_history_queue_idx; never a scan of all history.
+-- the dead letters of each queue through job_dead_queue_idx; never a scan of all history.
 -- name: queue_live_counts :many
 WITH t AS (SELECT coalesce(%(now)s::timestamptz, now()) AS now),
 live AS (

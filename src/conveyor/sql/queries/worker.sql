@@ -112,6 +112,20 @@ SELECT * FROM {schema}.worker ORDER BY started_at, id;
 SELECT count(*) FROM {schema}.worker
 WHERE heartbeat_at > now() - make_interval(secs => %(stale_after)s::double precision);
 
+-- Complete an attempt inside the caller's transaction (job.transaction(), job.complete_in()):
+-- the same guarded ack_jobs as the completer's, so an attempt that lost its job changes nothing
+-- and returns no row. The transaction's id lets the worker ask, once the handler returned,
+-- whether the completion committed (pg_xact_status), whoever committed or rolled it back.
+-- name: job_complete_in :many
+SELECT pg_current_xact_id()::text AS xid
+FROM {schema}.ack_jobs(
+    ARRAY[%(id)s::uuid], ARRAY[%(worker)s::uuid], ARRAY[%(attempt)s::integer],
+    ARRAY['completed'], ARRAY[%(result)s::jsonb], NULL, NULL, %(now)s::timestamptz);
+
+-- committed, aborted or in progress.
+-- name: xact_status :scalar
+SELECT pg_xact_status(%(xid)s::xid8) AS status;
+
 -- Seconds until the next job of these queues falls due (later than now), or NULL: a worker with
 -- nothing to do wakes itself then, since no NOTIFY marks that moment. A loose index scan of
 -- job_fetch_idx: per queue, one probe per priority in use, however many jobs wait.

@@ -45,6 +45,12 @@ ALTER TABLE {schema}.job_archive ALTER COLUMN state DROP DEFAULT;
 -- number in the tens. No primary key: a partitioned table's would have to include drop_at.
 CREATE INDEX job_archive_id_idx ON {schema}.job_archive (id);
 CREATE INDEX job_archive_queue_idx ON {schema}.job_archive (queue, state, finished_at);
+-- The counters' rollup and queue_stats read what finished since a watermark (see 0011), and the
+-- jobs list reads a window of finish times: along this index in each partition.
+CREATE INDEX job_archive_finished_idx ON {schema}.job_archive (finished_at);
+-- A job's dependants, found after their edges are gone (see 0010): only rows that have some.
+CREATE INDEX job_archive_depends_on_idx ON {schema}.job_archive USING gin (depends_on)
+    WHERE depends_on IS NOT NULL;
 
 CREATE TABLE {schema}.job_dead (LIKE {schema}.job INCLUDING DEFAULTS) WITH (
     autovacuum_vacuum_scale_factor = 0.05,
@@ -58,6 +64,8 @@ ALTER TABLE {schema}.job_dead
     ADD CHECK (jsonb_typeof(errors) = 'array');
 CREATE INDEX job_dead_queue_idx ON {schema}.job_dead (queue, finished_at);
 CREATE INDEX job_dead_finished_idx ON {schema}.job_dead (finished_at);
+CREATE INDEX job_dead_depends_on_idx ON {schema}.job_dead USING gin (depends_on)
+    WHERE depends_on IS NOT NULL;
 
 CREATE TABLE {schema}.archive_partition (
     name       text PRIMARY KEY,
@@ -195,11 +203,28 @@ SELECT {schema}.archive_extend(greatest(
 -- partition of its finish time plus retention (a row already due goes to the first one). The
 -- triggers that release dependants and fire hooks are created after the copy: those rows did
 -- that when they were first written.
-INSERT INTO {schema}.job_dead SELECT * FROM {schema}.job_history WHERE state = 'failed';
-INSERT INTO {schema}.job_archive
-SELECT h.*, {schema}.archive_drop_at(h.finished_at + make_interval(secs => h.retention), now())
-FROM {schema}.job_history h
-WHERE h.state <> 'failed';
+INSERT INTO {schema}.job_dead (
+    id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
+    retry_backoff, retry_delay_max, expire_in, retention, singleton_key,
+    singleton_seconds, unique_key, dead_letter, group_key, depends_on, worker_id,
+    created_at, started_at, finished_at, result, errors, progress, queued_key, meta)
+SELECT id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
+       retry_backoff, retry_delay_max, expire_in, retention, singleton_key,
+       singleton_seconds, unique_key, dead_letter, group_key, depends_on, worker_id,
+       created_at, started_at, finished_at, result, errors, progress, queued_key, meta
+FROM {schema}.job_history WHERE state = 'failed';
+INSERT INTO {schema}.job_archive (
+    id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
+    retry_backoff, retry_delay_max, expire_in, retention, singleton_key,
+    singleton_seconds, unique_key, dead_letter, group_key, depends_on, worker_id,
+    created_at, started_at, finished_at, result, errors, progress, queued_key, meta, drop_at)
+SELECT id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
+       retry_backoff, retry_delay_max, expire_in, retention, singleton_key,
+       singleton_seconds, unique_key, dead_letter, group_key, depends_on, worker_id,
+       created_at, started_at, finished_at, result, errors, progress, queued_key, meta,
+       {schema}.archive_drop_at(finished_at + make_interval(secs => retention), now())
+FROM {schema}.job_history
+WHERE state <> 'failed';
 
 DROP VIEW {schema}.dead_letter;
 DROP TABLE {schema}.job_history;
@@ -208,10 +233,14 @@ CREATE VIEW {schema}.job_history AS
     SELECT id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
            retry_backoff, retry_delay_max, expire_in, retention, singleton_key,
            singleton_seconds, unique_key, dead_letter, group_key, depends_on, worker_id,
-           created_at, started_at, finished_at, result, errors, progress, queued_key
+           created_at, started_at, finished_at, result, errors, progress, queued_key, meta
     FROM {schema}.job_archive
     UNION ALL
-    SELECT * FROM {schema}.job_dead;
+    SELECT id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
+           retry_backoff, retry_delay_max, expire_in, retention, singleton_key,
+           singleton_seconds, unique_key, dead_letter, group_key, depends_on, worker_id,
+           created_at, started_at, finished_at, result, errors, progress, queued_key, meta
+    FROM {schema}.job_dead;
 
 -- Writers through the view that leave these out get what the table gave them.
 ALTER VIEW {schema}.job_history ALTER COLUMN priority SET DEFAULT 0;
@@ -228,9 +257,18 @@ LANGUAGE plpgsql AS $fn$
 BEGIN
     IF TG_OP = 'INSERT' THEN
         IF NEW.state = 'failed' THEN
-            INSERT INTO {schema}.job_dead SELECT NEW.*;
+            INSERT INTO {schema}.job_dead (
+                id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
+                retry_backoff, retry_delay_max, expire_in, retention, singleton_key,
+                singleton_seconds, unique_key, dead_letter, group_key, depends_on, worker_id,
+                created_at, started_at, finished_at, result, errors, progress, queued_key, meta)
+            SELECT NEW.*;
         ELSE
-            INSERT INTO {schema}.job_archive
+            INSERT INTO {schema}.job_archive (
+                id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
+                retry_backoff, retry_delay_max, expire_in, retention, singleton_key,
+                singleton_seconds, unique_key, dead_letter, group_key, depends_on, worker_id,
+                created_at, started_at, finished_at, result, errors, progress, queued_key, meta, drop_at)
             SELECT NEW.*, {schema}.archive_drop_at(
                 NEW.finished_at + make_interval(secs => NEW.retention), clock_timestamp());
         END IF;
@@ -404,7 +442,7 @@ BEGIN
            array_agg(c.id) FILTER (WHERE c.done),
            array_agg(c.dead_letter) FILTER (WHERE c.state = 'failed' AND c.dead_letter IS NOT NULL),
            array_agg(c.data) FILTER (WHERE c.state = 'failed' AND c.dead_letter IS NOT NULL),
-           (SELECT array_agg(ROW(z.*, NULL, NULL)::{schema}.job_archive) FROM closed z
+           (SELECT array_agg(ROW(z.*, NULL, NULL, NULL)::{schema}.job_archive) FROM closed z
             WHERE z.state = 'completed' AND z.retention <= 0)
     INTO v_id, v_queue, v_state, v_due, v_done, dl_queue, dl_data, v_zero
     FROM changed c;
@@ -416,21 +454,25 @@ BEGIN
     v_waiting := EXISTS (SELECT FROM {schema}.waiter);
     IF v_zero IS NOT NULL THEN
         WITH kept AS (
-            INSERT INTO {schema}.job_archive
+            INSERT INTO {schema}.job_archive (
+                id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
+                retry_backoff, retry_delay_max, expire_in, retention, singleton_key,
+                singleton_seconds, unique_key, dead_letter, group_key, depends_on, worker_id,
+                created_at, started_at, finished_at, result, errors, progress, queued_key, meta, drop_at)
             SELECT z.id, z.queue, z.state, z.data, z.priority, z.run_at, z.attempt,
                    z.retry_limit, z.retry_delay, z.retry_backoff, z.retry_delay_max,
                    z.expire_in, z.retention, z.singleton_key, z.singleton_seconds, z.unique_key,
                    z.dead_letter, z.group_key, z.depends_on, z.worker_id, z.created_at,
-                   z.started_at, z.finished_at, z.result, z.errors, z.progress, NULL,
+                   z.started_at, z.finished_at, z.result, z.errors, z.progress, NULL, NULL,
                    {schema}.archive_drop_at(t_now, t_floor)
             FROM unnest(v_zero) AS z
-            WHERE octet_length((to_jsonb(z) - 'data' - 'queued_key' - 'drop_at')::text) > 3800
+            WHERE octet_length((to_jsonb(z) - 'data' - 'queued_key' - 'meta' - 'drop_at')::text) > 3800
                OR EXISTS (SELECT FROM {schema}.job_hook k WHERE k.job_id = z.id)
                OR EXISTS (SELECT FROM {schema}.job_dependency d WHERE d.depends_on = z.id)
             RETURNING {schema}.job_archive.id
         ), told AS (
             SELECT o.body, sum(octet_length(o.body) + 1) OVER (ORDER BY o.n) AS upto
-            FROM (SELECT (to_jsonb(z) - 'data' - 'queued_key' - 'drop_at')::text AS body,
+            FROM (SELECT (to_jsonb(z) - 'data' - 'queued_key' - 'meta' - 'drop_at')::text AS body,
                          row_number() OVER () AS n
                   FROM unnest(v_zero) AS z
                   WHERE z.id NOT IN (SELECT k.id FROM kept k)) o

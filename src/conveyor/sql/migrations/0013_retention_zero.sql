@@ -1,7 +1,7 @@
 -- conveyor: non-breaking
 -- retention 0: a job (or the jobs of a queue) that keeps no history once completed (see
--- ack_jobs in 0009). Only a CHECK is relaxed, so every value older releases write is still
--- accepted. A file of its own: it locks the live table, which 0009 (long, with a large history
+-- ack_jobs in 0012). Only a CHECK is relaxed, so every value older releases write is still
+-- accepted. A file of its own: it locks the live table, which 0012 (long, with a large history
 -- to copy) leaves alone, so fetching never waits for that copy.
 
 ALTER TABLE {schema}.job

@@ -222,7 +222,9 @@ def test_history_under_the_old_layout_migrates_with_nothing_lost(
         assert sorted(j.id for j in app.list_dead(limit=1000)) == sorted(
             i for i, r in before.items() if r["state"] == "failed"
         )
-        assert sorted(j.id for j in app.list_jobs(queue="old", limit=1000, since=timedelta(days=3))) == sorted(before)
+        assert sorted(
+            j.id for j in app.list_jobs(queue="old", limit=1000, since=timedelta(days=3))
+        ) == sorted(before)
     assert scalar(conveyor_dsn, f"SELECT count(*) FROM {schema}.job_archive") == 650
     assert scalar(conveyor_dsn, f"SELECT count(*) FROM {schema}.job_dead") == 50
     # The copy fired no completion hook a second time.

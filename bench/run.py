@@ -55,7 +55,6 @@ WITH picked AS (
     FOR UPDATE SKIP LOCKED
 ), done AS (
     DELETE FROM {s}.job j USING picked WHERE j.id = picked.id RETURNING j.*
-)
 ), routes AS (
     -- Routed once per distinct retention, as ack_jobs does (job_history is a view now).
     SELECT r.retention,

@@ -134,3 +134,27 @@ def test_a_claim_carries_the_errors_of_earlier_attempts_and_none_for_a_first(
     app.send("again.q", {})
     assert app.drain() == 2
     assert seen == [[], ["ValueError"]]
+
+
+async def test_scheduled_jobs_falling_due_one_after_another_each_start_when_due(
+    app_async: Conveyor,
+) -> None:
+    """After the first one starts (a fetch that found something), the worker still wakes for
+    the next; bench.ab's start_after scenario found the second ones waiting for the poll."""
+    started: dict[int, float] = {}
+
+    @app_async.job("due.many")
+    async def handle(job: Job) -> None:
+        started[job.data["n"]] = time.monotonic()
+
+    async for _stop, _task in worker_in_background(app_async, poll_interval=30):
+        await asyncio.sleep(0.3)
+        base = time.monotonic()
+        for n, after in enumerate((0.6, 1.2, 1.8)):
+            await app_async.send_async("due.many", {"n": n}, start_after=after)
+        deadline = time.monotonic() + 10
+        while len(started) < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+    lateness = {n: started[n] - (base + after) for n, after in enumerate((0.6, 1.2, 1.8))
+                if n in started}  # fmt: skip
+    assert len(lateness) == 3 and all(-0.05 < late < 0.5 for late in lateness.values()), lateness

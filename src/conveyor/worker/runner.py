@@ -322,8 +322,8 @@ class Worker:
                 self._buffer.extend(again)
                 self._start_buffered()
                 continue
-            if not jobs:
-                await self._wake_when_due()
+            # A short fetch: whatever falls due next is announced by no NOTIFY.
+            await self._wake_when_due()
             poll = min(opts.poll_interval, self._token_interval) * (0.75 + random.random() / 2)
             await self._wait(self._wake, poll)
 

@@ -57,13 +57,19 @@ WITH picked AS (
     FOR UPDATE SKIP LOCKED
 ), done AS (
     DELETE FROM {s}.job j USING picked WHERE j.id = picked.id RETURNING j.*
+), routes AS (
+    -- Routed once per distinct retention, as ack_jobs does (job_history is a view now).
+    SELECT r.retention,
+           {s}.archive_drop_at(now() + make_interval(secs => r.retention), now()) AS drop_at
+    FROM (SELECT DISTINCT retention FROM done) r
 )
-INSERT INTO {s}.job_history (id, queue, state, data, priority, run_at, attempt, retry_limit,
+INSERT INTO {s}.job_archive (id, queue, state, data, priority, run_at, attempt, retry_limit,
     retry_delay, retry_backoff, retry_delay_max, expire_in, retention, created_at, started_at,
-    finished_at)
-SELECT id, queue, 'completed', data, priority, run_at, attempt + 1, retry_limit, retry_delay,
-       retry_backoff, retry_delay_max, expire_in, retention, created_at, now(), now()
-FROM done;
+    finished_at, drop_at)
+SELECT d.id, d.queue, 'completed', d.data, d.priority, d.run_at, d.attempt + 1, d.retry_limit,
+       d.retry_delay, d.retry_backoff, d.retry_delay_max, d.expire_in, d.retention, d.created_at,
+       now(), now(), r.drop_at
+FROM done d JOIN routes r ON r.retention = d.retention;
 """
 
 

@@ -26,10 +26,13 @@ SAMPLE = f"""
 SELECT pg_total_relation_size('{SCHEMA}.job'), pg_indexes_size('{SCHEMA}.job'),
        (SELECT n_dead_tup FROM pg_stat_user_tables
         WHERE schemaname = '{SCHEMA}' AND relname = 'job'),
-       pg_total_relation_size('{SCHEMA}.job_history'),
+       (SELECT sum(pg_total_relation_size(t.relid))::bigint
+        FROM pg_partition_tree('{SCHEMA}.job_archive') t)
+         + pg_total_relation_size('{SCHEMA}.job_dead'),
        (SELECT count(*) FROM {SCHEMA}.job WHERE state IN ('created', 'retry')),
-       (SELECT n_tup_ins FROM pg_stat_user_tables
-        WHERE schemaname = '{SCHEMA}' AND relname = 'job_history'),
+       (SELECT sum(s.n_tup_ins)::bigint FROM pg_stat_user_tables s
+        WHERE s.relid IN (SELECT t.relid FROM pg_partition_tree('{SCHEMA}.job_archive') t)
+           OR (s.schemaname = '{SCHEMA}' AND s.relname = 'job_dead')),
        (SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (
                    ORDER BY extract(epoch FROM started_at - run_at))
         FROM {SCHEMA}.job_history

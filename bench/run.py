@@ -55,13 +55,22 @@ WITH picked AS (
     FOR UPDATE SKIP LOCKED
 ), done AS (
     DELETE FROM {s}.job j USING picked WHERE j.id = picked.id RETURNING j.*
+), routes AS (
+    -- Routed once per distinct retention, as ack_jobs does (job_history is a view now).
+    SELECT r.retention,
+           {s}.archive_drop_at(now() + make_interval(secs => r.retention), now()) AS drop_at
+    FROM (SELECT DISTINCT retention FROM done) r
 )
-INSERT INTO {s}.job_history
-SELECT id, queue, 'completed', data, priority, run_at, attempt + 1, retry_limit, retry_delay,
-       retry_backoff, retry_delay_max, expire_in, retention, singleton_key, singleton_seconds,
-       unique_key, dead_letter, group_key, depends_on, gen_random_uuid(), created_at, now(),
-       now(), NULL, errors, progress
-FROM done;
+INSERT INTO {s}.job_archive (id, queue, state, data, priority, run_at, attempt, retry_limit,
+    retry_delay, retry_backoff, retry_delay_max, expire_in, retention, singleton_key,
+    singleton_seconds, unique_key, dead_letter, group_key, depends_on, worker_id, created_at,
+    started_at, finished_at, result, errors, progress, drop_at)
+SELECT d.id, d.queue, 'completed', d.data, d.priority, d.run_at, d.attempt + 1, d.retry_limit,
+       d.retry_delay, d.retry_backoff, d.retry_delay_max, d.expire_in, d.retention,
+       d.singleton_key, d.singleton_seconds, d.unique_key, d.dead_letter, d.group_key,
+       d.depends_on, gen_random_uuid(), d.created_at, now(), now(), NULL, d.errors, d.progress,
+       r.drop_at
+FROM done d JOIN routes r ON r.retention = d.retention;
 """
 
 
@@ -163,11 +172,12 @@ def exactly_once(dsn: str, n: int, history: int = 0, future: int = 0) -> bool:
 
 
 SEED_HISTORY = """
-INSERT INTO {s}.job_history (id, queue, state, data, run_at, retry_limit, retry_delay,
-    retry_backoff, expire_in, retention, created_at, finished_at, attempt)
+INSERT INTO {s}.job_archive (id, queue, state, data, run_at, retry_limit, retry_delay,
+    retry_backoff, expire_in, retention, created_at, finished_at, attempt, drop_at)
 SELECT gen_random_uuid(), 'bench', 'completed', jsonb_build_object('i', g), now(), 2, 5,
-       'exponential', 900, 604800, now(), now(), 1
-FROM generate_series(1, {n}) g
+       'exponential', 900, 604800, now(), now(), 1, r.drop_at
+FROM generate_series(1, {n}) g,
+     (SELECT {s}.archive_drop_at(now() + interval '604800 seconds', now()) AS drop_at) r
 """
 SEED_FUTURE = """
 INSERT INTO {s}.job (id, queue, data, run_at, retry_limit, retry_delay, retry_backoff,
@@ -184,7 +194,7 @@ def seed_large_tables(dsn: str, history: int, future: int) -> None:
         conn.execute(SEED_HISTORY.format(s=SCHEMA, n=history))
         conn.execute(SEED_FUTURE.format(s=SCHEMA, n=future))
         conn.execute(f"VACUUM ANALYZE {SCHEMA}.job")
-        conn.execute(f"VACUUM ANALYZE {SCHEMA}.job_history")
+        conn.execute(f"VACUUM ANALYZE {SCHEMA}.job_archive")
 
 
 def conveyor_drain(

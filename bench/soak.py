@@ -37,10 +37,13 @@ SELECT pg_total_relation_size('{SCHEMA}.job'),
        (SELECT n_dead_tup FROM pg_stat_user_tables
         WHERE schemaname = '{SCHEMA}' AND relname = 'job'),
        (SELECT count(*) FROM {SCHEMA}.job_history),
-       pg_total_relation_size('{SCHEMA}.job_history'),
+       (SELECT sum(pg_total_relation_size(t.relid))::bigint
+        FROM pg_partition_tree('{SCHEMA}.job_archive') t)
+       + pg_total_relation_size('{SCHEMA}.job_dead'),
        (SELECT count(*) FROM {SCHEMA}.job WHERE state IN ('created', 'retry')),
-       (SELECT n_tup_ins FROM pg_stat_user_tables
-        WHERE schemaname = '{SCHEMA}' AND relname = 'job_history')
+       (SELECT sum(s.n_tup_ins)::bigint FROM pg_stat_user_tables s
+        WHERE s.relid IN (SELECT t.relid FROM pg_partition_tree('{SCHEMA}.job_archive') t)
+           OR (s.schemaname = '{SCHEMA}' AND s.relname = 'job_dead'))
 """
 HEADER = (
     "| minute | live table | live dead tuples | history rows | history size | backlog "

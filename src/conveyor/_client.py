@@ -20,6 +20,7 @@ from conveyor._store.migrations import MigrationStatus, pending_sql
 from conveyor._store.store import Conn, Store
 from conveyor._store.stores import Stores
 from conveyor.config import (
+    DEFAULT_RETENTION,
     SCHEDULE_TICK_KEEP,
     STATS_SERIES_MAX_MINUTES,
     VACUUM_DEAD_SHARE,
@@ -673,11 +674,13 @@ class Client:
     # -- maintenance, health, diagnosis ----------------------------------------------------
 
     def maintain(self, *, chunk: int = 1000) -> dict[str, int]:
-        """Run one full maintenance pass now; return the rows deleted per kind: ``history``
-        (finished jobs past their retention), ``dead_letters`` (failed jobs older than the app's
+        """Run one full maintenance pass now and return what it did: ``partitions_created``
+        and ``partitions_dropped`` (the history's partitions, created ahead as far as the
+        longest retention in use, and dropped whole once every row in them may go), the rows
+        deleted per kind: ``dead_letters`` (failed jobs older than the app's
         ``dead_retention``), ``throttle`` (closed throttle windows), ``schedule_ticks`` (tick
         rows no scheduler needs any more); and ``vacuumed``, how many of the live table and
-        the history it then vacuumed because dead tuples piled up in them.
+        the dead letters it then vacuumed because dead tuples piled up in them.
 
         Workers do this on their own, on the one holding the maintenance lease; call it from
         tests or from a deployment that runs no worker. Deletes ``chunk`` rows per statement.
@@ -686,6 +689,7 @@ class Client:
         store = self._stores.store()
         counts = store.maintain(
             dead_retention=settings.dead_retention,
+            default_retention=settings.defaults.get("retention", DEFAULT_RETENTION),
             tick_keep=SCHEDULE_TICK_KEEP,
             chunk=check_int("chunk", chunk, 1, 100_000),
             now=settings.clock(),
@@ -734,8 +738,9 @@ class Client:
     def diagnose(self, *, stale_after: float = 30.0, notify_timeout: float = 1.0) -> list[Finding]:
         """What ``conveyor doctor`` reports, one :class:`~conveyor.models.Finding` per problem
         (or one ``ok`` per clean check): schema version and drift from what the migrations
-        build, table and index bloat, old transactions holding back vacuum, orphaned or stuck
-        jobs, silent workers, and whether LISTEN/NOTIFY works.
+        build, table and index bloat, the history's partitions (runway, drops, the leader's
+        failures), old transactions holding back vacuum, orphaned or stuck jobs, silent
+        workers, and whether LISTEN/NOTIFY works.
 
         A check that cannot run becomes an error finding; an unreachable database raises
         :class:`~conveyor.errors.DatabaseUnavailable`.
@@ -746,6 +751,7 @@ class Client:
         for check, run in (
             ("schema", self._diagnose_schema),
             ("bloat", self._diagnose_bloat),
+            ("history", self._diagnose_history),
             ("transactions", self._diagnose_transactions),
             ("jobs", self._diagnose_jobs),
             ("workers", self._diagnose_workers),
@@ -787,6 +793,11 @@ class Client:
             store.doctor_indexes(),
             store.doctor_autovacuum(),
         )
+
+    def _diagnose_history(self, stale_after: float, timeout: float) -> list[Finding]:
+        archive = self._stores.store().doctor_archive()
+        default = self._settings.defaults.get("retention", DEFAULT_RETENTION)
+        return diagnosis.history_findings(archive, default)
 
     def _diagnose_transactions(self, stale_after: float, timeout: float) -> list[Finding]:
         rows = self._stores.store().doctor_old_transactions()

@@ -18,6 +18,7 @@ from conveyor.clock import Clock, database_clock
 from conveyor.config import (
     DEFAULT_DEAD_RETENTION,
     DEFAULT_PAYLOAD_LIMIT,
+    DEFAULT_RETENTION,
     DEFAULT_SCHEMA,
     Settings,
 )
@@ -236,6 +237,7 @@ class Conveyor(Client, AsyncClient):
                     stale_after=stale_after,
                     interval=check_seconds("recover_interval", recover_interval, allow_zero=False),
                     dead_retention=self._settings.dead_retention,
+                    default_retention=self._settings.defaults.get("retention", DEFAULT_RETENTION),
                 ),
                 Scheduler(),
                 StatsRollup(),

@@ -14,6 +14,9 @@ READ_DSN_VARIABLE = "CONVEYOR_READ_DATABASE_URL"
 DEFAULT_SCHEMA = "conveyor"
 DEFAULT_PAYLOAD_LIMIT = 1024 * 1024
 DEFAULT_DEAD_RETENTION = 14 * 24 * 3600.0
+# Seconds a finished job is kept when neither the job, its queue nor the app sets a retention
+# (the same default as resolve_jobs in SQL).
+DEFAULT_RETENTION = 7 * 24 * 3600.0
 # Tick rows older than this (and older than their schedule's last tick) are deleted.
 SCHEDULE_TICK_KEEP = 3600.0
 # Maintenance vacuums the live table or the history once its dead tuples reach both of these

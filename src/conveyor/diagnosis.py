@@ -208,6 +208,72 @@ def bloat_findings(
     return found
 
 
+def history_findings(archive: Mapping[str, Any], default_retention: float) -> list[Finding]:
+    """The history's partitions: a runway too short for the retentions in use (a job kept
+    longer lands in the newest partition and leaves with it), partitions that ended and were
+    not dropped, and the leader's last failure, unless a whole pass succeeded since."""
+    check = "history"
+    fix = "make sure a worker runs maintenance (not --burst), or run app.maintain()"
+    runway = archive["runway_seconds"]
+    if runway is None:
+        return [
+            Finding(
+                ERROR, check, "the history has no partitions: finished jobs cannot be kept",
+                "run conveyor migrate, then app.maintain()",
+            )
+        ]  # fmt: skip
+    found: list[Finding] = []
+    needed = max(default_retention, archive["queue_retention"] or 0.0)
+    if runway < needed:
+        found.append(
+            Finding(
+                ERROR if runway <= 0 else WARNING, check,
+                f"the history's partitions reach {_duration(runway)} ahead, retentions in use "
+                f"need {_duration(needed)}: jobs kept longer leave with the newest partition",
+                fix,
+            )
+        )  # fmt: skip
+    ended = int(archive["ended"])
+    if ended > 1:
+        ago = archive["dropped_seconds_ago"]
+        last = "never" if ago is None else f"{_duration(ago)} ago"
+        found.append(
+            Finding(
+                WARNING, check,
+                f"{ended} history partitions ended and wait to be dropped (last drop: {last})",
+                fix,
+            )
+        )  # fmt: skip
+    failed = archive["failed_seconds_ago"]
+    if archive["failure"] is not None:
+        found.append(
+            Finding(
+                WARNING, check,
+                f"the last history partition upkeep failed {_duration(failed)} ago: "
+                f"{archive['failure']}",
+                "see the worker's log for the error; it is tried again every cleanup pass",
+            )
+        )  # fmt: skip
+    if not found:
+        ago = archive["dropped_seconds_ago"]
+        last = "none yet" if ago is None else f"the last {_duration(ago)} ago"
+        found.append(
+            Finding(
+                OK, check,
+                f"{archive['partitions']} history partitions reaching {_duration(runway)} "
+                f"ahead; {archive['dropped']} dropped ({last})",
+            )
+        )  # fmt: skip
+    return found
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if abs(seconds) >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
 def transaction_findings(rows: Iterable[Mapping[str, Any]]) -> list[Finding]:
     """The oldest open transactions of the database, which hold back vacuum's horizon."""
     check = "transactions"

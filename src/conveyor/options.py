@@ -192,7 +192,8 @@ def check_defaultable(options: Mapping[str, Any]) -> dict[str, Any]:
         elif name == "retry_backoff":
             out[name] = check_backoff(value)
         else:
-            out[name] = check_seconds(name, value, allow_zero=name == "retry_delay")
+            # retention 0: a completed job keeps no history (delete-on-complete).
+            out[name] = check_seconds(name, value, allow_zero=name in ("retry_delay", "retention"))
     return out
 
 

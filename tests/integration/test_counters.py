@@ -5,6 +5,7 @@ history of 300,000 rows, no stats read scans it (their plans, not their timings)
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -178,19 +179,27 @@ def big_history(app: Conveyor, conveyor_dsn: str) -> Iterator[Conveyor]:
     s = app.schema
     with psycopg.connect(conveyor_dsn, autocommit=True) as conn:
         conn.execute(f"INSERT INTO {s}.queue (name) VALUES ('q0'), ('q1'), ('q2')")
-        conn.execute(
-            f"""INSERT INTO {s}.job_history
-                (id, queue, state, run_at, attempt, retry_limit, retry_delay, retry_backoff,
-                 expire_in, retention, created_at, started_at, finished_at)
-                SELECT gen_random_uuid(), 'q' || (g %% 3),
-                       CASE WHEN g %% 100 = 0 THEN 'failed' ELSE 'completed' END,
-                       f - interval '2 seconds', 1, 0, 1, 'fixed', 60, 86400 * 60,
-                       f - interval '3 seconds', f - interval '1 second', f
-                FROM generate_series(1, %s) g,
-                     LATERAL (SELECT now() - make_interval(secs => g * 8.64) AS f) x""",
-            (HISTORY,),
-        )
-        conn.execute(f"ANALYZE {s}.job_history")
+        # Into the tables under the job_history view, in one statement each (the view's
+        # trigger would write them a row at a time).
+        for table, state, extra, drop_at in (
+            ("job_archive", "completed", ", drop_at", ", r.drop_at"),
+            ("job_dead", "failed", "", ""),
+        ):
+            conn.execute(
+                f"""INSERT INTO {s}.{table}
+                    (id, queue, state, run_at, attempt, retry_limit, retry_delay, retry_backoff,
+                     expire_in, retention, created_at, started_at, finished_at{extra})
+                    SELECT gen_random_uuid(), 'q' || (g %% 3), %(state)s,
+                           f - interval '2 seconds', 1, 0, 1, 'fixed', 60, 86400 * 60,
+                           f - interval '3 seconds', f - interval '1 second', f{drop_at}
+                    FROM generate_series(1, %(n)s) g,
+                         LATERAL (SELECT now() - make_interval(secs => g * 8.64) AS f) x,
+                         (SELECT {s}.archive_drop_at(now() + interval '60 days', now())
+                             AS drop_at) r
+                    WHERE (g %% 100 = 0) = (%(state)s::text = 'failed')""",
+                {"state": state, "n": HISTORY},
+            )
+            conn.execute(f"ANALYZE {s}.{table}")
     yield app
 
 
@@ -199,11 +208,37 @@ def plan(conn: psycopg.Connection, sql: str, params: dict[str, object]) -> str:
     return "\n".join(r[0] for r in found)
 
 
+# A plan node over the tables under the job_history view: an archive partition or job_dead.
+ON_HISTORY = re.compile(r" on (job_archive\w*|job_dead) ")
+
+
+def history_seq_scans(text: str) -> list[str]:
+    """The plan's sequential scans of the archive that read a row (returned or filtered out):
+    an empty partition is scanned for nothing, which costs nothing. job_dead holds only the
+    dead letters, which the counts read once (rows_read_from_history bounds them)."""
+    lines = text.splitlines()
+    found = []
+    for at, line in enumerate(lines):
+        if "Seq Scan on job_archive" not in line:
+            continue
+        actual = line.split("actual time=")[1]
+        read = int(actual.split("rows=")[1].split()[0])
+        for detail in lines[at + 1 :]:
+            if "->" in detail:
+                break
+            if "Rows Removed by Filter:" in detail:
+                read += int(detail.split("Rows Removed by Filter:")[1])
+        if read:
+            found.append(line)
+    return found
+
+
 def rows_read_from_history(text: str) -> int:
-    """The rows every node over job_history returned (rows times loops), from EXPLAIN ANALYZE."""
+    """The rows every node over the history's tables returned (rows times loops), from
+    EXPLAIN ANALYZE."""
     total = 0
     for line in text.splitlines():
-        if " on job_history " in line and "actual time=" in line:
+        if ON_HISTORY.search(line) and "actual time=" in line:
             actual = line.split("actual time=")[1]
             rows = int(actual.split("rows=")[1].split()[0])
             loops = int(actual.split("loops=")[1].split(")")[0])
@@ -229,9 +264,9 @@ def test_stats_reads_never_scan_a_large_history(big_history: Conveyor, conveyor_
     with psycopg.connect(conveyor_dsn, autocommit=True) as conn:
         for name, params in reads.items():
             text = plan(conn, named[name].sql, {**counted, **params})
-            assert "Seq Scan on job_history" not in text, text
+            assert not history_seq_scans(text), text
             assert "JIT:" not in text, text  # compiling would cost more than the read
-            # Only the dead letters (1%) are counted, in an index; nothing else of the history.
+            # Only the dead letters (1%) are counted, each once; nothing else of the history.
             assert rows_read_from_history(text) <= HISTORY // 100 + 10, text
 
 
@@ -285,6 +320,6 @@ def test_a_page_of_jobs_reads_a_window_of_a_large_history(
         }  # fmt: skip
         for window in (60, 3600, 86400):
             text = plan(conn, queries(app.schema)["job_list"].sql, {**params, "window": window})
-            assert "Seq Scan on job_history" not in text, text
+            assert not history_seq_scans(text), text
             # The rows finished in the window (one every 8.64 s), read by the index.
             assert rows_read_from_history(text) <= window / 8.64 + 2, text

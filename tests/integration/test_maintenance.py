@@ -1,6 +1,7 @@
-"""Maintenance against a real PostgreSQL: finished jobs leave after their own retention, dead
-letters after the app's dead_retention, closed throttle windows and old tick rows go, in chunks,
-and only on the worker holding the maintenance lease. Time moves by the app's clock."""
+"""Maintenance against a real PostgreSQL: finished jobs leave after their own retention, in whole
+partitions of the history that are dropped; dead letters after the app's dead_retention, closed
+throttle windows and old tick rows go, in chunks; only on the worker holding the maintenance
+lease. Time moves by the app's clock."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import psycopg
 import pytest
 
 from conveyor import Conveyor, Fail, FrozenClock, Job, JobState
-from conveyor._store.queries import queries
 from conveyor._store.worker_store import WorkerStore
 from conveyor.errors import InvalidOption, JobNotFound
 from conveyor.events import Events
@@ -21,8 +21,21 @@ from conveyor.maintenance import Maintenance
 from conveyor.worker.service import ServiceContext
 
 T0 = datetime(2031, 3, 1, 9, 0, tzinfo=UTC)
-NOTHING = {"history": 0, "dead_letters": 0, "throttle": 0, "schedule_ticks": 0}
+NOTHING = {"dead_letters": 0, "throttle": 0, "schedule_ticks": 0}
 PASS = {**NOTHING, "vacuumed": 0}
+# A partition is one minute wide and dropped a minute after it ended.
+PARTITION_SLACK = 125
+
+
+def done(counts: dict[str, int]) -> dict[str, int]:
+    """A pass's counts but the partitions it created (those depend on the hour)."""
+    return {k: v for k, v in counts.items() if k != "partitions_created"}
+
+
+def rows(counts: dict[str, int]) -> dict[str, int]:
+    """A pass's counts of rows deleted (other tests on this schema leave partitions behind,
+    which a clock in another year drops)."""
+    return {k: v for k, v in counts.items() if not k.startswith("partitions_")}
 
 
 @pytest.fixture
@@ -39,16 +52,32 @@ def timed(conveyor_dsn: str, conveyor_schema: str, clock: FrozenClock) -> Iterat
 
 
 def seed_history(dsn: str, schema: str, n: int, state: str, finished: datetime) -> None:
-    """``n`` finished jobs of queue 'seeded', kept for 60 s after ``finished``."""
+    """``n`` finished jobs of queue 'seeded', kept for 60 s after ``finished``: dead letters
+    for state 'failed', else archived in the partition their clock gives them (created for
+    the occasion, as the leader would have at the time)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f"INSERT INTO {schema}.queue (name) VALUES ('seeded') ON CONFLICT DO NOTHING")
+        columns = (
+            "id, queue, state, run_at, retry_limit, retry_delay, retry_backoff, expire_in, "
+            "retention, created_at, finished_at"
+        )
+        values = (
+            "gen_random_uuid(), 'seeded', %(state)s, %(at)s, 0, 1, 'fixed', 60, 60, %(at)s, %(at)s"
+        )
+        params = {"state": state, "at": finished, "n": n}
+        if state == "failed":
+            conn.execute(
+                f"INSERT INTO {schema}.job_dead ({columns}) "
+                f"SELECT {values} FROM generate_series(1, %(n)s)",
+                params,
+            )
+            return
+        conn.execute(f"SELECT {schema}.archive_extend(60, %(at)s)", params)
         conn.execute(
-            f"""INSERT INTO {schema}.job_history
-                (id, queue, state, run_at, retry_limit, retry_delay, retry_backoff, expire_in,
-                 retention, created_at, finished_at)
-                SELECT gen_random_uuid(), 'seeded', %s, %s, 0, 1, 'fixed', 60, 60, %s, %s
-                FROM generate_series(1, %s)""",
-            (state, finished, finished, finished, n),
+            f"INSERT INTO {schema}.job_archive ({columns}, drop_at) SELECT {values}, "
+            f"{schema}.archive_drop_at(%(at)s + interval '60 s', %(at)s) "
+            "FROM generate_series(1, %(n)s)",
+            params,
         )
 
 
@@ -59,19 +88,29 @@ def count(dsn: str, schema: str, table: str) -> int:
     return int(row[0])
 
 
-def test_history_is_deleted_in_chunks_until_none_is_left(
+def test_history_leaves_by_whole_partitions_once_they_ended(
     timed: Conveyor, clock: FrozenClock, conveyor_dsn: str
 ) -> None:
-    seed_history(conveyor_dsn, timed.schema, 2500, "completed", T0 - timedelta(seconds=61))
+    seed_history(conveyor_dsn, timed.schema, 2500, "completed", T0 - timedelta(seconds=200))
     seed_history(conveyor_dsn, timed.schema, 7, "completed", T0 - timedelta(seconds=59))
-    assert timed.maintain(chunk=1000) == {**PASS, "history": 2500}
+    counts = timed.maintain(chunk=1000)
+    assert counts["partitions_dropped"] >= 1 and counts["partitions_created"] > 0
     assert count(conveyor_dsn, timed.schema, "job_history") == 7
-    assert timed.maintain(chunk=1000) == PASS
-    clock.advance(2)
-    assert timed.maintain(chunk=3) == {**PASS, "history": 7}
+    assert done(timed.maintain(chunk=1000)) == {**PASS, "partitions_dropped": 0}
+    clock.advance(PARTITION_SLACK)
+    assert timed.maintain(chunk=3)["partitions_dropped"] >= 1
+    assert count(conveyor_dsn, timed.schema, "job_history") == 0
+    with psycopg.connect(conveyor_dsn) as conn:  # the rows went with their tables
+        gone = conn.execute(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            f"WHERE n.nspname = %s AND c.relname LIKE 'job_archive_{T0:%Y%m%d}_08%%'",
+            (timed.schema,),
+        ).fetchone()
+    assert gone == (0,)
 
 
 def test_each_job_is_kept_for_its_own_retention(timed: Conveyor, clock: FrozenClock) -> None:
+    timed.maintain()  # the runway from T0 on
     timed.job("kept", lambda job: job.data)
     short = timed.send("kept", 1, retention=60)
     cancelled = timed.send("kept", 2, retention=60, start_after=10)
@@ -79,17 +118,63 @@ def test_each_job_is_kept_for_its_own_retention(timed: Conveyor, clock: FrozenCl
     long = timed.send("kept", 3, retention=3600)
     assert timed.drain() == 2
     clock.advance(59)
-    assert timed.maintain()["history"] == 0
-    clock.advance(2)
-    assert timed.maintain()["history"] == 2
+    assert timed.maintain()["partitions_dropped"] == 0
+    clock.advance(PARTITION_SLACK)
+    assert timed.maintain()["partitions_dropped"] >= 1
     for gone in (short, cancelled):
         with pytest.raises(JobNotFound):
             timed.get_job(gone)
     assert timed.get_job(long).state is JobState.COMPLETED
-    clock.advance(3600)
-    assert timed.maintain()["history"] == 1
+    clock.advance(3600 - PARTITION_SLACK)
+    timed.maintain()
+    assert timed.get_job(long).state is JobState.COMPLETED  # kept at least its retention
+    clock.advance(PARTITION_SLACK + 60)
+    timed.maintain()
     with pytest.raises(JobNotFound):
         timed.get_job(long)
+
+
+def test_partitions_reach_as_far_as_the_longest_retention_in_use(
+    timed: Conveyor, clock: FrozenClock, conveyor_dsn: str
+) -> None:
+    timed.create_queue("kept-long", retention=timedelta(days=40))
+    timed.maintain()
+    with psycopg.connect(conveyor_dsn) as conn:
+        [(reach,)] = conn.execute(f"SELECT max(hi) FROM {timed.schema}.archive_partition")
+    assert T0 + timedelta(days=40) <= reach <= T0 + timedelta(days=40 + 29)
+    # A job's own retention beyond the runway is kept in the newest partition, never refused.
+    timed.job("far", lambda job: None)
+    far = timed.send("far", {}, retention=timedelta(days=3000))
+    timed.drain()
+    assert timed.get_job(far).state is JobState.COMPLETED
+    with psycopg.connect(conveyor_dsn) as conn:
+        [(drop_at,)] = conn.execute(
+            f"SELECT drop_at FROM {timed.schema}.job_archive WHERE id = %s", (far,)
+        )
+    assert drop_at < reach
+
+
+def test_a_detach_left_pending_is_finalized_and_dropped(
+    timed: Conveyor, clock: FrozenClock, conveyor_dsn: str
+) -> None:
+    seed_history(conveyor_dsn, timed.schema, 3, "completed", T0 - timedelta(seconds=300))
+    with psycopg.connect(conveyor_dsn, autocommit=True) as conn:
+        [(name,)] = conn.execute(
+            f"SELECT p.name FROM {timed.schema}.archive_partition p "
+            f"JOIN {timed.schema}.job_archive a ON a.drop_at >= p.lo AND a.drop_at < p.hi "
+            "GROUP BY p.name"
+        )
+        # What an interrupted DETACH ... CONCURRENTLY leaves, and a plain detach: gone from
+        # the parent, still listed.
+        conn.execute(
+            f"ALTER TABLE {timed.schema}.job_archive DETACH PARTITION {timed.schema}.{name}"
+        )
+    assert count(conveyor_dsn, timed.schema, "job_history") == 0
+    assert timed.maintain()["partitions_dropped"] >= 1
+    with psycopg.connect(conveyor_dsn) as conn:
+        assert conn.execute("SELECT to_regclass(%s)", (f"{timed.schema}.{name}",)).fetchone() == (
+            None,
+        )
 
 
 def test_dead_letters_are_kept_until_the_dead_retention(
@@ -102,10 +187,10 @@ def test_dead_letters_are_kept_until_the_dead_retention(
     dead = timed.send("doomed", {}, retention=60)
     timed.drain()
     clock.advance(3599)
-    assert timed.maintain() == PASS  # past its retention, but a dead letter
+    assert rows(timed.maintain()) == PASS  # past its retention, but a dead letter
     assert timed.get_job(dead).state is JobState.FAILED
     clock.advance(2)
-    assert timed.maintain() == {**PASS, "dead_letters": 1}
+    assert rows(timed.maintain()) == {**PASS, "dead_letters": 1}
     with pytest.raises(JobNotFound):
         timed.get_job(dead)
 
@@ -115,7 +200,7 @@ def test_dead_letters_go_in_chunks_too(
 ) -> None:
     seed_history(conveyor_dsn, timed.schema, 25, "failed", T0 - timedelta(hours=2))
     seed_history(conveyor_dsn, timed.schema, 4, "failed", T0 - timedelta(minutes=59))
-    assert timed.maintain(chunk=10) == {**PASS, "dead_letters": 25}
+    assert rows(timed.maintain(chunk=10)) == {**PASS, "dead_letters": 25}
     assert count(conveyor_dsn, timed.schema, "job_history") == 4
 
 
@@ -153,17 +238,18 @@ async def test_old_tick_rows_go_but_the_last_tick_stays(
         assert (await app.maintain_async())["schedule_ticks"] == 0  # the last tick stays
 
 
-def test_a_deleted_job_takes_its_completion_hook_along(
+def test_a_dropped_job_takes_its_completion_hook_along(
     timed: Conveyor, clock: FrozenClock, conveyor_dsn: str
 ) -> None:
-    seed_history(conveyor_dsn, timed.schema, 3, "completed", T0 - timedelta(seconds=61))
+    seed_history(conveyor_dsn, timed.schema, 3, "completed", T0 - timedelta(seconds=300))
     with psycopg.connect(conveyor_dsn, autocommit=True) as conn:
         conn.execute(
             f"INSERT INTO {timed.schema}.job_hook (job_id, on_complete) "
             f"SELECT id, 'hooks' FROM {timed.schema}.job_history"
         )
-    assert timed.maintain()["history"] == 3
-    assert count(conveyor_dsn, timed.schema, "job_hook") == 0
+        conn.execute(f"INSERT INTO {timed.schema}.job_hook VALUES (gen_random_uuid(), 'other')")
+    assert timed.maintain()["partitions_dropped"] >= 1
+    assert count(conveyor_dsn, timed.schema, "job_hook") == 1
 
 
 def test_dead_retention_is_validated(conveyor_dsn: str) -> None:
@@ -197,7 +283,7 @@ async def test_only_the_lease_holder_cleans_up(conveyor_dsn: str, conveyor_schem
         await asyncio.sleep(0.5)
         assert count(conveyor_dsn, conveyor_schema, "job_history") == 30  # another holds it
         await store.leader_release("maintenance", ghost)
-        for _ in range(100):
+        for _ in range(400):
             if count(conveyor_dsn, conveyor_schema, "job_history") == 0:
                 break
             await asyncio.sleep(0.05)
@@ -223,10 +309,13 @@ async def test_a_pass_stops_between_chunks_when_told(
     try:
         stop = asyncio.Event()
         stop.set()
-        assert await Maintenance(chunk=7).clean(context, stop) == NOTHING
-        assert await Maintenance(chunk=7).clean(context, asyncio.Event()) == {
-            **NOTHING, "history": 30
+        assert done(await Maintenance(chunk=7).clean(context, stop)) == {
+            **NOTHING, "partitions_dropped": 0
         }  # fmt: skip
+        assert count(conveyor_dsn, conveyor_schema, "job_history") == 30
+        counts = await Maintenance(chunk=7).clean(context, asyncio.Event())
+        assert counts["partitions_dropped"] > 0
+        assert count(conveyor_dsn, conveyor_schema, "job_history") == 0
     finally:
         await store.close()
 
@@ -235,60 +324,25 @@ async def test_dead_tuples_that_pile_up_are_vacuumed(
     conveyor_dsn: str, conveyor_schema: str
 ) -> None:
     seed_history(
-        conveyor_dsn, conveyor_schema, 1500, "completed", datetime.now(UTC) - timedelta(days=1)
+        conveyor_dsn, conveyor_schema, 1500, "failed", datetime.now(UTC) - timedelta(days=30)
     )
     store = WorkerStore(conveyor_dsn, conveyor_schema, min_size=0, max_size=1)
     try:
         assert await store.vacuum_churned(1000, 0.1) == []  # no dead tuples yet
-        counts = await store.maintain(dead_retention=3600, tick_keep=3600, chunk=1000, now=None)
-        assert counts["history"] == 1500
+        counts = await store.maintain(
+            dead_retention=3600, default_retention=3600, tick_keep=3600, chunk=1000, now=None
+        )
+        assert counts["dead_letters"] == 1500
         vacuumed: list[str] = []
         for _ in range(50):  # the statistics of the delete arrive within a second or so
             vacuumed = await store.vacuum_churned(1000, 0.1)
             if vacuumed:
                 break
             await asyncio.sleep(0.1)
-        assert vacuumed == ["job_history"]
+        assert vacuumed == ["job_dead"]
         assert await store.vacuum_churned(100_000, 0.1) == []  # under the count
     finally:
         await store.close()
-
-
-def test_the_history_delete_walks_its_own_index_past_older_dead_letters(
-    app: Conveyor, conveyor_dsn: str
-) -> None:
-    """100,000 dead letters finished before every other row, and two retentions: the delete
-    takes job_history_expiry_idx for both, never job_history_finished_idx, which would walk
-    every dead letter for each chunk (seen with a plain finished_at bound on 2M rows)."""
-    s = app.schema
-    columns = (
-        "id, queue, state, run_at, retry_limit, retry_delay, retry_backoff, expire_in, "
-        "retention, created_at, finished_at"
-    )
-    with psycopg.connect(conveyor_dsn, autocommit=True) as conn:
-        for state, retention, days, n in (
-            ("failed", 86400, 20, 100_000),
-            ("completed", 86400, 2, 30_000),
-            ("completed", 2_592_000, 2, 30_000),
-        ):
-            conn.execute(
-                f"INSERT INTO {s}.job_history ({columns}) SELECT gen_random_uuid(), 'q', %s, "
-                "now(), 0, 1, 'fixed', 60, %s, now(), now() - make_interval(days => %s) "
-                "- make_interval(secs => g) FROM generate_series(1, %s) g",
-                (state, retention, days, n),
-            )
-        conn.execute(f"ANALYZE {s}.job_history")
-        named = queries(s)
-        for retention in (86400, 2_592_000):
-            plan = "\n".join(
-                r[0]
-                for r in conn.execute(
-                    "EXPLAIN " + named["maintain_history"].sql,
-                    {"retention": retention, "now": None, "limit": 1000},
-                )
-            )
-            assert "job_history_expiry_idx" in plan, plan
-            assert "job_history_finished_idx" not in plan, plan
 
 
 async def test_a_failing_cleanup_is_reported_and_recovery_goes_on(
@@ -296,9 +350,6 @@ async def test_a_failing_cleanup_is_reported_and_recovery_goes_on(
 ) -> None:
     async with Conveyor(conveyor_dsn, schema=scratch_schema) as app:
         await app.migrate_async()
-        seed_history(
-            conveyor_dsn, scratch_schema, 5, "completed", datetime.now(UTC) - timedelta(days=1)
-        )
         with psycopg.connect(conveyor_dsn, autocommit=True) as conn:
             conn.execute(f"DROP TABLE {scratch_schema}.throttle")  # every cleanup fails
         errors: list[str] = []
@@ -318,6 +369,15 @@ async def test_a_failing_cleanup_is_reported_and_recovery_goes_on(
                     break
                 await asyncio.sleep(0.05)
             assert errors and "throttle" in errors[0]
+            # Recorded for doctor too.
+            for _ in range(100):
+                if count(conveyor_dsn, scratch_schema, "archive_status WHERE failure IS NOT NULL"):
+                    break
+                await asyncio.sleep(0.05)
+            findings = [f for f in await app.diagnose_async() if f.check == "history"]
+            assert any(
+                "upkeep failed" in f.message and "throttle" in f.message for f in findings
+            ), findings
             job_id = await app.send_async("orphan", {})
             [claimed] = await store.job_fetch(["orphan"], uuid.uuid4(), 1, None)  # a dead worker
             assert claimed[0] == job_id
@@ -337,14 +397,14 @@ async def test_a_long_cleanup_goes_on_over_several_loops_and_never_delays_recove
     app_async: Conveyor, conveyor_dsn: str
 ) -> None:
     schema = app_async.schema
-    seed_history(conveyor_dsn, schema, 2000, "completed", datetime.now(UTC) - timedelta(days=1))
+    seed_history(conveyor_dsn, schema, 2000, "failed", datetime.now(UTC) - timedelta(days=30))
     store = WorkerStore(conveyor_dsn, schema, min_size=0, max_size=2)
     context = ServiceContext(
         store=store, worker_id=uuid.uuid4(), events=Events(), clock=lambda: None
     )
     # One row per statement: the pass takes seconds; each loop gives it 0.2 s at most, and a
     # cleanup_interval this long means only the cut-short passes going on can finish it.
-    service = Maintenance(stale_after=1, interval=0.2, cleanup_interval=3600, chunk=1)
+    service = Maintenance(stale_after=1, interval=0.2, cleanup_interval=3600, chunk=1, pace=0)
     stop = asyncio.Event()
     task = asyncio.create_task(service.run(context, stop))
     try:
@@ -361,7 +421,7 @@ async def test_a_long_cleanup_goes_on_over_several_loops_and_never_delays_recove
             await asyncio.sleep(0.05)
         assert (await app_async.get_job_async(job_id)).state is JobState.RETRY
         assert count(conveyor_dsn, schema, "job_history") > 0  # recovered mid-cleanup
-        for _ in range(600):
+        for _ in range(1200):  # ~50 rows a second on a loaded 2-core machine
             if count(conveyor_dsn, schema, "job_history") == 0:
                 break
             await asyncio.sleep(0.05)

@@ -189,12 +189,26 @@ def test_jobs_are_read_through_a_column_a_later_release_adds(
     """A column the next release adds to the job tables does not break this release's reads
     during a rolling deploy."""
     job_id = migrated.send("later.q", {"n": 1})
+    schema = sql.Identifier(migrated.schema)
     with psycopg.connect(conveyor_dsn, autocommit=True) as conn:
-        for table in ("job", "job_history"):
+        for table in ("job", "job_archive", "job_dead"):
             conn.execute(
                 sql.SQL("ALTER TABLE {}.{} ADD COLUMN added_later int DEFAULT 7").format(
-                    sql.Identifier(migrated.schema), sql.Identifier(table)
+                    schema, sql.Identifier(table)
                 )
             )
+        # job_history is a view of the other two: the release widens it by the new column.
+        shown = conn.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = %s AND table_name = 'job_history' ORDER BY ordinal_position",
+            (migrated.schema,),
+        ).fetchall()
+        columns = sql.SQL(", ").join(sql.Identifier(r[0]) for r in [*shown, ("added_later",)])
+        conn.execute(
+            sql.SQL(
+                "CREATE OR REPLACE VIEW {s}.job_history AS SELECT {c} FROM {s}.job_archive "
+                "UNION ALL SELECT {c} FROM {s}.job_dead"
+            ).format(s=schema, c=columns)
+        )
     assert migrated.get_job(job_id).data == {"n": 1}
     assert [j.id for j in migrated.list_jobs(queue="later.q")] == [job_id]

@@ -31,12 +31,13 @@ def seed(conn: psycopg.Connection[Any], schema: str) -> None:
         f"INSERT INTO {schema}.job ({columns}) SELECT {future} FROM generate_series(1, 100000) g"
     )
     conn.execute(
-        f"INSERT INTO {schema}.job_history ({columns}, state, finished_at) "
-        f"SELECT {values.format(run_at='now()')}, 'completed', now() "
+        f"INSERT INTO {schema}.job_archive ({columns}, state, finished_at, drop_at) "
+        f"SELECT {values.format(run_at='now()')}, 'completed', now(), "
+        f"{schema}.archive_drop_at(now() + interval '7 days', now()) "
         "FROM generate_series(1, 200000) g"
     )
     conn.execute(f"ANALYZE {schema}.job")
-    conn.execute(f"ANALYZE {schema}.job_history")
+    conn.execute(f"ANALYZE {schema}.job_archive")
     conn.execute(
         f"INSERT INTO {schema}.job ({columns}) "
         f"SELECT {values.format(run_at='now()')} FROM generate_series(1, 20000) g"

@@ -16,7 +16,7 @@ SNAPSHOT = Path(__file__).with_name("schema_snapshot.txt")
 DESCRIBE = """
 SELECT 'table ' || c.relname || coalesce(' ' || array_to_string(c.reloptions, ','), '')
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = %(s)s AND c.relkind IN ('r', 'v')
+WHERE n.nspname = %(s)s AND c.relkind IN ('r', 'v', 'p') AND NOT c.relispartition
 UNION ALL
 SELECT 'column ' || c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
        || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
@@ -24,16 +24,18 @@ SELECT 'column ' || c.relname || '.' || a.attname || ' ' || format_type(a.atttyp
 FROM pg_attribute a
 JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-WHERE n.nspname = %(s)s AND c.relkind IN ('r', 'v') AND a.attnum > 0 AND NOT a.attisdropped
+WHERE n.nspname = %(s)s AND c.relkind IN ('r', 'v', 'p') AND NOT c.relispartition
+  AND a.attnum > 0 AND NOT a.attisdropped
 UNION ALL
 SELECT 'constraint ' || c.relname || ' ' || pg_get_constraintdef(k.oid)
 FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = %(s)s AND k.contype <> 'n'  -- PostgreSQL 18 also lists NOT NULL here
+-- PostgreSQL 18 also lists NOT NULL here
+WHERE n.nspname = %(s)s AND k.contype <> 'n' AND NOT c.relispartition
 UNION ALL
 SELECT 'index ' || pg_get_indexdef(i.indexrelid)
 FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = %(s)s
+WHERE n.nspname = %(s)s AND NOT c.relispartition
 UNION ALL
 SELECT 'function ' || p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ') '
        || coalesce(array_to_string(p.proconfig, ','), '')

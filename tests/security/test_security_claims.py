@@ -87,7 +87,7 @@ def test_a_least_privilege_role_can_send_and_work_but_not_alter_the_schema(
         assert app.migration_status().current
     for statement in (
         "ALTER TABLE {}.job ADD COLUMN x int",
-        "DROP TABLE {}.job_history",
+        "DROP TABLE {}.job_archive",
         "TRUNCATE {}.job",
         "CREATE TABLE {}.intruder (x int)",
         "CREATE OR REPLACE FUNCTION {}.send(q text) RETURNS int LANGUAGE sql AS 'SELECT 1'",

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 from conveyor.models import Job, JobRuntime, JobState, Queue, QueuePolicy, Schedule
 from conveyor.options import JobSpec
@@ -28,6 +30,21 @@ def job(row: dict[str, Any]) -> Job:
     values["state"] = JobState(row["state"])
     values["depends_on"] = row["depends_on"] or []
     return Job(**values)
+
+
+def job_outcome(outcome: dict[str, Any]) -> Job:
+    """A :class:`Job` from the JSON outcome a "done" notification carries for a job kept in no
+    history (its columns but ``data``)."""
+    row = {k: v for k, v in outcome.items() if k in JOB_COLUMNS and k != "data"}
+    for name in ("run_at", "created_at", "started_at", "finished_at"):
+        if row.get(name) is not None:
+            row[name] = datetime.fromisoformat(row[name])
+    for name in ("id", "worker_id"):
+        if row.get(name) is not None:
+            row[name] = UUID(row[name])
+    row["depends_on"] = [UUID(d) for d in row.get("depends_on") or []]
+    row["state"] = JobState(row["state"])
+    return Job(**row, data=None)
 
 
 # Positions in the tuples job_fetch returns (the order of Job's fields).

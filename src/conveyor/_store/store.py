@@ -54,6 +54,8 @@ POOL_WAIT_SLICE = 1.0
 # Seconds the pool keeps retrying a connection in the background before it gives up until the
 # next request: past this, its growing backoff would delay recovery once the server is back.
 POOL_RECONNECT_TIMEOUT = 3.0
+# Seconds partition DDL waits for a lock before it gives up until the next pass.
+ARCHIVE_LOCK_TIMEOUT = 2.0
 # What every read of the counters passes: the wait buckets, and how many history rows finished
 # since the rollup's watermark it may read.
 _COUNTED = {"bounds": list(STATS_WAIT_BOUNDS_MS), "tail": STATS_TAIL_LIMIT}
@@ -445,7 +447,8 @@ class Store:
     def job_wait(self, job_id: UUID, timeout: float) -> Job | None:
         """The job once it is finished, or as it stands when ``timeout`` runs out (None if no
         such job). Woken by the NOTIFY that finishing sends, on the LISTEN connection every
-        wait of this store shares."""
+        wait of this store shares; a job kept in no history (retention 0) comes from the
+        notification itself, without its ``data``."""
         deadline = time.monotonic() + timeout
         if self._waiter is None:
             while True:
@@ -464,6 +467,8 @@ class Store:
             try:
                 while True:
                     job = self.job_get(job_id)
+                    if woken.outcome is not None:  # retention 0: the row is gone
+                        return rows.job_outcome(woken.outcome)
                     remaining = deadline - time.monotonic()
                     if job is None or job.state.is_terminal or remaining <= 0:
                         return job
@@ -596,25 +601,34 @@ class Store:
         self,
         *,
         dead_retention: float,
+        default_retention: float,
         tick_keep: float,
         chunk: int,
         now: datetime | None,
         stop: Flag | None = None,
+        pace: Pace | None = None,
+        analyze: bool = True,
     ) -> dict[str, int]:
-        """Delete what outlived its use, ``chunk`` rows per statement, until nothing is left
-        (or ``stop`` is set): rows deleted per kind (history, dead_letters, throttle,
-        schedule_ticks)."""
-        history = 0
-        for retention in self.maintain_retentions():
-            while stop is None or not stop.is_set():
-                deleted = self.maintain_history(retention, now, chunk)
-                history += deleted
-                if deleted < chunk:
-                    break
-        counts = {"history": history}
+        """One maintenance pass. The history's partitions: created ahead as far as the longest
+        retention in use (a queue's, or ``default_retention``), dropped once ended, and the
+        parent analyzed if ``analyze``. Then what outlived its use is deleted, ``chunk`` rows
+        per statement, until nothing is left (or ``stop`` is set); each statement is followed
+        by ``pace`` (given how long it took and how many live jobs there are), which lets the
+        hot path have the database. Partitions created and dropped, rows deleted per kind
+        (dead_letters, throttle, schedule_ticks)."""
+        counts = {
+            "partitions_created": self.archive_extend(default_retention, now),
+            "partitions_dropped": self.archive_drop(now, stop),
+        }
+        if analyze:
+            self.archive_analyze(now)
+        backlog = 0
+        if pace is not None:
+            backlog = sum(r["live"] for r in self.maintain_dead_tuples() if r["table"] == "job")
         for kind in ("dead_letters", "throttle", "schedule_ticks"):
             total = 0
             while stop is None or not stop.is_set():
+                started = time.monotonic()
                 if kind == "dead_letters":
                     deleted = self.maintain_dead(dead_retention, now, chunk)
                 elif kind == "throttle":
@@ -624,23 +638,131 @@ class Store:
                 total += deleted
                 if deleted < chunk:
                     break
+                if pace is not None:
+                    pace(time.monotonic() - started, backlog)
             counts[kind] = total
+        self.archive_note(now, passed=True)
         return counts
-
-    def maintain_retentions(self) -> list[float]:
-        """The distinct retentions of finished jobs other than dead letters."""
-        return [r["retention"] for r in self._rows("maintain_retentions", {}, None)]
-
-    def maintain_history(self, retention: float, now: datetime | None, limit: int) -> int:
-        """Delete up to ``limit`` finished jobs (not dead letters) kept ``retention`` seconds
-        whose retention ran out."""
-        params = {"retention": retention, "now": now, "limit": limit}
-        return int((self._rows("maintain_history", params, None))[0]["count"])
 
     def maintain_dead(self, dead_retention: float, now: datetime | None, limit: int) -> int:
         """Delete up to ``limit`` dead letters older than ``dead_retention`` seconds."""
         params = {"dead_retention": dead_retention, "now": now, "limit": limit}
         return int((self._rows("maintain_dead", params, None))[0]["count"])
+
+    def archive_extend(self, default_retention: float, now: datetime | None) -> int:
+        """Create the history partitions missing from now to the longest retention in use
+        (a queue's, or ``default_retention``); how many were created."""
+        found = self._rows("archive_horizon", {"default_retention": default_retention}, None)
+        params = {"horizon": found[0]["greatest"], "now": now}
+        created = int((self._rows("archive_extend", params, None))[0]["archive_extend"])
+        self.archive_note(now, extended=True)
+        return created
+
+    def archive_drop(self, now: datetime | None, stop: Flag | None = None) -> int:
+        """Detach and drop the history partitions that ended; how many.
+
+        On a direct connection (``listen_dsn``) each is detached CONCURRENTLY, so writers never
+        wait; behind a transaction pooler with no direct DSN, or by a role that does not own the
+        table (through the owner's function), with a plain detach bounded by ``lock_timeout``.
+        A detach interrupted earlier is finalized first.
+        """
+        names = [r["name"] for r in self._rows("archive_expired", {"now": now}, None)]
+        if not names:
+            return 0
+        dropped = 0
+        if not (self._rows("archive_owned", {}, None))[0]["pg_has_role"]:
+            # A least-privilege role: the owner's function drops them, one transaction each.
+            for name in names:
+                if stop is not None and stop.is_set():
+                    break
+                params = {"name": name, "now": now}
+                found = self._rows("archive_drop_partition", params, None)
+                dropped += bool(found[0]["archive_drop_partition"])
+            self.archive_note(now, dropped=dropped)
+            return dropped
+        with self._direct() as (conn, concurrent):
+            timeout = {"ms": str(int(ARCHIVE_LOCK_TIMEOUT * 1000))}
+            self._rows("archive_lock_timeout", timeout, conn)
+            for name in names:
+                if stop is not None and stop.is_set():
+                    break
+                state = self._rows("archive_partition_state", {"name": name}, conn)
+                where = state[0]["state"]
+                if where == "attached":
+                    detach = "archive_detach" if concurrent else "archive_detach_now"
+                    self._ddl(detach, name, conn)
+                elif where == "pending":
+                    self._ddl("archive_finalize", name, conn)
+                if where != "gone":
+                    self._ddl("archive_drop_hooks", name, conn)
+                    self._ddl("archive_drop", name, conn)
+                self._rows("archive_forget", {"name": name}, conn)
+                dropped += 1
+        self.archive_note(now, dropped=dropped)
+        return dropped
+
+    def archive_analyze(self, now: datetime | None) -> None:
+        """ANALYZE the partitioned history (autovacuum analyzes only its partitions)."""
+        self._rows("archive_analyze", {}, None)
+        self.archive_note(now, analyzed=True)
+
+    def archive_note(
+        self,
+        now: datetime | None,
+        *,
+        extended: bool = False,
+        dropped: int = 0,
+        analyzed: bool = False,
+        failure: str | None = None,
+        passed: bool = False,
+    ) -> None:
+        """Record what the leader did to the partitions, for ``conveyor doctor``: ``passed``
+        once a whole pass succeeded, which clears the last failure."""
+        params = {
+            "now": now,
+            "extended": extended,
+            "dropped": dropped,
+            "analyzed": analyzed,
+            "failure": failure,
+            "passed": passed,
+        }
+        self._rows("archive_note", params, None)
+
+    @contextmanager
+    def _direct(self) -> Iterator[tuple[Conn, bool]]:
+        """A connection for partition DDL, and whether it may detach CONCURRENTLY: a direct
+        one of its own (``listen_dsn``), else a pooled one (behind a transaction pooler)."""
+        if self.listen_dsn is None:
+            with self.connection() as pooled:
+                try:
+                    yield pooled, False
+                finally:
+                    # The lock_timeout set for the DDL must not stay with the pool's connection.
+                    self._rows("migration_lock_timeout_reset", {}, pooled)
+            return
+        try:
+            conn = Connection.connect(
+                self.listen_dsn,
+                **{**self._connect_kwargs, "application_name": f"conveyor ddl {self.schema}"},
+            )
+        except Error as exc:
+            raise unavailable(exc) from None
+        try:
+            yield conn, True
+        finally:
+            conn.close()
+
+    def _ddl(self, name: str, partition: str, conn: Conn) -> None:
+        """Run a partition statement; the partition's name (ours, from archive_partition) is
+        quoted as an identifier."""
+        text = sql.SQL(self._queries[name].sql).format(partition=sql.Identifier(partition))
+        try:
+            conn.execute(text)
+        except Error as exc:
+            ours = translated(exc, self.schema)
+            if ours is None:
+                raise
+            raise ours from exc
 
     def maintain_throttle(self, now: datetime | None, limit: int) -> int:
         """Delete up to ``limit`` closed throttle windows."""
@@ -653,29 +775,34 @@ class Store:
         return int((self._rows("maintain_ticks", params, None))[0]["count"])
 
     def vacuum_churned(self, min_dead: int, dead_share: float) -> list[str]:
-        """VACUUM (ANALYZE) the live table and the history where dead tuples reach ``min_dead``
-        and ``dead_share`` of the live ones; the tables vacuumed."""
+        """VACUUM (ANALYZE) the live table and the dead letters where dead tuples reach
+        ``min_dead`` and ``dead_share`` of the live ones; the tables vacuumed."""
         done = []
         for r in self.maintain_dead_tuples():
             if r["dead"] >= min_dead and r["dead"] >= dead_share * r["live"]:
                 if r["table"] == "job":
                     self.maintain_vacuum_job()
                 else:
-                    self.maintain_vacuum_job_history()
+                    self.maintain_vacuum_job_dead()
                 done.append(str(r["table"]))
         return done
 
     def maintain_dead_tuples(self) -> list[dict[str, Any]]:
-        """Live and dead tuples of the live table and the history."""
+        """Live and dead tuples of the live table and the dead letters."""
         return self._rows("maintain_dead_tuples", {}, None)
 
     def maintain_vacuum_job(self) -> None:
         """VACUUM (ANALYZE) the live table."""
         self._rows("maintain_vacuum_job", {}, None)
 
-    def maintain_vacuum_job_history(self) -> None:
-        """VACUUM (ANALYZE) the history."""
-        self._rows("maintain_vacuum_job_history", {}, None)
+    def maintain_vacuum_job_dead(self) -> None:
+        """VACUUM (ANALYZE) the dead letters."""
+        self._rows("maintain_vacuum_job_dead", {}, None)
+
+    def doctor_archive(self) -> dict[str, Any]:
+        """The history's partitions: how many, how far ahead they reach, how many ended and
+        wait to be dropped, and what the leader last did (see ``archive_status``)."""
+        return (self._rows("doctor_archive", {}, None))[0]
 
     def doctor_invalid_indexes(self) -> list[str]:
         """Indexes of the schema left invalid by a failed concurrent build."""
@@ -731,6 +858,15 @@ class Store:
                 raise
             raise ours from exc
         return None
+
+
+class Pace(Protocol):
+    """Called after each cleanup statement with the seconds it took and the live jobs' count;
+    returns (or its awaitable does) once the hot path had its share of the database."""
+
+    def __call__(self, took: float, backlog: int) -> Any:
+        """Pause."""
+        ...
 
 
 class Flag(Protocol):

@@ -3,15 +3,19 @@ notify, shared by every wait of that store (async tasks or threads), instead of 
 call.
 
 A wait registers its job id, makes sure the connection listens, and only then reads the job, so
-no NOTIFY sent after that read is missed. When the connection breaks, every wait is woken to read
-its job again (a notification may have been lost) and the next one reconnects. Written twice, for
-asyncio and for threads, since a background reader does not translate from one to the other.
+no NOTIFY sent after that read is missed. A notification is a list of finished job ids, or a
+JSON array of outcomes: jobs kept in no history (retention 0) whose row is already gone, which
+the wait keeps (``outcome``) instead of reading the job. When the connection breaks, every wait
+is woken to read its job again (a notification may have been lost) and the next one reconnects.
+Written twice, for asyncio and for threads, since a background reader does not translate from
+one to the other.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -31,13 +35,16 @@ class AsyncWakeup:
     def __init__(self, waiter: AsyncDoneWaiter) -> None:
         self._waiter = waiter
         self._event = asyncio.Event()
+        self.outcome: dict[str, Any] | None = None
 
     async def arm(self) -> None:
         """Forget earlier wake-ups and make sure the connection listens: call before reading."""
         self._event.clear()
         await self._waiter.listening()
 
-    def set(self) -> None:
+    def set(self, outcome: dict[str, Any] | None = None) -> None:
+        if outcome is not None:
+            self.outcome = outcome
         self._event.set()
 
     async def wait(self, timeout: float) -> None:
@@ -91,9 +98,9 @@ class AsyncDoneWaiter:
     async def _read(self, conn: AsyncConnection[Any]) -> None:
         try:
             async for note in conn.notifies():
-                for key in note.payload.split(","):
+                for key, outcome in finished(note.payload):
                     for wakeup in self._waiting.get(key, ()):
-                        wakeup.set()
+                        wakeup.set(outcome)
         except Error:
             pass
         finally:
@@ -117,13 +124,16 @@ class Wakeup:
     def __init__(self, waiter: DoneWaiter) -> None:
         self._waiter = waiter
         self._event = threading.Event()
+        self.outcome: dict[str, Any] | None = None
 
     def arm(self) -> None:
         """Forget earlier wake-ups and make sure the connection listens: call before reading."""
         self._event.clear()
         self._waiter.listening()
 
-    def set(self) -> None:
+    def set(self, outcome: dict[str, Any] | None = None) -> None:
+        if outcome is not None:
+            self.outcome = outcome
         self._event.set()
 
     def wait(self, timeout: float) -> None:
@@ -181,16 +191,18 @@ class DoneWaiter:
                 for note in conn.notifies(timeout=READ_TIMEOUT):
                     with self._lock:
                         woken = [
-                            w for k in note.payload.split(",") for w in self._waiting.get(k, ())
+                            (w, outcome)
+                            for k, outcome in finished(note.payload)
+                            for w in self._waiting.get(k, ())
                         ]
-                    for wakeup in woken:
-                        wakeup.set()
+                    for wakeup, outcome in woken:
+                        wakeup.set(outcome)
         except Error:
             pass
         finally:
             with self._lock:
-                woken = [w for wakeups in self._waiting.values() for w in wakeups]
-            for wakeup in woken:
+                everyone = [w for wakeups in self._waiting.values() for w in wakeups]
+            for wakeup in everyone:
                 wakeup.set()
             conn.close()
 
@@ -200,6 +212,14 @@ class DoneWaiter:
         thread, self._thread = self._thread, None
         if thread is not None:
             thread.join(READ_TIMEOUT * 2)
+
+
+def finished(payload: str) -> list[tuple[str, dict[str, Any] | None]]:
+    """The jobs a "done" notification reports: (id, outcome), the outcome given only for a job
+    whose row is gone (retention 0)."""
+    if payload.startswith("["):
+        return [(str(o["id"]), o) for o in json.loads(payload)]
+    return [(key, None) for key in payload.split(",")]
 
 
 def done_waiter_async(dsn: str, channel: str, kwargs: dict[str, Any]) -> AsyncDoneWaiter:

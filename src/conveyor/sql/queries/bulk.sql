@@ -45,13 +45,22 @@ WITH picked AS (
     FOR UPDATE SKIP LOCKED
 ), moved AS (
     DELETE FROM {schema}.job j USING picked p WHERE j.id = p.id RETURNING j.*
+), t AS (
+    SELECT coalesce(%(now)s::timestamptz, now()) AS now,
+           coalesce(%(now)s::timestamptz, clock_timestamp()) AS floor
 ), archived AS (
-    INSERT INTO {schema}.job_history
-    SELECT id, queue, 'cancelled', data, priority, run_at, attempt, retry_limit, retry_delay,
-           retry_backoff, retry_delay_max, expire_in, retention, singleton_key, singleton_seconds,
-           unique_key, dead_letter, group_key, depends_on, worker_id, created_at, started_at,
-           coalesce(%(now)s::timestamptz, now()), result, errors, progress
-    FROM moved
+    INSERT INTO {schema}.job_archive (
+        id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
+        retry_backoff, retry_delay_max, expire_in, retention, singleton_key, singleton_seconds,
+        unique_key, dead_letter, group_key, depends_on, worker_id, created_at, started_at,
+        finished_at, result, errors, progress, drop_at)
+    SELECT m.id, m.queue, 'cancelled', m.data, m.priority, m.run_at, m.attempt, m.retry_limit,
+           m.retry_delay, m.retry_backoff, m.retry_delay_max, m.expire_in, m.retention,
+           m.singleton_key, m.singleton_seconds, m.unique_key, m.dead_letter, m.group_key,
+           m.depends_on, m.worker_id, m.created_at, m.started_at, t.now, m.result, m.errors,
+           m.progress,
+           {schema}.archive_drop_at(t.now + make_interval(secs => m.retention), t.floor)
+    FROM moved m, t
     RETURNING id
 ), told AS (
     SELECT pg_notify(%(cancel_channel)s::text, m.id::text) FROM moved m WHERE m.state = 'active'
@@ -86,8 +95,8 @@ SELECT (SELECT count(*) FROM moved) AS affected, (SELECT p.id FROM picked p ORDE
 -- Queue failed or cancelled jobs again with a fresh attempt count, as job_retry does one. A job
 -- whose unique key another live job holds now stays where it is (ON CONFLICT), not the batch.
 -- name: job_bulk_retry_history :one
-WITH picked AS (
-    SELECT h.id FROM {schema}.job_history h
+WITH picked_archived AS (
+    SELECT h.id FROM {schema}.job_archive h
     WHERE h.id > %(after)s::uuid AND h.state = ANY (%(states)s::text[])
       AND (%(queue)s::text IS NULL OR h.queue = %(queue)s::text)
       AND (%(before)s::timestamptz IS NULL OR h.created_at < %(before)s::timestamptz)
@@ -97,6 +106,23 @@ WITH picked AS (
     ORDER BY h.id
     LIMIT %(limit)s::integer
     FOR UPDATE SKIP LOCKED
+), picked_dead AS (
+    SELECT h.id FROM {schema}.job_dead h
+    WHERE h.id > %(after)s::uuid AND 'failed' = ANY (%(states)s::text[])
+      AND (%(queue)s::text IS NULL OR h.queue = %(queue)s::text)
+      AND (%(before)s::timestamptz IS NULL OR h.created_at < %(before)s::timestamptz)
+      AND (%(search)s::text IS NULL OR h.data::text ILIKE %(search)s::text
+           OR h.id::text ILIKE %(search)s::text)
+      AND (%(group_key)s::text IS NULL OR h.group_key = %(group_key)s::text)
+    ORDER BY h.id
+    LIMIT %(limit)s::integer
+    FOR UPDATE SKIP LOCKED
+), picked AS (
+    -- The next batch of both tables: a row locked above but not picked has a higher id than
+    -- the last one picked, so the next batch visits it.
+    SELECT x.id FROM (SELECT id FROM picked_archived UNION ALL SELECT id FROM picked_dead) x
+    ORDER BY x.id
+    LIMIT %(limit)s::integer
 ), requeued AS (
     INSERT INTO {schema}.job
     SELECT r.id, r.queue, 'created', r.data, r.priority, coalesce(%(now)s::timestamptz, now()),
@@ -107,11 +133,13 @@ WITH picked AS (
     ON CONFLICT DO NOTHING
     RETURNING id, queue
 ), revived AS (
-    DELETE FROM {schema}.job_history h USING requeued q WHERE h.id = q.id RETURNING h.id
+    DELETE FROM {schema}.job_archive h USING requeued q WHERE h.id = q.id RETURNING h.id
+), revived_dead AS (
+    DELETE FROM {schema}.job_dead h USING requeued q WHERE h.id = q.id RETURNING h.id
 ), woken AS (
     SELECT pg_notify(%(channel)s::text, x.queue) FROM (SELECT DISTINCT queue FROM requeued) x
 )
-SELECT (SELECT count(*) FROM revived) AS affected, (SELECT p.id FROM picked p ORDER BY p.id DESC LIMIT 1) AS last, (SELECT count(*) FROM woken) AS told;
+SELECT (SELECT count(*) FROM revived) + (SELECT count(*) FROM revived_dead) AS affected, (SELECT p.id FROM picked p ORDER BY p.id DESC LIMIT 1) AS last, (SELECT count(*) FROM woken) AS told;
 
 -- Delete live jobs that are not running; anyone waiting for one is told.
 -- name: job_bulk_delete_live :one
@@ -137,8 +165,8 @@ SELECT (SELECT count(*) FROM gone) AS affected, (SELECT p.id FROM picked p ORDER
 
 -- Delete finished jobs (completed, cancelled, dead letters) for good.
 -- name: job_bulk_delete_history :one
-WITH picked AS (
-    SELECT h.id FROM {schema}.job_history h
+WITH picked_archived AS (
+    SELECT h.id FROM {schema}.job_archive h
     WHERE h.id > %(after)s::uuid AND h.state = ANY (%(states)s::text[])
       AND (%(queue)s::text IS NULL OR h.queue = %(queue)s::text)
       AND (%(before)s::timestamptz IS NULL OR h.created_at < %(before)s::timestamptz)
@@ -148,8 +176,29 @@ WITH picked AS (
     ORDER BY h.id
     LIMIT %(limit)s::integer
     FOR UPDATE SKIP LOCKED
+), picked_dead AS (
+    SELECT h.id FROM {schema}.job_dead h
+    WHERE h.id > %(after)s::uuid AND 'failed' = ANY (%(states)s::text[])
+      AND (%(queue)s::text IS NULL OR h.queue = %(queue)s::text)
+      AND (%(before)s::timestamptz IS NULL OR h.created_at < %(before)s::timestamptz)
+      AND (%(search)s::text IS NULL OR h.data::text ILIKE %(search)s::text
+           OR h.id::text ILIKE %(search)s::text)
+      AND (%(group_key)s::text IS NULL OR h.group_key = %(group_key)s::text)
+    ORDER BY h.id
+    LIMIT %(limit)s::integer
+    FOR UPDATE SKIP LOCKED
+), picked AS (
+    -- The next batch of both tables: a row locked above but not picked has a higher id than
+    -- the last one picked, so the next batch visits it.
+    SELECT x.id FROM (SELECT id FROM picked_archived UNION ALL SELECT id FROM picked_dead) x
+    ORDER BY x.id
+    LIMIT %(limit)s::integer
+), gone_archived AS (
+    DELETE FROM {schema}.job_archive h USING picked p WHERE h.id = p.id RETURNING h.id
+), gone_dead AS (
+    DELETE FROM {schema}.job_dead h USING picked p WHERE h.id = p.id RETURNING h.id
 ), gone AS (
-    DELETE FROM {schema}.job_history h USING picked p WHERE h.id = p.id RETURNING h.id
+    SELECT id FROM gone_archived UNION ALL SELECT id FROM gone_dead
 ), told AS (
     SELECT pg_notify(%(done_channel)s::text, g.id::text) FROM gone g
 )

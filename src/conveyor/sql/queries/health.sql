@@ -9,7 +9,7 @@ SELECT replace(replace(line, quote_ident(%(s)s::text) || '.', 'SCHEMA.'), %(s)s:
 FROM (
     SELECT 'table ' || c.relname || coalesce(' ' || array_to_string(c.reloptions, ','), '')
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE n.nspname = %(s)s::text AND c.relkind IN ('r', 'v')
+    WHERE n.nspname = %(s)s::text AND c.relkind IN ('r', 'v', 'p') AND NOT c.relispartition
     UNION ALL
     SELECT 'column ' || c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
            || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
@@ -17,18 +17,18 @@ FROM (
     FROM pg_attribute a
     JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
     LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-    WHERE n.nspname = %(s)s::text AND c.relkind IN ('r', 'v') AND a.attnum > 0
-      AND NOT a.attisdropped
+    WHERE n.nspname = %(s)s::text AND c.relkind IN ('r', 'v', 'p') AND NOT c.relispartition
+      AND a.attnum > 0 AND NOT a.attisdropped
     UNION ALL
     SELECT 'constraint ' || c.relname || ' ' || pg_get_constraintdef(k.oid)
     FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
     JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE n.nspname = %(s)s::text AND k.contype <> 'n'
+    WHERE n.nspname = %(s)s::text AND k.contype <> 'n' AND NOT c.relispartition
     UNION ALL
     SELECT 'index ' || pg_get_indexdef(i.indexrelid)
     FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
     JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE n.nspname = %(s)s::text
+    WHERE n.nspname = %(s)s::text AND NOT c.relispartition
     UNION ALL
     SELECT 'function ' || p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ') '
            || coalesce(array_to_string(p.proconfig, ','), '')
@@ -38,7 +38,7 @@ FROM (
     SELECT 'trigger ' || c.relname || ' ' || t.tgname
     FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
     JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE n.nspname = %(s)s::text AND NOT t.tgisinternal
+    WHERE n.nspname = %(s)s::text AND NOT t.tgisinternal AND NOT c.relispartition
 ) d(line)
 ORDER BY 1;
 
@@ -142,6 +142,24 @@ ORDER BY started_at, id;
 
 -- name: doctor_notify :exec
 SELECT pg_notify(%(channel)s::text, %(payload)s::text);
+
+-- The history's partitions (see 0012_history.sql): how far the runway reaches, how many ended
+-- and wait for the leader to drop them, and what the leader last did.
+-- name: doctor_archive :one
+SELECT (SELECT count(*) FROM {schema}.archive_partition) AS partitions,
+       extract(epoch FROM (SELECT max(p.hi) FROM {schema}.archive_partition p) - now())
+           ::double precision AS runway_seconds,
+       (SELECT count(*) FROM {schema}.archive_partition p
+        WHERE p.hi < now() - interval '1 minute'
+          AND p.hi < (SELECT max(x.hi) FROM {schema}.archive_partition x)) AS ended,
+       (SELECT max(q.retention) FROM {schema}.queue q) AS queue_retention,
+       extract(epoch FROM now() - s.extended_at)::double precision AS extended_seconds_ago,
+       extract(epoch FROM now() - s.dropped_at)::double precision AS dropped_seconds_ago,
+       coalesce(s.dropped, 0) AS dropped,
+       extract(epoch FROM now() - s.failed_at)::double precision AS failed_seconds_ago,
+       s.failure
+FROM (SELECT 1) one
+LEFT JOIN {schema}.archive_status s ON true;
 
 -- Whether autovacuum runs on this server and on each table of the schema.
 -- name: doctor_autovacuum :many

@@ -1,5 +1,7 @@
--- Reads and operator actions on jobs. Both tables have the same columns, so a job is read with
--- SELECT * from whichever of them holds it.
+-- Reads and operator actions on jobs. A job is live (job), archived (job_archive: completed or
+-- cancelled) or a dead letter (job_dead: failed); job_history is the view of the last two, with
+-- the columns of job, so a job is read with SELECT * from whichever holds it. The archive is
+-- insert-only on every path but these operator actions (retry of a cancelled job, delete).
 
 -- name: job_insert_many :many
 SELECT ord, id, inserted
@@ -43,7 +45,7 @@ LIMIT 1;
 -- since: created at or after since_at, or since_seconds before now. search: an ILIKE pattern
 -- (escaped by conveyor.options) matched against the payload's JSON text and the id. after_at and
 -- after_id: the last job of the previous page (keyset pagination, in the listing's order).
--- The history is read only from listed_from on, by job_history_finished_idx: a job finishes after
+-- The history is read only from listed_from on, by the finished_at indexes: a job finishes after
 -- it was created, so every finished job created since then finished since then. listed_from is
 -- since, or window seconds before the page's start (the cursor, else now), whichever is later;
 -- a NULL window reaches back to since (to the first job without it). The live table is small
@@ -95,19 +97,33 @@ ORDER BY
     CASE WHEN NOT %(descending)s::boolean THEN j.id END ASC
 LIMIT %(limit)s::integer OFFSET %(offset)s::integer;
 
--- Cancel a queued or running job: it leaves the live table for the history as 'cancelled'. A
--- worker still running it is told on the cancel channel, and its guarded ack will match no row.
+-- Cancel a queued or running job: it leaves the live table for the archive as 'cancelled'
+-- (kept for its retention, which may be 0). A worker still running it is told on the cancel
+-- channel, and its guarded ack will match no row.
 -- name: job_cancel :one
-WITH moved AS (
+WITH t AS (
+    SELECT coalesce(%(now)s::timestamptz, now()) AS now,
+           coalesce(%(now)s::timestamptz, clock_timestamp()) AS floor
+), moved AS (
     DELETE FROM {schema}.job WHERE id = %(id)s RETURNING *
 ), archived AS (
-    INSERT INTO {schema}.job_history
-    SELECT id, queue, 'cancelled', data, priority, run_at, attempt, retry_limit, retry_delay,
-           retry_backoff, retry_delay_max, expire_in, retention, singleton_key, singleton_seconds,
-           unique_key, dead_letter, group_key, depends_on, worker_id, created_at, started_at,
-           coalesce(%(now)s::timestamptz, now()), result, errors, progress
-    FROM moved
-    RETURNING *
+    INSERT INTO {schema}.job_archive (
+        id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
+        retry_backoff, retry_delay_max, expire_in, retention, singleton_key, singleton_seconds,
+        unique_key, dead_letter, group_key, depends_on, worker_id, created_at, started_at,
+        finished_at, result, errors, progress, drop_at)
+    SELECT m.id, m.queue, 'cancelled', m.data, m.priority, m.run_at, m.attempt, m.retry_limit,
+           m.retry_delay, m.retry_backoff, m.retry_delay_max, m.expire_in, m.retention,
+           m.singleton_key, m.singleton_seconds, m.unique_key, m.dead_letter, m.group_key,
+           m.depends_on, m.worker_id, m.created_at, m.started_at, t.now, m.result, m.errors,
+           m.progress,
+           {schema}.archive_drop_at(t.now + make_interval(secs => m.retention), t.floor)
+    FROM moved m, t
+    RETURNING id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
+              retry_backoff, retry_delay_max, expire_in, retention, singleton_key,
+              singleton_seconds, unique_key, dead_letter, group_key, depends_on, worker_id,
+              created_at, started_at, finished_at, result, errors, progress, queued_key,
+              meta
 ), told AS (
     SELECT pg_notify(%(cancel_channel)s::text, m.id::text) FROM moved m WHERE m.state = 'active'
     UNION ALL
@@ -128,18 +144,22 @@ WITH t AS (
     WHERE j.id = %(id)s AND j.state IN ('created', 'retry') AND NOT %(dead_only)s::boolean
     RETURNING j.*
 ), revived AS (
-    DELETE FROM {schema}.job_history
-    WHERE id = %(id)s
-      AND state = ANY (CASE WHEN %(dead_only)s::boolean THEN ARRAY['failed']
-                            ELSE ARRAY['failed', 'cancelled'] END)
-    RETURNING *
+    DELETE FROM {schema}.job_dead WHERE id = %(id)s RETURNING *
+), revived_cancelled AS (
+    DELETE FROM {schema}.job_archive
+    WHERE id = %(id)s AND state = 'cancelled' AND NOT %(dead_only)s::boolean
+    RETURNING id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
+              retry_backoff, retry_delay_max, expire_in, retention, singleton_key,
+              singleton_seconds, unique_key, dead_letter, group_key, depends_on, worker_id,
+              created_at, started_at, finished_at, result, errors, progress, queued_key,
+              meta
 ), requeued AS (
     INSERT INTO {schema}.job
     SELECT r.id, r.queue, 'created', r.data, r.priority, t.now, 0, r.retry_limit, r.retry_delay,
            r.retry_backoff, r.retry_delay_max, r.expire_in, r.retention, r.singleton_key,
            r.singleton_seconds, r.unique_key, r.dead_letter, r.group_key, r.depends_on, NULL,
            r.created_at, NULL, NULL, NULL, r.errors, NULL
-    FROM revived r, t
+    FROM (SELECT * FROM revived UNION ALL SELECT * FROM revived_cancelled) r, t
     RETURNING *
 ), woken AS (
     SELECT pg_notify(%(channel)s::text, x.queue)
@@ -151,7 +171,7 @@ CROSS JOIN (SELECT count(*) FROM woken) w;
 -- Queue every dead letter of a queue again, with a fresh attempt count; how many.
 -- name: job_retry_dead_all :scalar
 WITH revived AS (
-    DELETE FROM {schema}.job_history WHERE queue = %(queue)s AND state = 'failed' RETURNING *
+    DELETE FROM {schema}.job_dead WHERE queue = %(queue)s RETURNING *
 ), requeued AS (
     INSERT INTO {schema}.job
     SELECT r.id, r.queue, 'created', r.data, r.priority, coalesce(%(now)s::timestamptz, now()),
@@ -167,26 +187,28 @@ SELECT count(*) FROM (SELECT pg_notify(%(channel)s::text, x.queue) FROM requeued
 -- name: job_delete :scalar
 WITH live AS (
     DELETE FROM {schema}.job WHERE id = %(id)s AND state <> 'active' RETURNING id
-), finished AS (
-    DELETE FROM {schema}.job_history WHERE id = %(id)s RETURNING id
+), archived AS (
+    DELETE FROM {schema}.job_archive WHERE id = %(id)s RETURNING id
+), dead AS (
+    DELETE FROM {schema}.job_dead WHERE id = %(id)s RETURNING id
 ), told AS (
     SELECT pg_notify(%(done_channel)s::text, g.id::text)
-    FROM (SELECT id FROM live UNION ALL SELECT id FROM finished) g
+    FROM (SELECT id FROM live UNION ALL SELECT id FROM archived UNION ALL SELECT id FROM dead) g
 )
 SELECT count(*) FROM told;
 
 -- The dead letters (failed jobs), newest first.
 -- name: job_list_dead :many
-SELECT * FROM {schema}.job_history
-WHERE state = 'failed' AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+SELECT * FROM {schema}.job_dead
+WHERE %(queue)s::text IS NULL OR queue = %(queue)s::text
 ORDER BY finished_at DESC, id
 LIMIT %(limit)s::integer OFFSET %(offset)s::integer;
 
 -- Delete dead letters, with older_than only those that failed longer ago than that; how many.
 -- name: job_purge_dead :scalar
 WITH gone AS (
-    DELETE FROM {schema}.job_history
-    WHERE state = 'failed' AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+    DELETE FROM {schema}.job_dead
+    WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
       AND (%(older_than)s::double precision IS NULL
            OR finished_at < coalesce(%(now)s::timestamptz, now())
                             - make_interval(secs => %(older_than)s::double precision))
@@ -209,7 +231,7 @@ FROM {schema}.insert_linked_jobs(
 
 -- The results of completed jobs (a dependant reads those of its dependencies).
 -- name: job_results :many
-SELECT id, result FROM {schema}.job_history WHERE id = ANY (%(ids)s::uuid[]) AND state = 'completed';
+SELECT id, result FROM {schema}.job_archive WHERE id = ANY (%(ids)s::uuid[]) AND state = 'completed';
 
 -- A wait_for registers itself before it reads its job, so acks notify ':done' while it waits
 -- (migration 0006). Locking the job's live row orders the registration against an ack finishing

@@ -1,65 +1,114 @@
--- Upkeep of the tables that grow: finished jobs past their retention, old dead letters, expired
--- throttle windows, old schedule ticks. Each statement deletes at most %(limit)s rows and skips
--- rows another transaction holds, so the leader loops over short statements that never wait on a
--- worker nor hold many locks for long.
+-- Upkeep of the tables that grow: the history's partitions, old dead letters, expired throttle
+-- windows, old schedule ticks. Each DELETE removes at most %(limit)s rows and skips rows another
+-- transaction holds, so the leader loops over short statements that never wait on a worker nor
+-- hold many locks for long.
 
--- The distinct retentions of finished jobs (dead letters aside), by a loose scan of
--- job_history_expiry_idx: one index probe per value, however many rows share it.
--- name: maintain_retentions :many
-WITH RECURSIVE retentions AS (
-    SELECT min(h.retention) AS r FROM {schema}.job_history h WHERE h.state <> 'failed'
-    UNION ALL
-    SELECT (SELECT min(h.retention) FROM {schema}.job_history h
-            WHERE h.state <> 'failed' AND h.retention > x.r)
-    FROM retentions x
-    WHERE x.r IS NOT NULL
-)
-SELECT r AS retention FROM retentions WHERE r IS NOT NULL;
+-- The history leaves by partitions (see 0012_history.sql): the leader creates them ahead as far
+-- as the longest retention in use, and detaches and drops those that ended. A partition is
+-- dropped a minute after it ended, never the newest (rows beyond the runway go there), and every
+-- acknowledgement routes its rows by its own clock to partitions that end after it: so no
+-- writer ever meets a partition while it detaches.
 
--- Finished jobs (not dead letters) of one retention that ran out, oldest first, along
--- job_history_expiry_idx: each chunk reads only expired rows, however many long-kept rows or
--- dead letters finished before them. The range is written as bounds on (retention, finished_at)
--- and ordered that way, which only this index answers: given "retention = x AND finished_at <
--- y", the planner may walk job_history_finished_idx instead and filter out every older row of
--- another retention (measured on 1M dead letters: 1.5 s a chunk instead of under 30 ms).
--- name: maintain_history :scalar
+-- How far ahead the partitions must reach: the longest retention of a queue, or the app's.
+-- name: archive_horizon :scalar
+SELECT greatest(%(default_retention)s::double precision,
+                (SELECT max(q.retention) FROM {schema}.queue q));
+
+-- name: archive_extend :scalar
+SELECT {schema}.archive_extend(%(horizon)s::double precision, %(now)s::timestamptz);
+
+-- name: archive_expired :many
+SELECT p.name FROM {schema}.archive_partition p
+WHERE p.hi < coalesce(%(now)s::timestamptz, now()) - interval '1 minute'
+  AND p.hi < (SELECT max(x.hi) FROM {schema}.archive_partition x)
+ORDER BY p.hi;
+
+-- Whether this session's role owns job_archive: only the owner detaches concurrently;
+-- another role drops through archive_drop_partition.
+-- name: archive_owned :scalar
+SELECT pg_has_role(current_user, c.relowner, 'USAGE')
+FROM pg_class c
+WHERE c.oid = to_regclass({schema_literal} || '.job_archive');
+
+-- name: archive_drop_partition :scalar
+SELECT {schema}.archive_drop_partition(%(name)s::text, %(now)s::timestamptz);
+
+-- Where a partition stands: attached, pending (a concurrent detach was interrupted: finalize
+-- it), detached (drop it) or gone.
+-- name: archive_partition_state :scalar
+SELECT CASE WHEN c.oid IS NULL THEN 'gone'
+            WHEN i.inhrelid IS NULL THEN 'detached'
+            WHEN i.inhdetachpending THEN 'pending'
+            ELSE 'attached' END AS state
+FROM (SELECT 1) one
+LEFT JOIN pg_class c
+  ON c.relname = %(name)s::text AND c.relnamespace = {schema_literal}::regnamespace
+LEFT JOIN pg_inherits i ON i.inhrelid = c.oid;
+
+-- Partition DDL runs on a connection of its own (DETACH ... CONCURRENTLY cannot run in a
+-- transaction block), which waits at most this long for a lock.
+-- name: archive_lock_timeout :exec
+SELECT set_config('lock_timeout', %(ms)s::text, false);
+
+-- {partition} is the partition's name from archive_partition, quoted by the store.
+-- name: archive_detach :exec
+ALTER TABLE {schema}.job_archive DETACH PARTITION {schema}.{partition} CONCURRENTLY;
+
+-- Without a direct connection (behind a transaction pooler): a plain detach, which takes an
+-- ACCESS EXCLUSIVE lock on job_archive for a moment (acks wait for it, at most lock_timeout).
+-- name: archive_detach_now :exec
+ALTER TABLE {schema}.job_archive DETACH PARTITION {schema}.{partition};
+
+-- name: archive_finalize :exec
+ALTER TABLE {schema}.job_archive DETACH PARTITION {schema}.{partition} FINALIZE;
+
+-- The completion hooks of the jobs in a partition about to be dropped: a hook is kept while
+-- its job is.
+-- name: archive_drop_hooks :exec
+DELETE FROM {schema}.job_hook k USING {schema}.{partition} p WHERE k.job_id = p.id;
+
+-- name: archive_drop :exec
+DROP TABLE IF EXISTS {schema}.{partition};
+
+-- name: archive_forget :exec
+DELETE FROM {schema}.archive_partition WHERE name = %(name)s::text;
+
+-- Autovacuum analyzes partitions but never a partitioned parent: the planner's estimates for
+-- job_archive come from this.
+-- name: archive_analyze :exec
+ANALYZE {schema}.job_archive;
+
+-- What the leader did, for `conveyor doctor`: the time of the last extension, drop, analyze
+-- and failure, and how many partitions were dropped in all. The failure's message stays until
+-- a whole pass succeeds (passed).
+-- name: archive_note :exec
+INSERT INTO {schema}.archive_status AS s (
+    one, extended_at, dropped_at, dropped, analyzed_at, failed_at, failure)
+SELECT true, CASE WHEN %(extended)s::boolean THEN t.now END,
+       CASE WHEN %(dropped)s::bigint > 0 THEN t.now END, %(dropped)s::bigint,
+       CASE WHEN %(analyzed)s::boolean THEN t.now END,
+       CASE WHEN %(failure)s::text IS NOT NULL THEN t.now END, %(failure)s::text
+FROM (SELECT coalesce(%(now)s::timestamptz, now()) AS now) t
+ON CONFLICT (one) DO UPDATE SET
+    extended_at = coalesce(EXCLUDED.extended_at, s.extended_at),
+    dropped_at = coalesce(EXCLUDED.dropped_at, s.dropped_at),
+    dropped = s.dropped + EXCLUDED.dropped,
+    analyzed_at = coalesce(EXCLUDED.analyzed_at, s.analyzed_at),
+    failed_at = coalesce(EXCLUDED.failed_at, s.failed_at),
+    failure = CASE WHEN %(passed)s::boolean THEN NULL
+                   ELSE coalesce(EXCLUDED.failure, s.failure) END;
+
+-- Dead letters older than the dead-letter retention, oldest first.
+-- name: maintain_dead :scalar
 WITH picked AS (
-    SELECT h.id FROM {schema}.job_history h
-    WHERE h.state <> 'failed' AND h.retention >= %(retention)s::double precision
-      AND (h.retention, h.finished_at)
-          < (%(retention)s::double precision,
-             coalesce(%(now)s::timestamptz, now())
-             - make_interval(secs => %(retention)s::double precision))
-    ORDER BY h.retention, h.finished_at
+    SELECT d.id FROM {schema}.job_dead d
+    WHERE d.finished_at < coalesce(%(now)s::timestamptz, now())
+                          - make_interval(secs => %(dead_retention)s::double precision)
+    ORDER BY d.finished_at
     LIMIT %(limit)s::integer
     FOR UPDATE SKIP LOCKED
 ), gone AS (
-    DELETE FROM {schema}.job_history h USING picked p WHERE h.id = p.id RETURNING h.id
-), hooks AS (
-    DELETE FROM {schema}.job_hook k USING gone g WHERE k.job_id = g.id RETURNING 1
-)
-SELECT count(*) FROM gone CROSS JOIN (SELECT count(*) FROM hooks) k;
-
--- Dead letters older than the dead-letter retention, found queue by queue along the history's
--- (queue, state, finished_at) index.
--- name: maintain_dead :scalar
-WITH t AS (
-    SELECT coalesce(%(now)s::timestamptz, now())
-           - make_interval(secs => %(dead_retention)s::double precision) AS cutoff
-), picked AS (
-    SELECT e.id
-    FROM {schema}.queue q
-    CROSS JOIN t
-    CROSS JOIN LATERAL (
-        SELECT h.id FROM {schema}.job_history h
-        WHERE h.queue = q.name AND h.state = 'failed' AND h.finished_at < t.cutoff
-        ORDER BY h.finished_at
-        LIMIT %(limit)s::integer
-        FOR UPDATE SKIP LOCKED
-    ) e
-    LIMIT %(limit)s::integer
-), gone AS (
-    DELETE FROM {schema}.job_history h USING picked p WHERE h.id = p.id RETURNING h.id
+    DELETE FROM {schema}.job_dead d USING picked p WHERE d.id = p.id RETURNING d.id
 ), hooks AS (
     DELETE FROM {schema}.job_hook k USING gone g WHERE k.job_id = g.id RETURNING 1
 )
@@ -96,17 +145,17 @@ WITH gone AS (
 )
 SELECT count(*) FROM gone;
 
--- Live and dead tuples of the two tables that churn: maintenance vacuums them itself when dead
--- tuples pile up (autovacuum off, or visiting only once a naptime while thousands of jobs a
--- second each leave dead row versions behind).
+-- Live and dead tuples of the tables rows are deleted from: maintenance vacuums them itself when
+-- dead tuples pile up (autovacuum off, or visiting only once a naptime while thousands of jobs a
+-- second each leave dead row versions behind in the live table). The archive is insert-only.
 -- name: maintain_dead_tuples :many
 SELECT relname AS table, n_live_tup AS live, n_dead_tup AS dead
 FROM pg_stat_user_tables
-WHERE schemaname = {schema_literal} AND relname IN ('job', 'job_history')
+WHERE schemaname = {schema_literal} AND relname IN ('job', 'job_dead')
 ORDER BY relname;
 
 -- name: maintain_vacuum_job :exec
 VACUUM (ANALYZE) {schema}.job;
 
--- name: maintain_vacuum_job_history :exec
-VACUUM (ANALYZE) {schema}.job_history;
+-- name: maintain_vacuum_job_dead :exec
+VACUUM (ANALYZE) {schema}.job_dead;

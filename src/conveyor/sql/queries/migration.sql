@@ -61,13 +61,15 @@ SELECT pg_advisory_unlock(hashtext('conveyor:migrate:' || {schema_literal}));
 
 -- Empty every table of the schema (the migration bookkeeping stays): test isolation between tests
 -- that share a migrated schema.
--- Every table but the migrations', so tables that later migrations add are emptied too.
+-- Every table but the migrations' and the list of the history's partitions (which stay), so
+-- tables that later migrations add are emptied too.
 -- name: schema_truncate :exec
 DO $$
 BEGIN
     EXECUTE (SELECT 'TRUNCATE ' || string_agg(format('%I.%I', schemaname, tablename), ', ')
              FROM pg_tables
-             WHERE schemaname = {schema_literal} AND tablename <> 'migration');
+             WHERE schemaname = {schema_literal}
+               AND tablename NOT IN ('migration', 'archive_partition'));
 END
 $$;
 

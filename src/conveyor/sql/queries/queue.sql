@@ -75,8 +75,10 @@ WITH gone AS (
     DELETE FROM {schema}.queue WHERE name = %(name)s RETURNING name
 ), live AS (
     DELETE FROM {schema}.job WHERE queue IN (SELECT name FROM gone) RETURNING 1
-), finished AS (
-    DELETE FROM {schema}.job_history WHERE queue IN (SELECT name FROM gone) RETURNING 1
+), archived AS (
+    DELETE FROM {schema}.job_archive WHERE queue IN (SELECT name FROM gone) RETURNING 1
+), dead AS (
+    DELETE FROM {schema}.job_dead WHERE queue IN (SELECT name FROM gone) RETURNING 1
 ), windows AS (
     DELETE FROM {schema}.throttle WHERE queue IN (SELECT name FROM gone) RETURNING 1
 ), totals AS (
@@ -88,7 +90,8 @@ WITH gone AS (
     DELETE FROM {schema}.stats_backlog WHERE queue IN (SELECT name FROM gone)
 )
 SELECT (SELECT count(*) FROM gone) AS queues,
-       (SELECT count(*) FROM live) + (SELECT count(*) FROM finished) AS jobs,
+       (SELECT count(*) FROM live) + (SELECT count(*) FROM archived)
+           + (SELECT count(*) FROM dead) AS jobs,
        (SELECT count(*) FROM windows) AS windows;
 
 -- Delete the queued (not running, not finished) jobs of a queue.
@@ -101,8 +104,8 @@ SELECT count(*) FROM gone;
 -- Counts by state; oldest_waiting_seconds is how long the oldest runnable job has waited past
 -- its run_at (NULL when none is runnable). Live states are counted in the (small) live table;
 -- completed and cancelled are the rolled-up totals plus the rows finished since the rollup's
--- watermark (at most %(tail)s of them, by job_history_finished_idx); failed is the dead letters
--- held, counted in job_history_queue_idx. Never a scan of the history.
+-- watermark (at most %(tail)s of them, by the finished_at indexes); failed is the dead letters
+-- held, each read once from job_dead (which holds nothing else). Never a scan of the archive.
 -- name: queue_stats :many
 WITH t AS (SELECT coalesce(%(now)s::timestamptz, now()) AS now),
 w AS (SELECT coalesce((SELECT rolled_to FROM {schema}.stats_rollup), '-infinity') AS after),
@@ -127,11 +130,10 @@ counted AS (
     FROM finished f
     CROSS JOIN LATERAL (VALUES ('completed', f.completed), ('cancelled', f.cancelled)) x(state, n)
     UNION ALL
-    SELECT q.name, 'failed',
-           (SELECT count(*) FROM {schema}.job_history h
-            WHERE h.queue = q.name AND h.state = 'failed'), NULL
-    FROM {schema}.queue q
-    WHERE %(name)s::text IS NULL OR q.name = %(name)s::text
+    SELECT d.queue, 'failed', count(*), NULL
+    FROM {schema}.job_dead d
+    WHERE %(name)s::text IS NULL OR d.queue = %(name)s::text
+    GROUP BY d.queue
 )
 SELECT q.name AS queue, c.state, coalesce(c.n, 0)::bigint AS n,
        extract(epoch FROM t.now - c.oldest)::double precision AS oldest_waiting_seconds,
@@ -143,7 +145,7 @@ WHERE %(name)s::text IS NULL OR q.name = %(name)s::text
 ORDER BY q.name, c.state;
 
 -- The cheap counts a metrics scrape takes: live jobs by state from the small live table, and
--- the dead letters of each queue through job_history_queue_idx; never a scan of all history.
+-- the dead letters of each queue, each read once from job_dead; never a scan of the archive.
 -- name: queue_live_counts :many
 WITH t AS (SELECT coalesce(%(now)s::timestamptz, now()) AS now),
 live AS (
@@ -154,17 +156,20 @@ live AS (
            min(run_at) FILTER (WHERE state IN ('created', 'retry') AND run_at <= t.now) AS oldest
     FROM {schema}.job, t
     GROUP BY queue
+),
+dead AS (
+    SELECT queue, count(*) AS failed FROM {schema}.job_dead GROUP BY queue
 )
 SELECT q.name AS queue,
        coalesce(l.created, 0)::bigint AS created,
        coalesce(l.retry, 0)::bigint AS retry,
        coalesce(l.active, 0)::bigint AS active,
-       (SELECT count(*) FROM {schema}.job_history h
-        WHERE h.queue = q.name AND h.state = 'failed')::bigint AS failed,
+       coalesce(d.failed, 0)::bigint AS failed,
        greatest(extract(epoch FROM t.now - l.oldest), 0)::double precision
            AS oldest_waiting_seconds,
        EXISTS (SELECT FROM {schema}.queue_pause p WHERE p.queue = q.name) AS paused
 FROM {schema}.queue q
 CROSS JOIN t
 LEFT JOIN live l ON l.queue = q.name
+LEFT JOIN dead d ON d.queue = q.name
 ORDER BY q.name;

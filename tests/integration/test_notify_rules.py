@@ -74,7 +74,7 @@ def test_a_wait_for_registered_while_an_ack_commits_is_woken_at_once(
         outcome: list[tuple[Job, float]] = []
         with conn.transaction():
             # The ack has finished the job but not committed when the wait registers: no waiter
-            # existed when it looked, so only the lock makes the wait see the outcome.
+            # existed when it looked, so only the wait's re-read finds the outcome.
             assert conn.execute(ack, [job_id, worker]).fetchall()
 
             def wait() -> None:

@@ -48,6 +48,8 @@ Conn = Connection[Any]
 WAIT_POLL_INTERVAL = 0.2
 # A wait's registration outlives its timeout by this much before anyone may delete it.
 WAITER_GRACE = 30.0
+# The longest a wait_for goes without reading its job again (see job_wait).
+WAIT_RECHECK = 1.0
 # Seconds a caller waits for a pooled connection before asking the server directly whether it
 # can be reached: an outage surfaces at once, in libpq's words, not after the pool's timeout.
 POOL_WAIT_SLICE = 1.0
@@ -472,7 +474,10 @@ class Store:
                     remaining = deadline - time.monotonic()
                     if job is None or job.state.is_terminal or remaining <= 0:
                         return job
-                    woken.wait(remaining)
+                    # Read again at least every WAIT_RECHECK: an ack that looked for waiters
+                    # just before this one registered, and committed just after its read,
+                    # notifies nobody.
+                    woken.wait(min(remaining, WAIT_RECHECK))
                     woken.arm()
             finally:
                 with suppress(Error, DatabaseUnavailable):

@@ -9,12 +9,10 @@
 -- listening. Now a wait_for registers itself in the waiter table for as long as it waits, and an
 -- ack notifies ':done' only while that table has a row.
 --
--- No wake-up is lost: a wait_for inserts its row and locks its job's live row (FOR KEY SHARE) in
--- one transaction, before it reads the job. An ack that deleted the row first makes that lock
--- wait for the ack's commit, so the read that follows sees the job finished; otherwise the ack's
--- DELETE waits for the waiter's commit, and its later statement that looks for waiters (a fresh
--- snapshot, as every statement of a plpgsql function gets) sees the row. A row left behind by a
--- process that died while waiting expires; maintenance deletes it.
+-- A wait_for registers itself before it reads its job. An ack that looked for waiters just before
+-- the registration and commits just after the wait's read notifies nobody: the wait reads its
+-- job again at least every second, so that case costs at most that. A row left behind by a
+-- process that died while waiting expires.
 
 CREATE TABLE {schema}.waiter (
     id         uuid PRIMARY KEY,

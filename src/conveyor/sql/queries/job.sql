@@ -234,16 +234,15 @@ FROM {schema}.insert_linked_jobs(
 SELECT id, result FROM {schema}.job_archive WHERE id = ANY (%(ids)s::uuid[]) AND state = 'completed';
 
 -- A wait_for registers itself before it reads its job, so acks notify ':done' while it waits
--- (migration 0006). Locking the job's live row orders the registration against an ack finishing
--- that job: whichever comes second sees the other. Rows of waits whose process died expire here.
+-- (migration 0006). No lock on the job's row: a claim (FOR UPDATE SKIP LOCKED) would skip a job
+-- locked at that moment and leave it to the next poll. Rows of waits whose process died expire
+-- here.
 -- name: waiter_register :exec
 WITH expired AS (
     DELETE FROM {schema}.waiter WHERE expires_at < now()
-), registered AS (
-    INSERT INTO {schema}.waiter (id, expires_at)
-    VALUES (%(id)s::uuid, now() + make_interval(secs => %(ttl)s::double precision))
 )
-SELECT FROM {schema}.job WHERE id = %(job)s::uuid FOR KEY SHARE;
+INSERT INTO {schema}.waiter (id, expires_at)
+VALUES (%(id)s::uuid, now() + make_interval(secs => %(ttl)s::double precision));
 
 -- name: waiter_remove :exec
 DELETE FROM {schema}.waiter WHERE id = %(id)s::uuid;

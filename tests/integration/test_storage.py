@@ -22,7 +22,7 @@ from psycopg.rows import dict_row
 import conveyor._store.migrate as migrate_module
 import conveyor._store.migrations as migrations_module
 from conveyor import Conveyor, Fail, Job, JobState
-from conveyor.errors import InvalidOption, JobNotFound
+from conveyor.errors import InvalidOption, JobNotFound, MigrationChecksumMismatch
 
 SHIPPED = migrations_module.migrations()
 
@@ -198,6 +198,21 @@ def history(dsn: str, schema: str) -> dict[Any, dict[str, Any]]:
         return {r["id"]: r for r in conn.execute(f"SELECT * FROM {schema}.job_history")}
 
 
+def legacy(dsn: str, schema: str) -> Any:
+    return scalar(dsn, "SELECT to_regclass(%s)", f"{schema}.job_history_legacy")
+
+
+def views(dsn: str, schema: str) -> list[Any]:
+    """The definitions of the history's views, with the schema's name taken out."""
+    with psycopg.connect(dsn) as conn:
+        found = conn.execute(
+            "SELECT c.relname, pg_get_viewdef(c.oid) FROM pg_class c "
+            "WHERE c.relnamespace = %s::regnamespace AND c.relkind = 'v' ORDER BY 1",
+            (schema,),
+        ).fetchall()
+    return [(name, text.replace(schema + ".", "")) for name, text in found]
+
+
 def test_history_under_the_old_layout_migrates_with_nothing_lost(
     old_layout: str, conveyor_dsn: str
 ) -> None:
@@ -209,26 +224,42 @@ def test_history_under_the_old_layout_migrates_with_nothing_lost(
         assert app.migrate() == [
             "0006_quiet_acks", "0007_queue_pause", "0008_wake_on_schedule", "0009_job_meta",
             "0010_dependants_index", "0011_counters", "0012_history", "0013_retention_zero",
+            "0014_history_move",
         ]  # fmt: skip
-        # 0009 added meta (empty on rows already finished); every other column is as it was.
-        after = history(conveyor_dsn, schema)
-        assert {r.pop("meta") for r in after.values()} == {None}
-        assert after == before
-        for job_id, row in before.items():
-            job = app.get_job(job_id)
-            assert (job.state, job.data, job.result, job.errors, job.finished_at) == (
-                row["state"], row["data"], row["result"], row["errors"], row["finished_at"]
-            )  # fmt: skip
-        assert sorted(j.id for j in app.list_dead(limit=1000)) == sorted(
-            i for i, r in before.items() if r["state"] == "failed"
-        )
-        assert sorted(
-            j.id for j in app.list_jobs(queue="old", limit=1000, since=timedelta(days=3))
-        ) == sorted(before)
+        # Nothing was copied: the old table is read through the views until it is moved.
+        assert legacy(conveyor_dsn, schema) is not None
+        assert scalar(conveyor_dsn, f"SELECT count(*) FROM {schema}.job_archive") == 0
+
+        def readable() -> None:
+            # 0009 added meta (empty on rows already finished); every other column is as it was.
+            after = history(conveyor_dsn, schema)
+            assert {r.pop("meta") for r in after.values()} == {None}
+            assert after == before
+            for job_id, row in before.items():
+                job = app.get_job(job_id)
+                assert (job.state, job.data, job.result, job.errors, job.finished_at) == (
+                    row["state"], row["data"], row["result"], row["errors"], row["finished_at"]
+                )  # fmt: skip
+            assert sorted(j.id for j in app.list_dead(limit=1000)) == sorted(
+                i for i, r in before.items() if r["state"] == "failed"
+            )
+            assert sorted(
+                j.id for j in app.list_jobs(queue="old", limit=1000, since=timedelta(days=3))
+            ) == sorted(before)
+
+        readable()
+        # The maintenance leader moves the rows in batches, each readable once in between.
+        store = app._stores.store()
+        moved = []
+        while legacy(conveyor_dsn, schema) is not None:
+            moved.append(store.history_legacy_move(None, 300))
+            readable()
+        assert moved == [300, 300, 100, 0]
     assert scalar(conveyor_dsn, f"SELECT count(*) FROM {schema}.job_archive") == 650
     assert scalar(conveyor_dsn, f"SELECT count(*) FROM {schema}.job_dead") == 50
-    # The copy fired no completion hook a second time.
+    # The moves fired no completion hook a second time, and kept the hooks with their jobs.
     assert scalar(conveyor_dsn, f"SELECT count(*) FROM {schema}.job") == 0
+    assert scalar(conveyor_dsn, f"SELECT count(*) FROM {schema}.job_hook") == 5
     # Each row sits in a partition that ends after its finish time plus retention (a row
     # already due in the first one), so none leaves before its time.
     early = scalar(
@@ -238,6 +269,75 @@ def test_history_under_the_old_layout_migrates_with_nothing_lost(
         "WHERE p.hi < least(a.finished_at + make_interval(secs => a.retention), now())",
     )
     assert early == 0
+    # Once moved, the schema is the one a new schema gets: same views, nothing left over.
+    fresh = schema + "_fresh"
+    try:
+        with Conveyor(conveyor_dsn, schema=fresh) as app:
+            app.migrate()
+        assert legacy(conveyor_dsn, fresh) is None
+        assert views(conveyor_dsn, schema) == views(conveyor_dsn, fresh)
+    finally:
+        with psycopg.connect(conveyor_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {fresh} CASCADE")
+    with Conveyor(conveyor_dsn, schema=schema) as app:
+        drift = [(f.severity, f.message) for f in app.diagnose() if f.check == "schema"]
+        assert [severity for severity, _ in drift] == ["ok"], drift
+
+
+def test_the_migration_holds_no_lock_for_the_history_s_size(
+    old_layout: str, conveyor_dsn: str
+) -> None:
+    """An ack of the previous release runs while 0012 is under way: it waits for the rename, a
+    moment, never for a copy. Here it writes through job_history (as those acks did before
+    ack_jobs was replaced) while the old table is still being moved."""
+    schema = old_layout
+    fill_old_history(conveyor_dsn, schema)
+    with Conveyor(conveyor_dsn, schema=schema) as app:
+        app.migrate()
+        job_id = app.send("old", {"late": True}, start_after=60)
+    with psycopg.connect(conveyor_dsn, autocommit=True) as conn:
+        conn.execute(
+            f"WITH moved AS (DELETE FROM {schema}.job WHERE id = %s RETURNING *) "
+            f"INSERT INTO {schema}.job_history SELECT id, queue, 'cancelled', data, priority, "
+            "run_at, attempt, retry_limit, retry_delay, retry_backoff, retry_delay_max, "
+            "expire_in, retention, singleton_key, singleton_seconds, unique_key, dead_letter, "
+            "group_key, depends_on, worker_id, created_at, started_at, now(), result, errors, "
+            "progress FROM moved",
+            (job_id,),
+        )
+        # A legacy row deleted through the view, as the previous release retries a dead letter.
+        old = conn.execute(
+            f"SELECT id FROM {schema}.job_history_legacy WHERE state = 'failed' LIMIT 1"
+        ).fetchone()
+        assert old is not None
+        gone = conn.execute(
+            f"DELETE FROM {schema}.job_history WHERE id = %s RETURNING id", (old[0],)
+        ).fetchall()
+        assert gone == [(old[0],)]
+    assert kept(conveyor_dsn, schema, job_id) == 1
+    assert kept(conveyor_dsn, schema, old[0]) == 0
+    assert len(history(conveyor_dsn, schema)) == 700
+
+
+def test_a_schema_that_applied_the_first_0012_is_current(
+    conveyor_dsn: str, scratch_schema: str
+) -> None:
+    """0012 as first released copied the history; a schema it migrated is what the rewritten
+    file leaves, so its checksum is accepted. Any other change to a released file is not."""
+    with Conveyor(conveyor_dsn, schema=scratch_schema) as app:
+        app.migrate()
+        first = next(iter(migrations_module.REWRITTEN[12]))
+        with psycopg.connect(conveyor_dsn, autocommit=True) as conn:
+            conn.execute(
+                f"UPDATE {scratch_schema}.migration SET checksum = %s WHERE version = 12", (first,)
+            )
+        assert app.migrate() == []
+        with psycopg.connect(conveyor_dsn, autocommit=True) as conn:
+            conn.execute(
+                f"UPDATE {scratch_schema}.migration SET checksum = 'edited' WHERE version = 12"
+            )
+        with pytest.raises(MigrationChecksumMismatch):
+            app.migrate()
 
 
 def test_the_previous_releases_sql_still_writes_the_history(

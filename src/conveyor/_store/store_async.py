@@ -57,6 +57,8 @@ POOL_WAIT_SLICE = 1.0
 POOL_RECONNECT_TIMEOUT = 3.0
 # Seconds partition DDL waits for a lock before it gives up until the next pass.
 ARCHIVE_LOCK_TIMEOUT = 2.0
+# Rows of the history before 0012 moved per statement: about a tenth of a second each.
+LEGACY_BATCH = 2500
 # What every read of the counters passes: the wait buckets, and how many history rows finished
 # since the rollup's watermark it may read.
 _COUNTED = {"bounds": list(STATS_WAIT_BOUNDS_MS), "tail": STATS_TAIL_LIMIT}
@@ -633,8 +635,9 @@ class AsyncStore:
         parent analyzed if ``analyze``. Then what outlived its use is deleted, ``chunk`` rows
         per statement, until nothing is left (or ``stop`` is set); each statement is followed
         by ``pace`` (given how long it took and how many live jobs there are), which lets the
-        hot path have the database. Partitions created and dropped, rows deleted per kind
-        (dead_letters, throttle, schedule_ticks)."""
+        hot path have the database. Partitions created and dropped, rows moved out of the
+        history before 0012 (legacy_moved), rows deleted per kind (dead_letters, throttle,
+        schedule_ticks)."""
         counts = {
             "partitions_created": await self.archive_extend(default_retention, now),
             "partitions_dropped": await self.archive_drop(now, stop),
@@ -646,24 +649,34 @@ class AsyncStore:
             backlog = sum(
                 r["live"] for r in await self.maintain_dead_tuples() if r["table"] == "job"
             )
-        for kind in ("dead_letters", "throttle", "schedule_ticks"):
+        for kind in ("legacy_moved", "dead_letters", "throttle", "schedule_ticks"):
             total = 0
+            limit = LEGACY_BATCH if kind == "legacy_moved" else chunk
             while stop is None or not stop.is_set():
                 started = time.monotonic()
-                if kind == "dead_letters":
+                if kind == "legacy_moved":
+                    deleted = await self.history_legacy_move(now, limit)
+                elif kind == "dead_letters":
                     deleted = await self.maintain_dead(dead_retention, now, chunk)
                 elif kind == "throttle":
                     deleted = await self.maintain_throttle(now, chunk)
                 else:
                     deleted = await self.maintain_ticks(tick_keep, now, chunk)
                 total += deleted
-                if deleted < chunk:
+                if deleted < limit:
                     break
                 if pace is not None:
                     await pace(time.monotonic() - started, backlog)
             counts[kind] = total
         await self.archive_note(now, passed=True)
         return counts
+
+    async def history_legacy_move(self, now: datetime | None, limit: int) -> int:
+        """Move up to ``limit`` rows of the history table before 0012 to the new tables (the
+        table is dropped by the call that finds it empty); how many."""
+        params = {"limit": limit, "now": now}
+        found = await self._rows("history_legacy_move", params, None)
+        return int(found[0]["history_legacy_move"])
 
     async def maintain_dead(self, dead_retention: float, now: datetime | None, limit: int) -> int:
         """Delete up to ``limit`` dead letters older than ``dead_retention`` seconds."""

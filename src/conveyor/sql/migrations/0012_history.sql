@@ -26,12 +26,21 @@
 -- keep their signatures, and their INSERT and DELETE on job_history are routed by triggers. Only
 -- their maintenance's row-by-row cleanup of the history stops working (FOR UPDATE on a view):
 -- it reports an error each pass and deletes nothing, until the new release holds the lease.
--- The existing history is copied in this transaction (acks wait for it: see the deploy guide).
+--
+-- The existing history is not copied here: the old table is renamed job_history_legacy and the
+-- views read it as a third source, so the migration holds its locks for moments whatever the
+-- history's size. The maintenance leader then moves its rows into job_archive and job_dead in
+-- short batches and drops it once empty (history_legacy_move, 0014). An empty old table (a new
+-- schema) is dropped at once, so a schema without legacy rows is the same whatever its age.
+--
+-- This file was rewritten after a release shipped it with a copy of the whole history inside
+-- its transaction (acks of running workers waited for it: 105 s for a million rows). A schema
+-- that applied that version holds no legacy table, which is what this version leaves once the
+-- moves are done; its checksum is accepted as applied (migrations.py, REWRITTEN).
 
--- Acknowledgements of running workers write the old history table until this commits: they
--- wait here, so none writes a row after the copy below has read the table (it would be lost with
--- the table). Readers go on.
-LOCK TABLE {schema}.job_history IN EXCLUSIVE MODE;
+-- Renaming takes an ACCESS EXCLUSIVE lock on the old table until this commits (a moment: no
+-- statement below reads or writes its rows, but for one probe).
+ALTER TABLE {schema}.job_history RENAME TO job_history_legacy;
 
 CREATE TABLE {schema}.job_archive (
     LIKE {schema}.job INCLUDING DEFAULTS,
@@ -197,37 +206,9 @@ SELECT {schema}.archive_extend(greatest(
     604800,
     (SELECT max(retention) FROM {schema}.queue),
     (SELECT max(retention) FROM {schema}.job),
-    (SELECT max(retention) FROM {schema}.job_history WHERE state <> 'failed')), NULL);
-
--- The history so far, with nothing lost: dead letters to their table, the rest routed to the
--- partition of its finish time plus retention (a row already due goes to the first one). The
--- triggers that release dependants and fire hooks are created after the copy: those rows did
--- that when they were first written.
-INSERT INTO {schema}.job_dead (
-    id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
-    retry_backoff, retry_delay_max, expire_in, retention, singleton_key,
-    singleton_seconds, unique_key, dead_letter, group_key, depends_on, worker_id,
-    created_at, started_at, finished_at, result, errors, progress, queued_key, meta)
-SELECT id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
-       retry_backoff, retry_delay_max, expire_in, retention, singleton_key,
-       singleton_seconds, unique_key, dead_letter, group_key, depends_on, worker_id,
-       created_at, started_at, finished_at, result, errors, progress, queued_key, meta
-FROM {schema}.job_history WHERE state = 'failed';
-INSERT INTO {schema}.job_archive (
-    id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
-    retry_backoff, retry_delay_max, expire_in, retention, singleton_key,
-    singleton_seconds, unique_key, dead_letter, group_key, depends_on, worker_id,
-    created_at, started_at, finished_at, result, errors, progress, queued_key, meta, drop_at)
-SELECT id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
-       retry_backoff, retry_delay_max, expire_in, retention, singleton_key,
-       singleton_seconds, unique_key, dead_letter, group_key, depends_on, worker_id,
-       created_at, started_at, finished_at, result, errors, progress, queued_key, meta,
-       {schema}.archive_drop_at(finished_at + make_interval(secs => retention), now())
-FROM {schema}.job_history
-WHERE state <> 'failed';
+    (SELECT max(retention) FROM {schema}.job_history_legacy)), NULL);
 
 DROP VIEW {schema}.dead_letter;
-DROP TABLE {schema}.job_history;
 
 CREATE VIEW {schema}.job_history AS
     SELECT id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
@@ -512,3 +493,54 @@ BEGIN
     RETURN QUERY SELECT * FROM unnest(v_id, v_queue, v_state);
 END
 $fn$;
+
+-- The old history: dropped now if empty, else read by both views (and deleted from through
+-- job_history, as older releases do) until history_legacy_move has moved every row.
+DO $do$
+BEGIN
+    IF NOT EXISTS (SELECT FROM {schema}.job_history_legacy) THEN
+        DROP TABLE {schema}.job_history_legacy;
+        RETURN;
+    END IF;
+    CREATE OR REPLACE VIEW {schema}.job_history AS
+        SELECT id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
+               retry_backoff, retry_delay_max, expire_in, retention, singleton_key,
+               singleton_seconds, unique_key, dead_letter, group_key, depends_on, worker_id,
+               created_at, started_at, finished_at, result, errors, progress, queued_key, meta
+        FROM {schema}.job_archive
+        UNION ALL
+        SELECT id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
+               retry_backoff, retry_delay_max, expire_in, retention, singleton_key,
+               singleton_seconds, unique_key, dead_letter, group_key, depends_on, worker_id,
+               created_at, started_at, finished_at, result, errors, progress, queued_key, meta
+        FROM {schema}.job_dead
+        UNION ALL
+        SELECT id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
+               retry_backoff, retry_delay_max, expire_in, retention, singleton_key,
+               singleton_seconds, unique_key, dead_letter, group_key, depends_on, worker_id,
+               created_at, started_at, finished_at, result, errors, progress, queued_key, meta
+        FROM {schema}.job_history_legacy;
+    CREATE OR REPLACE VIEW {schema}.dead_letter AS
+        SELECT id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
+               retry_backoff, retry_delay_max, expire_in, retention, singleton_key,
+               singleton_seconds, unique_key, dead_letter, group_key, depends_on, worker_id,
+               created_at, started_at, finished_at, result, errors, progress, queued_key, meta
+        FROM {schema}.job_dead
+        UNION ALL
+        SELECT id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
+               retry_backoff, retry_delay_max, expire_in, retention, singleton_key,
+               singleton_seconds, unique_key, dead_letter, group_key, depends_on, worker_id,
+               created_at, started_at, finished_at, result, errors, progress, queued_key, meta
+        FROM {schema}.job_history_legacy WHERE state = 'failed';
+    CREATE FUNCTION {schema}.job_history_legacy_delete() RETURNS trigger
+    LANGUAGE plpgsql AS $fn$
+    BEGIN
+        DELETE FROM {schema}.job_history_legacy l WHERE l.id = OLD.id;
+        RETURN OLD;
+    END
+    $fn$;
+    -- After job_history_write (triggers fire in name order), which returns the row.
+    CREATE TRIGGER job_history_write_legacy INSTEAD OF DELETE ON {schema}.job_history
+        FOR EACH ROW EXECUTE FUNCTION {schema}.job_history_legacy_delete();
+END
+$do$;

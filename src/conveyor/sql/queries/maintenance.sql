@@ -98,6 +98,10 @@ ON CONFLICT (one) DO UPDATE SET
     failure = CASE WHEN %(passed)s::boolean THEN NULL
                    ELSE coalesce(EXCLUDED.failure, s.failure) END;
 
+-- Rows of the history table before 0012, moved to job_archive and job_dead (see 0014).
+-- name: history_legacy_move :scalar
+SELECT {schema}.history_legacy_move(%(limit)s::integer, %(now)s::timestamptz);
+
 -- Dead letters older than the dead-letter retention, oldest first.
 -- name: maintain_dead :scalar
 WITH picked AS (

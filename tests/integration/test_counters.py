@@ -93,6 +93,42 @@ def test_stats_are_exact_before_and_after_the_rollup_and_never_count_twice(
     assert total == (3, 1, 1, 1)  # the rolled-up totals, which the reads then add nothing to
 
 
+def test_jobs_that_keep_no_history_are_counted_too(app: Conveyor, conveyor_dsn: str) -> None:
+    """A retention-0 job leaves no row: its ack writes one row for its whole batch, which the
+    reads count before the rollup and the rollup counts (and deletes) once."""
+    app.create_queue("fleeting", retention=0)
+    app.job("fleeting", lambda job: None)
+    app.job("kept", lambda job: None)
+    app.send_batch([("fleeting", {"i": i}) for i in range(20)])
+    app.send("kept", {})
+    assert app.drain() == 21
+
+    def unkept() -> tuple[int, int]:
+        with psycopg.connect(conveyor_dsn) as conn:
+            row = conn.execute(
+                f"SELECT count(*), coalesce(sum(cardinality(queue)), 0) "
+                f"FROM {app.schema}.stats_unkept"
+            ).fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1])
+
+    batches, jobs = unkept()
+    assert jobs == 20 and batches < 20  # a row per ack batch, not per job
+
+    def exact() -> None:
+        assert app.queue_stats("fleeting").counts[JobState.COMPLETED] == 20
+        assert app.queue_stats("kept").counts[JobState.COMPLETED] == 1
+        [minute] = app.queue_series("fleeting", minutes=1)
+        assert minute.completed == 20
+
+    exact()
+    rollup = StatsRollup(lag=0, hold=0)
+    assert roll(app, rollup, 21) == 21
+    assert roll(app, rollup) == 0
+    exact()
+    assert unkept() == (0, 0)
+
+
 def test_an_open_transaction_holds_the_watermark_back(app: Conveyor, conveyor_dsn: str) -> None:
     """An ack stamps finished_at with its transaction's start and may commit later: the rollup
     counts nothing at or after the start of a transaction still open (for up to ``hold``

@@ -1,0 +1,301 @@
+-- conveyor: non-breaking
+-- The counters count the jobs that keep no history (retention 0, see 0012): their ack deletes
+-- the row, which the rollup (0011) would have counted. The ack writes one row for its batch
+-- into stats_unkept (the finish time and, per job, what the counters read of a history row);
+-- finished_counts reads those rows like history rows, and the rollup deletes what it counted.
+-- One insert per ack batch that completes such jobs, none for the others; an insert, not an
+-- update of a shared counter, so concurrent acks never wait on each other. Only a new table and
+-- functions replaced with their signatures: workers of the previous release keep running
+-- (their acks of retention-0 jobs stay uncounted until they are replaced).
+
+CREATE TABLE {schema}.stats_unkept (
+    finished_at timestamptz NOT NULL,
+    queue       text[] NOT NULL,
+    run_at      timestamptz[] NOT NULL,
+    started_at  timestamptz[] NOT NULL,
+    attempt     integer[] NOT NULL
+);
+CREATE INDEX stats_unkept_finished_idx ON {schema}.stats_unkept (finished_at);
+
+-- As in 0011, with the rows of stats_unkept.
+CREATE OR REPLACE FUNCTION {schema}.finished_counts(
+    p_after timestamptz, p_upto timestamptz, p_limit bigint, p_bounds double precision[]
+) RETURNS TABLE (
+    queue text, minute timestamptz, bucket integer,
+    completed bigint, failed bigint, cancelled bigint, retried bigint
+)
+LANGUAGE sql STABLE AS $fn$
+    -- date_bin and date_part work in timestamps and doubles: extract() computes in numeric,
+    -- which tripled the cost of a row.
+    SELECT h.queue,
+           date_bin('1 minute', h.finished_at, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
+           coalesce(width_bucket(
+               greatest(date_part('epoch', h.started_at - h.run_at) * 1000, 0), p_bounds), -1),
+           count(*) FILTER (WHERE h.state = 'completed'),
+           count(*) FILTER (WHERE h.state = 'failed'),
+           count(*) FILTER (WHERE h.state = 'cancelled'),
+           sum(greatest(h.attempt - 1, 0))::bigint
+    FROM (
+        SELECT x.queue, x.state, x.attempt, x.run_at, x.started_at, x.finished_at
+        FROM {schema}.job_history x
+        WHERE x.finished_at > p_after AND (p_upto IS NULL OR x.finished_at <= p_upto)
+        UNION ALL
+        SELECT u.queue, 'completed', u.attempt, u.run_at, u.started_at, s.finished_at
+        FROM {schema}.stats_unkept s
+        CROSS JOIN LATERAL unnest(s.queue, s.run_at, s.started_at, s.attempt)
+             AS u(queue, run_at, started_at, attempt)
+        WHERE s.finished_at > p_after AND (p_upto IS NULL OR s.finished_at <= p_upto)
+        ORDER BY 6
+        LIMIT p_limit
+    ) h
+    GROUP BY 1, 2, 3
+$fn$;
+
+-- As in 0011, and what was counted of stats_unkept is deleted.
+CREATE OR REPLACE FUNCTION {schema}.stats_rollup(
+    p_now timestamptz, p_lag double precision, p_hold double precision, p_chunk bigint,
+    p_bounds double precision[]
+) RETURNS TABLE (counted bigint, rolled_to timestamptz)
+LANGUAGE plpgsql SET jit = off AS $fn$
+#variable_conflict use_column
+DECLARE
+    t_now timestamptz := coalesce(p_now, now());
+    v_after timestamptz;
+    v_upto timestamptz;
+    v_counted bigint;
+BEGIN
+    INSERT INTO {schema}.stats_rollup AS r (id, rolled_to) VALUES (true, '-infinity')
+    ON CONFLICT (id) DO UPDATE SET rolled_to = r.rolled_to
+    RETURNING r.rolled_to INTO v_after;
+
+    SELECT least(
+        t_now - make_interval(secs => p_lag),
+        -- A transaction open for long (any client's, in this database) holds the counters
+        -- back for at most p_hold seconds: rows it finishes after that go uncounted.
+        greatest(
+            t_now - make_interval(secs => p_hold),
+            (SELECT min(a.xact_start) - interval '1 microsecond' FROM pg_stat_activity a
+             WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
+               AND a.backend_type = 'client backend')),
+        (SELECT x.finished_at FROM {schema}.job_history x WHERE x.finished_at > v_after
+         ORDER BY x.finished_at OFFSET p_chunk - 1 LIMIT 1))
+    INTO v_upto;
+    IF v_upto <= v_after THEN
+        RETURN QUERY SELECT 0::bigint, v_after;
+        RETURN;
+    END IF;
+
+    -- One statement, so the counted rows are read once and written to both tables.
+    WITH counted AS MATERIALIZED (
+        SELECT * FROM {schema}.finished_counts(v_after, v_upto, NULL, p_bounds)
+    ), minutes AS (
+        INSERT INTO {schema}.stats_minute AS s
+        SELECT * FROM counted
+        ON CONFLICT (queue, minute, bucket) DO UPDATE SET
+            completed = s.completed + EXCLUDED.completed,
+            failed = s.failed + EXCLUDED.failed,
+            cancelled = s.cancelled + EXCLUDED.cancelled,
+            retried = s.retried + EXCLUDED.retried
+    ), totals AS (
+        INSERT INTO {schema}.stats_total AS s (queue, completed, failed, cancelled, retried)
+        SELECT c.queue, sum(c.completed), sum(c.failed), sum(c.cancelled), sum(c.retried)
+        FROM counted c
+        GROUP BY c.queue
+        ON CONFLICT (queue) DO UPDATE SET
+            completed = s.completed + EXCLUDED.completed,
+            failed = s.failed + EXCLUDED.failed,
+            cancelled = s.cancelled + EXCLUDED.cancelled,
+            retried = s.retried + EXCLUDED.retried
+    )
+    SELECT coalesce(sum(c.completed + c.failed + c.cancelled), 0) INTO v_counted FROM counted c;
+
+    UPDATE {schema}.stats_rollup SET rolled_to = v_upto;
+    DELETE FROM {schema}.stats_unkept u WHERE u.finished_at <= v_upto;
+    RETURN QUERY SELECT v_counted, v_upto;
+END
+$fn$;
+
+-- As in 0012, and a batch's jobs that leave no row are written to stats_unkept.
+CREATE OR REPLACE FUNCTION {schema}.ack_jobs(
+    p_id uuid[], p_worker uuid[], p_attempt integer[], p_outcome text[], p_result jsonb[],
+    p_error jsonb[], p_delay double precision[], p_now timestamptz
+) RETURNS TABLE (id uuid, queue text, state text)
+LANGUAGE plpgsql SET jit = off SET plan_cache_mode = force_generic_plan AS $fn$
+#variable_conflict use_column
+DECLARE
+    t_now timestamptz := coalesce(p_now, now());
+    t_floor timestamptz := coalesce(p_now, clock_timestamp());
+    v_id uuid[];
+    v_queue text[];
+    v_state text[];
+    v_due text[];
+    v_done uuid[];
+    v_zero {schema}.job_archive[];
+    v_told integer;
+    v_waiting boolean;
+    dl_queue text[];
+    dl_data jsonb[];
+BEGIN
+    WITH a AS (
+        SELECT *
+        FROM unnest(p_id, p_worker, p_attempt, p_outcome, p_result, p_error, p_delay)
+             AS a(id, worker, attempt, outcome, result, error, delay)
+    ),
+    finished AS (
+        DELETE FROM {schema}.job j
+        USING a
+        WHERE j.id = a.id AND j.worker_id = a.worker AND j.attempt = a.attempt
+          AND a.outcome IN ('completed', 'failed')
+        RETURNING j.*, a.outcome, a.result AS new_result, a.error AS new_error
+    ),
+    closed AS MATERIALIZED (
+        SELECT f.id, f.queue, f.outcome AS state, f.data, f.priority, f.run_at, f.attempt,
+               f.retry_limit, f.retry_delay, f.retry_backoff, f.retry_delay_max, f.expire_in,
+               f.retention, f.singleton_key, f.singleton_seconds, f.unique_key, f.dead_letter,
+               f.group_key, f.depends_on, f.worker_id, f.created_at, f.started_at,
+               t_now AS finished_at, f.new_result AS result,
+               CASE WHEN f.new_error IS NULL THEN f.errors ELSE f.errors || f.new_error END
+                   AS errors,
+               f.progress
+        FROM finished f
+    ),
+    -- Routed once per distinct retention: a batch shares its finish time.
+    routes AS (
+        SELECT r.retention,
+               {schema}.archive_drop_at(t_now + make_interval(secs => r.retention), t_floor)
+                   AS drop_at
+        FROM (SELECT DISTINCT c.retention FROM closed c
+              WHERE c.state = 'completed' AND c.retention > 0) r
+    ),
+    archived AS (
+        INSERT INTO {schema}.job_archive (
+            id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
+            retry_backoff, retry_delay_max, expire_in, retention, singleton_key,
+            singleton_seconds, unique_key, dead_letter, group_key, depends_on, worker_id,
+            created_at, started_at, finished_at, result, errors, progress, drop_at)
+        SELECT c.*, r.drop_at
+        FROM closed c JOIN routes r ON r.retention = c.retention
+        WHERE c.state = 'completed'
+        RETURNING {schema}.job_archive.id, {schema}.job_archive.queue,
+                  {schema}.job_archive.state
+    ),
+    dead AS (
+        INSERT INTO {schema}.job_dead (
+            id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
+            retry_backoff, retry_delay_max, expire_in, retention, singleton_key,
+            singleton_seconds, unique_key, dead_letter, group_key, depends_on, worker_id,
+            created_at, started_at, finished_at, result, errors, progress)
+        SELECT c.* FROM closed c WHERE c.state = 'failed'
+        RETURNING {schema}.job_dead.id, {schema}.job_dead.queue, {schema}.job_dead.state,
+                  {schema}.job_dead.dead_letter, {schema}.job_dead.data
+    ),
+    requeued AS (
+        UPDATE {schema}.job j
+        -- A job of a short or stately queue comes back as 'retry', so it never collides with
+        -- the one job allowed to wait in 'created'.
+        SET state = CASE WHEN a.outcome = 'retry' OR j.queued_key IS NOT NULL THEN 'retry'
+                         ELSE 'created' END,
+            attempt = CASE WHEN a.outcome = 'retry' THEN j.attempt ELSE j.attempt - 1 END,
+            run_at = t_now + make_interval(secs => coalesce(a.delay, 0)),
+            worker_id = NULL,
+            errors = CASE WHEN a.error IS NULL THEN j.errors ELSE j.errors || a.error END
+        FROM a
+        WHERE j.id = a.id AND j.worker_id = a.worker AND j.attempt = a.attempt
+          AND a.outcome IN ('retry', 'snooze', 'release')
+        RETURNING j.id, j.queue, j.state, coalesce(a.delay, 0) <= 0 AS due
+    ),
+    changed AS (
+        SELECT x.id, x.queue, x.state, NULL::text AS dead_letter, NULL::jsonb AS data,
+               false AS due, true AS done
+        FROM archived x
+        UNION ALL
+        SELECT d.id, d.queue, d.state, d.dead_letter, d.data, false, true FROM dead d
+        UNION ALL
+        SELECT z.id, z.queue, z.state, NULL, NULL, false, false
+        FROM closed z WHERE z.state = 'completed' AND z.retention <= 0
+        UNION ALL
+        SELECT y.id, y.queue, y.state, NULL, NULL, y.due, false FROM requeued y
+    )
+    SELECT array_agg(c.id), array_agg(c.queue), array_agg(c.state),
+           array_agg(DISTINCT c.queue) FILTER (WHERE c.due),
+           array_agg(c.id) FILTER (WHERE c.done),
+           array_agg(c.dead_letter) FILTER (WHERE c.state = 'failed' AND c.dead_letter IS NOT NULL),
+           array_agg(c.data) FILTER (WHERE c.state = 'failed' AND c.dead_letter IS NOT NULL),
+           (SELECT array_agg(ROW(z.*, NULL, NULL, NULL)::{schema}.job_archive) FROM closed z
+            WHERE z.state = 'completed' AND z.retention <= 0)
+    INTO v_id, v_queue, v_state, v_due, v_done, dl_queue, dl_data, v_zero
+    FROM changed c;
+
+    IF v_id IS NULL THEN
+        RETURN;
+    END IF;
+    -- Outcomes and finished ids reach wait_for only while one is registered (see 0006).
+    v_waiting := EXISTS (SELECT FROM {schema}.waiter);
+    IF v_zero IS NOT NULL THEN
+        WITH kept AS (
+            INSERT INTO {schema}.job_archive (
+                id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
+                retry_backoff, retry_delay_max, expire_in, retention, singleton_key,
+                singleton_seconds, unique_key, dead_letter, group_key, depends_on, worker_id,
+                created_at, started_at, finished_at, result, errors, progress, queued_key, meta, drop_at)
+            SELECT z.id, z.queue, z.state, z.data, z.priority, z.run_at, z.attempt,
+                   z.retry_limit, z.retry_delay, z.retry_backoff, z.retry_delay_max,
+                   z.expire_in, z.retention, z.singleton_key, z.singleton_seconds, z.unique_key,
+                   z.dead_letter, z.group_key, z.depends_on, z.worker_id, z.created_at,
+                   z.started_at, z.finished_at, z.result, z.errors, z.progress, NULL, NULL,
+                   {schema}.archive_drop_at(t_now, t_floor)
+            FROM unnest(v_zero) AS z
+            WHERE octet_length((to_jsonb(z) - 'data' - 'queued_key' - 'meta' - 'drop_at')::text) > 3800
+               OR EXISTS (SELECT FROM {schema}.job_hook k WHERE k.job_id = z.id)
+               OR EXISTS (SELECT FROM {schema}.job_dependency d WHERE d.depends_on = z.id)
+            RETURNING {schema}.job_archive.id
+        ), unkept AS (
+            -- What the counters need of the jobs that leave no row: one row for the batch.
+            INSERT INTO {schema}.stats_unkept (finished_at, queue, run_at, started_at, attempt)
+            SELECT t_now, array_agg(z.queue), array_agg(z.run_at), array_agg(z.started_at),
+                   array_agg(z.attempt)
+            FROM unnest(v_zero) AS z
+            WHERE z.id NOT IN (SELECT k.id FROM kept k)
+            HAVING count(*) > 0
+        ), told AS (
+            SELECT o.body, sum(octet_length(o.body) + 1) OVER (ORDER BY o.n) AS upto
+            FROM (SELECT (to_jsonb(z) - 'data' - 'queued_key' - 'meta' - 'drop_at')::text AS body,
+                         row_number() OVER () AS n
+                  FROM unnest(v_zero) AS z
+                  WHERE z.id NOT IN (SELECT k.id FROM kept k)) o
+        )
+        -- Each outcome is at most 3800 bytes, so a group of those ending in one 3800-byte
+        -- stretch stays under the 8000-byte limit.
+        SELECT array_cat(v_done, (SELECT array_agg(k.id) FROM kept k)),
+               (SELECT count(pg_notify('conveyor:' || {schema_literal} || ':done',
+                                       '[' || g.bodies || ']'))
+                FROM (SELECT string_agg(t.body, ',') AS bodies
+                      FROM told t WHERE v_waiting GROUP BY (t.upto - 1) / 3800) g)::integer
+        INTO v_done, v_told;
+    END IF;
+    IF dl_queue IS NOT NULL THEN
+        PERFORM {schema}.insert_jobs(
+            ARRAY(SELECT gen_random_uuid() FROM generate_series(1, cardinality(dl_queue))),
+            dl_queue, dl_data, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+            NULL, NULL, NULL, NULL, NULL, '{}', p_now);
+    END IF;
+    -- Wake workers for jobs queued again now, and producers waiting for outcomes (wait_for):
+    -- finished ids go out 200 to a notification, well under NOTIFY's 8000-byte payload limit.
+    PERFORM pg_notify('conveyor:' || {schema_literal}, q) FROM unnest(v_due) AS q;
+    -- A finished job frees a slot of a limited queue: wake the workers waiting on it.
+    PERFORM pg_notify('conveyor:' || {schema_literal}, x.name)
+    FROM {schema}.queue x
+    WHERE x.name IN (SELECT DISTINCT u FROM unnest(v_queue) AS u)
+      AND (x.concurrency IS NOT NULL OR x.policy IN ('singleton', 'stately'));
+    -- Only while some wait_for is registered: a notifying commit holds a cluster-wide lock
+    -- through its WAL flush, so notifying every batch would serialise the acks of all workers.
+    IF v_waiting THEN
+        PERFORM pg_notify('conveyor:' || {schema_literal} || ':done',
+                          string_agg(d.id::text, ','))
+        FROM (SELECT u.id, (row_number() OVER () - 1) / 200 AS chunk
+              FROM unnest(v_done) AS u(id)) d
+        GROUP BY d.chunk;
+    END IF;
+    RETURN QUERY SELECT * FROM unnest(v_id, v_queue, v_state);
+END
+$fn$;

@@ -268,6 +268,8 @@ TARGETS = (
            (Check("baseline", 2.6),), "claim_complete"),
     Target("1. drain, 2 processes x 10, async no-op", "drain_async_2.rate", "jobs/s",
            (Check("other", 1.1, "drain_async_1.rate", "1 process"),), "claim_complete"),
+    Target("   drain, 1 process x 10, async no-op, retention 0 (issue 15)", "drain_zero_1.rate",
+           "jobs/s", (Check("other", 1.3, "drain_async_1.rate", "history kept"),)),
     Target("2. drain, 1 process x 10, sync (def) no-op", "drain_sync_1.rate", "jobs/s",
            (Check("other", 0.6, "drain_async_1.rate", "async"),), "claim_complete"),
     Target("3. send, 1 job per call and transaction", "send_one.rate", "jobs/s",
@@ -305,6 +307,7 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
     return [
         Scenario("drain_async_1", "drain", ("--jobs", n)),
         Scenario("drain_async_2", "drain", ("--jobs", n, "--processes", "2")),
+        Scenario("drain_zero_1", "drain", ("--jobs", n, "--retention", "0")),
         Scenario("drain_sync_1", "drain", ("--jobs", n, "--kind", "sync")),
         Scenario("send_one", "send_one", ("--jobs", str(args.sends))),
         Scenario("send_batch_100", "send_batch", ("--jobs", n, "--size", "100")),

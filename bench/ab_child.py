@@ -66,6 +66,8 @@ def drain(args: argparse.Namespace) -> dict[str, Any]:
     from the moment all are told to go until the last one's drain returned (acks flushed)."""
     n = args.jobs
     with reset(args.dsn, args.schema) as app:
+        if args.retention is not None:
+            app.create_queue(QUEUE, retention=args.retention)
         for start in range(0, n, 10_000):
             app.send_batch([(QUEUE, {"i": i}) for i in range(start, min(n, start + 10_000))])
     procs = [
@@ -86,9 +88,13 @@ def drain(args: argparse.Namespace) -> dict[str, Any]:
         stats = app.queue_stats(QUEUE)
     calls = sum(r["calls"] for r in results)
     completed = stats.counts.get(JobState.COMPLETED, 0)
-    if calls != n or stats.queued or stats.counts.get(JobState.ACTIVE, 0) or completed != n:
+    # A tree before 0015 does not count jobs that keep no history: reported, not refused.
+    uncounted = args.retention == 0 and completed == 0
+    if calls != n or stats.queued or stats.counts.get(JobState.ACTIVE, 0) or (
+        completed != n and not uncounted
+    ):
         sys.exit(f"ab_child: drain ran {calls} handler calls, {completed} completed of {n}")
-    return {"rate": n / seconds, "seconds": seconds}
+    return {"rate": n / seconds, "seconds": seconds, "counted": completed}
 
 
 def send_one(args: argparse.Namespace) -> dict[str, Any]:
@@ -259,6 +265,7 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--kind", choices=("async", "sync"), default="async")
+    parser.add_argument("--retention", type=float, help="the queue's retention (0: no history)")
     parser.add_argument("--probes", type=int, default=300)
     parser.add_argument("--due", type=int, default=15)
     parser.add_argument("--load-rate", type=int, default=0)

@@ -233,6 +233,17 @@ def history_findings(archive: Mapping[str, Any], default_retention: float) -> li
                 fix,
             )
         )  # fmt: skip
+    beyond = int(archive["beyond"] or 0)
+    if beyond:
+        found.append(
+            Finding(
+                WARNING, check,
+                f"{beyond} finished jobs are kept longer than the history's partitions reach "
+                f"(up to {_duration(archive['beyond_reach'] or 0.0)} ahead): the next cleanup "
+                "pass extends the partitions and moves them",
+                fix,
+            )
+        )  # fmt: skip
     ended = int(archive["ended"])
     if ended > 1:
         ago = archive["dropped_seconds_ago"]

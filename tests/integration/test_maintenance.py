@@ -21,7 +21,7 @@ from conveyor.maintenance import Maintenance
 from conveyor.worker.service import ServiceContext
 
 T0 = datetime(2031, 3, 1, 9, 0, tzinfo=UTC)
-NOTHING = {"dead_letters": 0, "throttle": 0, "schedule_ticks": 0}
+NOTHING = {"legacy_moved": 0, "dead_letters": 0, "throttle": 0, "schedule_ticks": 0}
 PASS = {**NOTHING, "vacuumed": 0}
 # A partition is one minute wide and dropped a minute after it ended.
 PARTITION_SLACK = 125
@@ -142,16 +142,48 @@ def test_partitions_reach_as_far_as_the_longest_retention_in_use(
     with psycopg.connect(conveyor_dsn) as conn:
         [(reach,)] = conn.execute(f"SELECT max(hi) FROM {timed.schema}.archive_partition")
     assert T0 + timedelta(days=40) <= reach <= T0 + timedelta(days=40 + 29)
-    # A job's own retention beyond the runway is kept in the newest partition, never refused.
+    # A job's own retention beyond the runway: kept apart, never refused nor dropped early,
+    # and shown by doctor until the next cleanup extends the runway and moves it there.
+    timed.create_queue("hooked")
+    timed.job("hooked", lambda job: None)
     timed.job("far", lambda job: None)
-    far = timed.send("far", {}, retention=timedelta(days=3000))
+    far = timed.send("far", {}, retention=timedelta(days=3000), on_complete="hooked")
     timed.drain()
     assert timed.get_job(far).state is JobState.COMPLETED
+
+    def placed() -> tuple[bool, str]:
+        with psycopg.connect(conveyor_dsn) as conn:
+            [(beyond, table)] = conn.execute(
+                f"SELECT drop_at = 'infinity', tableoid::regclass::text "
+                f"FROM {timed.schema}.job_archive WHERE id = %s",
+                (far,),
+            )
+        return beyond, table.rsplit(".", 1)[-1]
+
+    def hooks_run() -> int:
+        with psycopg.connect(conveyor_dsn) as conn:
+            [(n,)] = conn.execute(
+                f"SELECT count(*) FROM {timed.schema}.job_history WHERE queue = 'hooked'"
+            )
+        return int(n)
+
+    assert placed() == (True, "job_archive_beyond")
+    assert hooks_run() == 1
+    [warning] = [
+        f.message for f in timed.diagnose() if f.check == "history" and f.severity == "warning"
+    ]
+    assert warning.startswith("1 finished jobs are kept longer than"), warning
+    assert timed.maintain()["partitions_created"] > 0
+    beyond, table = placed()
+    assert not beyond and table.startswith("job_archive_2")
     with psycopg.connect(conveyor_dsn) as conn:
         [(drop_at,)] = conn.execute(
             f"SELECT drop_at FROM {timed.schema}.job_archive WHERE id = %s", (far,)
         )
-    assert drop_at < reach
+    assert drop_at >= T0 + timedelta(days=3000)
+    assert [f.severity for f in timed.diagnose() if f.check == "history"] == ["ok"]
+    timed.drain()
+    assert hooks_run() == 1  # moving it fired its completion hook no second time
 
 
 def test_a_detach_left_pending_is_finalized_and_dropped(

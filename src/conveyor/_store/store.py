@@ -669,10 +669,14 @@ class Store:
 
     def archive_extend(self, default_retention: float, now: datetime | None) -> int:
         """Create the history partitions missing from now to the longest retention in use
-        (a queue's, or ``default_retention``); how many were created."""
-        found = self._rows("archive_horizon", {"default_retention": default_retention}, None)
+        (a queue's, ``default_retention``, or a job's kept beyond the partitions, which then
+        moves to the partition that takes it); how many were created."""
+        params = {"default_retention": default_retention, "now": now}
+        found = self._rows("archive_horizon", params, None)
         params = {"horizon": found[0]["greatest"], "now": now}
         created = int((self._rows("archive_extend", params, None))[0]["archive_extend"])
+        # Jobs kept beyond the partitions that reached before now go where they belong.
+        self._rows("archive_rehome", {"now": now}, None)
         self.archive_note(now, extended=True)
         return created
 

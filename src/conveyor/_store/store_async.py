@@ -685,10 +685,14 @@ class AsyncStore:
 
     async def archive_extend(self, default_retention: float, now: datetime | None) -> int:
         """Create the history partitions missing from now to the longest retention in use
-        (a queue's, or ``default_retention``); how many were created."""
-        found = await self._rows("archive_horizon", {"default_retention": default_retention}, None)
+        (a queue's, ``default_retention``, or a job's kept beyond the partitions, which then
+        moves to the partition that takes it); how many were created."""
+        params = {"default_retention": default_retention, "now": now}
+        found = await self._rows("archive_horizon", params, None)
         params = {"horizon": found[0]["greatest"], "now": now}
         created = int((await self._rows("archive_extend", params, None))[0]["archive_extend"])
+        # Jobs kept beyond the partitions that reached before now go where they belong.
+        await self._rows("archive_rehome", {"now": now}, None)
         await self.archive_note(now, extended=True)
         return created
 

@@ -153,6 +153,8 @@ SELECT (SELECT count(*) FROM {schema}.archive_partition) AS partitions,
         WHERE p.hi < now() - interval '1 minute'
           AND p.hi < (SELECT max(x.hi) FROM {schema}.archive_partition x)) AS ended,
        (SELECT max(q.retention) FROM {schema}.queue q) AS queue_retention,
+       (SELECT count(*) FROM {schema}.job_archive_beyond) AS beyond,
+       {schema}.archive_beyond_reach(now()) AS beyond_reach,
        extract(epoch FROM now() - s.extended_at)::double precision AS extended_seconds_ago,
        extract(epoch FROM now() - s.dropped_at)::double precision AS dropped_seconds_ago,
        coalesce(s.dropped, 0) AS dropped,

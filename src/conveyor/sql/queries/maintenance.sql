@@ -9,10 +9,15 @@
 -- acknowledgement routes its rows by its own clock to partitions that end after it: so no
 -- writer ever meets a partition while it detaches.
 
--- How far ahead the partitions must reach: the longest retention of a queue, or the app's.
+-- How far ahead the partitions must reach: the longest retention of a queue, or the app's, or
+-- as far as a job kept beyond the partitions needs (see 0016).
 -- name: archive_horizon :scalar
 SELECT greatest(%(default_retention)s::double precision,
-                (SELECT max(q.retention) FROM {schema}.queue q));
+                (SELECT max(q.retention) FROM {schema}.queue q),
+                {schema}.archive_beyond_reach(%(now)s::timestamptz));
+
+-- name: archive_rehome :scalar
+SELECT {schema}.archive_rehome(%(now)s::timestamptz);
 
 -- name: archive_extend :scalar
 SELECT {schema}.archive_extend(%(horizon)s::double precision, %(now)s::timestamptz);

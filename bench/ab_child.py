@@ -90,8 +90,11 @@ def drain(args: argparse.Namespace) -> dict[str, Any]:
     completed = stats.counts.get(JobState.COMPLETED, 0)
     # A tree before 0015 does not count jobs that keep no history: reported, not refused.
     uncounted = args.retention == 0 and completed == 0
-    if calls != n or stats.queued or stats.counts.get(JobState.ACTIVE, 0) or (
-        completed != n and not uncounted
+    if (
+        calls != n
+        or stats.queued
+        or stats.counts.get(JobState.ACTIVE, 0)
+        or (completed != n and not uncounted)
     ):
         sys.exit(f"ab_child: drain ran {calls} handler calls, {completed} completed of {n}")
     return {"rate": n / seconds, "seconds": seconds, "counted": completed}

@@ -13,6 +13,7 @@ import psycopg
 from psycopg import sql
 
 from conveyor import Conveyor
+from conveyor._store.queries import queries
 
 # What the catalog records: every dependency of an object of the schema on an object of
 # another schema (pg_catalog's types, functions and operators aside).
@@ -105,3 +106,38 @@ def test_a_migrated_schema_references_no_other_schema(conveyor_dsn: str) -> None
                 conn.execute(
                     sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name))
                 )
+
+
+def test_every_notification_goes_to_a_channel_named_by_the_schema(conveyor_dsn: str) -> None:
+    """A schema placed on a node of its own takes its channels with it: every pg_notify in the
+    schema's functions and in the named queries names its channel after the schema (the
+    functions spell it, the queries take it from the store, which derives it)."""
+    suffix = uuid.uuid4().hex[:8]
+    schema = f"odd_shard_{suffix}"
+    notify = re.compile(r"pg_notify\(\s*([^,]+),", re.S)
+    try:
+        with Conveyor(conveyor_dsn, schema=schema) as app:
+            app.migrate()
+            store = app._stores.store()
+            channels = {store.channel, store.cancel_channel, store.done_channel}
+        assert all(
+            c == f"conveyor:{schema}" or c.startswith(f"conveyor:{schema}:") for c in channels
+        )
+        with psycopg.connect(conveyor_dsn, autocommit=True) as conn:
+            bodies = conn.execute(
+                "SELECT p.proname, p.prosrc FROM pg_proc p WHERE p.pronamespace = %s::regnamespace",
+                (schema,),
+            ).fetchall()
+        found = [(name, m.group(1).strip()) for name, body in bodies for m in notify.finditer(body)]
+        assert found  # acks, sends and cancels notify
+        ours = f"'conveyor:' || '{schema}'"
+        assert [f for f in found if not f[1].startswith(ours)] == []
+        named = [
+            m.group(1).strip() for q in queries(schema).values() for m in notify.finditer(q.sql)
+        ]
+        assert named
+        assert set(named) <= {"%(channel)s::text", "%(cancel_channel)s::text",
+                              "%(done_channel)s::text"}  # fmt: skip
+    finally:
+        with psycopg.connect(conveyor_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))

@@ -284,6 +284,34 @@ def test_history_under_the_old_layout_migrates_with_nothing_lost(
         assert [severity for severity, _ in drift] == ["ok"], drift
 
 
+def test_a_schema_migrated_by_the_first_0012_ends_as_a_new_one(
+    old_layout: str, conveyor_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first released 0012 (kept in tests/integration/data) copied the history: a schema it
+    migrated takes this release's later files and then differs from a new schema in nothing
+    doctor compares, with every row readable."""
+    schema = old_layout
+    fill_old_history(conveyor_dsn, schema)
+    before = history(conveyor_dsn, schema)
+    text = (Path(__file__).parent / "data" / "0012_history_first.sql").read_text("utf-8")
+    first = migrations_module.Migration(12, "history", text)
+    assert first.checksum in migrations_module.REWRITTEN[12]
+    monkeypatch.setattr(migrations_module, "migrations", lambda: (*SHIPPED[:11], first))
+    monkeypatch.setattr(migrate_module, "migrations", lambda: (*SHIPPED[:11], first))
+    with Conveyor(conveyor_dsn, schema=schema) as app:
+        app.migrate()
+    monkeypatch.undo()
+    assert legacy(conveyor_dsn, schema) is None
+    with Conveyor(conveyor_dsn, schema=schema) as app:
+        assert app.migrate() == [f"{m.version:04d}_{m.name}" for m in SHIPPED[12:]]
+        drift = [(f.severity, f.message) for f in app.diagnose() if f.check == "schema"]
+        assert [severity for severity, _ in drift] == ["ok"], drift
+        assert app.maintain()["legacy_moved"] == 0
+    after = history(conveyor_dsn, schema)
+    assert {r.pop("meta") for r in after.values()} == {None}
+    assert after == before
+
+
 def test_the_migration_holds_no_lock_for_the_history_s_size(
     old_layout: str, conveyor_dsn: str
 ) -> None:

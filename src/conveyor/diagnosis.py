@@ -14,6 +14,8 @@ from conveyor.errors import InvalidOption
 from conveyor.models import Finding, Health, QueueHealth, Schedule
 
 OK, WARNING, ERROR = "ok", "warning", "error"
+# doctor_archive counts the rows of the history before 0012 up to this many.
+LEGACY_COUNTED = 1_000_000
 
 # Table bloat: dead tuples beyond this share of all tuples, once there are enough to matter.
 DEAD_SHARE = 0.2
@@ -230,6 +232,18 @@ def history_findings(archive: Mapping[str, Any], default_retention: float) -> li
                 ERROR if runway <= 0 else WARNING, check,
                 f"the history's partitions reach {_duration(runway)} ahead, retentions in use "
                 f"need {_duration(needed)}: jobs kept longer leave with the newest partition",
+                fix,
+            )
+        )  # fmt: skip
+    left = archive["legacy_rows"]
+    if left is not None:
+        counted = f"{left:,}+" if left >= LEGACY_COUNTED else f"{left:,}"
+        found.append(
+            Finding(
+                WARNING, check,
+                f"the history before migration 0012 is still being moved to the partitions "
+                f"({counted} rows left): jobs not moved yet are read, but retrying or deleting "
+                "one answers 'not found' until it moves",
                 fix,
             )
         )  # fmt: skip

@@ -245,9 +245,15 @@ def test_history_under_the_old_layout_migrates_with_nothing_lost(
             ) == sorted(before)
 
         readable()
-        # Doctor lists the old table until it is gone.
+        # Doctor shows the old table until it is gone.
         drift = [f.message for f in app.diagnose() if f.check == "schema"]
         assert any("job_history_legacy" in m for m in drift), drift
+        [moving] = [
+            f.message
+            for f in app.diagnose()
+            if f.check == "history" and "still being moved" in f.message
+        ]
+        assert "(700 rows left)" in moving, moving
         # The maintenance leader moves the rows in batches, each readable once in between.
         store = app._stores.store()
         moved = []
@@ -282,6 +288,7 @@ def test_history_under_the_old_layout_migrates_with_nothing_lost(
     with Conveyor(conveyor_dsn, schema=schema) as app:
         drift = [(f.severity, f.message) for f in app.diagnose() if f.check == "schema"]
         assert [severity for severity, _ in drift] == ["ok"], drift
+        assert not [f for f in app.diagnose() if "still being moved" in f.message]
 
 
 def test_a_schema_migrated_by_the_first_0012_ends_as_a_new_one(

@@ -110,3 +110,21 @@ BEGIN
     RETURN 0;
 END
 $fn$;
+
+-- How many rows of the old history are left to move, counted up to p_limit; NULL once it is gone
+-- (for conveyor doctor).
+CREATE FUNCTION {schema}.history_legacy_left(p_limit bigint)
+RETURNS bigint
+LANGUAGE plpgsql STABLE AS $fn$
+DECLARE
+    v_left bigint;
+BEGIN
+    IF to_regclass(format('%I.job_history_legacy', {schema_literal})) IS NULL THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE format('SELECT count(*) FROM (SELECT FROM %I.job_history_legacy LIMIT %s) x',
+                   {schema_literal}, p_limit)
+    INTO v_left;
+    RETURN v_left;
+END
+$fn$;

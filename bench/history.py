@@ -150,7 +150,10 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="time a kept schema, no fill")
     args = parser.parse_args()
     try:
-        if not args.reuse:
+        if args.reuse:
+            with Conveyor(args.dsn, schema=args.schema) as app:
+                app.migrate()
+        else:
             fill(args.dsn, args.schema, args.rows)
         found = time_requests(args.dsn, args.schema, args.repeat)
         with psycopg.connect(args.dsn) as conn:

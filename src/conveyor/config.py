@@ -36,6 +36,11 @@ STATS_SERIES_MAX_MINUTES = 1440
 # until the page is full, then at most LIST_WINDOW unless the caller names an older ``since``.
 LIST_NARROW_WINDOWS = (60.0, 3600.0)
 LIST_WINDOW = 24 * 3600.0
+# A page newest first reads first the history from the finish time of this many pages' worth of
+# the newest finished jobs (of its queue and states): a window by count, not by time.
+LIST_FLOOR_PAGES = 2
+# ... found among at most this many of the newest finished jobs (a few milliseconds to read).
+LIST_FLOOR_SCAN = 5000
 
 
 def resolve_dsn(dsn: str | None) -> str:

@@ -352,10 +352,20 @@ def test_a_page_of_jobs_reads_a_window_of_a_large_history(
         params: dict[str, object] = {
             "queue": None, "states": None, "limit": 50, "offset": 0, "descending": True,
             "since_at": None, "since_seconds": None, "search": None, "after_at": None,
-            "after_id": None, "now": None,
+            "after_id": None, "now": None, "floor": None,
         }  # fmt: skip
         for window in (60, 3600, 86400):
             text = plan(conn, queries(app.schema)["job_list"].sql, {**params, "window": window})
             assert not history_seq_scans(text), text
             # The rows finished in the window (one every 8.64 s), read by the index.
             assert rows_read_from_history(text) <= window / 8.64 + 2, text
+        # A window by count: the finish time of the 100th newest job, found among the newest
+        # 5,000 along the indexes, then a page that reads those 100 rows and no more.
+        named = queries(app.schema)
+        reach = {**params, "window": 86400, "skip": 99, "scan": 5000}
+        text = plan(conn, named["job_list_floor"].sql, reach)
+        assert not history_seq_scans(text), text
+        assert rows_read_from_history(text) <= 100 + 2, text
+        [(floor,)] = conn.execute(named["job_list_floor"].sql, reach).fetchall()
+        text = plan(conn, named["job_list"].sql, {**params, "window": 86400, "floor": floor})
+        assert rows_read_from_history(text) <= 100 + 2, text

@@ -70,6 +70,7 @@ READS = frozenset(
     {
         "job_get",
         "job_list",
+        "job_list_floor",
         "job_list_dead",
         "job_results",
         "job_next_due",

@@ -33,6 +33,8 @@ from conveyor._store.queries import READS, queries
 from conveyor._store.waiters import done_waiter_async
 from conveyor.bulk import BulkFilter
 from conveyor.config import (
+    LIST_FLOOR_PAGES,
+    LIST_FLOOR_SCAN,
     LIST_NARROW_WINDOWS,
     LIST_WINDOW,
     STATS_TAIL_LIMIT,
@@ -61,6 +63,8 @@ ARCHIVE_LOCK_TIMEOUT = 2.0
 LEGACY_BATCH = 2500
 # What every read of the counters passes: the wait buckets, and how many history rows finished
 # since the rollup's watermark it may read.
+# The states of finished jobs: the history holds no other.
+FINISHED_STATES = frozenset({"completed", "cancelled", "failed"})
 _COUNTED = {"bounds": list(STATS_WAIT_BOUNDS_MS), "tail": STATS_TAIL_LIMIT}
 
 
@@ -362,8 +366,10 @@ class AsyncStore:
         """Jobs filtered by queue, states, creation time and a search pattern, newest (or
         oldest) first, after the job ``after`` (created_at, id) of the previous page.
 
-        The history is read from a window by its finished_at index, widened while the page is
-        not full (newest first), up to ``LIST_WINDOW`` or, when given, ``since``."""
+        The history is read from a window by its finished_at index: newest first, from the
+        finish time of the ``LIST_FLOOR_PAGES`` pages' worth of newest finished jobs, else from
+        windows widened while the page is not full, up to ``LIST_WINDOW`` or, when given,
+        ``since``."""
         params = {
             "queue": queue,
             "states": states,
@@ -379,9 +385,19 @@ class AsyncStore:
         }
         bounded = since_at is not None or since_seconds is not None
         widest: tuple[float | None, ...] = (None,) if bounded else (LIST_WINDOW,)
-        windows = (*LIST_NARROW_WINDOWS, *widest) if descending else widest
-        for window in windows:
-            found = await self._rows("job_list", {**params, "window": window}, conn)
+        tries: list[tuple[float | None, datetime | None]] = [(w, None) for w in widest]
+        if descending:
+            tries[:0] = [(w, None) for w in LIST_NARROW_WINDOWS]
+            if search is None and (states is None or not FINISHED_STATES.isdisjoint(states)):
+                # First a window of a few pages' worth of finished jobs, however long ago.
+                skip = LIST_FLOOR_PAGES * (offset + limit) - 1
+                reach = {"skip": skip, "window": widest[0], "scan": LIST_FLOOR_SCAN}
+                first = await self._rows("job_list_floor", {**params, **reach}, conn)
+                if first:
+                    tries.insert(0, (widest[0], first[0]["finished_at"]))
+        for window, floor in tries:
+            args = {**params, "window": window, "floor": floor}
+            found = await self._rows("job_list", args, conn)
             if len(found) == limit and found[-1]["created_at"] >= found[-1]["listed_from"]:
                 break
         for row in found:

@@ -12,26 +12,9 @@ SELECT j.* FROM (
 ORDER BY j.created_at, j.id
 LIMIT %(limit)s::integer;
 
--- The top of a job's flow: follow the oldest dependant up until none is left (at most 50
--- levels; a cycle cannot be built, the bound only caps the work).
+-- The top of a job's flow (see 0017: a function, never JIT-compiled).
 -- name: job_flow_root :scalar
-WITH RECURSIVE up (id, level) AS (
-    SELECT %(id)s::uuid, 0
-    UNION ALL
-    SELECT parent.id, up.level + 1
-    FROM up
-    CROSS JOIN LATERAL (
-        SELECT d.id, d.created_at FROM {schema}.job d
-        WHERE d.depends_on IS NOT NULL AND d.depends_on @> ARRAY[up.id]
-        UNION ALL
-        SELECT d.id, d.created_at FROM {schema}.job_history d
-        WHERE d.depends_on IS NOT NULL AND d.depends_on @> ARRAY[up.id]
-        ORDER BY created_at, id
-        LIMIT 1
-    ) parent
-    WHERE up.level < 50
-)
-SELECT id FROM up ORDER BY level DESC LIMIT 1;
+SELECT {schema}.job_flow_root(%(id)s::uuid) AS id;
 
 -- A job and everything below it through depends_on, each once, breadth first, at most limit.
 -- name: job_flow :many

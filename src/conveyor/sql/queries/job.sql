@@ -42,6 +42,31 @@ UNION ALL
 SELECT * FROM {schema}.job_history WHERE id = %(id)s
 LIMIT 1;
 
+-- Where a page of jobs, newest first, may start reading the history: the finish time of the
+-- skip+1-th newest finished job of the queue and states (before the cursor, within window
+-- seconds of it, else since), among the scan newest finished jobs, read along the finished_at
+-- indexes; none when fewer match. Rows finished earlier were created earlier still, so the page
+-- is exact when it holds its limit of jobs created at or after this: a window by count, which a
+-- busy history fills within seconds and a quiet one within days, and costs at most scan rows.
+-- name: job_list_floor :scalar
+SELECT n.finished_at FROM (
+    SELECT h.finished_at, h.queue, h.state FROM {schema}.job_history h
+    WHERE h.finished_at < coalesce(%(after_at)s::timestamptz, 'infinity')
+      AND h.finished_at >= coalesce(
+          coalesce(%(after_at)s::timestamptz, %(now)s::timestamptz, now())
+          - make_interval(secs => %(window)s::double precision),
+          %(since_at)s::timestamptz,
+          coalesce(%(now)s::timestamptz, now())
+          - make_interval(secs => %(since_seconds)s::double precision),
+          '-infinity')
+    ORDER BY h.finished_at DESC
+    LIMIT %(scan)s::integer
+) n
+WHERE (%(queue)s::text IS NULL OR n.queue = %(queue)s::text)
+  AND (%(states)b::text[] IS NULL OR n.state = ANY (%(states)b::text[]))
+ORDER BY n.finished_at DESC
+OFFSET %(skip)s::integer LIMIT 1;
+
 -- since: created at or after since_at, or since_seconds before now. search: an ILIKE pattern
 -- (escaped by conveyor.options) matched against the payload's JSON text and the id. after_at and
 -- after_id: the last job of the previous page (keyset pagination, in the listing's order).
@@ -52,14 +77,16 @@ LIMIT 1;
 -- and read whole. The caller widens the window until the page is complete: it holds its limit
 -- of jobs created at or after listed_from (every row carries it).
 -- The bounds are written out where they are used, not read from a CTE: the planner then
--- estimates the history's range from their values and walks the index.
+-- estimates the history's range from their values and walks the index. floor, when given,
+-- raises listed_from further (see job_list_floor).
 -- name: job_list :many
 SELECT j.*,
        coalesce(greatest(
            coalesce(%(since_at)s::timestamptz, coalesce(%(now)s::timestamptz, now())
                     - make_interval(secs => %(since_seconds)s::double precision)),
            coalesce(%(after_at)s::timestamptz, %(now)s::timestamptz, now())
-           - make_interval(secs => %(window)s::double precision)), '-infinity') AS listed_from
+           - make_interval(secs => %(window)s::double precision),
+           %(floor)s::timestamptz), '-infinity') AS listed_from
 FROM (
     SELECT * FROM {schema}.job
     WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
@@ -77,12 +104,14 @@ FROM (
           coalesce(%(since_at)s::timestamptz, coalesce(%(now)s::timestamptz, now())
                    - make_interval(secs => %(since_seconds)s::double precision)),
           coalesce(%(after_at)s::timestamptz, %(now)s::timestamptz, now())
-          - make_interval(secs => %(window)s::double precision)), '-infinity')
+          - make_interval(secs => %(window)s::double precision),
+          %(floor)s::timestamptz), '-infinity')
       AND created_at >= coalesce(greatest(
           coalesce(%(since_at)s::timestamptz, coalesce(%(now)s::timestamptz, now())
                    - make_interval(secs => %(since_seconds)s::double precision)),
           coalesce(%(after_at)s::timestamptz, %(now)s::timestamptz, now())
-          - make_interval(secs => %(window)s::double precision)), '-infinity')
+          - make_interval(secs => %(window)s::double precision),
+          %(floor)s::timestamptz), '-infinity')
       AND (%(search)s::text IS NULL OR data::text ILIKE %(search)s::text
            OR id::text ILIKE %(search)s::text)
 ) j

@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 import uuid
+from datetime import UTC
 from typing import Any
 
 import pytest
@@ -193,3 +194,17 @@ async def test_a_worker_kept_busy_by_sends_looks_up_the_next_due_time_at_most_ev
     assert fetches >= 20, names
     assert asked <= elapsed / 0.5 + 4, (asked, fetches)
     assert started[-1] - due < 0.5 + 0.3
+
+
+def test_a_worker_reads_its_claims_in_a_utc_session(app: Conveyor) -> None:
+    """psycopg's fast path for timestamps needs the session in UTC, not merely a zone that is
+    UTC (this server's default is Etc/UTC): the claimed job's datetimes carry datetime.UTC."""
+    seen: list[object] = []
+
+    @app.job("utc.q")
+    def handle(job: Job) -> None:
+        seen.extend([job.created_at.tzinfo, job.run_at.tzinfo])
+
+    app.send("utc.q", {})
+    assert app.drain() == 1
+    assert seen == [UTC, UTC]

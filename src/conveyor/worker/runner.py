@@ -134,6 +134,7 @@ class Worker:
             application_name=f"conveyor-worker {schema}",
             listen_dsn=listen_dsn,
             prepare=not pgbouncer,
+            utc=True,
         )
         # Keyed by attempt, not by job: a claim of the same job by this worker after recovery
         # wrongly presumed it dead must never overwrite (or be stopped for) the older attempt.

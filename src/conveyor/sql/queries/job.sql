@@ -227,7 +227,7 @@ WITH live AS (
 SELECT count(*) FROM told;
 
 -- The dead letters (failed jobs), newest first: through the view, which also reads those the
--- maintenance leader has yet to move out of the history before 0012 (see 0014).
+-- maintenance leader has yet to move out of the history before 0012 (see 0015).
 -- name: job_list_dead :many
 SELECT * FROM {schema}.dead_letter
 WHERE %(queue)s::text IS NULL OR queue = %(queue)s::text

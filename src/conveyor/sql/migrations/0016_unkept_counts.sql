@@ -1,6 +1,6 @@
 -- conveyor: non-breaking
--- The counters count the jobs that keep no history (retention 0, see 0012): their ack deletes
--- the row, which the rollup (0011) would have counted. The ack writes one row for its batch
+-- The counters count the jobs that keep no history (retention 0, see 0012 and 0014): their
+-- ack deletes the row, which the rollup (0011) would have counted. The ack writes one row for its batch
 -- into stats_unkept (the finish time and, per job, what the counters read of a history row);
 -- finished_counts reads those rows like history rows, and the rollup deletes what it counted.
 -- One insert per ack batch that completes such jobs, none for the others; an insert, not an
@@ -119,7 +119,8 @@ BEGIN
 END
 $fn$;
 
--- As in 0012, and a batch's jobs that leave no row are written to stats_unkept.
+-- As in 0014, and a batch's jobs that leave no row are written to stats_unkept: in the
+-- statement of the common batch, else in one of its own.
 CREATE OR REPLACE FUNCTION {schema}.ack_jobs(
     p_id uuid[], p_worker uuid[], p_attempt integer[], p_outcome text[], p_result jsonb[],
     p_error jsonb[], p_delay double precision[], p_now timestamptz
@@ -140,6 +141,75 @@ DECLARE
     dl_queue text[];
     dl_data jsonb[];
 BEGIN
+    -- The common batch: completions only, and no wait_for registered to read their outcomes.
+    -- One statement: the rows leave the live table, and those that keep history go to the
+    -- archive. A job of retention 0 that a completion hook or a dependant needs after all (they
+    -- are rare; looked up in a statement after the DELETE, so that an edge whose sender held
+    -- the row until it committed is seen) sends the batch back to the general path below: the
+    -- block's subtransaction undoes what it wrote.
+    IF 'completed' = ALL (p_outcome) AND NOT EXISTS (SELECT FROM {schema}.waiter) THEN
+        BEGIN
+            WITH a AS (
+                SELECT *
+                FROM unnest(p_id, p_worker, p_attempt, p_result) AS a(id, worker, attempt, result)
+            ),
+            finished AS (
+                DELETE FROM {schema}.job j
+                USING a
+                WHERE j.id = a.id AND j.worker_id = a.worker AND j.attempt = a.attempt
+                RETURNING j.*, a.result AS new_result
+            ),
+            routes AS (
+                SELECT r.retention,
+                       {schema}.archive_drop_at(t_now + make_interval(secs => r.retention), t_floor)
+                           AS drop_at
+                FROM (SELECT DISTINCT f.retention FROM finished f WHERE f.retention > 0) r
+            ),
+            archived AS (
+                INSERT INTO {schema}.job_archive (
+                    id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
+                    retry_backoff, retry_delay_max, expire_in, retention, singleton_key,
+                    singleton_seconds, unique_key, dead_letter, group_key, depends_on, worker_id,
+                    created_at, started_at, finished_at, result, errors, progress, meta, drop_at)
+                SELECT f.id, f.queue, 'completed', f.data, f.priority, f.run_at, f.attempt,
+                       f.retry_limit, f.retry_delay, f.retry_backoff, f.retry_delay_max,
+                       f.expire_in, f.retention, f.singleton_key, f.singleton_seconds,
+                       f.unique_key, f.dead_letter, f.group_key, f.depends_on, f.worker_id,
+                       f.created_at, f.started_at, t_now, f.new_result, f.errors, f.progress,
+                       f.meta, r.drop_at
+                FROM finished f JOIN routes r ON r.retention = f.retention
+            ),
+            unkept AS (
+                -- What the counters need of the jobs that leave no row: one row for the batch.
+                INSERT INTO {schema}.stats_unkept (finished_at, queue, run_at, started_at, attempt)
+                SELECT t_now, array_agg(f.queue), array_agg(f.run_at), array_agg(f.started_at),
+                       array_agg(f.attempt)
+                FROM finished f WHERE f.retention <= 0
+                HAVING count(*) > 0
+            )
+            SELECT array_agg(f.id), array_agg(f.queue),
+                   array_agg(f.id) FILTER (WHERE f.retention <= 0)
+            INTO v_id, v_queue, v_done
+            FROM finished f;
+            IF EXISTS (SELECT FROM {schema}.job_hook k WHERE k.job_id = ANY (v_done))
+               OR EXISTS (SELECT FROM {schema}.job_dependency d WHERE d.depends_on = ANY (v_done))
+            THEN
+                RAISE SQLSTATE 'CVACK';
+            END IF;
+        EXCEPTION WHEN SQLSTATE 'CVACK' THEN
+            v_id := NULL;
+            v_done := NULL;
+        END;
+        IF v_id IS NOT NULL THEN
+            PERFORM pg_notify('conveyor:' || {schema_literal}, x.name)
+            FROM {schema}.queue x
+            WHERE x.name IN (SELECT DISTINCT u FROM unnest(v_queue) AS u)
+              AND (x.concurrency IS NOT NULL OR x.policy IN ('singleton', 'stately'));
+            RETURN QUERY SELECT u.id, u.queue, 'completed'::text
+                         FROM unnest(v_id, v_queue) AS u(id, queue);
+            RETURN;
+        END IF;
+    END IF;
     WITH a AS (
         SELECT *
         FROM unnest(p_id, p_worker, p_attempt, p_outcome, p_result, p_error, p_delay)
@@ -160,7 +230,7 @@ BEGIN
                t_now AS finished_at, f.new_result AS result,
                CASE WHEN f.new_error IS NULL THEN f.errors ELSE f.errors || f.new_error END
                    AS errors,
-               f.progress
+               f.progress, f.meta
         FROM finished f
     ),
     -- Routed once per distinct retention: a batch shares its finish time.
@@ -176,7 +246,7 @@ BEGIN
             id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
             retry_backoff, retry_delay_max, expire_in, retention, singleton_key,
             singleton_seconds, unique_key, dead_letter, group_key, depends_on, worker_id,
-            created_at, started_at, finished_at, result, errors, progress, drop_at)
+            created_at, started_at, finished_at, result, errors, progress, meta, drop_at)
         SELECT c.*, r.drop_at
         FROM closed c JOIN routes r ON r.retention = c.retention
         WHERE c.state = 'completed'
@@ -188,7 +258,7 @@ BEGIN
             id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
             retry_backoff, retry_delay_max, expire_in, retention, singleton_key,
             singleton_seconds, unique_key, dead_letter, group_key, depends_on, worker_id,
-            created_at, started_at, finished_at, result, errors, progress)
+            created_at, started_at, finished_at, result, errors, progress, meta)
         SELECT c.* FROM closed c WHERE c.state = 'failed'
         RETURNING {schema}.job_dead.id, {schema}.job_dead.queue, {schema}.job_dead.state,
                   {schema}.job_dead.dead_letter, {schema}.job_dead.data
@@ -225,7 +295,12 @@ BEGIN
            array_agg(c.id) FILTER (WHERE c.done),
            array_agg(c.dead_letter) FILTER (WHERE c.state = 'failed' AND c.dead_letter IS NOT NULL),
            array_agg(c.data) FILTER (WHERE c.state = 'failed' AND c.dead_letter IS NOT NULL),
-           (SELECT array_agg(ROW(z.*, NULL, NULL, NULL)::{schema}.job_archive) FROM closed z
+           (SELECT array_agg(ROW(z.id, z.queue, z.state, z.data, z.priority, z.run_at, z.attempt,
+                       z.retry_limit, z.retry_delay, z.retry_backoff, z.retry_delay_max,
+                       z.expire_in, z.retention, z.singleton_key, z.singleton_seconds,
+                       z.unique_key, z.dead_letter, z.group_key, z.depends_on, z.worker_id,
+                       z.created_at, z.started_at, z.finished_at, z.result, z.errors,
+                       z.progress, NULL, z.meta, NULL)::{schema}.job_archive) FROM closed z
             WHERE z.state = 'completed' AND z.retention <= 0)
     INTO v_id, v_queue, v_state, v_due, v_done, dl_queue, dl_data, v_zero
     FROM changed c;
@@ -235,7 +310,7 @@ BEGIN
     END IF;
     -- Outcomes and finished ids reach wait_for only while one is registered (see 0006).
     v_waiting := EXISTS (SELECT FROM {schema}.waiter);
-    IF v_zero IS NOT NULL THEN
+    IF v_zero IS NOT NULL AND v_waiting THEN
         WITH kept AS (
             INSERT INTO {schema}.job_archive (
                 id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
@@ -246,21 +321,13 @@ BEGIN
                    z.retry_limit, z.retry_delay, z.retry_backoff, z.retry_delay_max,
                    z.expire_in, z.retention, z.singleton_key, z.singleton_seconds, z.unique_key,
                    z.dead_letter, z.group_key, z.depends_on, z.worker_id, z.created_at,
-                   z.started_at, z.finished_at, z.result, z.errors, z.progress, NULL, NULL,
+                   z.started_at, z.finished_at, z.result, z.errors, z.progress, NULL, z.meta,
                    {schema}.archive_drop_at(t_now, t_floor)
             FROM unnest(v_zero) AS z
             WHERE octet_length((to_jsonb(z) - 'data' - 'queued_key' - 'meta' - 'drop_at')::text) > 3800
                OR EXISTS (SELECT FROM {schema}.job_hook k WHERE k.job_id = z.id)
                OR EXISTS (SELECT FROM {schema}.job_dependency d WHERE d.depends_on = z.id)
             RETURNING {schema}.job_archive.id
-        ), unkept AS (
-            -- What the counters need of the jobs that leave no row: one row for the batch.
-            INSERT INTO {schema}.stats_unkept (finished_at, queue, run_at, started_at, attempt)
-            SELECT t_now, array_agg(z.queue), array_agg(z.run_at), array_agg(z.started_at),
-                   array_agg(z.attempt)
-            FROM unnest(v_zero) AS z
-            WHERE z.id NOT IN (SELECT k.id FROM kept k)
-            HAVING count(*) > 0
         ), told AS (
             SELECT o.body, sum(octet_length(o.body) + 1) OVER (ORDER BY o.n) AS upto
             FROM (SELECT (to_jsonb(z) - 'data' - 'queued_key' - 'meta' - 'drop_at')::text AS body,
@@ -274,8 +341,38 @@ BEGIN
                (SELECT count(pg_notify('conveyor:' || {schema_literal} || ':done',
                                        '[' || g.bodies || ']'))
                 FROM (SELECT string_agg(t.body, ',') AS bodies
-                      FROM told t WHERE v_waiting GROUP BY (t.upto - 1) / 3800) g)::integer
+                      FROM told t GROUP BY (t.upto - 1) / 3800) g)::integer
         INTO v_done, v_told;
+    ELSIF v_zero IS NOT NULL
+          AND (EXISTS (SELECT FROM {schema}.job_hook) OR EXISTS (SELECT FROM {schema}.job_dependency)) THEN
+        -- Nobody waits for these outcomes: only dependants and completion hooks need the row.
+        WITH kept AS (
+            INSERT INTO {schema}.job_archive (
+                id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
+                retry_backoff, retry_delay_max, expire_in, retention, singleton_key,
+                singleton_seconds, unique_key, dead_letter, group_key, depends_on, worker_id,
+                created_at, started_at, finished_at, result, errors, progress, queued_key, meta, drop_at)
+            SELECT z.id, z.queue, z.state, z.data, z.priority, z.run_at, z.attempt,
+                   z.retry_limit, z.retry_delay, z.retry_backoff, z.retry_delay_max,
+                   z.expire_in, z.retention, z.singleton_key, z.singleton_seconds, z.unique_key,
+                   z.dead_letter, z.group_key, z.depends_on, z.worker_id, z.created_at,
+                   z.started_at, z.finished_at, z.result, z.errors, z.progress, NULL, z.meta,
+                   {schema}.archive_drop_at(t_now, t_floor)
+            FROM unnest(v_zero) AS z
+            WHERE EXISTS (SELECT FROM {schema}.job_hook k WHERE k.job_id = z.id)
+               OR EXISTS (SELECT FROM {schema}.job_dependency d WHERE d.depends_on = z.id)
+            RETURNING {schema}.job_archive.id
+        )
+        SELECT array_cat(v_done, (SELECT array_agg(k.id) FROM kept k)) INTO v_done;
+    END IF;
+    IF v_zero IS NOT NULL THEN
+        -- The counters' row for the batch's jobs that leave none (those kept are in v_done).
+        INSERT INTO {schema}.stats_unkept (finished_at, queue, run_at, started_at, attempt)
+        SELECT t_now, array_agg(z.queue), array_agg(z.run_at), array_agg(z.started_at),
+               array_agg(z.attempt)
+        FROM unnest(v_zero) AS z
+        WHERE v_done IS NULL OR z.id <> ALL (v_done)
+        HAVING count(*) > 0;
     END IF;
     IF dl_queue IS NOT NULL THEN
         PERFORM {schema}.insert_jobs(

@@ -93,9 +93,19 @@ def test_stats_are_exact_before_and_after_the_rollup_and_never_count_twice(
     assert total == (3, 1, 1, 1)  # the rolled-up totals, which the reads then add nothing to
 
 
-def test_jobs_that_keep_no_history_are_counted_too(app: Conveyor, conveyor_dsn: str) -> None:
+@pytest.mark.parametrize("path", ["common", "general"])
+def test_jobs_that_keep_no_history_are_counted_too(
+    app: Conveyor, conveyor_dsn: str, path: str
+) -> None:
     """A retention-0 job leaves no row: its ack writes one row for its whole batch, which the
-    reads count before the rollup and the rollup counts (and deletes) once."""
+    reads count before the rollup and the rollup counts (and deletes) once. Both paths of the
+    ack: the common batch, and the general one (taken while a wait_for is registered)."""
+    if path == "general":
+        with psycopg.connect(conveyor_dsn, autocommit=True) as conn:
+            conn.execute(
+                f"INSERT INTO {app.schema}.waiter (id, expires_at) "
+                "VALUES (gen_random_uuid(), now() + interval '1 hour')"
+            )
     app.create_queue("fleeting", retention=0)
     app.job("fleeting", lambda job: None)
     app.job("kept", lambda job: None)

@@ -96,7 +96,7 @@ def test_migrate_creates_the_tables(conveyor_dsn: str, scratch_schema: str) -> N
         ["archive_partition", "archive_status", "job", "job_archive", "job_dead",
          "job_dependency", "job_hook", "leader", "migration", "queue", "queue_pause",
          "schedule", "schedule_tick", "stats_backlog", "stats_minute", "stats_rollup",
-         "stats_total", "subscription", "throttle", "waiter", "worker"]
+         "stats_total", "stats_unkept", "subscription", "throttle", "waiter", "worker"]
     )  # fmt: skip
 
 

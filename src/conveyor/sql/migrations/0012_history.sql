@@ -38,10 +38,6 @@
 -- that applied that version holds no legacy table, which is what this version leaves once the
 -- moves are done; its checksum is accepted as applied (migrations.py, REWRITTEN).
 
--- Renaming takes an ACCESS EXCLUSIVE lock on the old table until this commits (a moment: no
--- statement below reads or writes its rows, but for one probe).
-ALTER TABLE {schema}.job_history RENAME TO job_history_legacy;
-
 CREATE TABLE {schema}.job_archive (
     LIKE {schema}.job INCLUDING DEFAULTS,
     drop_at timestamptz NOT NULL,
@@ -206,8 +202,13 @@ SELECT {schema}.archive_extend(greatest(
     604800,
     (SELECT max(retention) FROM {schema}.queue),
     (SELECT max(retention) FROM {schema}.job),
-    (SELECT max(retention) FROM {schema}.job_history_legacy)), NULL);
+    -- Read along job_history_expiry_idx (0003), whose predicate this repeats: no scan.
+    (SELECT max(retention) FROM {schema}.job_history WHERE state <> 'failed')), NULL);
 
+-- Only now is the old table renamed, under an ACCESS EXCLUSIVE lock held until this commits:
+-- the partitions above (seconds of DDL) are built before, so acknowledgements of running
+-- workers wait only for what follows, which reads no row of the old table but one probe.
+ALTER TABLE {schema}.job_history RENAME TO job_history_legacy;
 DROP VIEW {schema}.dead_letter;
 
 CREATE VIEW {schema}.job_history AS

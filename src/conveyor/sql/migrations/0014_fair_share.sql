@@ -467,10 +467,15 @@ BEGIN
             CROSS JOIN LATERAL (
                 SELECT j.id, j.priority, j.run_at
                 FROM {schema}.job j
-                WHERE j.queue = p_queue AND j.fair_key = u.key
+                -- The key's jobs in job_fair_idx's order, which only that index gives: the
+                -- key is bounded on both sides rather than compared equal, so the planner
+                -- keeps fair_key in the order, where an equality would drop it and leave the
+                -- fetch index (whose walk to a key's jobs may pass every job of the queue) as
+                -- good a plan in its eyes when the queue has few keys.
+                WHERE j.queue = p_queue AND j.fair_key >= u.key AND j.fair_key <= u.key
                   AND j.state IN ('created', 'retry') AND j.group_key IS NULL
                   AND j.run_at <= t_now
-                ORDER BY j.priority DESC, j.run_at, j.id
+                ORDER BY j.fair_key, j.priority DESC, j.run_at, j.id
                 LIMIT v_per
                 FOR UPDATE SKIP LOCKED
             ) c

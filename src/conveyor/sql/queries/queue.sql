@@ -68,8 +68,9 @@ SELECT q.*, EXISTS (SELECT FROM {schema}.queue_pause p WHERE p.queue = q.name) A
        EXISTS (SELECT FROM {schema}.queue_fair f WHERE f.queue = q.name) AS fair
 FROM {schema}.queue q ORDER BY q.name;
 
--- Pause a queue: fetch_jobs claims none of its jobs from now on. True if the queue exists
--- (pausing a paused queue changes nothing).
+-- Pause a queue: fetch_jobs claims none of its jobs from now on, and workers holding claims
+-- of it they have not started yet hand them back (told on the cancel channel, "paused:NAME").
+-- True if the queue exists (pausing a paused queue changes nothing).
 -- name: queue_pause :scalar
 WITH q AS (
     SELECT name FROM {schema}.queue WHERE name = %(name)s::text
@@ -77,8 +78,10 @@ WITH q AS (
     INSERT INTO {schema}.queue_pause (queue) SELECT name FROM q
     ON CONFLICT (queue) DO NOTHING
     RETURNING 1
+), told AS (
+    SELECT pg_notify(%(cancel_channel)s::text, 'paused:' || q.name) FROM q
 )
-SELECT EXISTS (SELECT FROM q) FROM (SELECT count(*) FROM paused) n;
+SELECT EXISTS (SELECT FROM q) FROM (SELECT count(*) FROM paused) n, (SELECT count(*) FROM told) t;
 
 -- Resume a queue, and wake the workers that serve it (its jobs waited meanwhile). True if the
 -- queue exists.

@@ -39,7 +39,10 @@ def seed(dsn: str, n: int, fair: bool) -> None:
         app.create_queue("bench", fair=fair)
         for start in range(0, n, 10_000):
             app.send_batch(
-                [("bench", {"i": i}, {"fair_key": "A"}) for i in range(start, min(n, start + 10_000))]
+                [
+                    ("bench", {"i": i}, {"fair_key": "A"})
+                    for i in range(start, min(n, start + 10_000))
+                ]
             )
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f"VACUUM ANALYZE {SCHEMA}.job")
@@ -122,8 +125,10 @@ def main() -> None:
           f"{fair:,.0f} | fair costs {100 * (unfair / fair - 1):+.1f}% |")  # fmt: skip
     for mode in ("fair", "unfair"):
         w = waits[mode]
-        print(f"| B's job, send to start, {mode} queue, ms | p50 {w['wait_ms_p50']:,.1f} | "
-              f"max {w['wait_ms_max']:,.1f} | backlog {w['backlog_when_b_sent_first']:,} |")
+        print(
+            f"| B's job, send to start, {mode} queue, ms | p50 {w['wait_ms_p50']:,.1f} | "
+            f"max {w['wait_ms_max']:,.1f} | backlog {w['backlog_when_b_sent_first']:,} |"
+        )
     print(f"load average before {load_before}, after {load_after}")
     if args.json:
         with open(args.json, "w") as f:

@@ -155,9 +155,9 @@ class Job:
     """The results of the jobs in ``depends_on`` that completed (a flow's children), by id, in
     ``depends_on`` order; filled for a running job and by ``get_job``."""
     meta: dict[str, Any] | None = None
-    """What Conveyor keeps about the job beside its payload, live and in the history: the trace context
-    of its send (``traceparent``, ``tracestate``) and the schedule tick it stands for
-    (``scheduled_for``); ``None`` when there is nothing."""
+    """What Conveyor keeps about the job beside its payload, live and in the history: the
+    trace context of its send (``traceparent``, ``tracestate``) and the schedule tick it
+    stands for (``scheduled_for``); ``None`` when there is nothing."""
     fair_key: str | None = None
     """The key a fair queue takes turns by (``send(..., fair_key=...)``); a job sent to a fair
     queue without one has the key ``""``."""

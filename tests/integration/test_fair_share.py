@@ -122,7 +122,7 @@ def test_concurrent_fetchers_claim_every_job_of_a_fair_queue_exactly_once(
                 while rows := fetch(conn, app.schema, "tenants", 7):
                     with lock:
                         claimed.extend(r["id"] for r in rows)
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=fetcher) for _ in range(4)]

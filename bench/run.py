@@ -29,7 +29,8 @@ import psycopg
 from conveyor import Conveyor
 from conveyor.testing import LOCAL_TEST_DSN
 
-SCHEMA = "conveyor_bench"
+# A schema of its own per checkout (CONVEYOR_BENCH_SCHEMA), so two benchmarks never share one.
+SCHEMA = os.environ.get("CONVEYOR_BENCH_SCHEMA", "conveyor_bench")
 ROOT = Path(__file__).resolve().parent.parent
 
 # The SQL floors: what our hot path does, as plain statements pgbench runs with no client work.
@@ -205,20 +206,27 @@ def conveyor_drain(
     *,
     large: bool = False,
     limited: bool = False,
+    keep_none: bool = False,
 ) -> tuple[float, float]:
     """Jobs/s draining n pre-loaded no-op jobs, and the peak RSS (MB) of a worker process.
     With ``large``, 1,000,000 finished jobs and 100,000 future ones sit in the tables too; with
-    ``limited`` the queue has a concurrency limit that never binds (what a limit costs)."""
+    ``limited`` the queue has a concurrency limit that never binds (what a limit costs); with
+    ``keep_none`` the queue keeps no history (retention 0: the ack deletes the row)."""
     with reset(dsn) as app:
         if limited:
             app.create_queue("bench", concurrency=10_000)
+        if keep_none:
+            app.create_queue("bench", retention=0)
         if large:
             seed_large_tables(dsn, 1_000_000, 100_000)
         app.send_batch([("bench", {"i": i}) for i in range(n)])
     start = time.perf_counter()
     results = run_workers(dsn, "drain", concurrency, processes)
     elapsed = time.perf_counter() - start
-    if not exactly_once(dsn, n, 1_000_000 if large else 0, 100_000 if large else 0):
+    if keep_none:
+        if sum(r["ran"] for r in results) != n or not exactly_once(dsn, 0):
+            sys.exit("bench: drain (retention 0) lost or repeated jobs, or kept history")
+    elif not exactly_once(dsn, n, 1_000_000 if large else 0, 100_000 if large else 0):
         sys.exit(f"bench: drain lost or repeated jobs (concurrency {concurrency})")
     work = max(r["seconds"] for r in results)  # excludes interpreter start-up
     del elapsed

@@ -6,12 +6,14 @@ import asyncio
 import json
 import time
 import uuid
+from datetime import UTC
 from typing import Any
 
 import pytest
 
 from conveyor import Conveyor, Job, JobState
 from conveyor._store.worker_store import Ack, WorkerStore
+from conveyor.worker import runner
 from conveyor.worker.completer import Completer
 from tests.integration.test_worker import worker_in_background
 
@@ -158,3 +160,51 @@ async def test_scheduled_jobs_falling_due_one_after_another_each_start_when_due(
     lateness = {n: started[n] - (base + after) for n, after in enumerate((0.6, 1.2, 1.8))
                 if n in started}  # fmt: skip
     assert len(lateness) == 3 and all(-0.05 < late < 0.5 for late in lateness.values()), lateness
+
+
+async def test_a_worker_kept_busy_by_sends_looks_up_the_next_due_time_at_most_every_spacing(
+    app_async: Conveyor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each send wakes the idle worker and its fetch comes back short: the next due time is
+    asked once per NEXT_DUE_SPACING, not after every fetch, and a job scheduled meanwhile still
+    starts when due."""
+    monkeypatch.setattr(runner, "NEXT_DUE_SPACING", 0.5)
+    names = record_statements(monkeypatch)
+    started: list[float] = []
+
+    @app_async.job("spaced.q")
+    async def handle(job: Job) -> None:
+        started.append(time.monotonic())
+
+    async for _stop, _task in worker_in_background(app_async, poll_interval=30):
+        await asyncio.sleep(0.3)
+        begin = time.monotonic()
+        for _ in range(40):
+            await app_async.send_async("spaced.q", {})
+            await asyncio.sleep(0.025)
+        elapsed = time.monotonic() - begin
+        due = time.monotonic() + 0.8
+        await app_async.send_async("spaced.q", {}, start_after=0.8)
+        deadline = time.monotonic() + 10
+        while len(started) < 41 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+    fetches = names.count("job_fetch") + names.count("job_ack_fetch")
+    asked = names.count("job_next_due")
+    assert len(started) == 41
+    assert fetches >= 20, names
+    assert asked <= elapsed / 0.5 + 4, (asked, fetches)
+    assert started[-1] - due < 0.5 + 0.3
+
+
+def test_a_worker_reads_its_claims_in_a_utc_session(app: Conveyor) -> None:
+    """psycopg's fast path for timestamps needs the session in UTC, not merely a zone that is
+    UTC (this server's default is Etc/UTC): the claimed job's datetimes carry datetime.UTC."""
+    seen: list[object] = []
+
+    @app.job("utc.q")
+    def handle(job: Job) -> None:
+        seen.extend([job.created_at.tzinfo, job.run_at.tzinfo])
+
+    app.send("utc.q", {})
+    assert app.drain() == 1
+    assert seen == [UTC, UTC]

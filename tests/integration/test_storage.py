@@ -206,7 +206,7 @@ def test_history_under_the_old_layout_migrates_with_nothing_lost(
     before = history(conveyor_dsn, schema)
     assert len(before) == 700
     with Conveyor(conveyor_dsn, schema=schema) as app:
-        assert app.migrate() == [
+        assert app.migrate()[:8] == [
             "0006_quiet_acks", "0007_queue_pause", "0008_wake_on_schedule", "0009_job_meta",
             "0010_dependants_index", "0011_counters", "0012_history", "0013_retention_zero",
         ]  # fmt: skip

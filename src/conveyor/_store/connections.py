@@ -12,7 +12,7 @@ import weakref
 from typing import Any
 from urllib.parse import urlsplit
 
-from psycopg import Error
+from psycopg import AsyncConnection, Connection, Error
 from psycopg.adapt import AdaptersMap
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import JsonbBinaryLoader, JsonBinaryLoader, JsonbLoader, JsonLoader
@@ -47,11 +47,29 @@ def check_dsn(dsn: str) -> str:
     return dsn
 
 
+UTC_SESSION = "SET TimeZone TO 'UTC'"
+
+
 def connect_kwargs(dsn: str, **kwargs: Any) -> dict[str, Any]:
     """Connection arguments with a bounded ``connect_timeout`` unless the DSN sets one."""
     if "connect_timeout" not in conninfo_to_dict(dsn):
         kwargs.setdefault("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
     return kwargs
+
+
+async def utc_session_async(conn: AsyncConnection[Any]) -> None:
+    """Put a new pooled connection's session in UTC.
+
+    psycopg turns a ``timestamptz`` into a datetime much faster in a UTC session than in any
+    named zone (even 'Etc/UTC'): about 2 us per value, three per claimed job. The instants are
+    the same; only the datetimes' tzinfo is UTC.
+    """
+    await conn.execute(UTC_SESSION)
+
+
+def utc_session(conn: Connection[Any]) -> None:
+    """The sync twin of :func:`utc_session_async`."""
+    conn.execute(UTC_SESSION)
 
 
 def closed_by_server(conn: Any) -> bool:

@@ -70,7 +70,7 @@ def fetched_job(values: tuple[Any, ...], runtime: JobRuntime) -> Job:
     meta = fields[FETCHED_META]
     fields[FETCHED_META] = None
     fair_key = None
-    if meta is not None and "fair_key" in meta:  # carried in meta by the claim (0014)
+    if meta is not None and "fair_key" in meta:  # carried in meta by the claim (0015)
         fair_key = meta.pop("fair_key")
         meta = meta or None
     # the fields after the columns: _runtime, results, meta, fair_key

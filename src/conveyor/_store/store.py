@@ -28,6 +28,7 @@ from conveyor._store.connections import (
     replaced,
     standard_json,
     unavailable,
+    utc_session,
 )
 from conveyor._store.errors import translated
 from conveyor._store.queries import READS, queries
@@ -77,6 +78,7 @@ class Store:
         timeout: float = 30.0,
         listen_dsn: str | None = "",
         prepare: bool = True,
+        utc: bool = False,
     ) -> None:
         self.schema = schema
         # Where LISTEN connections go; None: nowhere (behind PgBouncer without a direct DSN).
@@ -105,6 +107,8 @@ class Store:
             kwargs=self._connect_kwargs,
             reconnect_timeout=POOL_RECONNECT_TIMEOUT,
             name=f"conveyor-{schema}",
+            # Not behind PgBouncer in transaction mode, where a SET would reach other clients.
+            configure=utc_session if utc and prepare else None,
         )
         self._closed = False
         # Shared by every wait_for of this store; None: wait_for polls (behind PgBouncer).

@@ -27,6 +27,7 @@ from conveyor._store.connections import (
     replaced,
     standard_json,
     unavailable,
+    utc_session_async,
 )
 from conveyor._store.errors import translated
 from conveyor._store.queries import READS, queries
@@ -76,6 +77,7 @@ class AsyncStore:
         timeout: float = 30.0,
         listen_dsn: str | None = "",
         prepare: bool = True,
+        utc: bool = False,
     ) -> None:
         self.schema = schema
         # Where LISTEN connections go; None: nowhere (behind PgBouncer without a direct DSN).
@@ -104,6 +106,8 @@ class AsyncStore:
             kwargs=self._connect_kwargs,
             reconnect_timeout=POOL_RECONNECT_TIMEOUT,
             name=f"conveyor-{schema}",
+            # Not behind PgBouncer in transaction mode, where a SET would reach other clients.
+            configure=utc_session_async if utc and prepare else None,
         )
         self._closed = False
         # Shared by every wait_for of this store; None: wait_for polls (behind PgBouncer).

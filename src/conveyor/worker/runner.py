@@ -57,6 +57,10 @@ PREFETCH_WINDOW = 0.1
 MAX_PREFETCH = 200
 # A slot whose handlers finish without suspending gives the event loop a turn this often.
 YIELD_EVERY = 16
+# At most one look-up of the next due time per this many seconds. Under a steady load nearly
+# every fetch comes back short (the worker keeps up), and asking after each one doubled the
+# worker's statements; a look-up skipped is made this much later, by a timer.
+NEXT_DUE_SPACING = 0.025
 # pause_queue's notification on the cancel channel (whose other payloads are job ids).
 PAUSED_PREFIX = "paused:"
 
@@ -82,7 +86,7 @@ def admit_claimed(buffer: collections.deque[tuple[Any, ...]], claimed: list[Any]
 
 
 def _fair_key(row: tuple[Any, ...]) -> str | None:
-    meta = row[rows.FETCHED_META]  # a fair queue's claim carries the key there (0014)
+    meta = row[rows.FETCHED_META]  # a fair queue's claim carries the key there (0015)
     return None if meta is None else meta.get("fair_key")
 
 
@@ -157,6 +161,7 @@ class Worker:
             application_name=f"conveyor-worker {schema}",
             listen_dsn=listen_dsn,
             prepare=not pgbouncer,
+            utc=True,
         )
         # Keyed by attempt, not by job: a claim of the same job by this worker after recovery
         # wrongly presumed it dead must never overwrite (or be stopped for) the older attempt.
@@ -193,6 +198,10 @@ class Worker:
         self._deadline_moved = asyncio.Event()
         # Set when the next job of these queues falls due, after a fetch found nothing to do.
         self._due_timer: asyncio.TimerHandle | None = None
+        # When the next due time was last looked up (monotonic), and the timer of a look-up
+        # put off (see NEXT_DUE_SPACING).
+        self._due_asked_at = -NEXT_DUE_SPACING
+        self._due_recheck: asyncio.TimerHandle | None = None
         # When the last heartbeat that went through was sent. A worker frozen (SIGSTOP, a paused
         # VM) or cut off past stale_after is presumed dead and its claims handed to others, so
         # claims it buffered are started only while its liveness is recent.
@@ -279,8 +288,9 @@ class Worker:
                 await self._shutdown()
             finally:
                 sweep.cancel()
-                if self._due_timer is not None:
-                    self._due_timer.cancel()
+                for timer in (self._due_timer, self._due_recheck):
+                    if timer is not None:
+                        timer.cancel()
                 for slot in self._slot_tasks:
                     slot.cancel()
         finally:
@@ -359,7 +369,19 @@ class Worker:
             await self._wait(self._wake, poll)
 
     async def _wake_when_due(self) -> None:
-        """Wake up when the next job of these queues falls due; the poll stays the fallback."""
+        """Wake up when the next job of these queues falls due; the poll stays the fallback.
+
+        Asked at most once per NEXT_DUE_SPACING: a short fetch sooner than that arms a timer
+        instead, which wakes the producer to fetch and ask then."""
+        wait = self._due_asked_at + NEXT_DUE_SPACING - time.monotonic()
+        if wait > 0:
+            if self._due_recheck is None:
+                self._due_recheck = self._loop.call_later(wait, self._wake.set)
+            return
+        if self._due_recheck is not None:
+            self._due_recheck.cancel()
+            self._due_recheck = None
+        self._due_asked_at = time.monotonic()
         try:
             seconds = await self._store.job_next_due(self.options.queues, self._clock())
         except Exception as exc:  # an optimisation: whatever fails, the poll still finds jobs

@@ -33,7 +33,7 @@ ON CONFLICT (name) DO UPDATE SET
     updated_at = now()
 RETURNING *
 ),
--- fair (0014): a row of queue_fair. Jobs the queue holds without a key get the key '', so the
+-- fair (0015): a row of queue_fair. Jobs the queue holds without a key get the key '', so the
 -- fair claim, which walks only keyed jobs, finds them.
 fair_on AS (
     INSERT INTO {schema}.queue_fair (queue)
@@ -57,7 +57,7 @@ SELECT up.*, EXISTS (SELECT FROM {schema}.queue_pause p WHERE p.queue = up.name)
 FROM up CROSS JOIN (SELECT count(*) FROM fair_on) n;
 
 -- A queue's row, whether it is paused (queue_pause, 0007) and whether it is fair (queue_fair,
--- 0014).
+-- 0015).
 -- name: queue_get :one
 SELECT q.*, EXISTS (SELECT FROM {schema}.queue_pause p WHERE p.queue = q.name) AS paused,
        EXISTS (SELECT FROM {schema}.queue_fair f WHERE f.queue = q.name) AS fair

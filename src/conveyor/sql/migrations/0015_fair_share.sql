@@ -10,8 +10,9 @@
 -- Unfair queues are claimed exactly as before (claim_jobs), and their jobs never enter the new
 -- index unless they carry a fair_key.
 --
--- meta (0009) and fair_key now go with a job to job_archive and job_dead, so a finished job's
--- meta is read back by get_job and list_jobs.
+-- fair_key goes with a job to job_archive and job_dead, beside meta (0009), which the acks carry
+-- since 0014 and which cancels, dependency failures and writes through job_history now carry
+-- too, so a finished job's meta and key are read back by get_job and list_jobs.
 --
 -- Non-breaking: the columns are new and nullable (this release and the previous one read only
 -- the columns they know), the flag lives in a table of its own, the functions older workers
@@ -486,6 +487,8 @@ BEGIN
                (SELECT array_agg(v_round[g.ord::integer] ORDER BY g.ord)
                 FROM (SELECT p.ord FROM picked p GROUP BY p.ord HAVING count(*) = v_per) g)
         INTO v_ids, v_more;
+        -- Column by column, as claim_jobs does since 0014 (not through as_fetched: a row built
+        -- and a function run per job); the key rides in meta, as as_fetched puts it.
         RETURN QUERY
         WITH claimed AS (
             UPDATE {schema}.job j
@@ -493,9 +496,22 @@ BEGIN
                 started_at = t_now
             FROM unnest(v_ids) WITH ORDINALITY AS x(id, n)
             WHERE j.id = x.id
-            RETURNING {schema}.as_fetched(j) AS f, x.n
+            RETURNING x.n, j.id, j.queue, j.state, j.data, j.priority, j.attempt,
+                      j.retry_limit, j.retry_delay, j.retry_backoff, j.retry_delay_max,
+                      j.expire_in, j.retention, j.run_at, j.created_at, j.started_at,
+                      j.finished_at,
+                      coalesce(j.meta, '{}') || jsonb_build_object('fair_key', j.fair_key)
+                          AS meta,
+                      nullif(j.errors, '[]') AS errors, j.progress, j.singleton_key,
+                      j.singleton_seconds, j.unique_key, j.dead_letter, j.group_key,
+                      j.depends_on, j.worker_id
         )
-        SELECT (done.f).* FROM claimed done ORDER BY done.n;
+        SELECT c.id, c.queue, c.state, c.data, c.priority, c.attempt, c.retry_limit,
+               c.retry_delay, c.retry_backoff, c.retry_delay_max, c.expire_in, c.retention,
+               c.run_at, c.created_at, c.started_at, c.finished_at, c.meta, c.errors,
+               c.progress, c.singleton_key, c.singleton_seconds, c.unique_key, c.dead_letter,
+               c.group_key, c.depends_on, c.worker_id
+        FROM claimed c ORDER BY c.n;
         GET DIAGNOSTICS v_got = ROW_COUNT;
         v_left := v_left - v_got;
         EXIT WHEN v_got = 0;
@@ -623,8 +639,10 @@ BEGIN
 END
 $fn$;
 
--- The claimed job carries its fair_key in meta (the claim's row type is fixed: see 0009), where
--- conveyor._store.rows.fetched_job takes it out again.
+-- A claimed job carries its fair_key in meta (the claim's row type is fixed: see 0009), where
+-- conveyor._store.rows.fetched_job takes it out again: claim_fair puts it there, and so does
+-- as_fetched for group heads (claim_group_heads). claim_jobs, which claims the jobs of queues
+-- that are not fair, is left as 0014 made it, so a job claimed there shows no key.
 CREATE OR REPLACE FUNCTION {schema}.as_fetched(j {schema}.job) RETURNS {schema}.job_fetched
 LANGUAGE sql IMMUTABLE AS $fn$
     SELECT j.id, j.queue, j.state, j.data, j.priority, j.attempt, j.retry_limit, j.retry_delay,
@@ -637,7 +655,7 @@ LANGUAGE sql IMMUTABLE AS $fn$
            j.worker_id
 $fn$;
 
--- As in 0012, with meta and fair_key carried to job_archive and job_dead.
+-- As in 0014, with fair_key carried to job_archive and job_dead beside meta.
 CREATE OR REPLACE FUNCTION {schema}.ack_jobs(
     p_id uuid[], p_worker uuid[], p_attempt integer[], p_outcome text[], p_result jsonb[],
     p_error jsonb[], p_delay double precision[], p_now timestamptz
@@ -658,6 +676,68 @@ DECLARE
     dl_queue text[];
     dl_data jsonb[];
 BEGIN
+    -- The common batch: completions only, and no wait_for registered to read their outcomes.
+    -- One statement: the rows leave the live table, and those that keep history go to the
+    -- archive. A job of retention 0 that a completion hook or a dependant needs after all (they
+    -- are rare; looked up in a statement after the DELETE, so that an edge whose sender held
+    -- the row until it committed is seen) sends the batch back to the general path below: the
+    -- block's subtransaction undoes what it wrote.
+    IF 'completed' = ALL (p_outcome) AND NOT EXISTS (SELECT FROM {schema}.waiter) THEN
+        BEGIN
+            WITH a AS (
+                SELECT *
+                FROM unnest(p_id, p_worker, p_attempt, p_result) AS a(id, worker, attempt, result)
+            ),
+            finished AS (
+                DELETE FROM {schema}.job j
+                USING a
+                WHERE j.id = a.id AND j.worker_id = a.worker AND j.attempt = a.attempt
+                RETURNING j.*, a.result AS new_result
+            ),
+            routes AS (
+                SELECT r.retention,
+                       {schema}.archive_drop_at(t_now + make_interval(secs => r.retention), t_floor)
+                           AS drop_at
+                FROM (SELECT DISTINCT f.retention FROM finished f WHERE f.retention > 0) r
+            ),
+            archived AS (
+                INSERT INTO {schema}.job_archive (
+                    id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
+                    retry_backoff, retry_delay_max, expire_in, retention, singleton_key,
+                    singleton_seconds, unique_key, dead_letter, group_key, depends_on, worker_id,
+                    created_at, started_at, finished_at, result, errors, progress, meta, fair_key,
+                    drop_at)
+                SELECT f.id, f.queue, 'completed', f.data, f.priority, f.run_at, f.attempt,
+                       f.retry_limit, f.retry_delay, f.retry_backoff, f.retry_delay_max,
+                       f.expire_in, f.retention, f.singleton_key, f.singleton_seconds,
+                       f.unique_key, f.dead_letter, f.group_key, f.depends_on, f.worker_id,
+                       f.created_at, f.started_at, t_now, f.new_result, f.errors, f.progress,
+                       f.meta, f.fair_key, r.drop_at
+                FROM finished f JOIN routes r ON r.retention = f.retention
+            )
+            SELECT array_agg(f.id), array_agg(f.queue),
+                   array_agg(f.id) FILTER (WHERE f.retention <= 0)
+            INTO v_id, v_queue, v_done
+            FROM finished f;
+            IF EXISTS (SELECT FROM {schema}.job_hook k WHERE k.job_id = ANY (v_done))
+               OR EXISTS (SELECT FROM {schema}.job_dependency d WHERE d.depends_on = ANY (v_done))
+            THEN
+                RAISE SQLSTATE 'CVACK';
+            END IF;
+        EXCEPTION WHEN SQLSTATE 'CVACK' THEN
+            v_id := NULL;
+            v_done := NULL;
+        END;
+        IF v_id IS NOT NULL THEN
+            PERFORM pg_notify('conveyor:' || {schema_literal}, x.name)
+            FROM {schema}.queue x
+            WHERE x.name IN (SELECT DISTINCT u FROM unnest(v_queue) AS u)
+              AND (x.concurrency IS NOT NULL OR x.policy IN ('singleton', 'stately'));
+            RETURN QUERY SELECT u.id, u.queue, 'completed'::text
+                         FROM unnest(v_id, v_queue) AS u(id, queue);
+            RETURN;
+        END IF;
+    END IF;
     WITH a AS (
         SELECT *
         FROM unnest(p_id, p_worker, p_attempt, p_outcome, p_result, p_error, p_delay)
@@ -744,13 +824,12 @@ BEGIN
            array_agg(c.id) FILTER (WHERE c.done),
            array_agg(c.dead_letter) FILTER (WHERE c.state = 'failed' AND c.dead_letter IS NOT NULL),
            array_agg(c.data) FILTER (WHERE c.state = 'failed' AND c.dead_letter IS NOT NULL),
-           (SELECT array_agg(ROW(z.id, z.queue, z.state, z.data, z.priority, z.run_at,
-                                 z.attempt, z.retry_limit, z.retry_delay, z.retry_backoff,
-                                 z.retry_delay_max, z.expire_in, z.retention, z.singleton_key,
-                                 z.singleton_seconds, z.unique_key, z.dead_letter, z.group_key,
-                                 z.depends_on, z.worker_id, z.created_at, z.started_at,
-                                 z.finished_at, z.result, z.errors, z.progress, NULL, z.meta,
-                                 NULL, z.fair_key)::{schema}.job_archive)
+           (SELECT array_agg(ROW(z.id, z.queue, z.state, z.data, z.priority, z.run_at, z.attempt,
+                       z.retry_limit, z.retry_delay, z.retry_backoff, z.retry_delay_max,
+                       z.expire_in, z.retention, z.singleton_key, z.singleton_seconds,
+                       z.unique_key, z.dead_letter, z.group_key, z.depends_on, z.worker_id,
+                       z.created_at, z.started_at, z.finished_at, z.result, z.errors,
+                       z.progress, NULL, z.meta, NULL, z.fair_key)::{schema}.job_archive)
             FROM closed z
             WHERE z.state = 'completed' AND z.retention <= 0)
     INTO v_id, v_queue, v_state, v_due, v_done, dl_queue, dl_data, v_zero
@@ -761,7 +840,7 @@ BEGIN
     END IF;
     -- Outcomes and finished ids reach wait_for only while one is registered (see 0006).
     v_waiting := EXISTS (SELECT FROM {schema}.waiter);
-    IF v_zero IS NOT NULL THEN
+    IF v_zero IS NOT NULL AND v_waiting THEN
         WITH kept AS (
             INSERT INTO {schema}.job_archive (
                 id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
@@ -793,8 +872,30 @@ BEGIN
                (SELECT count(pg_notify('conveyor:' || {schema_literal} || ':done',
                                        '[' || g.bodies || ']'))
                 FROM (SELECT string_agg(t.body, ',') AS bodies
-                      FROM told t WHERE v_waiting GROUP BY (t.upto - 1) / 3800) g)::integer
+                      FROM told t GROUP BY (t.upto - 1) / 3800) g)::integer
         INTO v_done, v_told;
+    ELSIF v_zero IS NOT NULL
+          AND (EXISTS (SELECT FROM {schema}.job_hook) OR EXISTS (SELECT FROM {schema}.job_dependency)) THEN
+        -- Nobody waits for these outcomes: only dependants and completion hooks need the row.
+        WITH kept AS (
+            INSERT INTO {schema}.job_archive (
+                id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
+                retry_backoff, retry_delay_max, expire_in, retention, singleton_key,
+                singleton_seconds, unique_key, dead_letter, group_key, depends_on, worker_id,
+                created_at, started_at, finished_at, result, errors, progress, queued_key, meta,
+                fair_key, drop_at)
+            SELECT z.id, z.queue, z.state, z.data, z.priority, z.run_at, z.attempt,
+                   z.retry_limit, z.retry_delay, z.retry_backoff, z.retry_delay_max,
+                   z.expire_in, z.retention, z.singleton_key, z.singleton_seconds, z.unique_key,
+                   z.dead_letter, z.group_key, z.depends_on, z.worker_id, z.created_at,
+                   z.started_at, z.finished_at, z.result, z.errors, z.progress, NULL, z.meta,
+                   z.fair_key, {schema}.archive_drop_at(t_now, t_floor)
+            FROM unnest(v_zero) AS z
+            WHERE EXISTS (SELECT FROM {schema}.job_hook k WHERE k.job_id = z.id)
+               OR EXISTS (SELECT FROM {schema}.job_dependency d WHERE d.depends_on = z.id)
+            RETURNING {schema}.job_archive.id
+        )
+        SELECT array_cat(v_done, (SELECT array_agg(k.id) FROM kept k)) INTO v_done;
     END IF;
     IF dl_queue IS NOT NULL THEN
         PERFORM {schema}.insert_jobs(

@@ -128,7 +128,9 @@ def main() -> None:
              for mode in ("fair", "unfair")}  # fmt: skip
     load_after = os.getloadavg()
 
-    unfair, fair = statistics.median(rates["unfair"]), statistics.median(rates["fair"])
+    # --rounds 0 measures the latency alone.
+    unfair = statistics.median(rates["unfair"]) if rates["unfair"] else float("nan")
+    fair = statistics.median(rates["fair"]) if rates["fair"] else float("nan")
     out = {
         "jobs": args.jobs,
         "rounds": args.rounds,

@@ -19,7 +19,7 @@ def main() -> None:
 
     @app.job("bench")
     async def noop(job: Job) -> Any:
-        return time.time() if job.fair_key == "B" else None
+        return time.time() if job.data.get("tenant") == "B" else None
 
     app.run_worker(concurrency=concurrency, poll_interval=5.0)
 

@@ -48,7 +48,10 @@ def job_outcome(outcome: dict[str, Any]) -> Job:
     return Job(**row, data=None)
 
 
-# Positions in the tuples job_fetch returns (the order of Job's fields).
+# How many columns job_fetch returns (the type job_fetched, in the order of Job's fields); a
+# row of job_ack_fetch has more after them, which fetched_job leaves out.
+FETCHED_WIDTH = 26
+# Positions in the tuples job_fetch returns.
 FETCHED_ID, FETCHED_QUEUE, FETCHED_STATE, FETCHED_ATTEMPT, FETCHED_DEPENDS_ON = 0, 1, 2, 5, 24
 FETCHED_ERRORS = 17  # NULL for a job that never failed
 # A claimed job has no result yet: the claim carries the job's meta there (migration 0009).
@@ -64,6 +67,7 @@ def fetched_job(values: tuple[Any, ...], runtime: JobRuntime) -> Job:
     """A :class:`Job` bound to its attempt, from a ``job_fetch`` tuple: the worker builds one
     per job. Equal to ``Job(*fields)`` (Job has no __post_init__; a unit test checks)."""
     fields = list(values)
+    del fields[FETCHED_WIDTH:]
     fields[FETCHED_STATE] = JobState.ACTIVE  # what a claim leaves
     fields[FETCHED_DEPENDS_ON] = fields[FETCHED_DEPENDS_ON] or []
     fields[FETCHED_ERRORS] = fields[FETCHED_ERRORS] or []

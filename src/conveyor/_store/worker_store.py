@@ -15,6 +15,7 @@ from uuid import UUID
 from psycopg import Error
 from psycopg.rows import tuple_row
 
+from conveyor._store import rows
 from conveyor._store.connections import one_line
 from conveyor._store.store_async import AsyncStore
 from conveyor.config import STATS_WAIT_BOUNDS_MS
@@ -27,7 +28,7 @@ from conveyor.errors import (
 )
 
 # How many columns job_fetch returns (the type job_fetched); job_ack_fetch adds more after them.
-FETCHED_WIDTH = 26
+FETCHED_WIDTH = rows.FETCHED_WIDTH
 
 # SQLSTATE classes of errors about the values themselves (data exception, integrity constraint
 # violation): writing the same rows again cannot succeed.
@@ -118,7 +119,9 @@ class WorkerStore(AsyncStore):
         changed = [Changed(*c) for c in zip(ids or (), queues_ or (), states or (), strict=True)]
         if first[0] is None:
             return changed, []
-        return changed, [row[:FETCHED_WIDTH] for row in found]
+        # Each row keeps the trailing columns: rows.fetched_job reads the first FETCHED_WIDTH
+        # (copying every tuple to trim it cost more than the rest of this method).
+        return changed, found
 
     async def job_progress_many(
         self, worker: UUID, progress: dict[tuple[UUID, int], dict[str, Any]]

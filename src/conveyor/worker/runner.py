@@ -117,8 +117,9 @@ class Running:
     deadline: float
     stop_reason: str | None = None  # "cancelled", "expired", "shutdown", "settling"
     future: concurrent.futures.Future[Any] | None = None  # a sync handler's call
-    # When the handler was called (wall clock), for the error of a failed attempt.
-    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # When the handler was called (wall clock, seconds since the epoch), for the error of a
+    # failed attempt: a float, since a datetime per job cost more than the rest of Running.
+    started_wall: float = field(default_factory=time.time)
 
 
 class Worker:
@@ -625,7 +626,9 @@ class Worker:
         final: bool = False,
     ) -> Ack:
         running = self._running.get((job.id, job.attempt))
-        started_at = running.started_at if running is not None else None
+        started_at = (
+            None if running is None else datetime.fromtimestamp(running.started_wall, UTC)
+        )
         error = outcome.describe(exc, job, self.id, kind, started_at)
         if message is not None:
             error["message"] = message

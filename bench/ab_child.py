@@ -88,7 +88,7 @@ def drain(args: argparse.Namespace) -> dict[str, Any]:
         stats = app.queue_stats(QUEUE)
     calls = sum(r["calls"] for r in results)
     completed = stats.counts.get(JobState.COMPLETED, 0)
-    # A tree before 0016 does not count jobs that keep no history: reported, not refused.
+    # A tree before 0017 does not count jobs that keep no history: reported, not refused.
     uncounted = args.retention == 0 and completed == 0
     if (
         calls != n

@@ -480,7 +480,9 @@ class Client:
 
         Options: ``policy`` (standard, short, singleton, stately), ``priority``, ``retry_limit``,
         ``retry_delay``, ``retry_backoff``, ``retry_delay_max``, ``expire_in``, ``retention``,
-        ``dead_letter``, ``concurrency``, ``rate_limit`` (``n`` per second or ``(n, seconds)``).
+        ``dead_letter``, ``concurrency``, ``rate_limit`` (``n`` per second or ``(n, seconds)``),
+        ``fair`` (claim its jobs by turns across their ``fair_key`` values; see
+        docs/howto/fair-share.md).
         """
         check_queue_name(name)
         values = queue_policy(policy, partial=False)

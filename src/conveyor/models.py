@@ -155,9 +155,12 @@ class Job:
     """The results of the jobs in ``depends_on`` that completed (a flow's children), by id, in
     ``depends_on`` order; filled for a running job and by ``get_job``."""
     meta: dict[str, Any] | None = None
-    """What Conveyor keeps about the job beside its payload, while it is live: the trace context
-    of its send (``traceparent``, ``tracestate``) and the schedule tick it stands for
-    (``scheduled_for``); ``None`` when there is nothing."""
+    """What Conveyor keeps about the job beside its payload, live and in the history: the
+    trace context of its send (``traceparent``, ``tracestate``) and the schedule tick it
+    stands for (``scheduled_for``); ``None`` when there is nothing."""
+    fair_key: str | None = None
+    """The key a fair queue takes turns by (``send(..., fair_key=...)``); a job sent to a fair
+    queue without one has the key ``""``."""
 
     @property
     def scheduled_for(self) -> datetime | None:
@@ -277,6 +280,9 @@ class Queue:
     updated_at: datetime
     paused: bool = False
     """No worker starts its jobs until it is resumed (:meth:`~conveyor.Conveyor.pause_queue`)."""
+    fair: bool = False
+    """Its jobs are claimed by turns across their ``fair_key`` values, not in one global order
+    (``create_queue(name, fair=True)``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,6 +64,7 @@ JOB_OPTIONS = (
     "debounce_seconds",
     "dead_letter",
     "group_key",
+    "fair_key",
     "depends_on",
     "on_dependency_failure",
     "on_complete",
@@ -71,7 +72,7 @@ JOB_OPTIONS = (
 # What a dependant does when a job it depends on fails or is cancelled: fail too (into the dead
 # letters, with a DependencyFailed error), or run anyway once the others finished.
 DEPENDENCY_FAILURE_POLICIES = ("fail", "run")
-QUEUE_OPTIONS = (*DEFAULTABLE, "policy", "dead_letter", "concurrency", "rate_limit")
+QUEUE_OPTIONS = (*DEFAULTABLE, "policy", "dead_letter", "concurrency", "rate_limit", "fair")
 
 
 def check_queue_name(name: object, what: str = "queue name") -> str:
@@ -220,6 +221,7 @@ class JobSpec:
     dead_letter: str | None = None
     group_key: str | None = None
     depends_on: str | None = None
+    fair_key: str | None = None
     on_dependency_failure: str | None = None
     on_complete: str | None = None
 
@@ -280,6 +282,8 @@ def job_spec(queue: str, data: object, options: Mapping[str, Any], payload_limit
         values["dead_letter"] = check_queue_name(options["dead_letter"], "dead_letter queue")
     if options.get("group_key") is not None:
         values["group_key"] = check_key("group_key", options["group_key"])
+    if options.get("fair_key") is not None:
+        values["fair_key"] = check_key("fair_key", options["fair_key"])
     if options.get("depends_on"):
         depends_on = options["depends_on"]
         if isinstance(depends_on, str | uuid.UUID) or not isinstance(depends_on, Iterable):
@@ -370,6 +374,10 @@ def queue_policy(options: Mapping[str, Any], *, partial: bool) -> dict[str, Any]
         count, interval = rate if isinstance(rate, tuple | list) else (rate, 1.0)
         out["rate_limit"] = check_int("rate_limit", count, 1, 1_000_000_000)
         out["rate_interval"] = check_seconds("rate_limit interval", interval, allow_zero=False)
+    if options.get("fair") is not None:
+        if not isinstance(options["fair"], bool):
+            raise InvalidOption("fair must be True or False")
+        out["fair"] = options["fair"]
     if partial:
         for name in explicit_none:
             out.setdefault(name, None)

@@ -286,6 +286,14 @@ def test_pause_resume_and_the_charts_on_the_overview(board: Board, page: Page) -
     expect(row.locator('[data-count="created"]')).to_have_text("0")
 
 
+def test_a_fair_queue_is_shown_fair_on_the_overview(board: Board, page: Page) -> None:
+    board.app.create_queue("live.fair", fair=True)
+    board.app.send("live.fair", {"n": 1}, fair_key="t-1")
+    page.goto(board.url + "/")
+    expect(page.locator('tr[data-queue="live.fair"] .state-fair')).to_have_text("fair")
+    expect(page.locator(".state-fair")).to_have_count(1)  # only the fair queue
+
+
 def test_payloads_are_shown_as_text(board: Board, page: Page) -> None:
     evil = "<script>window.__pwned = 1</script><img src=x onerror='window.__pwned = 2'>"
     job_id = board.app.send("live.evil", {"html": evil}, start_after=3600)

@@ -111,3 +111,20 @@ def test_bulk_bad_input_exits_2_with_one_line_and_changes_nothing(
     assert len(result.stderr.strip().splitlines()) == 1
     assert app.queue_stats("mail").queued == 2
     assert {j.priority for j in app.list_jobs("mail")} == {0}
+
+
+def test_queues_fair_and_send_with_a_fair_key(app: Conveyor, run: Any) -> None:
+    sent = as_json(run("send", "tenants", '{"n": 1}', "--fair-key", "t-42", "--json"))
+    assert app.get_job(sent["id"]).fair_key == "t-42"
+    assert as_json(run("queues", "fair", "tenants", "--json")) == {"queue": "tenants", "fair": True}
+    assert [(q["name"], q["fair"]) for q in as_json(run("queues", "--json"))] == [("tenants", True)]
+    table = run("queues")
+    assert table.exit_code == 0 and "fair" in table.stdout
+    off = run("queues", "fair", "tenants", "--off")
+    assert (off.exit_code, off.stdout) == (0, "queue tenants is not fair\n")
+    assert not app.get_queue("tenants").fair
+    missing = run("queues", "fair", "nowhere")
+    assert missing.exit_code == 4 and len(missing.stderr.splitlines()) == 1
+    bad = run("send", "tenants", "{}", "--fair-key", "")
+    assert bad.exit_code != 0 and "fair_key" in bad.stderr
+    assert len(app.list_jobs()) == 1

@@ -73,3 +73,29 @@ def test_sql_send_stores_the_meta_option(
             with pytest.raises(psycopg.errors.InvalidParameterValue, match="meta must be"):
                 conn.execute(send, [psycopg.types.json.Jsonb(bad)])
     assert len(app.list_jobs(queue="q")) == 1  # the refused sends wrote nothing
+
+
+def test_a_finished_jobs_meta_is_kept_in_the_history(app: Conveyor, conveyor_dsn: str) -> None:
+    from conveyor import Fail, JobState
+
+    @app.job("kept")
+    def handle(job: Job) -> None:
+        if job.data["fail"]:
+            raise Fail("no")
+
+    meta = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    send = f"SELECT {app.schema}.send('kept', %s, %s)"
+    with psycopg.connect(conveyor_dsn, autocommit=True) as conn:
+        ids = [
+            conn.execute(send, [psycopg.types.json.Jsonb({"fail": fail}),
+                                psycopg.types.json.Jsonb({"meta": meta})]).fetchone()[0]  # type: ignore[index]
+            for fail in (False, True, False)
+        ]  # fmt: skip
+    app.cancel(ids[2])
+    assert app.drain() == 2
+    finished = [app.get_job(i) for i in ids]
+    assert [j.state for j in finished] == [JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED]
+    assert [j.meta for j in finished] == [meta] * 3
+    assert [j.meta for j in app.list_jobs(queue="kept")] == [meta] * 3
+    app.retry_dead(ids[1])  # back to the live table with it
+    assert app.get_job(ids[1]).meta == meta

@@ -94,7 +94,7 @@ def test_migrate_creates_the_tables(conveyor_dsn: str, scratch_schema: str) -> N
     by_app = tables(conveyor_dsn, scratch_schema)
     assert by_app == sorted(
         ["archive_partition", "archive_status", "job", "job_archive", "job_dead",
-         "job_dependency", "job_hook", "leader", "migration", "queue", "queue_pause",
+         "job_dependency", "job_hook", "leader", "migration", "queue", "queue_fair", "queue_pause",
          "schedule", "schedule_tick", "stats_backlog", "stats_minute", "stats_rollup",
          "stats_total", "stats_unkept", "subscription", "throttle", "waiter", "worker"]
     )  # fmt: skip

@@ -139,3 +139,26 @@ def test_a_wait_for_returns_when_recovery_fails_its_job_for_good(
     job, returned = outcome[0]
     assert job.state is JobState.FAILED
     assert returned - recovered_at < 3, f"woken {returned - recovered_at:.1f}s after recovery"
+
+
+def test_bulk_cancel_and_delete_notify_done_once_per_batch_and_only_for_a_registered_wait(
+    app: Conveyor, conveyor_dsn: str, conveyor_schema: str
+) -> None:
+    with listen_done(conveyor_dsn, conveyor_schema) as listener:
+        app.send_batch([("bulk.q", {"i": i}) for i in range(250)])
+        assert app.bulk_jobs("cancel", queue="bulk.q").affected == 250
+        assert app.bulk_jobs("delete", queue="bulk.q", state="cancelled").affected == 250
+        assert done_notes(listener, 0.3) == []  # nobody waits
+
+        with psycopg.connect(conveyor_dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("INSERT INTO {}.waiter (id, expires_at) VALUES (%s, now() + '1 min')")
+                .format(sql.Identifier(conveyor_schema)), [uuid.uuid4()]
+            )  # fmt: skip
+        ids = app.send_batch([("bulk.q", {"i": i}) for i in range(450)])
+        assert app.bulk_jobs("cancel", queue="bulk.q", batch_size=1000).affected == 450
+        notes = done_notes(listener, 1.0)
+        assert len(notes) == 3  # 200 ids a notification
+        assert sorted(n for note in notes for n in note.split(",")) == sorted(map(str, ids))
+        assert app.bulk_jobs("delete", queue="bulk.q", batch_size=1000).affected == 450
+        assert len(done_notes(listener, 1.0)) == 3

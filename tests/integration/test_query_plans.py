@@ -112,3 +112,43 @@ def test_fetch_and_ack_use_their_indexes_on_a_large_table(app: Conveyor, conveyo
     assert "job_fetch_idx" in folded_fetch and "Seq Scan on job" not in folded_fetch
     folded_ack = next(n for n in folded if "DELETE FROM" in n and ".job j" in n)
     assert "Index Cond: (id = a" in folded_ack and "Seq Scan on job " not in folded_ack
+
+
+def test_a_fair_queue_walks_its_keys_and_their_heads_by_index_whatever_one_key_holds(
+    app: Conveyor, conveyor_dsn: str
+) -> None:
+    app.create_queue("fair", fair=True)
+    with psycopg.connect(conveyor_dsn, row_factory=dict_row) as conn:
+        conn.execute(
+            f"INSERT INTO {app.schema}.job (id, queue, data, run_at, retry_limit, retry_delay,"
+            " retry_backoff, expire_in, retention, created_at, fair_key)"
+            " SELECT gen_random_uuid(), 'fair', '{}', now(), 2, 5, 'exponential', 900, 604800,"
+            " now(), CASE WHEN g = 100000 THEN 'B' ELSE 'A' END"
+            " FROM generate_series(1, 100000) g"
+        )
+        conn.execute(f"ANALYZE {app.schema}.job")
+        conn.commit()
+        try:
+            conn.execute("LOAD 'auto_explain'")
+        except psycopg.errors.UndefinedFile:
+            pytest.skip("auto_explain is not installed on this server: plans cannot be read")
+        notices: list[str] = []
+        conn.add_notice_handler(lambda d: notices.append(str(d.message_primary)))
+        conn.execute(
+            "SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;"
+            " SET auto_explain.log_level = notice; SET auto_explain.log_analyze = on"
+        )
+        for _ in range(6):  # past the point where a cached generic plan takes over
+            claimed = conn.execute(
+                queries(app.schema)["job_fetch"].sql,
+                {"queues": ["fair"], "worker": uuid.uuid4(), "limit": 100, "now": None},
+            ).fetchall()
+            assert len(claimed) == 100
+        conn.rollback()
+    walk = [n for n in notices if "min(j.fair_key)" in n][-3:]  # the last fetch's probes
+    pick = [n for n in notices if "LATERAL" in n][-1]
+    assert len(walk) == 3 and all("job_fair_idx" in n and "Seq Scan" not in n for n in walk)
+    assert "job_fair_idx" in pick and "job_fetch_idx" not in pick and "Seq Scan" not in pick
+    heads = pick.split("LockRows")[1].split("InitPlan")[0]  # each key's jobs, read in order
+    assert "job_fair_idx" in heads and "Sort" not in heads
+    assert not any("Seq Scan on job " in n for n in notices)

@@ -88,6 +88,56 @@ async def test_a_paused_queue_runs_nothing_on_running_workers_its_running_job_fi
         assert time.monotonic() - begin < 5
 
 
+async def test_a_pause_hands_back_the_claims_a_worker_holds_unstarted_in_its_buffer(
+    app_async: Conveyor,
+) -> None:
+    started = asyncio.Event()
+    release = asyncio.Event()
+    ran: list[int] = []
+
+    @app_async.job("reports")
+    async def report(job: Job) -> None:
+        ran.append(job.data["n"])
+        started.set()
+        await release.wait()
+
+    ids = [await app_async.send_async("reports", {"n": n}) for n in range(5)]
+    stop = asyncio.Event()
+    worker = asyncio.create_task(
+        app_async.run_worker_async(stop=stop, concurrency=1, prefetch=10, poll_interval=0.05)
+    )
+    try:
+        await asyncio.wait_for(started.wait(), 10)
+
+        async def claimed() -> bool:
+            jobs = [await app_async.get_job_async(i) for i in ids]
+            return all(j.state is JobState.ACTIVE for j in jobs)
+
+        await until(claimed)  # one running, four claimed and waiting in the worker's buffer
+        await app_async.pause_queue_async("reports")
+
+        async def handed_back() -> bool:
+            jobs = [await app_async.get_job_async(i) for i in ids]
+            return sum(j.state is JobState.CREATED and j.attempt == 0 for j in jobs) == 4
+
+        await until(handed_back)
+        release.set()
+        await asyncio.sleep(0.3)  # the slot is free: nothing of the paused queue starts
+        assert ran == [0]
+        await app_async.resume_queue_async("reports")
+
+        async def all_done() -> bool:
+            counts = (await app_async.queue_stats_async("reports")).counts
+            return counts[JobState.COMPLETED] == 5
+
+        await until(all_done)
+        assert sorted(ran) == [0, 1, 2, 3, 4]
+        assert [(await app_async.get_job_async(i)).attempt for i in ids] == [1] * 5
+    finally:
+        stop.set()
+        await asyncio.wait_for(worker, 30)
+
+
 def test_a_pause_survives_a_restart_and_holds_for_limited_queues(
     conveyor_dsn: str, conveyor_schema: str
 ) -> None:

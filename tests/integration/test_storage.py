@@ -228,9 +228,10 @@ def test_history_under_the_old_layout_migrates_with_nothing_lost(
         assert scalar(conveyor_dsn, f"SELECT count(*) FROM {schema}.job_archive") == 0
 
         def readable() -> None:
-            # 0009 added meta (empty on rows already finished); every other column is as it was.
+            # 0009 added meta and 0015 fair_key (empty on rows already finished); every other
+            # column is as it was.
             after = history(conveyor_dsn, schema)
-            assert {r.pop("meta") for r in after.values()} == {None}
+            assert {(r.pop("meta"), r.pop("fair_key")) for r in after.values()} == {(None, None)}
             assert after == before
             for job_id, row in before.items():
                 job = app.get_job(job_id)
@@ -315,7 +316,7 @@ def test_a_schema_migrated_by_the_first_0012_ends_as_a_new_one(
         assert [severity for severity, _ in drift] == ["ok"], drift
         assert app.maintain()["legacy_moved"] == 0
     after = history(conveyor_dsn, schema)
-    assert {r.pop("meta") for r in after.values()} == {None}
+    assert {(r.pop("meta"), r.pop("fair_key")) for r in after.values()} == {(None, None)}
     assert after == before
 
 

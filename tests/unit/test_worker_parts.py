@@ -4,6 +4,7 @@ of handler threads, and the validation of what handlers ask for (delays, results
 from __future__ import annotations
 
 import asyncio
+import collections
 import io
 import json
 import logging
@@ -12,16 +13,19 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from conveyor import Job, Retry
+from conveyor._store import rows
 from conveyor.app import heartbeat_for
 from conveyor.errors import InvalidOption, InvalidRetryDelay
 from conveyor.handlers import Registry
 from conveyor.options import TEN_YEARS
 from conveyor.worker import outcome
 from conveyor.worker.logs import configure_logging
+from conveyor.worker.runner import admit_claimed
 from conveyor.worker.supervisor import Supervisor
 from conveyor.worker.threads import DaemonThreadPool
 
@@ -274,3 +278,25 @@ def test_the_worker_builds_a_claimed_job_equal_to_the_dataclass_constructor() ->
     assert job._runtime is runtime
     never_failed = rows.fetched_job((*row[:17], None, *row[18:]), runtime)  # type: ignore[arg-type]
     assert never_failed.errors == [] and never_failed.error is None
+
+
+def _claimed(queue: str, key: str | None, n: int) -> tuple[Any, ...]:
+    row: list[Any] = [None] * 26
+    row[rows.FETCHED_ID], row[rows.FETCHED_QUEUE] = n, queue
+    row[rows.FETCHED_META] = None if key is None else {"fair_key": key}
+    return tuple(row)
+
+
+def test_a_fair_keys_first_claimed_job_goes_ahead_of_the_buffer_when_it_holds_none_of_its_key() -> (
+    None
+):
+    buffer = collections.deque([_claimed("q", "A", n) for n in range(3)])
+    admit_claimed(buffer, [_claimed("q", "A", 3), _claimed("q", "B", 4), _claimed("q", "A", 5),
+                           _claimed("q", "B", 6), _claimed("r", "A", 7)])  # fmt: skip
+    assert [row[rows.FETCHED_ID] for row in buffer] == [4, 7, 0, 1, 2, 3, 5, 6]
+    plain = collections.deque([_claimed("q", None, 0)])
+    admit_claimed(plain, [_claimed("q", None, 1), _claimed("q", None, 2)])
+    assert [row[rows.FETCHED_ID] for row in plain] == [0, 1, 2]  # unfair rows keep their order
+    empty: collections.deque[tuple[Any, ...]] = collections.deque()
+    admit_claimed(empty, [_claimed("q", "A", 0), _claimed("q", "B", 1)])
+    assert [row[rows.FETCHED_ID] for row in empty] == [0, 1]

@@ -94,3 +94,23 @@ async def test_bad_bulk_input_is_a_400_with_a_json_error_and_changes_nothing(
     assert_error(await api.post("/api/jobs/bulk", json=body), 400)
     assert (await app_async.queue_stats_async("q")).queued == 2
     assert {j.priority for j in await app_async.list_jobs_async("q")} == {0}
+
+
+async def test_make_a_queue_fair_and_not(
+    app_async: Conveyor,
+    api: httpx.AsyncClient,  # noqa: F811
+) -> None:
+    job = await app_async.send_async("web.tenants", {"n": 1}, fair_key="t-1")
+    made = await api.post("/api/queues/web.tenants/fair", json={"fair": True})
+    assert (made.status_code, made.json()) == (200, {"queue": "web.tenants", "fair": True})
+    listed = (await api.get("/api/queues")).json()["queues"]
+    assert [(q["name"], q["fair"]) for q in listed] == [("web.tenants", True)]
+    assert (await api.get(f"/api/jobs/{job}")).json()["fair_key"] == "t-1"
+    unmade = await api.post("/api/queues/web.tenants/fair", json={"fair": False})
+    assert unmade.json() == {"queue": "web.tenants", "fair": False}
+    assert_error(await api.post("/api/queues/web.tenants/fair", json={"fair": "x"}), 400,
+                 "InvalidOption")  # fmt: skip
+    assert_error(await api.post("/api/queues/web.tenants/fair", json={"fair": None}), 400,
+                 "InvalidOption")  # fmt: skip
+    assert not (await app_async.get_queue_async("web.tenants")).fair
+    assert_error(await api.post("/api/queues/web.none/fair"), 404, "QueueNotFound")

@@ -16,6 +16,7 @@ SPEC_ARRAYS = (
     "id", "queue", "data", "priority", "run_at", "delay", "retry_limit", "retry_delay",
     "retry_backoff", "retry_delay_max", "expire_in", "retention", "singleton_key",
     "singleton_seconds", "unique_key", "unique_replace", "dead_letter", "group_key", "depends_on",
+    "fair_key",
 )  # fmt: skip
 
 
@@ -72,7 +73,12 @@ def fetched_job(values: tuple[Any, ...], runtime: JobRuntime) -> Job:
     fields[FETCHED_ERRORS] = fields[FETCHED_ERRORS] or []
     meta = fields[FETCHED_META]
     fields[FETCHED_META] = None
-    fields += (runtime, {}, meta)  # the fields after the columns: _runtime, results, meta
+    fair_key = None
+    if meta is not None and "fair_key" in meta:  # carried in meta by the claim (0015)
+        fair_key = meta.pop("fair_key")
+        meta = meta or None
+    # the fields after the columns: _runtime, results, meta, fair_key
+    fields += (runtime, {}, meta, fair_key)
     job = object.__new__(Job)
     for put, value in zip(_JOB_SLOTS, fields, strict=True):
         put(job, value)

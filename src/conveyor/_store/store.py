@@ -555,7 +555,8 @@ class Store:
 
     def queue_pause(self, name: str) -> bool:
         """Pause a queue: no fetch claims its jobs until it is resumed; False if no such queue."""
-        return bool((self._rows("queue_pause", {"name": name}, None))[0]["exists"])
+        params = {"name": name, "cancel_channel": self.cancel_channel}
+        return bool((self._rows("queue_pause", params, None))[0]["exists"])
 
     def queue_resume(self, name: str) -> bool:
         """Resume a queue and wake its workers; False if no such queue."""

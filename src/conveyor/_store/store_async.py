@@ -569,7 +569,8 @@ class AsyncStore:
 
     async def queue_pause(self, name: str) -> bool:
         """Pause a queue: no fetch claims its jobs until it is resumed; False if no such queue."""
-        return bool((await self._rows("queue_pause", {"name": name}, None))[0]["exists"])
+        params = {"name": name, "cancel_channel": self.cancel_channel}
+        return bool((await self._rows("queue_pause", params, None))[0]["exists"])
 
     async def queue_resume(self, name: str) -> bool:
         """Resume a queue and wake its workers; False if no such queue."""

@@ -24,6 +24,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "queues": ("conveyor queues", "conveyor queues --json", "conveyor queues pause reports"),
     "queues pause": ("conveyor queues pause reports", "conveyor queues pause reports --json"),
     "queues resume": ("conveyor queues resume reports",),
+    "queues fair": ("conveyor queues fair exports", "conveyor queues fair exports --off --json"),
     "schedules": ("conveyor schedules",),
     "workers": ("conveyor workers --stale-after 60",),
     "jobs": ("conveyor jobs list --queue email.send --state failed", "conveyor jobs watch"),

@@ -65,7 +65,8 @@ def status(cli: CliContext, stale_after: float, as_json: bool) -> None:
 @click.pass_context
 def queues(ctx: click.Context, as_json: bool) -> None:
     """Every queue with its policy, limits (blank: the app's default) and whether it is
-    paused; ``queues pause|resume NAME`` stops and restarts a queue on every worker."""
+    paused or fair; ``queues pause|resume NAME`` stops and restarts a queue on every worker,
+    ``queues fair NAME [--off]`` makes its claims take turns across the jobs' fair keys."""
     if ctx.invoked_subcommand is None:
         list_queues(ctx.obj, as_json)
 
@@ -83,7 +84,7 @@ def list_queues(cli: CliContext, as_json: bool) -> None:
         return
     table = Table(
         "queue", "policy", "priority", "retry limit", "retry delay", "backoff", "expire in",
-        "retention", "dead letter", "concurrency", "rate limit", "paused",
+        "retention", "dead letter", "concurrency", "rate limit", "paused", "fair",
     )  # fmt: skip
     for q in found:
         rate = f"{q.rate_limit}/{q.rate_interval:g}s" if q.rate_limit is not None else ""
@@ -91,7 +92,7 @@ def list_queues(cli: CliContext, as_json: bool) -> None:
             q.name, q.policy.value, _blank(q.priority), _blank(q.retry_limit),
             _blank(q.retry_delay), q.retry_backoff or "", _blank(q.expire_in),
             _blank(q.retention), q.dead_letter or "", _blank(q.concurrency), rate,
-            "yes" if q.paused else "",
+            "yes" if q.paused else "", "yes" if q.fair else "",
         )  # fmt: skip
     out.print(table)
 
@@ -123,6 +124,23 @@ def resume(cli: CliContext, name: str, as_json: bool) -> None:
         emit_json({"queue": queue.name, "paused": queue.paused})
     else:
         click.echo(f"queue {queue.name} is running")
+
+
+@queues.command("fair")
+@click.argument("name")
+@click.option("--off", is_flag=True, help="Claim in one order again (priority, then run time).")
+@json_option
+@click.pass_obj
+@one_line_errors
+def fair(cli: CliContext, name: str, off: bool, as_json: bool) -> None:
+    """Make queue NAME fair: each fetch takes the head job of each fair key in turn (jobs sent
+    with --fair-key; those without share one key), so one key's flood cannot hold back
+    another's jobs. The queue must exist."""
+    queue = cli.app().update_queue(name, fair=not off)
+    if as_json:
+        emit_json({"queue": queue.name, "fair": queue.fair})
+    else:
+        click.echo(f"queue {queue.name} is {'fair' if queue.fair else 'not fair'}")
 
 
 def _blank(value: float | None) -> str:

@@ -71,6 +71,7 @@ Examples:
 @click.option("--singleton-key", help="Throttle key (with --singleton-seconds).")
 @click.option("--singleton-seconds", type=int, help="At most one job per key in this window.")
 @click.option("--group-key", help="Jobs of one group key run one at a time.")
+@click.option("--fair-key", help="The key a fair queue takes turns by (a tenant, a customer).")
 @click.option("--dead-letter", metavar="QUEUE", help="Queue receiving the job if it dies.")
 @click.option("--on-complete", metavar="QUEUE", help="Queue receiving the job's outcome.")
 @click.option(

@@ -186,6 +186,7 @@ class Api:
             ("POST", "/api/queues/{name}/purge", "api_queue_purge", self.queue_purge),
             ("POST", "/api/queues/{name}/pause", "api_queue_pause", self.queue_pause),
             ("POST", "/api/queues/{name}/resume", "api_queue_resume", self.queue_resume),
+            ("POST", "/api/queues/{name}/fair", "api_queue_fair", self.queue_fair),
             ("GET", "/api/jobs", "api_jobs", self.jobs),
             ("POST", "/api/jobs/bulk", "api_jobs_bulk", self.jobs_bulk),
             ("GET", "/api/jobs/{id}", "api_job", self.job),
@@ -263,6 +264,16 @@ class Api:
         only(params, frozenset())
         queue = await self.conveyor.resume_queue_async(request.path_params["name"])
         return {"queue": queue.name, "paused": queue.paused}
+
+    async def queue_fair(self, request: Request, params: Params) -> Any:
+        only(params, frozenset({"fair"}))
+        fair = params.get("fair", True)
+        if isinstance(fair, str):  # a form field
+            fair = {"true": True, "false": False}.get(fair.lower(), fair)
+        if not isinstance(fair, bool):
+            raise InvalidOption("fair must be true or false")
+        queue = await self.conveyor.update_queue_async(request.path_params["name"], fair=fair)
+        return {"queue": queue.name, "fair": queue.fair}
 
     # -- jobs --------------------------------------------------------------------------------
 

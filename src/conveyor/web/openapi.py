@@ -127,6 +127,7 @@ SCHEMAS: dict[str, Any] = {
             "errors": {"type": "array", "items": {"type": "object"}},
             "progress": {"type": ["object", "null"]},
             "meta": {"type": ["object", "null"]},
+            "fair_key": {"type": ["string", "null"]},
         },
         ["id", "queue", "state", "attempt", "created_at"],
     ),
@@ -167,12 +168,16 @@ SCHEMAS: dict[str, Any] = {
             "policy": {"type": "string"},
             "concurrency": {"type": ["integer", "null"]},
             "paused": {"type": "boolean"},
+            "fair": {"type": "boolean"},
             "stats": {"oneOf": [_ref("QueueStats"), {"type": "null"}]},
         },
-        ["name", "policy", "paused"],
+        ["name", "policy", "paused", "fair"],
     ),
     "QueuePaused": _object(
         {"queue": {"type": "string"}, "paused": {"type": "boolean"}}, ["queue", "paused"]
+    ),
+    "QueueFair": _object(
+        {"queue": {"type": "string"}, "fair": {"type": "boolean"}}, ["queue", "fair"]
     ),
     "BulkRequest": _object(
         {
@@ -274,6 +279,18 @@ def openapi_document(root_path: str = "") -> dict[str, Any]:
                 _json(_ref("QueuePaused"), "Its jobs run again."),
                 params=[QUEUE_NAME],
                 errors={**WRITE_ERRORS, **NOT_FOUND},
+            )
+        },
+        "/api/queues/{name}/fair": {
+            "post": _op(
+                "Make a queue fair, or not",
+                _json(
+                    _ref("QueueFair"),
+                    "Whether each fetch now takes the head job of each fair key in turn.",
+                ),
+                params=[QUEUE_NAME],
+                errors={**WRITE_ERRORS, **NOT_FOUND},
+                body=_object({"fair": {"type": "boolean", "default": True}}),
             )
         },
         "/api/jobs/bulk": {

@@ -61,6 +61,33 @@ YIELD_EVERY = 16
 # every fetch comes back short (the worker keeps up), and asking after each one doubled the
 # worker's statements; a look-up skipped is made this much later, by a timer.
 NEXT_DUE_SPACING = 0.025
+# pause_queue's notification on the cancel channel (whose other payloads are job ids).
+PAUSED_PREFIX = "paused:"
+
+
+def admit_claimed(buffer: collections.deque[tuple[Any, ...]], claimed: list[Any]) -> None:
+    """Add claimed rows to the local buffer, in claim order, except that the first row of each
+    fair key (queue and ``fair_key``) the buffer holds no job of goes to its front: the claim
+    gave that key its turn, and behind the buffer it would wait for the jobs another key's
+    earlier fetches put there (up to ``PREFETCH_WINDOW`` of work)."""
+    if not buffer or all(row[rows.FETCHED_META] is None for row in claimed):
+        buffer.extend(claimed)
+        return
+    held = {(row[rows.FETCHED_QUEUE], _fair_key(row)) for row in buffer}
+    first: list[Any] = []
+    for row in claimed:
+        key = (row[rows.FETCHED_QUEUE], _fair_key(row))
+        if key[1] is not None and key not in held:
+            held.add(key)
+            first.append(row)
+        else:
+            buffer.append(row)
+    buffer.extendleft(reversed(first))
+
+
+def _fair_key(row: tuple[Any, ...]) -> str | None:
+    meta = row[rows.FETCHED_META]  # a fair queue's claim carries the key there (0015)
+    return None if meta is None else meta.get("fair_key")
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +168,7 @@ class Worker:
         # wrongly presumed it dead must never overwrite (or be stopped for) the older attempt.
         self._running: dict[tuple[uuid.UUID, int], Running] = {}
         self._buffer: collections.deque[tuple[Any, ...]] = collections.deque()  # claimed rows
+        self._paused_at: dict[str, float] = {}  # queue: when its pause was heard
         self._avg_duration: float | None = None
         # A rate-limited queue gains a token every interval / limit seconds and no NOTIFY says
         # so: the worker looks again that often (the tightest of its queues), not at the poll.
@@ -303,16 +331,19 @@ class Worker:
                 continue
             try:
                 presumed_dead = self._presumed_dead
+                asked_at = time.monotonic()
                 jobs = await self._completer.fetch(opts.queues, room)
                 if jobs and presumed_dead != self._presumed_dead:
                     jobs = await self._still_held(jobs)
+                if self._paused_at:
+                    jobs = self._unpaused(jobs, asked_at)
                 failures = 0
             except DatabaseUnavailable as exc:
                 failures += 1
                 self._on_worker_error(exc)
                 await self._wait(None, min(10.0, 0.1 * 2**failures))
                 continue
-            self._buffer.extend(jobs)
+            admit_claimed(self._buffer, jobs)
             self._start_buffered()
             if len(jobs) == room:
                 # A full batch: more may be waiting. Refill once a good share of the room is
@@ -330,7 +361,7 @@ class Worker:
                 again = await self._store.job_fetch(opts.queues, self.id, room, self._clock())
                 if not again:
                     return
-                self._buffer.extend(again)
+                admit_claimed(self._buffer, again)
                 self._start_buffered()
                 continue
             # A short fetch: whatever falls due next is announced by no NOTIFY.
@@ -637,7 +668,9 @@ class Worker:
         self._events.emit(Event("worker.error", self.id, error={"message": str(exc)}))
 
     def _on_notify(self, channel: str, payload: str) -> None:
-        if channel == self._store.cancel_channel:
+        if channel == self._store.cancel_channel and payload.startswith(PAUSED_PREFIX):
+            self._on_pause(payload[len(PAUSED_PREFIX) :])
+        elif channel == self._store.cancel_channel:
             # "id" from cancel(); "id/attempt" from recovery, which must not stop a later
             # attempt of the same job that this worker may have claimed since.
             job_id, _, attempt = payload.partition("/")
@@ -645,6 +678,32 @@ class Worker:
                 self._cancel_running(uuid.UUID(job_id), int(attempt) if attempt else None)
         elif payload in self.options.queues:
             self._wake.set()
+
+    def _on_pause(self, queue: str) -> None:
+        """A queue was paused: its claims waiting in the buffer go back to it unstarted (the
+        attempt given back), and so do those of a fetch already under way, which may have
+        claimed them before the pause committed."""
+        if queue not in self.options.queues:
+            return
+        self._paused_at[queue] = time.monotonic()
+        if any(row[rows.FETCHED_QUEUE] == queue for row in self._buffer):
+            kept = [row for row in self._buffer if row[rows.FETCHED_QUEUE] != queue]
+            self._release([row for row in self._buffer if row[rows.FETCHED_QUEUE] == queue])
+            self._buffer.clear()  # in place: the slot loops hold this deque
+            self._buffer.extend(kept)
+
+    def _unpaused(self, claimed: list[Any], asked_at: float) -> list[Any]:
+        """The rows of a fetch sent at ``asked_at`` but those of queues paused since."""
+        paused = {queue for queue, at in self._paused_at.items() if at >= asked_at}
+        self._paused_at = {queue: self._paused_at[queue] for queue in paused}
+        if not paused:
+            return claimed
+        self._release([row for row in claimed if row[rows.FETCHED_QUEUE] in paused])
+        return [row for row in claimed if row[rows.FETCHED_QUEUE] not in paused]
+
+    def _release(self, claimed: list[Any]) -> None:
+        for row in claimed:
+            self._completer.add(Ack(row[rows.FETCHED_ID], row[rows.FETCHED_ATTEMPT], "release"))
 
     async def _heartbeat(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -30,7 +30,7 @@
 -- The existing history is not copied here: the old table is renamed job_history_legacy and the
 -- views read it as a third source, so the migration holds its locks for moments whatever the
 -- history's size. The maintenance leader then moves its rows into job_archive and job_dead in
--- short batches and drops it once empty (history_legacy_move, 0015). An empty old table (a new
+-- short batches and drops it once empty (history_legacy_move, 0016). An empty old table (a new
 -- schema) is dropped at once, so a schema without legacy rows is the same whatever its age.
 --
 -- This file was rewritten after a release shipped it with a copy of the whole history inside

@@ -53,19 +53,24 @@ WITH picked AS (
         id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
         retry_backoff, retry_delay_max, expire_in, retention, singleton_key, singleton_seconds,
         unique_key, dead_letter, group_key, depends_on, worker_id, created_at, started_at,
-        finished_at, result, errors, progress, drop_at)
+        finished_at, result, errors, progress, meta, fair_key, drop_at)
     SELECT m.id, m.queue, 'cancelled', m.data, m.priority, m.run_at, m.attempt, m.retry_limit,
            m.retry_delay, m.retry_backoff, m.retry_delay_max, m.expire_in, m.retention,
            m.singleton_key, m.singleton_seconds, m.unique_key, m.dead_letter, m.group_key,
            m.depends_on, m.worker_id, m.created_at, m.started_at, t.now, m.result, m.errors,
-           m.progress,
+           m.progress, m.meta, m.fair_key,
            {schema}.archive_drop_at(t.now + make_interval(secs => m.retention), t.floor)
     FROM moved m, t
     RETURNING id
 ), told AS (
     SELECT pg_notify(%(cancel_channel)s::text, m.id::text) FROM moved m WHERE m.state = 'active'
     UNION ALL
-    SELECT pg_notify(%(done_channel)s::text, m.id::text) FROM moved m
+    -- One notification per 200 finished ids, and only while a wait_for is registered (as
+    -- acks do, see 0006): a notifying commit holds a cluster-wide lock through its flush.
+    SELECT pg_notify(%(done_channel)s::text, string_agg(d.id::text, ','))
+    FROM (SELECT x.id, (row_number() OVER () - 1) / 200 AS chunk FROM moved x) d
+    WHERE EXISTS (SELECT FROM {schema}.waiter)
+    GROUP BY d.chunk
 )
 SELECT (SELECT count(*) FROM archived) AS affected, (SELECT p.id FROM picked p ORDER BY p.id DESC LIMIT 1) AS last,
        (SELECT count(*) FROM told) AS told;
@@ -128,7 +133,8 @@ WITH picked_archived AS (
     SELECT r.id, r.queue, 'created', r.data, r.priority, coalesce(%(now)s::timestamptz, now()),
            0, r.retry_limit, r.retry_delay, r.retry_backoff, r.retry_delay_max, r.expire_in,
            r.retention, r.singleton_key, r.singleton_seconds, r.unique_key, r.dead_letter,
-           r.group_key, r.depends_on, NULL, r.created_at, NULL, NULL, NULL, r.errors, NULL
+           r.group_key, r.depends_on, NULL, r.created_at, NULL, NULL, NULL, r.errors, NULL,
+           NULL, r.meta, r.fair_key
     FROM {schema}.job_history r JOIN picked p ON p.id = r.id
     ON CONFLICT DO NOTHING
     RETURNING id, queue
@@ -159,7 +165,12 @@ WITH picked AS (
     WHERE j.id = p.id AND j.state <> 'active'
     RETURNING j.id
 ), told AS (
-    SELECT pg_notify(%(done_channel)s::text, g.id::text) FROM gone g
+    -- One notification per 200 finished ids, and only while a wait_for is registered (as
+    -- acks do, see 0006): a notifying commit holds a cluster-wide lock through its flush.
+    SELECT pg_notify(%(done_channel)s::text, string_agg(d.id::text, ','))
+    FROM (SELECT x.id, (row_number() OVER () - 1) / 200 AS chunk FROM gone x) d
+    WHERE EXISTS (SELECT FROM {schema}.waiter)
+    GROUP BY d.chunk
 )
 SELECT (SELECT count(*) FROM gone) AS affected, (SELECT p.id FROM picked p ORDER BY p.id DESC LIMIT 1) AS last, (SELECT count(*) FROM told) AS told;
 
@@ -200,7 +211,12 @@ WITH picked_archived AS (
 ), gone AS (
     SELECT id FROM gone_archived UNION ALL SELECT id FROM gone_dead
 ), told AS (
-    SELECT pg_notify(%(done_channel)s::text, g.id::text) FROM gone g
+    -- One notification per 200 finished ids, and only while a wait_for is registered (as
+    -- acks do, see 0006): a notifying commit holds a cluster-wide lock through its flush.
+    SELECT pg_notify(%(done_channel)s::text, string_agg(d.id::text, ','))
+    FROM (SELECT x.id, (row_number() OVER () - 1) / 200 AS chunk FROM gone x) d
+    WHERE EXISTS (SELECT FROM {schema}.waiter)
+    GROUP BY d.chunk
 )
 SELECT (SELECT count(*) FROM gone) AS affected, (SELECT p.id FROM picked p ORDER BY p.id DESC LIMIT 1) AS last, (SELECT count(*) FROM told) AS told;
 

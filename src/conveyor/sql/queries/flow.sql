@@ -12,7 +12,7 @@ SELECT j.* FROM (
 ORDER BY j.created_at, j.id
 LIMIT %(limit)s::integer;
 
--- The top of a job's flow (see 0018: a function, never JIT-compiled).
+-- The top of a job's flow (see 0019: a function, never JIT-compiled).
 -- name: job_flow_root :scalar
 SELECT {schema}.job_flow_root(%(id)s::uuid) AS id;
 

@@ -155,7 +155,7 @@ SELECT (SELECT count(*) FROM {schema}.archive_partition) AS partitions,
        (SELECT max(q.retention) FROM {schema}.queue q) AS queue_retention,
        (SELECT count(*) FROM {schema}.job_archive_beyond) AS beyond,
        {schema}.archive_beyond_reach(now()) AS beyond_reach,
-       -- The history before 0012 while the leader moves it (see 0015), counted up to a million
+       -- The history before 0012 while the leader moves it (see 0016), counted up to a million
        -- (diagnosis.LEGACY_COUNTED).
        {schema}.history_legacy_left(1000000) AS legacy_rows,
        extract(epoch FROM now() - s.extended_at)::double precision AS extended_seconds_ago,

@@ -13,7 +13,7 @@ FROM {schema}.insert_jobs(
     %(retention)b::double precision[], %(singleton_key)b::text[],
     %(singleton_seconds)b::integer[], %(unique_key)b::text[], %(unique_replace)b::boolean[],
     %(dead_letter)b::text[], %(group_key)b::text[], %(depends_on)b::text[]::jsonb[],
-    %(defaults)b::jsonb, %(now)b::timestamptz);
+    %(defaults)b::jsonb, %(now)b::timestamptz, %(fair_key)b::text[]);
 
 -- One job: the same function, with scalar parameters, which are cheaper to send than arrays.
 -- name: job_insert_one :many
@@ -30,7 +30,7 @@ FROM {schema}.insert_jobs(
     CASE WHEN %(keyed)s::boolean THEN ARRAY[%(unique_key)s::text] END,
     ARRAY[%(unique_replace)s::boolean], ARRAY[%(dead_letter)s::text],
     ARRAY[%(group_key)s::text], ARRAY[%(depends_on)s::jsonb],
-    %(defaults)s::jsonb, %(now)s::timestamptz);
+    %(defaults)s::jsonb, %(now)s::timestamptz, ARRAY[%(fair_key)s::text]);
 
 -- The meta of jobs a send just inserted (the trace context of that send), in its transaction.
 -- name: job_set_meta :exec
@@ -140,19 +140,19 @@ WITH t AS (
         id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
         retry_backoff, retry_delay_max, expire_in, retention, singleton_key, singleton_seconds,
         unique_key, dead_letter, group_key, depends_on, worker_id, created_at, started_at,
-        finished_at, result, errors, progress, drop_at)
+        finished_at, result, errors, progress, meta, fair_key, drop_at)
     SELECT m.id, m.queue, 'cancelled', m.data, m.priority, m.run_at, m.attempt, m.retry_limit,
            m.retry_delay, m.retry_backoff, m.retry_delay_max, m.expire_in, m.retention,
            m.singleton_key, m.singleton_seconds, m.unique_key, m.dead_letter, m.group_key,
            m.depends_on, m.worker_id, m.created_at, m.started_at, t.now, m.result, m.errors,
-           m.progress,
+           m.progress, m.meta, m.fair_key,
            {schema}.archive_drop_at(t.now + make_interval(secs => m.retention), t.floor)
     FROM moved m, t
     RETURNING id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
               retry_backoff, retry_delay_max, expire_in, retention, singleton_key,
               singleton_seconds, unique_key, dead_letter, group_key, depends_on, worker_id,
               created_at, started_at, finished_at, result, errors, progress, queued_key,
-              meta
+              meta, fair_key
 ), told AS (
     SELECT pg_notify(%(cancel_channel)s::text, m.id::text) FROM moved m WHERE m.state = 'active'
     UNION ALL
@@ -181,13 +181,13 @@ WITH t AS (
               retry_backoff, retry_delay_max, expire_in, retention, singleton_key,
               singleton_seconds, unique_key, dead_letter, group_key, depends_on, worker_id,
               created_at, started_at, finished_at, result, errors, progress, queued_key,
-              meta
+              meta, fair_key
 ), requeued AS (
     INSERT INTO {schema}.job
     SELECT r.id, r.queue, 'created', r.data, r.priority, t.now, 0, r.retry_limit, r.retry_delay,
            r.retry_backoff, r.retry_delay_max, r.expire_in, r.retention, r.singleton_key,
            r.singleton_seconds, r.unique_key, r.dead_letter, r.group_key, r.depends_on, NULL,
-           r.created_at, NULL, NULL, NULL, r.errors, NULL
+           r.created_at, NULL, NULL, NULL, r.errors, NULL, NULL, r.meta, r.fair_key
     FROM (SELECT * FROM revived UNION ALL SELECT * FROM revived_cancelled) r, t
     RETURNING *
 ), woken AS (
@@ -206,7 +206,8 @@ WITH revived AS (
     SELECT r.id, r.queue, 'created', r.data, r.priority, coalesce(%(now)s::timestamptz, now()),
            0, r.retry_limit, r.retry_delay, r.retry_backoff, r.retry_delay_max, r.expire_in,
            r.retention, r.singleton_key, r.singleton_seconds, r.unique_key, r.dead_letter,
-           r.group_key, r.depends_on, NULL, r.created_at, NULL, NULL, NULL, r.errors, NULL
+           r.group_key, r.depends_on, NULL, r.created_at, NULL, NULL, NULL, r.errors, NULL,
+           NULL, r.meta, r.fair_key
     FROM revived r
     RETURNING queue
 )
@@ -227,7 +228,7 @@ WITH live AS (
 SELECT count(*) FROM told;
 
 -- The dead letters (failed jobs), newest first: through the view, which also reads those the
--- maintenance leader has yet to move out of the history before 0012 (see 0015).
+-- maintenance leader has yet to move out of the history before 0012 (see 0016).
 -- name: job_list_dead :many
 SELECT * FROM {schema}.dead_letter
 WHERE %(queue)s::text IS NULL OR queue = %(queue)s::text
@@ -257,7 +258,8 @@ FROM {schema}.insert_linked_jobs(
     %(retention)b::double precision[], %(singleton_key)b::text[],
     %(singleton_seconds)b::integer[], %(unique_key)b::text[], %(unique_replace)b::boolean[],
     %(dead_letter)b::text[], %(group_key)b::text[], %(depends_on)b::text[]::jsonb[],
-    %(defaults)b::jsonb, %(now)b::timestamptz, %(on_failure)b::text[], %(on_complete)b::text[]);
+    %(defaults)b::jsonb, %(now)b::timestamptz, %(on_failure)b::text[], %(on_complete)b::text[],
+    %(fair_key)b::text[]);
 
 -- The results of completed jobs (a dependant reads those of its dependencies).
 -- name: job_results :many

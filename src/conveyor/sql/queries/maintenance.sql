@@ -10,7 +10,7 @@
 -- writer ever meets a partition while it detaches.
 
 -- How far ahead the partitions must reach: the longest retention of a queue, or the app's, or
--- as far as a job kept beyond the partitions needs (see 0017).
+-- as far as a job kept beyond the partitions needs (see 0018).
 -- name: archive_horizon :scalar
 SELECT greatest(%(default_retention)s::double precision,
                 (SELECT max(q.retention) FROM {schema}.queue q),
@@ -103,7 +103,7 @@ ON CONFLICT (one) DO UPDATE SET
     failure = CASE WHEN %(passed)s::boolean THEN NULL
                    ELSE coalesce(EXCLUDED.failure, s.failure) END;
 
--- Rows of the history table before 0012, moved to job_archive and job_dead (see 0015).
+-- Rows of the history table before 0012, moved to job_archive and job_dead (see 0016).
 -- name: history_legacy_move :scalar
 SELECT {schema}.history_legacy_move(%(limit)s::integer, %(now)s::timestamptz);
 

@@ -32,21 +32,45 @@ ON CONFLICT (name) DO UPDATE SET
                          ELSE q.rate_interval END,
     updated_at = now()
 RETURNING *
+),
+-- fair (0015): a row of queue_fair. Jobs the queue holds without a key get the key '', so the
+-- fair claim, which walks only keyed jobs, finds them.
+fair_on AS (
+    INSERT INTO {schema}.queue_fair (queue)
+    SELECT up.name FROM up WHERE coalesce((%(policy)s::jsonb ->> 'fair')::boolean, false)
+    ON CONFLICT (queue) DO NOTHING
+    RETURNING queue
+), keyed AS (
+    UPDATE {schema}.job j SET fair_key = ''
+    FROM up
+    WHERE j.queue = up.name AND j.fair_key IS NULL
+      AND coalesce((%(policy)s::jsonb ->> 'fair')::boolean, false)
+), fair_off AS (
+    DELETE FROM {schema}.queue_fair f USING up
+    WHERE f.queue = up.name AND %(policy)s::jsonb ? 'fair'
+      AND NOT coalesce((%(policy)s::jsonb ->> 'fair')::boolean, false)
 )
-SELECT up.*, EXISTS (SELECT FROM {schema}.queue_pause p WHERE p.queue = up.name) AS paused
-FROM up;
+SELECT up.*, EXISTS (SELECT FROM {schema}.queue_pause p WHERE p.queue = up.name) AS paused,
+       CASE WHEN %(policy)s::jsonb ? 'fair'
+            THEN coalesce((%(policy)s::jsonb ->> 'fair')::boolean, false)
+            ELSE EXISTS (SELECT FROM {schema}.queue_fair f WHERE f.queue = up.name) END AS fair
+FROM up CROSS JOIN (SELECT count(*) FROM fair_on) n;
 
--- A queue's row and whether it is paused (queue_pause, 0007).
+-- A queue's row, whether it is paused (queue_pause, 0007) and whether it is fair (queue_fair,
+-- 0015).
 -- name: queue_get :one
-SELECT q.*, EXISTS (SELECT FROM {schema}.queue_pause p WHERE p.queue = q.name) AS paused
+SELECT q.*, EXISTS (SELECT FROM {schema}.queue_pause p WHERE p.queue = q.name) AS paused,
+       EXISTS (SELECT FROM {schema}.queue_fair f WHERE f.queue = q.name) AS fair
 FROM {schema}.queue q WHERE q.name = %(name)s;
 
 -- name: queue_list :many
-SELECT q.*, EXISTS (SELECT FROM {schema}.queue_pause p WHERE p.queue = q.name) AS paused
+SELECT q.*, EXISTS (SELECT FROM {schema}.queue_pause p WHERE p.queue = q.name) AS paused,
+       EXISTS (SELECT FROM {schema}.queue_fair f WHERE f.queue = q.name) AS fair
 FROM {schema}.queue q ORDER BY q.name;
 
--- Pause a queue: fetch_jobs claims none of its jobs from now on. True if the queue exists
--- (pausing a paused queue changes nothing).
+-- Pause a queue: fetch_jobs claims none of its jobs from now on, and workers holding claims
+-- of it they have not started yet hand them back (told on the cancel channel, "paused:NAME").
+-- True if the queue exists (pausing a paused queue changes nothing).
 -- name: queue_pause :scalar
 WITH q AS (
     SELECT name FROM {schema}.queue WHERE name = %(name)s::text
@@ -54,8 +78,10 @@ WITH q AS (
     INSERT INTO {schema}.queue_pause (queue) SELECT name FROM q
     ON CONFLICT (queue) DO NOTHING
     RETURNING 1
+), told AS (
+    SELECT pg_notify(%(cancel_channel)s::text, 'paused:' || q.name) FROM q
 )
-SELECT EXISTS (SELECT FROM q) FROM (SELECT count(*) FROM paused) n;
+SELECT EXISTS (SELECT FROM q) FROM (SELECT count(*) FROM paused) n, (SELECT count(*) FROM told) t;
 
 -- Resume a queue, and wake the workers that serve it (its jobs waited meanwhile). True if the
 -- queue exists.

@@ -1,5 +1,5 @@
 -- conveyor: non-breaking
--- The counters count the jobs that keep no history (retention 0, see 0012 and 0014): their
+-- The counters count the jobs that keep no history (retention 0, see 0012, 0014 and 0015): their
 -- ack deletes the row, which the rollup (0011) would have counted. The ack writes one row for its batch
 -- into stats_unkept (the finish time and, per job, what the counters read of a history row);
 -- finished_counts reads those rows like history rows, and the rollup deletes what it counted.
@@ -119,7 +119,7 @@ BEGIN
 END
 $fn$;
 
--- As in 0014, and a batch's jobs that leave no row are written to stats_unkept: in the
+-- As in 0015, and a batch's jobs that leave no row are written to stats_unkept: in the
 -- statement of the common batch, else in one of its own.
 CREATE OR REPLACE FUNCTION {schema}.ack_jobs(
     p_id uuid[], p_worker uuid[], p_attempt integer[], p_outcome text[], p_result jsonb[],
@@ -170,13 +170,14 @@ BEGIN
                     id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
                     retry_backoff, retry_delay_max, expire_in, retention, singleton_key,
                     singleton_seconds, unique_key, dead_letter, group_key, depends_on, worker_id,
-                    created_at, started_at, finished_at, result, errors, progress, meta, drop_at)
+                    created_at, started_at, finished_at, result, errors, progress, meta, fair_key,
+                    drop_at)
                 SELECT f.id, f.queue, 'completed', f.data, f.priority, f.run_at, f.attempt,
                        f.retry_limit, f.retry_delay, f.retry_backoff, f.retry_delay_max,
                        f.expire_in, f.retention, f.singleton_key, f.singleton_seconds,
                        f.unique_key, f.dead_letter, f.group_key, f.depends_on, f.worker_id,
                        f.created_at, f.started_at, t_now, f.new_result, f.errors, f.progress,
-                       f.meta, r.drop_at
+                       f.meta, f.fair_key, r.drop_at
                 FROM finished f JOIN routes r ON r.retention = f.retention
             ),
             unkept AS (
@@ -230,7 +231,7 @@ BEGIN
                t_now AS finished_at, f.new_result AS result,
                CASE WHEN f.new_error IS NULL THEN f.errors ELSE f.errors || f.new_error END
                    AS errors,
-               f.progress, f.meta
+               f.progress, f.meta, f.fair_key
         FROM finished f
     ),
     -- Routed once per distinct retention: a batch shares its finish time.
@@ -246,7 +247,8 @@ BEGIN
             id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
             retry_backoff, retry_delay_max, expire_in, retention, singleton_key,
             singleton_seconds, unique_key, dead_letter, group_key, depends_on, worker_id,
-            created_at, started_at, finished_at, result, errors, progress, meta, drop_at)
+            created_at, started_at, finished_at, result, errors, progress, meta, fair_key,
+            drop_at)
         SELECT c.*, r.drop_at
         FROM closed c JOIN routes r ON r.retention = c.retention
         WHERE c.state = 'completed'
@@ -258,7 +260,7 @@ BEGIN
             id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
             retry_backoff, retry_delay_max, expire_in, retention, singleton_key,
             singleton_seconds, unique_key, dead_letter, group_key, depends_on, worker_id,
-            created_at, started_at, finished_at, result, errors, progress, meta)
+            created_at, started_at, finished_at, result, errors, progress, meta, fair_key)
         SELECT c.* FROM closed c WHERE c.state = 'failed'
         RETURNING {schema}.job_dead.id, {schema}.job_dead.queue, {schema}.job_dead.state,
                   {schema}.job_dead.dead_letter, {schema}.job_dead.data
@@ -300,7 +302,8 @@ BEGIN
                        z.expire_in, z.retention, z.singleton_key, z.singleton_seconds,
                        z.unique_key, z.dead_letter, z.group_key, z.depends_on, z.worker_id,
                        z.created_at, z.started_at, z.finished_at, z.result, z.errors,
-                       z.progress, NULL, z.meta, NULL)::{schema}.job_archive) FROM closed z
+                       z.progress, NULL, z.meta, NULL, z.fair_key)::{schema}.job_archive)
+            FROM closed z
             WHERE z.state = 'completed' AND z.retention <= 0)
     INTO v_id, v_queue, v_state, v_due, v_done, dl_queue, dl_data, v_zero
     FROM changed c;
@@ -316,13 +319,14 @@ BEGIN
                 id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
                 retry_backoff, retry_delay_max, expire_in, retention, singleton_key,
                 singleton_seconds, unique_key, dead_letter, group_key, depends_on, worker_id,
-                created_at, started_at, finished_at, result, errors, progress, queued_key, meta, drop_at)
+                created_at, started_at, finished_at, result, errors, progress, queued_key, meta,
+                fair_key, drop_at)
             SELECT z.id, z.queue, z.state, z.data, z.priority, z.run_at, z.attempt,
                    z.retry_limit, z.retry_delay, z.retry_backoff, z.retry_delay_max,
                    z.expire_in, z.retention, z.singleton_key, z.singleton_seconds, z.unique_key,
                    z.dead_letter, z.group_key, z.depends_on, z.worker_id, z.created_at,
                    z.started_at, z.finished_at, z.result, z.errors, z.progress, NULL, z.meta,
-                   {schema}.archive_drop_at(t_now, t_floor)
+                   z.fair_key, {schema}.archive_drop_at(t_now, t_floor)
             FROM unnest(v_zero) AS z
             WHERE octet_length((to_jsonb(z) - 'data' - 'queued_key' - 'meta' - 'drop_at')::text) > 3800
                OR EXISTS (SELECT FROM {schema}.job_hook k WHERE k.job_id = z.id)
@@ -351,13 +355,14 @@ BEGIN
                 id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
                 retry_backoff, retry_delay_max, expire_in, retention, singleton_key,
                 singleton_seconds, unique_key, dead_letter, group_key, depends_on, worker_id,
-                created_at, started_at, finished_at, result, errors, progress, queued_key, meta, drop_at)
+                created_at, started_at, finished_at, result, errors, progress, queued_key, meta,
+                fair_key, drop_at)
             SELECT z.id, z.queue, z.state, z.data, z.priority, z.run_at, z.attempt,
                    z.retry_limit, z.retry_delay, z.retry_backoff, z.retry_delay_max,
                    z.expire_in, z.retention, z.singleton_key, z.singleton_seconds, z.unique_key,
                    z.dead_letter, z.group_key, z.depends_on, z.worker_id, z.created_at,
                    z.started_at, z.finished_at, z.result, z.errors, z.progress, NULL, z.meta,
-                   {schema}.archive_drop_at(t_now, t_floor)
+                   z.fair_key, {schema}.archive_drop_at(t_now, t_floor)
             FROM unnest(v_zero) AS z
             WHERE EXISTS (SELECT FROM {schema}.job_hook k WHERE k.job_id = z.id)
                OR EXISTS (SELECT FROM {schema}.job_dependency d WHERE d.depends_on = z.id)

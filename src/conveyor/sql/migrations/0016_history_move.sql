@@ -7,6 +7,54 @@
 -- version of 0012, which copied its history) gets the function all the same, which finds
 -- nothing to do.
 
+-- (Re)define job_history and dead_letter with the columns each has now: over job_archive and
+-- job_dead, and, with p_legacy while the old table exists, over it too (NULL for the columns it
+-- lacks, which later releases added). 0015 replaced job_history without the old table; a later
+-- migration that replaces either view calls this after, so the old rows stay readable.
+CREATE FUNCTION {schema}.history_views(p_legacy boolean)
+RETURNS void
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    v_old regclass := to_regclass(format('%I.job_history_legacy', {schema_literal}));
+    v_view text;
+    v_columns text;
+    v_legacy text;
+BEGIN
+    FOREACH v_view IN ARRAY ARRAY['job_history', 'dead_letter'] LOOP
+        SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum),
+               string_agg(CASE WHEN l.attname IS NULL
+                               THEN format('NULL::%s', format_type(a.atttypid, a.atttypmod))
+                               ELSE quote_ident(a.attname) END, ', ' ORDER BY a.attnum)
+        INTO v_columns, v_legacy
+        FROM pg_attribute a
+        LEFT JOIN pg_attribute l
+          ON l.attrelid = v_old AND l.attname = a.attname AND NOT l.attisdropped
+        WHERE a.attrelid = to_regclass(format('%I.%I', {schema_literal}, v_view))
+          AND a.attnum > 0 AND NOT a.attisdropped;
+        EXECUTE format('CREATE OR REPLACE VIEW %I.%I AS ', {schema_literal}, v_view)
+            || CASE WHEN v_view = 'job_history'
+                    THEN format('SELECT %s FROM %I.job_archive UNION ALL ', v_columns,
+                                {schema_literal})
+                    ELSE '' END
+            || format('SELECT %s FROM %I.job_dead', v_columns, {schema_literal})
+            || CASE WHEN p_legacy AND v_old IS NOT NULL
+                    THEN format(' UNION ALL SELECT %s FROM %s', v_legacy, v_old)
+                         || CASE WHEN v_view = 'dead_letter' THEN ' WHERE state = ''failed'''
+                                 ELSE '' END
+                    ELSE '' END;
+    END LOOP;
+END
+$fn$;
+
+-- 0015 replaced job_history with the two tables only: the old table's rows come back to it.
+DO $do$
+BEGIN
+    IF to_regclass(format('%I.job_history_legacy', {schema_literal})) IS NOT NULL THEN
+        PERFORM {schema}.history_views(true);
+    END IF;
+END
+$do$;
+
 -- Move up to p_limit rows of the old history, oldest first, into job_dead (failed) and
 -- job_archive (routed by finish time plus retention, as acks route theirs); how many. Rows
 -- another transaction holds (an older release deleting one through job_history) are left for
@@ -25,7 +73,6 @@ DECLARE
     v_hook_job uuid[];
     v_hook_queue text[];
     v_moved bigint;
-    v_columns text;
 BEGIN
     IF to_regclass(format('%I.job_history_legacy', {schema_literal})) IS NULL THEN
         RETURN 0;
@@ -91,15 +138,7 @@ BEGIN
     -- Empty: the views read the two tables only, as in a schema that never had the old table.
     -- The views are replaced first (readers lock a view before the tables under it), then the
     -- table is locked and found empty again before it is dropped.
-    SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO v_columns
-    FROM pg_attribute a
-    WHERE a.attrelid = to_regclass(format('%I.job_history', {schema_literal}))
-      AND a.attnum > 0 AND NOT a.attisdropped;
-    EXECUTE format('CREATE OR REPLACE VIEW %I.job_history AS SELECT %s FROM %I.job_archive '
-                   'UNION ALL SELECT %s FROM %I.job_dead',
-                   {schema_literal}, v_columns, {schema_literal}, v_columns, {schema_literal});
-    EXECUTE format('CREATE OR REPLACE VIEW %I.dead_letter AS SELECT * FROM %I.job_dead',
-                   {schema_literal}, {schema_literal});
+    PERFORM {schema}.history_views(false);
     DROP TRIGGER IF EXISTS job_history_write_legacy ON {schema}.job_history;
     DROP FUNCTION IF EXISTS {schema}.job_history_legacy_delete();
     LOCK TABLE {schema}.job_history_legacy IN ACCESS EXCLUSIVE MODE;

@@ -1,0 +1,160 @@
+"""Fair share across tenants (issue 16, item 4): what a fair queue costs and what it buys.
+
+    .venv/bin/python -m bench.fair [--dsn DSN] [--jobs 100000] [--rounds 3] [--probes 20]
+
+Two measurements, on a fresh schema each time, with tenant A holding ``--jobs`` queued no-op
+jobs (fair_key "A") in the queue ``bench``:
+
+- **drain**: one worker process (concurrency 10, as bench.run's drain) drains them, the queue
+  fair and not (the same jobs; an unfair queue ignores the key), in alternating rounds; jobs/s,
+  medians, and their ratio. Every job must have completed once, on its first attempt.
+- **latency**: while a worker process (concurrency 10) drains A's jobs at full speed, tenant B
+  sends one job at a time (``--probes`` of them, 100 ms apart); how long each waited from its
+  send to its claim (``started_at``) and to its handler's start. The same with the queue not
+  fair, where B's jobs wait behind the flood.
+
+Prints a JSON document and a table; the machine's load average is in both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+
+from bench.run import ROOT, SCHEMA, reset, run_workers
+from conveyor import Conveyor
+from conveyor.testing import LOCAL_TEST_DSN
+
+
+def seed(dsn: str, n: int, fair: bool) -> None:
+    """A fresh schema whose queue ``bench`` (fair or not) holds n jobs of tenant A."""
+    with reset(dsn) as app:
+        app.create_queue("bench", fair=fair)
+        for start in range(0, n, 10_000):
+            app.send_batch(
+                [
+                    ("bench", {"i": i}, {"fair_key": "A"})
+                    for i in range(start, min(n, start + 10_000))
+                ]
+            )
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"VACUUM ANALYZE {SCHEMA}.job")
+
+
+def drain(dsn: str, n: int, fair: bool) -> float:
+    """Jobs/s of one worker process (concurrency 10) draining the n jobs."""
+    seed(dsn, n, fair)
+    result = run_workers(dsn, "drain", 10, 1)[0]
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            f"SELECT count(*), count(*) FILTER (WHERE attempt = 1 AND state = 'completed'),"
+            f" (SELECT count(*) FROM {SCHEMA}.job) FROM {SCHEMA}.job_history"
+        ).fetchone()
+    if row != (n, n, 0):
+        sys.exit(f"bench.fair: the drain lost or repeated jobs: {row}")
+    return n / float(result["seconds"])
+
+
+@contextlib.contextmanager
+def serving_worker(dsn: str) -> Iterator[None]:
+    """A worker process (concurrency 10) serving the bench queue, stopped with SIGTERM."""
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "bench.fair_worker", dsn, SCHEMA, "10"], cwd=ROOT, text=True
+    )
+    try:
+        time.sleep(1.5)  # up, and draining A's jobs
+        yield
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=120)
+
+
+def latency(dsn: str, n: int, fair: bool, probes: int) -> dict[str, Any]:
+    """How long B's jobs, sent while A's n jobs drain at full speed, waited: from the send's
+    transaction to the claim (started_at, the database's clock) and to the handler's start (the
+    wall clock it returned; the same host's clock)."""
+    seed(dsn, n, fair)
+    ids = []
+    with serving_worker(dsn), Conveyor(dsn, schema=SCHEMA) as app:
+        backlog_at_first = app.queue_stats("bench").queued
+        for i in range(probes):
+            ids.append(app.send("bench", {"tenant": "B", "i": i}, fair_key="B"))
+            time.sleep(0.1)
+        deadline = time.monotonic() + 600
+        while any(not app.get_job(i).state.is_terminal for i in ids):
+            if time.monotonic() > deadline:
+                sys.exit("bench.fair: B's jobs did not finish within 10 minutes")
+            time.sleep(0.05)
+        jobs = [app.get_job(i) for i in ids]
+    claimed = sorted((j.started_at - j.created_at).total_seconds() * 1000 for j in jobs)
+    started = sorted((j.result - j.created_at.timestamp()) * 1000 for j in jobs)
+    return {
+        "backlog_when_b_sent_first": backlog_at_first,
+        "claimed_ms_p50": statistics.median(claimed),
+        "claimed_ms_max": claimed[-1],
+        "started_ms_p50": statistics.median(started),
+        "started_ms_max": started[-1],
+        "started_ms": [round(w, 2) for w in started],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dsn", default=os.environ.get("CONVEYOR_TEST_DSN", LOCAL_TEST_DSN))
+    parser.add_argument("--jobs", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--probes", type=int, default=20)
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+
+    load_before = os.getloadavg()
+    rates: dict[str, list[float]] = {"unfair": [], "fair": []}
+    for _ in range(args.rounds):
+        for mode in ("unfair", "fair"):
+            rates[mode].append(drain(args.dsn, args.jobs, mode == "fair"))
+            print(f"drain {mode}: {rates[mode][-1]:,.0f} jobs/s", file=sys.stderr, flush=True)
+    waits = {mode: latency(args.dsn, args.jobs, mode == "fair", args.probes)
+             for mode in ("fair", "unfair")}  # fmt: skip
+    load_after = os.getloadavg()
+
+    # --rounds 0 measures the latency alone.
+    unfair = statistics.median(rates["unfair"]) if rates["unfair"] else float("nan")
+    fair = statistics.median(rates["fair"]) if rates["fair"] else float("nan")
+    out = {
+        "jobs": args.jobs,
+        "rounds": args.rounds,
+        "drain_jobs_per_s": {"unfair": rates["unfair"], "fair": rates["fair"]},
+        "drain_median": {"unfair": unfair, "fair": fair, "fair_cost": unfair / fair - 1},
+        "b_wait": waits,
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
+    }
+    print(json.dumps(out, indent=2))
+    print(f"| drain, 1 process x 10, jobs/s (median of {args.rounds}) | {unfair:,.0f} | "
+          f"{fair:,.0f} | fair costs {100 * (unfair / fair - 1):+.1f}% |")  # fmt: skip
+    for mode in ("fair", "unfair"):
+        w = waits[mode]
+        print(
+            f"| B's job, send to handler start, {mode} queue, ms | p50 "
+            f"{w['started_ms_p50']:,.1f} | max {w['started_ms_max']:,.1f} | (claimed: p50 "
+            f"{w['claimed_ms_p50']:,.1f}, max {w['claimed_ms_max']:,.1f}) |"
+        )
+    print(f"load average before {load_before}, after {load_after}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

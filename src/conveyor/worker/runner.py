@@ -626,9 +626,7 @@ class Worker:
         final: bool = False,
     ) -> Ack:
         running = self._running.get((job.id, job.attempt))
-        started_at = (
-            None if running is None else datetime.fromtimestamp(running.started_wall, UTC)
-        )
+        started_at = None if running is None else datetime.fromtimestamp(running.started_wall, UTC)
         error = outcome.describe(exc, job, self.id, kind, started_at)
         if message is not None:
             error["message"] = message

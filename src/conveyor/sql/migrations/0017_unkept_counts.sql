@@ -313,7 +313,10 @@ BEGIN
     END IF;
     -- Outcomes and finished ids reach wait_for only while one is registered (see 0006).
     v_waiting := EXISTS (SELECT FROM {schema}.waiter);
-    IF v_zero IS NOT NULL AND v_waiting THEN
+    -- A job of retention 0 is archived after all when a hook or a dependant needs its row, or,
+    -- while someone waits, when its outcome is too large for a notification; the others'
+    -- outcomes are notified only while someone waits.
+    IF v_zero IS NOT NULL THEN
         WITH kept AS (
             INSERT INTO {schema}.job_archive (
                 id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
@@ -328,7 +331,9 @@ BEGIN
                    z.started_at, z.finished_at, z.result, z.errors, z.progress, NULL, z.meta,
                    z.fair_key, {schema}.archive_drop_at(t_now, t_floor)
             FROM unnest(v_zero) AS z
-            WHERE octet_length((to_jsonb(z) - 'data' - 'queued_key' - 'meta' - 'drop_at')::text) > 3800
+            WHERE CASE WHEN v_waiting THEN octet_length(
+                      (to_jsonb(z) - 'data' - 'queued_key' - 'meta' - 'drop_at')::text) > 3800
+                  ELSE false END
                OR EXISTS (SELECT FROM {schema}.job_hook k WHERE k.job_id = z.id)
                OR EXISTS (SELECT FROM {schema}.job_dependency d WHERE d.depends_on = z.id)
             RETURNING {schema}.job_archive.id
@@ -337,7 +342,7 @@ BEGIN
             FROM (SELECT (to_jsonb(z) - 'data' - 'queued_key' - 'meta' - 'drop_at')::text AS body,
                          row_number() OVER () AS n
                   FROM unnest(v_zero) AS z
-                  WHERE z.id NOT IN (SELECT k.id FROM kept k)) o
+                  WHERE v_waiting AND z.id NOT IN (SELECT k.id FROM kept k)) o
         )
         -- Each outcome is at most 3800 bytes, so a group of those ending in one 3800-byte
         -- stretch stays under the 8000-byte limit.
@@ -347,28 +352,6 @@ BEGIN
                 FROM (SELECT string_agg(t.body, ',') AS bodies
                       FROM told t GROUP BY (t.upto - 1) / 3800) g)::integer
         INTO v_done, v_told;
-    ELSIF v_zero IS NOT NULL
-          AND (EXISTS (SELECT FROM {schema}.job_hook) OR EXISTS (SELECT FROM {schema}.job_dependency)) THEN
-        -- Nobody waits for these outcomes: only dependants and completion hooks need the row.
-        WITH kept AS (
-            INSERT INTO {schema}.job_archive (
-                id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
-                retry_backoff, retry_delay_max, expire_in, retention, singleton_key,
-                singleton_seconds, unique_key, dead_letter, group_key, depends_on, worker_id,
-                created_at, started_at, finished_at, result, errors, progress, queued_key, meta,
-                fair_key, drop_at)
-            SELECT z.id, z.queue, z.state, z.data, z.priority, z.run_at, z.attempt,
-                   z.retry_limit, z.retry_delay, z.retry_backoff, z.retry_delay_max,
-                   z.expire_in, z.retention, z.singleton_key, z.singleton_seconds, z.unique_key,
-                   z.dead_letter, z.group_key, z.depends_on, z.worker_id, z.created_at,
-                   z.started_at, z.finished_at, z.result, z.errors, z.progress, NULL, z.meta,
-                   z.fair_key, {schema}.archive_drop_at(t_now, t_floor)
-            FROM unnest(v_zero) AS z
-            WHERE EXISTS (SELECT FROM {schema}.job_hook k WHERE k.job_id = z.id)
-               OR EXISTS (SELECT FROM {schema}.job_dependency d WHERE d.depends_on = z.id)
-            RETURNING {schema}.job_archive.id
-        )
-        SELECT array_cat(v_done, (SELECT array_agg(k.id) FROM kept k)) INTO v_done;
     END IF;
     IF v_zero IS NOT NULL THEN
         -- The counters' row for the batch's jobs that leave none (those kept are in v_done).

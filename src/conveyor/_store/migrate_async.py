@@ -1,8 +1,12 @@
 """Apply and check migrations (async; ``migrate.py`` is generated from this file).
 
 Any number of processes may migrate at once: each file is applied in its own transaction under a
-transaction-level advisory lock keyed by the schema name, and the applied versions are re-read
-under that lock, so exactly one process applies each file and the others find it done.
+session-level advisory lock keyed by the schema name, and the applied versions are re-read under
+that lock, so exactly one process applies each file and the others find it done. A
+no-transaction file runs one statement at a time in autocommit instead. Migrators wait for the
+lock outside any transaction, by trying it again and again: never in a blocking lock wait nor in
+an open transaction, which both hold a snapshot, since ``CREATE INDEX CONCURRENTLY`` in the
+holder's file waits for every older snapshot to go, and the two would wait for each other.
 
 A migration waits at most ``lock_timeout`` seconds for each table lock. A migration queued for
 an ACCESS EXCLUSIVE lock behind a long transaction would make every worker's statement on that
@@ -22,7 +26,14 @@ from psycopg import AsyncConnection, Error
 from psycopg.errors import LockNotAvailable
 
 from conveyor._store.errors import translated
-from conveyor._store.migrations import Applied, Migration, MigrationStatus, migrations, status
+from conveyor._store.migrations import (
+    Applied,
+    Migration,
+    MigrationStatus,
+    concurrent,
+    migrations,
+    status,
+)
 from conveyor._store.queries import queries
 from conveyor.errors import MigrationError, SchemaOutOfDate, SchemaTooNew
 
@@ -30,6 +41,8 @@ LOCK_TIMEOUT = 5.0
 LOCK_ATTEMPTS = 5
 # The pause after the n-th failed try is LOCK_BACKOFF * 2**(n-1) seconds.
 LOCK_BACKOFF = 1.0
+# Pauses between tries of the migrators' advisory lock, in seconds: from the first to the last.
+LOCK_POLL = (0.01, 0.2)
 
 
 class AsyncMigrator:
@@ -105,18 +118,24 @@ class AsyncMigrator:
     async def _apply_one(self, conn: AsyncConnection[Any], migration: Migration) -> bool:
         # The advisory lock is taken before the timeout is set: other migrators wait for it as
         # long as the one holding it needs.
-        if migration.transactional:
-            async with conn.transaction():
-                await self._run(conn, "migration_xact_lock")
-                await self._run(conn, "migration_lock_timeout_local", ms=self._timeout_ms)
-                return await self._apply_locked(conn, migration)
-        await self._run(conn, "migration_session_lock")
+        await self._take(conn)
         try:
+            if migration.transactional:
+                async with conn.transaction():
+                    await self._run(conn, "migration_lock_timeout_local", ms=self._timeout_ms)
+                    return await self._apply_locked(conn, migration)
             await self._run(conn, "migration_lock_timeout", ms=self._timeout_ms)
             return await self._apply_locked(conn, migration)
         finally:
             await self._run(conn, "migration_lock_timeout_reset")
             await self._run(conn, "migration_session_unlock")
+
+    async def _take(self, conn: AsyncConnection[Any]) -> None:
+        """Take the migrators' session-level advisory lock, trying until it is ours."""
+        pause = LOCK_POLL[0]
+        while not (await self._run(conn, "migration_try_lock"))[0][0]:
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, LOCK_POLL[1])
 
     @property
     def _timeout_ms(self) -> str:
@@ -126,7 +145,20 @@ class AsyncMigrator:
         await self._run(conn, "migration_bootstrap")
         if migration.version in status(await self._applied(conn)).applied:
             return False
-        await conn.execute(migration.sql(self.schema))
+        if migration.transactional:
+            await conn.execute(migration.sql(self.schema))
+        else:
+            # Sent whole, the file would run as one implicit transaction: each statement alone,
+            # on this autocommit connection, commits by itself.
+            # lock_timeout guards the workers from a statement queued for a lock they need; a
+            # CONCURRENTLY index build or drop blocks none of them while it waits for older
+            # transactions (of any schema), so it runs without one.
+            for statement in migration.statements(self.schema):
+                if concurrent(statement):
+                    await self._run(conn, "migration_lock_timeout", ms="0")
+                await conn.execute(statement)
+                if concurrent(statement):
+                    await self._run(conn, "migration_lock_timeout", ms=self._timeout_ms)
         await self._run(
             conn,
             "migration_record",
@@ -168,7 +200,7 @@ class AsyncMigrator:
                 await conn.execute(named["migration_bootstrap"].sql)
                 for migration in migrations():
                     if migration.version in versions:
-                        await conn.execute(migration.sql(scratch))
+                        await conn.execute(migration.sql_in_transaction(scratch))
                 wanted = await self._describe(conn, scratch)
         return sorted(set(wanted) - set(live)), sorted(set(live) - set(wanted))
 

@@ -14,7 +14,11 @@ A file starts with header lines ``-- conveyor: <flag>[, <flag>...]``:
   workers keep running, and restarting, while the new schema lands). A file that says neither
   counts as breaking, so a forgotten header can only make old workers refuse to start.
 - ``no-transaction``: the file runs outside a transaction (for ``CREATE INDEX CONCURRENTLY``),
-  under a session-level lock instead of a transaction-level one.
+  under a session-level lock instead of a transaction-level one, one statement at a time in
+  autocommit (a file sent whole would run as one implicit transaction, where PostgreSQL refuses
+  ``CONCURRENTLY``). Each statement must be safe to run again after a failure part-way through
+  (``DROP INDEX CONCURRENTLY IF EXISTS`` before ``CREATE INDEX CONCURRENTLY``, ``CREATE OR
+  REPLACE``): the file is recorded as applied only once its last statement succeeded.
 
 The flag is recorded in the ``migration`` table when the file is applied, where older releases,
 which do not ship the file, read it.
@@ -75,6 +79,87 @@ class Migration:
     def sql(self, schema: str) -> str:
         """The file's SQL for ``schema``."""
         return render(self.template, schema)
+
+    def statements(self, schema: str) -> list[str]:
+        """The file's SQL for ``schema``, one statement per item (see :func:`split_statements`)."""
+        return split_statements(self.sql(schema))
+
+    def sql_in_transaction(self, schema: str) -> str:
+        """The file's SQL for ``schema`` as one script a transaction can run: a no-transaction
+        file's ``CREATE``/``DROP INDEX CONCURRENTLY`` without ``CONCURRENTLY`` (for a schema that
+        nothing else uses yet, such as the scratch schema ``doctor`` builds)."""
+        if self.transactional:
+            return self.sql(schema)
+        return ";\n".join(_CONCURRENTLY.sub(r"\1", s) for s in self.statements(schema)) + ";\n"
+
+
+_CONCURRENTLY = re.compile(r"^(\s*(?:CREATE\s+(?:UNIQUE\s+)?INDEX|DROP\s+INDEX))\s+CONCURRENTLY\b", re.I)
+# The tokens a statement splitter must step over whole: comments, quoted identifiers, string
+# constants (standard and E'' escapes) and dollar-quoted bodies; anything else one char at a time.
+_TOKEN = re.compile(
+    r"""--[^\n]*
+      | /\*
+      | "(?:[^"]|"")*"
+      | (?<![\w$])[Ee]'(?:[^'\\]|\\.|'')*'
+      | '(?:[^']|'')*'
+      | \$(?P<tag>[A-Za-z_][A-Za-z_0-9]*)?\$
+      | ;
+      | [^-/"'$;Ee]+
+      | .""",
+    re.X | re.S,
+)
+
+
+def concurrent(statement: str) -> bool:
+    """Whether ``statement`` is a ``CREATE`` or ``DROP INDEX CONCURRENTLY``: it waits for every
+    older transaction of the database, but blocks no reader or writer of the table meanwhile."""
+    return _CONCURRENTLY.match(statement) is not None
+
+
+def split_statements(script: str) -> list[str]:
+    """The statements of a SQL script, without their ``;``, in order; comments and blank text
+    between them dropped. Semicolons inside comments (nested ``/* */`` too), quoted identifiers,
+    string constants and dollar-quoted bodies (function bodies, ``DO`` blocks) do not split."""
+    found: list[str] = []
+    current: list[str] = []
+    code = False  # whether the current statement has more than comments and blanks
+    pos = 0
+    while pos < len(script):
+        match = _TOKEN.match(script, pos)
+        assert match is not None  # the last alternative matches any character
+        token = match.group()
+        end = match.end()
+        if token == "/*":
+            depth = 1
+            while depth and end < len(script):
+                if script.startswith("/*", end):
+                    depth, end = depth + 1, end + 2
+                elif script.startswith("*/", end):
+                    depth, end = depth - 1, end + 2
+                else:
+                    end += 1
+            if depth:
+                raise ValueError("unterminated /* comment in a migration")
+            current.append(" ")
+        elif token.startswith("--"):
+            current.append(" ")
+        elif token == ";":
+            if code:
+                found.append("".join(current).strip())
+            current, code = [], False
+        else:
+            if token.startswith("$") and token.endswith("$") and len(token) > 1:
+                close = script.find(token, end)
+                if close < 0:
+                    raise ValueError(f"unterminated {token} quote in a migration")
+                end = close + len(token)
+                token = script[match.start() : end]
+            current.append(token)
+            code = code or not token.isspace()
+        pos = end
+    if code:
+        found.append("".join(current).strip())
+    return found
 
 
 def header_flags(template: str) -> frozenset[str]:

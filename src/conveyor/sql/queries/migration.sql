@@ -40,11 +40,10 @@ SELECT EXISTS (SELECT FROM pg_tables WHERE schemaname = {schema_literal} AND tab
 INSERT INTO {schema}.migration (version, name, checksum, breaking)
 VALUES (%(version)s, %(name)s, %(checksum)s, %(breaking)s);
 
--- name: migration_xact_lock :exec
-SELECT pg_advisory_xact_lock(hashtext('conveyor:migrate:' || {schema_literal}));
-
--- name: migration_session_lock :exec
-SELECT pg_advisory_lock(hashtext('conveyor:migrate:' || {schema_literal}));
+-- The migrators' lock, held by a session, tried outside any transaction (see migrate_async.py: a
+-- blocking wait would hold a snapshot that a CREATE INDEX CONCURRENTLY of the holder waits for).
+-- name: migration_try_lock :scalar
+SELECT pg_try_advisory_lock(hashtext('conveyor:migrate:' || {schema_literal}));
 
 -- How long a migration waits for a table lock, in milliseconds (see migrate_async.py).
 -- name: migration_lock_timeout_local :exec

@@ -8,10 +8,15 @@ Two measures per group shape (``--grouped`` jobs spread over ``--groups`` groups
 
 - **ungrouped behind grouped**: queue ``mixed`` holds the grouped jobs, sent first (so they stand
   ahead in the fetch order), then 10,000 ungrouped ones; each of ``--claims`` claims of 100 jobs
-  is timed (``job_fetch``, the statement a worker runs), then acknowledged (``job_ack_many``,
-  not timed). Every claim is filled by ungrouped jobs, so it never needs a group head.
+  (``job_fetch``, the statement a worker runs) is measured, then acknowledged (``job_ack_many``,
+  not measured). Every claim is filled by ungrouped jobs, so it never needs a group head.
 - **group heads**: queue ``grouped`` holds only the grouped jobs; each claim of 100 takes at most
-  one head per group (one group: one job) and is timed likewise, then acknowledged.
+  one head per group (one group: one job) and is measured likewise, then acknowledged.
+
+A claim is measured by its execution time in the server and the shared buffers it touched
+(``EXPLAIN (ANALYZE, BUFFERS)`` of the statement, which counts its function's statements too):
+the buffers do not move with the load of a shared machine, and say how much of the index a claim
+walked.
 
 Each child runs in a subprocess importing its tree's ``conveyor`` (``PYTHONPATH=<tree>/src``),
 migrates a fresh schema (``CONVEYOR_BENCH_SCHEMA``, default ``bench_grouped``) and reports the
@@ -59,23 +64,38 @@ def child(dsn: str, grouped: int, groups: int, claims: int) -> None:
                 setup.send_batch(jobs[start : start + 10_000])
         setup.send_batch([("mixed", {"i": i}) for i in range(UNGROUPED)])
     named = queries(SCHEMA)
-    worker = uuid.uuid4()
     out: dict[str, Any] = {}
     with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
         conn.execute(f"VACUUM ANALYZE {SCHEMA}.job")
         conn.execute("CHECKPOINT")
         for queue in ("mixed", "grouped"):
-            times: list[float] = []
+            walls: list[float] = []
+            server: list[float] = []
+            buffers: list[int] = []
             taken = 0
             for _ in range(claims):
+                worker = uuid.uuid4()
                 start = time.perf_counter()
-                got = conn.execute(
-                    named["job_fetch"].sql,
+                # The worker's statement, under EXPLAIN ANALYZE for the buffers it touched and
+                # its time in the server (the function's own statements included).
+                plan = conn.execute(
+                    "EXPLAIN (ANALYZE, BUFFERS, TIMING OFF, FORMAT JSON) " + named["job_fetch"].sql,
                     {"queues": [queue], "worker": worker, "limit": LIMIT, "now": None},
+                ).fetchone()
+                walls.append((time.perf_counter() - start) * 1000)
+                assert plan is not None
+                top = next(iter(plan.values()))[0]
+                server.append(top["Execution Time"])
+                buffers.append(top["Plan"]["Shared Hit Blocks"] + top["Plan"]["Shared Read Blocks"])
+                got = conn.execute(
+                    f"SELECT id, attempt, group_key FROM {SCHEMA}.job"
+                    " WHERE queue = %s AND state = 'active' AND worker_id = %s",
+                    (queue, worker),
                 ).fetchall()
-                times.append((time.perf_counter() - start) * 1000)
                 taken += len(got)
                 n = len(got)
+                if queue == "mixed" and any(r["group_key"] is not None for r in got):
+                    sys.exit("bench.grouped: a claim of the mixed queue took grouped jobs")
                 conn.execute(
                     named["job_ack_many"].sql,
                     {
@@ -89,9 +109,12 @@ def child(dsn: str, grouped: int, groups: int, claims: int) -> None:
                         "now": None,
                     },
                 )
-            if queue == "mixed" and any(r["group_key"] is not None for r in got):
-                sys.exit("bench.grouped: a claim of the mixed queue took grouped jobs")
-            out[queue] = {"claim_ms": statistics.median(times), "jobs_per_claim": taken / claims}
+            out[queue] = {
+                "claim_ms": statistics.median(walls),
+                "server_ms": statistics.median(server),
+                "buffers": statistics.median(buffers),
+                "jobs_per_claim": taken / claims,
+            }
     print(json.dumps(out))
 
 
@@ -130,20 +153,25 @@ def main() -> None:
                 for name, tree in order if r % 2 == 0 else order[::-1]:
                     found = run(tree, args, groups)
                     results.setdefault((groups, name), []).append(found)
-                    print(f"round {r + 1} groups {groups} {name}: mixed "
-                          f"{found['mixed']['claim_ms']:.2f} ms, grouped "
-                          f"{found['grouped']['claim_ms']:.2f} ms "
-                          f"({found['grouped']['jobs_per_claim']:.0f} jobs/claim)",
-                          flush=True)  # fmt: skip
-    print(f"\n{args.grouped} grouped jobs; claims of {LIMIT}; median of {args.rounds} rounds "
-          f"(each the median of {args.claims} claims)\n")  # fmt: skip
-    print("| groups | claim | baseline ms | current ms | ratio |\n|---:|---|---:|---:|---:|")
+                    print(f"round {r + 1} groups {groups} {name}: " + ", ".join(
+                        f"{q} {found[q]['server_ms']:.2f} ms {found[q]['buffers']:.0f} buffers"
+                        for q in ("mixed", "grouped")) +
+                        f" ({found['grouped']['jobs_per_claim']:.0f} grouped jobs/claim)",
+                        flush=True)  # fmt: skip
+    print(f"\n{args.grouped} grouped jobs; claims of {LIMIT}; medians of {args.rounds} rounds "
+          f"(each the median of {args.claims} claims). ms: the claim's execution time in the "
+          "server; buffers: shared buffers it touched\n")  # fmt: skip
+    print("| groups | claim | baseline ms | current ms | ratio | baseline buffers | "
+          "current buffers | ratio |\n|---:|---|---:|---:|---:|---:|---:|---:|")  # fmt: skip
     for groups in shapes:
         for queue, label in (("mixed", "100 ungrouped behind grouped"),
                              ("grouped", "group heads")):  # fmt: skip
-            a = statistics.median(x[queue]["claim_ms"] for x in results[(groups, "baseline")])
-            b = statistics.median(x[queue]["claim_ms"] for x in results[(groups, "current")])
-            print(f"| {groups:,} | {label} | {a:.2f} | {b:.2f} | {b / a:.2f}x |")
+            row = [f"| {groups:,} | {label}"]
+            for key, fmt in (("server_ms", ".2f"), ("buffers", ".0f")):
+                a = statistics.median(x[queue][key] for x in results[(groups, "baseline")])
+                b = statistics.median(x[queue][key] for x in results[(groups, "current")])
+                row.append(f"{a:{fmt}} | {b:{fmt}} | {b / a:.2f}x" if a else f"{a} | {b} | -")
+            print(" | ".join(row) + " |")
 
 
 if __name__ == "__main__":

@@ -120,12 +120,19 @@ SELECT (SELECT count(*) FROM gone) AS queues,
            + (SELECT count(*) FROM dead) AS jobs,
        (SELECT count(*) FROM windows) AS windows;
 
--- Delete the queued (not running, not finished) jobs of a queue.
+-- Delete the queued (not running, not finished) jobs of a queue: the ungrouped and the grouped
+-- ones apart, each along its fetch index (0020).
 -- name: queue_purge :scalar
-WITH gone AS (
-    DELETE FROM {schema}.job WHERE queue = %(name)s AND state IN ('created', 'retry') RETURNING 1
+WITH free AS (
+    DELETE FROM {schema}.job
+    WHERE queue = %(name)s AND state IN ('created', 'retry') AND group_key IS NULL
+    RETURNING 1
+), grouped AS (
+    DELETE FROM {schema}.job
+    WHERE queue = %(name)s AND state IN ('created', 'retry') AND group_key IS NOT NULL
+    RETURNING 1
 )
-SELECT count(*) FROM gone;
+SELECT (SELECT count(*) FROM free) + (SELECT count(*) FROM grouped) AS count;
 
 -- Counts by state; oldest_waiting_seconds is how long the oldest runnable job has waited past
 -- its run_at (NULL when none is runnable). Live states are counted in the (small) live table;

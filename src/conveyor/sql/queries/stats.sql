@@ -10,13 +10,17 @@ FROM {schema}.stats_rollup(%(now)s::timestamptz, %(lag)s::double precision,
                            %(bounds)s::double precision[]);
 
 -- The runnable jobs waiting in each queue now, as the backlog of this minute. Reads the live
--- table through the fetch index only.
+-- table through the two fetch indexes only (0020: ungrouped jobs, grouped jobs).
 -- name: stats_sample_backlog :exec
 WITH t AS (SELECT coalesce(%(now)s::timestamptz, now()) AS now)
 INSERT INTO {schema}.stats_backlog AS b (queue, minute, backlog)
 SELECT q.name, date_bin('1 minute', t.now, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
        (SELECT count(*) FROM {schema}.job j
-        WHERE j.queue = q.name AND j.state IN ('created', 'retry') AND j.run_at <= t.now)
+        WHERE j.queue = q.name AND j.state IN ('created', 'retry') AND j.group_key IS NULL
+          AND j.run_at <= t.now)
+       + (SELECT count(*) FROM {schema}.job j
+          WHERE j.queue = q.name AND j.state IN ('created', 'retry')
+            AND j.group_key IS NOT NULL AND j.run_at <= t.now)
 FROM {schema}.queue q CROSS JOIN t
 ON CONFLICT (queue, minute) DO UPDATE SET backlog = EXCLUDED.backlog;
 

@@ -127,31 +127,55 @@ FROM {schema}.ack_jobs(
 SELECT pg_xact_status(%(xid)s::xid8) AS status;
 
 -- Seconds until the next job of these queues falls due (later than now), or NULL: a worker with
--- nothing to do wakes itself then, since no NOTIFY marks that moment. A loose index scan of
--- job_fetch_idx: per queue, one probe per priority in use, however many jobs wait.
+-- nothing to do wakes itself then, since no NOTIFY marks that moment. A loose index scan of each
+-- fetch index (0020: job_fetch_free_idx, job_fetch_group_idx): per queue, one probe per priority
+-- in use, however many jobs wait.
 -- name: job_next_due :scalar
 WITH RECURSIVE t AS (
     SELECT coalesce(%(now)s::timestamptz, now()) AS now
-), levels AS (
+), free AS (
+    SELECT q.name AS queue,
+           (SELECT j.priority FROM {schema}.job j
+             WHERE j.queue = q.name AND j.state IN ('created', 'retry') AND j.group_key IS NULL
+             ORDER BY j.priority DESC LIMIT 1) AS priority
+    FROM unnest(%(queues)s::text[]) AS q(name)
+    UNION ALL
+    SELECT l.queue,
+           (SELECT j.priority FROM {schema}.job j
+             WHERE j.queue = l.queue AND j.state IN ('created', 'retry') AND j.group_key IS NULL
+               AND j.priority < l.priority
+             ORDER BY j.priority DESC LIMIT 1)
+    FROM free l
+    WHERE l.priority IS NOT NULL
+), grouped AS (
     SELECT q.name AS queue,
            (SELECT j.priority FROM {schema}.job j
              WHERE j.queue = q.name AND j.state IN ('created', 'retry')
+               AND j.group_key IS NOT NULL
              ORDER BY j.priority DESC LIMIT 1) AS priority
     FROM unnest(%(queues)s::text[]) AS q(name)
     UNION ALL
     SELECT l.queue,
            (SELECT j.priority FROM {schema}.job j
              WHERE j.queue = l.queue AND j.state IN ('created', 'retry')
-               AND j.priority < l.priority
+               AND j.group_key IS NOT NULL AND j.priority < l.priority
              ORDER BY j.priority DESC LIMIT 1)
-    FROM levels l
+    FROM grouped l
     WHERE l.priority IS NOT NULL
 )
-SELECT extract(epoch FROM (
-           SELECT min((SELECT j.run_at FROM {schema}.job j
-                        WHERE j.queue = l.queue AND j.state IN ('created', 'retry')
-                          AND j.priority = l.priority AND j.run_at > t.now
-                        ORDER BY j.run_at LIMIT 1))
-           FROM levels l
-           WHERE l.priority IS NOT NULL) - t.now)::double precision
+SELECT extract(epoch FROM least(
+           (SELECT min((SELECT j.run_at FROM {schema}.job j
+                         WHERE j.queue = l.queue AND j.state IN ('created', 'retry')
+                           AND j.group_key IS NULL AND j.priority = l.priority
+                           AND j.run_at > t.now
+                         ORDER BY j.run_at LIMIT 1))
+            FROM free l
+            WHERE l.priority IS NOT NULL),
+           (SELECT min((SELECT j.run_at FROM {schema}.job j
+                         WHERE j.queue = l.queue AND j.state IN ('created', 'retry')
+                           AND j.group_key IS NOT NULL AND j.priority = l.priority
+                           AND j.run_at > t.now
+                         ORDER BY j.run_at LIMIT 1))
+            FROM grouped l
+            WHERE l.priority IS NOT NULL)) - t.now)::double precision
 FROM t;

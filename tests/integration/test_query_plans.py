@@ -1,6 +1,7 @@
-"""The hot path keeps to its indexes on a large table: fetch walks job_fetch_idx (never a scan
-of the whole job table, whatever waits in the future or sits in the history), and the ack finds
-its rows by primary key."""
+"""The hot path keeps to its indexes on a large table: fetch walks job_fetch_free_idx (never a
+scan of the whole job table, whatever waits in the future, sits in the history or waits in a
+group), group heads are found along the grouped indexes, and the ack finds its rows by primary
+key."""
 
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ def test_fetch_and_ack_use_their_indexes_on_a_large_table(app: Conveyor, conveyo
             ).fetchall()
         assert len(claimed) == 100
         fetch = [n for n in notices if "LATERAL" in n][-1]
-        assert "job_fetch_idx" in fetch
+        assert "job_fetch_free_idx" in fetch
         assert "Seq Scan on job" not in fetch and "Sort Method" not in fetch.split("LockRows")[1]
         conn.execute(
             named["job_ack_many"].sql,
@@ -109,7 +110,7 @@ def test_fetch_and_ack_use_their_indexes_on_a_large_table(app: Conveyor, conveyo
     assert "Index Cond: (id = a" in ack  # one key lookup per acknowledged job
     assert "Seq Scan on job " not in ack
     folded_fetch = [n for n in folded if "LATERAL" in n][-1]
-    assert "job_fetch_idx" in folded_fetch and "Seq Scan on job" not in folded_fetch
+    assert "job_fetch_free_idx" in folded_fetch and "Seq Scan on job" not in folded_fetch
     folded_ack = next(n for n in folded if "DELETE FROM" in n and ".job j" in n)
     assert "Index Cond: (id = a" in folded_ack and "Seq Scan on job " not in folded_ack
 
@@ -148,7 +149,86 @@ def test_a_fair_queue_walks_its_keys_and_their_heads_by_index_whatever_one_key_h
     walk = [n for n in notices if "min(j.fair_key)" in n][-3:]  # the last fetch's probes
     pick = [n for n in notices if "LATERAL" in n][-1]
     assert len(walk) == 3 and all("job_fair_idx" in n and "Seq Scan" not in n for n in walk)
-    assert "job_fair_idx" in pick and "job_fetch_idx" not in pick and "Seq Scan" not in pick
+    assert "job_fair_idx" in pick and "job_fetch_free_idx" not in pick and "Seq Scan" not in pick
     heads = pick.split("LockRows")[1].split("InitPlan")[0]  # each key's jobs, read in order
     assert "job_fair_idx" in heads and "Sort" not in heads
     assert not any("Seq Scan on job " in n for n in notices)
+
+
+def insert_jobs(conn: psycopg.Connection[Any], schema: str, count: int, group: str) -> None:
+    """``count`` jobs of queue 'bench' due an hour ago (ahead of any job sent now), with the
+    group_key ``group`` (an SQL expression of g, the row's number; 'NULL' for none)."""
+    conn.execute(
+        f"INSERT INTO {schema}.job (id, queue, data, run_at, retry_limit, retry_delay,"
+        " retry_backoff, expire_in, retention, created_at, group_key)"
+        " SELECT gen_random_uuid(), 'bench', '{}', now() - interval '1 hour', 2, 5,"
+        f" 'exponential', 900, 604800, now(), {group} FROM generate_series(1, {count}) g"
+    )
+
+
+def explained_fetches(conn: psycopg.Connection[Any], schema: str, limit: int) -> list[str]:
+    """The plans of the statements of six fetches of 'bench' (the last ones run the cached
+    generic plans), each fetch rolled back; the claimed jobs of the last one."""
+    try:
+        conn.execute("LOAD 'auto_explain'")
+    except psycopg.errors.UndefinedFile:
+        pytest.skip("auto_explain is not installed on this server: plans cannot be read")
+    notices: list[str] = []
+    conn.add_notice_handler(lambda d: notices.append(str(d.message_primary)))
+    conn.execute(
+        "SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;"
+        " SET auto_explain.log_level = notice; SET auto_explain.log_analyze = on"
+    )
+    conn.commit()  # the settings outlive the rollbacks below
+    for _ in range(6):  # past the point where a cached generic plan takes over
+        before = len(notices)
+        claimed = conn.execute(
+            queries(schema)["job_fetch"].sql,
+            {"queues": ["bench"], "worker": uuid.uuid4(), "limit": limit, "now": None},
+        ).fetchall()
+        conn.rollback()
+    last = notices[before:]
+    last.append(repr([(r["group_key"], r["id"]) for r in claimed]))
+    return last
+
+
+def test_ungrouped_claims_never_walk_the_grouped_jobs_queued_ahead(
+    app: Conveyor, conveyor_dsn: str
+) -> None:
+    with psycopg.connect(conveyor_dsn, row_factory=dict_row) as conn:
+        insert_jobs(conn, app.schema, 20000, "'g' || (g % 100)")
+        conn.execute(f"ANALYZE {app.schema}.job")
+        conn.commit()
+        app.send_batch([("bench", {"i": i}) for i in range(200)])
+        plans = explained_fetches(conn, app.schema, 100)
+    claim = next(n for n in plans if "LATERAL" in n)
+    # The claim's walk reads its 100 jobs and nothing else: not one of the 20,000 grouped jobs
+    # ahead of them (with job_fetch_idx it read them all, each checked in the heap).
+    walk = claim.split("LockRows")[1]
+    assert "job_fetch_free_idx" in walk and "Seq Scan" not in claim
+    assert "Rows Removed by Filter" not in walk and " rows=100 loops=1)" in walk
+    assert "'g" not in plans[-1]  # the claim took ungrouped jobs only
+
+
+def test_group_heads_are_found_along_the_grouped_indexes(app: Conveyor, conveyor_dsn: str) -> None:
+    with psycopg.connect(conveyor_dsn, row_factory=dict_row) as conn:
+        # One group of 10,000 jobs (a loose scan finds its head at once), and 1,000 groups of 10
+        # (more groups than a fetch has room for: the walk of job_fetch_group_idx finds them).
+        insert_jobs(conn, app.schema, 10000, "'big'")
+        conn.execute(f"ANALYZE {app.schema}.job")
+        conn.commit()
+        few = explained_fetches(conn, app.schema, 50)
+        insert_jobs(conn, app.schema, 10000, "'g' || (g % 1000)")
+        conn.execute(f"ANALYZE {app.schema}.job")
+        conn.commit()
+        many = explained_fetches(conn, app.schema, 50)
+    assert few[-1].count("'big'") == 1  # one job of the group, and only one
+    scan = next(n for n in few if "WITH RECURSIVE g" in n)
+    assert "job_group_idx" in scan and "Seq Scan" not in scan and "Sort" not in scan
+    assert " rows=2 loops=1)" in scan.split("Recursive Union")[0]  # the group, then the end
+    assert not any("Seq Scan on job " in n for n in few)
+    assert many[-1].count("'g") == 49 and many[-1].count("'big'") == 1  # a head per group
+    walk = next(n for n in many if "j.id = (SELECT k.id" in n)
+    assert "job_fetch_group_idx" in walk and "job_group_idx" in walk
+    assert "Seq Scan" not in walk and "Sort" not in walk
+    assert not any("Seq Scan on job " in n for n in many)

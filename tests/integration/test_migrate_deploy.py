@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.rows import dict_row
 
 import conveyor._store.migrate as migrate_module
 import conveyor._store.migrations as migrations_module
 from conveyor import Conveyor
 from conveyor._store.migrate import Migrator
 from conveyor._store.migrations import Migration, header_flags, migrations
+from conveyor._store.queries import queries
 from conveyor.errors import MigrationError, SchemaTooNew
 
 SHIPPED = migrations()
@@ -212,3 +215,110 @@ def test_jobs_are_read_through_a_column_a_later_release_adds(
         )
     assert migrated.get_job(job_id).data == {"n": 1}
     assert [j.id for j in migrated.list_jobs(queue="later.q")] == [job_id]
+
+
+# -- no-transaction migrations: statement by statement, CONCURRENTLY -------------------------------
+
+NO_TRANSACTION = """-- conveyor: no-transaction, non-breaking
+-- A comment; with a semicolon.
+DROP INDEX CONCURRENTLY IF EXISTS {schema}.probe_idx;
+CREATE INDEX CONCURRENTLY probe_idx ON {schema}.job (created_at);
+CREATE OR REPLACE FUNCTION {schema}.probe() RETURNS text LANGUAGE plpgsql AS $fn$
+BEGIN
+    RETURN 'a;b';
+END
+$fn$;
+"""
+
+
+def index_valid(dsn: str, schema: str, name: str) -> bool | None:
+    """Whether the index exists and is valid (None: it does not exist)."""
+    rows = run(
+        dsn,
+        sql.SQL(
+            "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = {} AND c.relname = {}"
+        ).format(sql.Literal(schema), sql.Literal(name)),
+    )
+    return bool(rows[0][0]) if rows else None
+
+
+def test_a_no_transaction_migration_runs_statement_by_statement(
+    migrated: Conveyor, conveyor_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    schema = migrated.schema
+    extra(monkeypatch, NO_TRANSACTION)
+    # Sent whole, the file would run as one implicit transaction, where PostgreSQL refuses
+    # CREATE INDEX CONCURRENTLY.
+    assert migrated.migrate() == [f"{len(SHIPPED) + 1:04d}_extra_1"]
+    assert index_valid(conveyor_dsn, schema, "probe_idx") is True
+    probe = sql.SQL("SELECT {}.probe()").format(sql.Identifier(schema))
+    assert run(conveyor_dsn, probe) == [("a;b",)]
+
+
+def test_a_no_transaction_migration_runs_again_after_failing_part_way(
+    migrated: Conveyor, conveyor_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    schema = migrated.schema
+    (added,) = extra(monkeypatch, NO_TRANSACTION)
+    # The first two statements ran, then the migrator died: the file is not recorded.
+    with psycopg.connect(conveyor_dsn, autocommit=True) as conn:
+        for statement in added.statements(schema)[:2]:
+            conn.execute(statement)  # type: ignore[arg-type]
+    assert migrated.migrate() == [f"{len(SHIPPED) + 1:04d}_extra_1"]
+    assert index_valid(conveyor_dsn, schema, "probe_idx") is True
+
+
+def test_an_index_built_concurrently_waits_for_long_transactions_without_a_lock_timeout(
+    migrated: Conveyor, conveyor_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CREATE INDEX CONCURRENTLY waits for every older transaction of the database, blocking no
+    worker meanwhile: the lock timeout that guards workers from a queued lock does not apply."""
+    schema = migrated.schema
+    extra(monkeypatch, NO_TRANSACTION)
+    migrator = Migrator(conveyor_dsn, schema, lock_timeout=0.1, lock_attempts=1)
+    holder = LongTransaction(conveyor_dsn, schema)
+    # A writer of the job table, as a handler's job.transaction() is.
+    holder.conn.execute(sql.SQL("DELETE FROM {}.job WHERE false").format(sql.Identifier(schema)))
+    threading.Timer(0.6, holder.end).start()
+    begin = time.monotonic()
+    assert [m.name for m in migrator.apply()] == ["extra_1"]
+    assert time.monotonic() - begin >= 0.5  # it waited for the holder, and did not give up
+    assert index_valid(conveyor_dsn, schema, "probe_idx") is True
+
+
+def test_the_fetch_split_upgrades_a_filled_schema_of_the_previous_release(
+    conveyor_dsn: str, scratch_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """0020 on a schema the previous release migrated and filled: a group running a job, queued
+    grouped and ungrouped jobs. Its indexes replace the old ones, and the claims go on."""
+    split = next(m for m in SHIPPED if m.name == "fetch_split")
+    with monkeypatch.context() as previous:
+        before = tuple(m for m in SHIPPED if m.version < split.version)
+        previous.setattr(migrations_module, "migrations", lambda: before)
+        previous.setattr(migrate_module, "migrations", lambda: before)
+        with Conveyor(conveyor_dsn, schema=scratch_schema) as old:
+            old.migrate()
+            old.send_batch(
+                [("q", {"n": n}, {"group_key": "g"}) for n in range(3)]
+                + [("q", {"n": n}) for n in range(3, 5)]
+            )
+            fetch = queries(scratch_schema)["job_fetch"].sql
+            with psycopg.connect(conveyor_dsn, row_factory=dict_row) as conn:
+                got = conn.execute(
+                    fetch, {"queues": ["q"], "worker": uuid.uuid4(), "limit": 3, "now": None}
+                ).fetchall()
+            assert sorted(r["data"]["n"] for r in got) == [0, 3, 4]
+    with Conveyor(conveyor_dsn, schema=scratch_schema) as app:
+        assert app.migrate()[-1] == f"{split.version:04d}_fetch_split"
+        for name in ("job_fetch_free_idx", "job_fetch_group_idx", "job_group_idx"):
+            assert index_valid(conveyor_dsn, scratch_schema, name) is True
+        for name in ("job_fetch_idx", "job_group_key_idx", "job_active_idx"):
+            assert index_valid(conveyor_dsn, scratch_schema, name) is None
+        app.send_batch([("q", {"n": 5}), ("q", {"n": 6}, {"group_key": "h"})])
+        with psycopg.connect(conveyor_dsn, row_factory=dict_row) as conn:
+            got = conn.execute(
+                fetch, {"queues": ["q"], "worker": uuid.uuid4(), "limit": 10, "now": None}
+            ).fetchall()
+        # Group g still runs job 0: its next job waits; the new group and job are claimed.
+        assert sorted(r["data"]["n"] for r in got) == [5, 6]

@@ -25,7 +25,8 @@ from typing import Any
 from bench.ab import DEFAULT_DSN, _current, worktree
 
 ROOT = Path(__file__).resolve().parent.parent
-SCHEMA = "conveyor_cpu"
+# A schema of its own per checkout (CONVEYOR_BENCH_SCHEMA), as bench.run takes.
+SCHEMA = os.environ.get("CONVEYOR_BENCH_SCHEMA", "conveyor_cpu")
 
 
 def child(dsn: str, jobs: int, retention: float | None) -> None:

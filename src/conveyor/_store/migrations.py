@@ -93,7 +93,9 @@ class Migration:
         return ";\n".join(_CONCURRENTLY.sub(r"\1", s) for s in self.statements(schema)) + ";\n"
 
 
-_CONCURRENTLY = re.compile(r"^(\s*(?:CREATE\s+(?:UNIQUE\s+)?INDEX|DROP\s+INDEX))\s+CONCURRENTLY\b", re.I)
+_CONCURRENTLY = re.compile(
+    r"^(\s*(?:CREATE\s+(?:UNIQUE\s+)?INDEX|DROP\s+INDEX))\s+CONCURRENTLY\b", re.I
+)
 # The tokens a statement splitter must step over whole: comments, quoted identifiers, string
 # constants (standard and E'' escapes) and dollar-quoted bodies; anything else one char at a time.
 _TOKEN = re.compile(

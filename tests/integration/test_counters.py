@@ -175,6 +175,23 @@ def test_a_deleted_queue_starts_its_counts_again(app: Conveyor) -> None:
     assert app.queue_series("c", minutes=5)[-1].completed == 0
 
 
+def test_a_deleted_queue_takes_its_uncounted_jobs_without_history_along(app: Conveyor) -> None:
+    """Jobs of two queues that keep no history, acknowledged in one batch, not rolled up yet:
+    deleting one queue forgets its jobs and keeps the other's counted."""
+    for name in ("gone", "stays"):
+        app.create_queue(name, retention=0)
+        app.job(name, lambda job: None)
+    app.send_batch([("gone", {}), ("stays", {})] * 5)
+    assert app.drain() == 10
+    app.delete_queue("gone")
+    app.create_queue("gone")
+    assert app.queue_stats("gone").counts[JobState.COMPLETED] == 0
+    assert app.queue_stats("stays").counts[JobState.COMPLETED] == 5
+    assert roll(app, StatsRollup(lag=0, hold=0), 5) == 5
+    assert app.queue_stats("gone").counts[JobState.COMPLETED] == 0
+    assert app.queue_stats("stays").counts[JobState.COMPLETED] == 5
+
+
 def test_the_series_has_every_minute_with_waits_retries_and_backlog(
     conveyor_dsn: str, conveyor_schema: str
 ) -> None:

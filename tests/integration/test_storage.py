@@ -360,6 +360,20 @@ def test_the_migration_holds_no_lock_for_the_history_s_size(
     assert len(history(conveyor_dsn, schema)) == 700
 
 
+def test_deleting_a_queue_deletes_its_history_still_in_the_old_table(
+    old_layout: str, conveyor_dsn: str
+) -> None:
+    schema = old_layout
+    fill_old_history(conveyor_dsn, schema)
+    with Conveyor(conveyor_dsn, schema=schema) as app:
+        app.migrate()
+        app.send("old", {"queued": True})
+        assert app.delete_queue("old") == 701
+        assert legacy(conveyor_dsn, schema) is not None  # not moved yet
+        assert scalar(conveyor_dsn, f"SELECT count(*) FROM {schema}.job_history") == 0
+        assert app.list_jobs(queue="old", since=timedelta(days=3)) == []
+
+
 def test_a_schema_that_applied_the_first_0012_is_current(
     conveyor_dsn: str, scratch_schema: str
 ) -> None:

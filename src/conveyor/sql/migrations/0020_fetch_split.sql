@@ -184,6 +184,9 @@ BEGIN
         END LOOP;
     END LOOP;
 
+    IF cardinality(q_queue) = 0 THEN
+        RETURN;
+    END IF;
     -- The candidates' groups, locked in claim order (a group another fetcher holds is skipped);
     -- then, in a statement of its own (a fresh snapshot, taken once the locks are ours), the
     -- head of each locked group is read again and claimed if it still may run: one statement

@@ -84,6 +84,11 @@ DECLARE
     l_group text[];
 BEGIN
     FOREACH v_queue IN ARRAY p_queues LOOP
+        -- Most queues have no grouped job: one probe says so, cheaper than the scan below.
+        CONTINUE WHEN NOT EXISTS (
+            SELECT FROM {schema}.job j
+            WHERE j.queue = v_queue AND j.state IN ('created', 'retry')
+              AND j.group_key IS NOT NULL);
         -- 1. A queue of few groups is read group by group, all of them: a loose scan of
         -- job_group_idx, one probe for the next group's head, one for its running job.
         -- 3. So is a queue whose walk (2.) met too few heads, however many groups it has.

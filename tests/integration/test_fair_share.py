@@ -4,15 +4,18 @@ claim stays exactly-once, and the queue's limits, groups and pause still hold.""
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from conveyor import Conveyor, InvalidOption, Job
+from conveyor import Conveyor, InvalidOption, Job, JobState
 from conveyor._store.queries import queries
 
 
@@ -206,3 +209,77 @@ def test_sql_send_takes_the_fair_key_option_and_refuses_a_bad_one(
             with pytest.raises(psycopg.errors.InvalidParameterValue, match="fair_key"):
                 conn.execute(send, [psycopg.types.json.Jsonb(bad)])
     assert len(app.list_jobs()) == 2
+
+
+async def test_a_send_to_a_fair_queue_is_claimed_beside_a_fetch_under_way(
+    app_async: Conveyor, conveyor_dsn: str
+) -> None:
+    """The worker's fetch is held up (here by the lock of another queue's row, which a limited
+    queue's claim takes; at full drain, by the tens of ms a big claim takes): a job sent to a
+    fair queue meanwhile is claimed by an express fetch of that queue and runs before the fetch
+    under way returns."""
+    await app_async.create_queue_async("tenants", fair=True)
+    await app_async.create_queue_async("limited", concurrency=5)
+    ran: list[str] = []
+
+    @app_async.job("tenants")
+    async def tenant(job: Job) -> None:
+        ran.append(job.data["key"])
+
+    @app_async.job("limited")
+    async def limited(job: Job) -> None:
+        ran.append("limited")
+
+    await app_async.send_async("limited", {})
+    lock = f"SELECT FROM {app_async.schema}.queue WHERE name = 'limited' FOR UPDATE"
+    with psycopg.connect(conveyor_dsn) as holder:
+        holder.execute(lock)  # the worker's fetch of both queues waits for this row
+        stop = asyncio.Event()
+        task = asyncio.create_task(
+            app_async.run_worker_async(stop=stop, concurrency=4, poll_interval=5.0)
+        )
+        try:
+            await until_active(app_async, holder, conveyor_dsn)
+            b = await app_async.send_async("tenants", {"key": "B"}, fair_key="B")
+
+            async def b_done() -> bool:
+                return (await app_async.get_job_async(b)).state is JobState.COMPLETED
+
+            await until(b_done, timeout=5)
+            assert ran == ["B"]  # the fetch under way has not returned
+            holder.rollback()
+            await until(lambda: _true(len(ran) == 2), timeout=5)
+        finally:
+            holder.rollback()
+            stop.set()
+            await asyncio.wait_for(task, 30)
+    assert sorted(ran) == ["B", "limited"]
+
+
+async def until_active(app: Conveyor, holder: psycopg.Connection[Any], dsn: str) -> None:
+    """Until the worker's fetch waits for the row ``holder`` locked."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+
+        async def waiting() -> bool:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'"
+                " AND transactionid = (SELECT backend_xid FROM pg_stat_activity"
+                " WHERE pid = %s)",
+                [holder.info.backend_pid],
+            ).fetchone()
+            return row is not None and row[0] > 0
+
+        await until(waiting, timeout=10)
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached in time")

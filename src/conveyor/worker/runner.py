@@ -63,9 +63,10 @@ YIELD_EVERY = 16
 NEXT_DUE_SPACING = 0.025
 # pause_queue's notification on the cancel channel (whose other payloads are job ids).
 PAUSED_PREFIX = "paused:"
-# A send to a fair queue heard while a fetch is under way claims at most this many jobs of that
-# queue at once, beside it (an express fetch; see Worker._express): the next fetch may be tens of
-# ms away at full drain, the turn of the key just sent should not wait for it.
+# A send to a fair queue heard while the producer is busy (a fetch under way, or waiting for
+# room) claims at most this many jobs of that queue at once, beside it (an express fetch; see
+# Worker._express): at full drain the producer's next fetch may be tens of ms away, and the turn
+# of the key just sent should not wait for it.
 EXPRESS_LIMIT = 10
 
 
@@ -174,11 +175,13 @@ class Worker:
         self._buffer: collections.deque[tuple[Any, ...]] = collections.deque()  # claimed rows
         self._paused_at: dict[str, float] = {}  # queue: when its pause was heard
         # The fair queues among this worker's (read at start, learnt from claims since), whether
-        # the producer's fetch is under way, and the express fetch beside it (see _express).
+        # the producer waits for a wake-up (a NOTIFY makes it fetch at once), and the express
+        # fetch beside it when it does not (see _express).
         self._fair_queues: set[str] = set()
-        self._fetching = False
+        self._idle = False
         self._express_task: asyncio.Task[None] | None = None
         self._express_again: set[str] = set()
+        self._express_asked_at: float | None = None  # when the one under way was sent
         self._avg_duration: float | None = None
         # A rate-limited queue gains a token every interval / limit seconds and no NOTIFY says
         # so: the worker looks again that often (the tightest of its queues), not at the poll.
@@ -348,11 +351,7 @@ class Worker:
             try:
                 presumed_dead = self._presumed_dead
                 asked_at = time.monotonic()
-                self._fetching = True
-                try:
-                    jobs = await self._completer.fetch(opts.queues, room)
-                finally:
-                    self._fetching = False
+                jobs = await self._completer.fetch(opts.queues, room)
                 if jobs and presumed_dead != self._presumed_dead:
                     jobs = await self._still_held(jobs)
                 if self._paused_at:
@@ -388,7 +387,11 @@ class Worker:
             # A short fetch: whatever falls due next is announced by no NOTIFY.
             await self._wake_when_due()
             poll = min(opts.poll_interval, self._token_interval) * (0.75 + random.random() / 2)
-            await self._wait(self._wake, poll)
+            self._idle = True
+            try:
+                await self._wait(self._wake, poll)
+            finally:
+                self._idle = False
 
     def _learn_fair(self, claimed: list[tuple[Any, ...]]) -> None:
         """Note the fair queues among the claimed rows' (a fair claim carries the key in meta),
@@ -400,16 +403,22 @@ class Worker:
                 self._fair_queues.add(row[rows.FETCHED_QUEUE])
 
     def _express(self, queue: str) -> None:
-        """A job was sent to the fair queue ``queue`` while the producer's fetch is under way:
-        claim a few of that queue's jobs now, beside it, instead of after it and the next one.
+        """A job was sent to the fair queue ``queue`` while the producer is busy (a fetch under
+        way, or waiting for room to fetch): claim a few of that queue's jobs now, beside it.
 
-        At full drain speed a fetch of a few hundred jobs takes tens of ms, and a job sent just
-        after one began waits for it and for the whole next one; the express fetch, a small
-        claim on the worker's spare connection, gives the key just sent its turn in the few ms a
-        small claim takes. The claim is the queue's own (claim_fair: every key in turn, after
-        the last one served), so it serves the new job's key when the queue has at most
-        ``EXPRESS_LIMIT`` keys with due jobs, and otherwise the next keys in turn, as any fetch
-        would. At most one runs at a time; a send heard meanwhile makes it go once more."""
+        At full drain speed a fetch of a few hundred jobs (and the acks riding with it) takes
+        tens of ms, and a job sent just after one began waits for it and for the whole next one;
+        the express fetch, a small claim on the worker's spare connection, gives the key just
+        sent its turn in the few ms a small claim takes, and admit_claimed puts its job ahead of
+        the buffer. The claim is the queue's own (claim_fair: every key in turn, after the last
+        one served), so it serves the new job's key when the queue has at most as many keys with
+        due jobs as it claims jobs, and otherwise the next keys in turn, as any fetch would.
+
+        Only while a job it claims could start soon: a slot is free, or jobs are quick enough
+        that the worker claims ahead (adaptive prefetch). A worker whose slots are all taken by
+        long jobs claims nothing more; the producer's next fetch, when a slot frees, serves the
+        turn, and meanwhile the jobs stay with workers that have room. At most one runs at a
+        time; a send heard meanwhile makes it go once more."""
         if self._stop.is_set():
             return
         if self._express_task is not None and not self._express_task.done():
@@ -418,10 +427,15 @@ class Worker:
         self._express_task = asyncio.create_task(self._express_fetch(queue))
 
     async def _express_fetch(self, queue: str) -> None:
-        limit = max(2, min(EXPRESS_LIMIT, self._slots()))
         while True:
+            free = self._slots() - len(self._running)
+            ahead = self._capacity() - self._slots()  # the prefetch the worker allows itself
+            if free <= 0 and ahead <= 0:
+                return
+            # Two at least: with two keys, one claim of one job would serve the first key only.
+            limit = max(2, min(EXPRESS_LIMIT, max(free, 0) + ahead))
             presumed_dead = self._presumed_dead
-            asked_at = time.monotonic()
+            asked_at = self._express_asked_at = time.monotonic()
             try:
                 jobs = await self._store.job_fetch([queue], self.id, limit, self._clock())
                 if jobs and presumed_dead != self._presumed_dead:
@@ -429,15 +443,17 @@ class Worker:
             except DatabaseUnavailable as exc:  # the producer's fetches find the job instead
                 log.debug("express fetch of queue %s failed: %s", queue, exc)
                 return
+            finally:
+                self._express_asked_at = None
             # Paused since it was sent: handed back. (Not through _unpaused, which forgets the
-            # pauses older than this fetch that the producer's fetch, sent earlier, must see.)
+            # pauses older than this fetch that the producer's fetch, if sent earlier, must see.)
             paused = {q for q, at in self._paused_at.items() if at >= asked_at}
             if paused:
                 self._release([row for row in jobs if row[rows.FETCHED_QUEUE] in paused])
                 jobs = [row for row in jobs if row[rows.FETCHED_QUEUE] not in paused]
             admit_claimed(self._buffer, jobs)
             self._start_buffered()
-            if not self._express_again or not self._fetching or self._stop.is_set():
+            if not self._express_again or self._idle or self._stop.is_set():
                 self._express_again.clear()
                 return
             queue = self._express_again.pop()
@@ -749,7 +765,7 @@ class Worker:
                 self._cancel_running(uuid.UUID(job_id), int(attempt) if attempt else None)
         elif payload in self.options.queues:
             self._wake.set()
-            if self._fetching and payload in self._fair_queues:
+            if not self._idle and payload in self._fair_queues:
                 self._express(payload)
 
     def _on_pause(self, queue: str) -> None:
@@ -766,9 +782,13 @@ class Worker:
             self._buffer.extend(kept)
 
     def _unpaused(self, claimed: list[Any], asked_at: float) -> list[Any]:
-        """The rows of a fetch sent at ``asked_at`` but those of queues paused since."""
+        """The rows of a fetch sent at ``asked_at`` but those of queues paused since. The
+        pauses heard before it, and before the express fetch under way if any, are forgotten:
+        no fetch still to return was sent before them."""
         paused = {queue for queue, at in self._paused_at.items() if at >= asked_at}
-        self._paused_at = {queue: self._paused_at[queue] for queue in paused}
+        if self._express_asked_at is not None:
+            asked_at = min(asked_at, self._express_asked_at)
+        self._paused_at = {q: at for q, at in self._paused_at.items() if at >= asked_at}
         if not paused:
             return claimed
         self._release([row for row in claimed if row[rows.FETCHED_QUEUE] in paused])

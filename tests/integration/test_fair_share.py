@@ -283,3 +283,39 @@ async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10) -> No
             return
         await asyncio.sleep(0.01)
     raise AssertionError("condition not reached in time")
+
+
+async def test_a_worker_whose_slots_are_all_taken_claims_no_more_for_a_send(
+    app_async: Conveyor,
+) -> None:
+    """No express fetch while every slot runs a job and the worker claims nothing ahead (long
+    jobs): what it claimed would wait here while other workers may have room."""
+    await app_async.create_queue_async("tenants", fair=True)
+    started = asyncio.Event()
+    gate = asyncio.Event()
+
+    @app_async.job("tenants")
+    async def tenant(job: Job) -> None:
+        started.set()
+        await gate.wait()
+
+    await app_async.send_async("tenants", {"key": "A"}, fair_key="A")
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        app_async.run_worker_async(stop=stop, concurrency=1, prefetch=0, poll_interval=5.0)
+    )
+    try:
+        await asyncio.wait_for(started.wait(), 10)
+        b = await app_async.send_async("tenants", {"key": "B"}, fair_key="B")
+        await asyncio.sleep(0.3)  # an express fetch takes a few ms; none may come
+        assert (await app_async.get_job_async(b)).state is JobState.CREATED
+        gate.set()
+
+        async def b_done() -> bool:
+            return (await app_async.get_job_async(b)).state is JobState.COMPLETED
+
+        await until(b_done, timeout=5)
+    finally:
+        gate.set()
+        stop.set()
+        await asyncio.wait_for(task, 30)

@@ -81,6 +81,33 @@ def test_priority_orders_a_keys_jobs_and_the_turn_goes_across_keys(
         assert [r["id"] for r in fetch(conn, app.schema, "tenants", 2)] == [low]
 
 
+def test_one_key_is_claimed_in_priority_then_run_time_order_with_its_meta(
+    app: Conveyor, conveyor_dsn: str
+) -> None:
+    """The claim of a queue whose due jobs all have one key (0020's one-statement path)."""
+    app.create_queue("tenants", fair=True)
+    send = f"SELECT {app.schema}.send('tenants', '{{}}', %s)"
+    with psycopg.connect(conveyor_dsn, row_factory=dict_row) as conn:
+        ids = []
+        for priority, meta in [(0, None), (5, {"x": 1}), (0, {"y": 2}), (9, None)]:
+            options: dict[str, Any] = {"fair_key": "A", "priority": priority}
+            if meta is not None:
+                options["meta"] = meta
+            row = conn.execute(send, [psycopg.types.json.Jsonb(options)]).fetchone()
+            assert row is not None
+            ids.append(row["send"])
+        conn.commit()
+        claimed = fetch(conn, app.schema, "tenants", 3)
+        assert [r["id"] for r in claimed] == [ids[3], ids[1], ids[0]]
+        assert [r["result"] for r in claimed] == [  # meta rides in job_fetched.result
+            {"fair_key": "A"},
+            {"x": 1, "fair_key": "A"},
+            {"fair_key": "A"},
+        ]
+        assert [r["id"] for r in fetch(conn, app.schema, "tenants", 3)] == [ids[2]]
+        assert fetch(conn, app.schema, "tenants", 3) == []
+
+
 def test_more_keys_than_room_are_served_in_turn_across_fetches(
     app: Conveyor, conveyor_dsn: str
 ) -> None:

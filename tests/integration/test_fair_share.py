@@ -96,7 +96,7 @@ def test_one_key_is_claimed_in_priority_then_run_time_order_with_its_meta(
             row = conn.execute(send, [psycopg.types.json.Jsonb(options)]).fetchone()
             assert row is not None
             ids.append(row["send"])
-        conn.commit()
+            conn.commit()  # one transaction each: run_at, now() of each, orders equal priorities
         claimed = fetch(conn, app.schema, "tenants", 3)
         assert [r["id"] for r in claimed] == [ids[3], ids[1], ids[0]]
         assert [r["result"] for r in claimed] == [  # meta rides in job_fetched.result

@@ -182,6 +182,7 @@ class Worker:
         self._express_task: asyncio.Task[None] | None = None
         self._express_again: set[str] = set()
         self._express_asked_at: float | None = None  # when the one under way was sent
+        self._keeping_open: asyncio.Task[None] | None = None
         self._avg_duration: float | None = None
         # A rate-limited queue gains a token every interval / limit seconds and no NOTIFY says
         # so: the worker looks again that often (the tightest of its queues), not at the poll.
@@ -267,6 +268,8 @@ class Worker:
                     self._token_interval = min(self._token_interval, every)
                 if queue.name in served and queue.fair:
                     self._fair_queues.add(queue.name)
+            if self._fair_queues:
+                await self._keep_express_connection()
             supervisor.start("completer", self._completer.run, essential=True)
             supervisor.start("heartbeat", self._heartbeat, essential=True)
             context = ServiceContext(
@@ -397,10 +400,21 @@ class Worker:
         """Note the fair queues among the claimed rows' (a fair claim carries the key in meta),
         made fair since the worker started. One made unfair since stays noted: all that costs
         is an express fetch now and then that a plain fetch would have made anyway."""
+        fair = self._fair_queues
         for row in claimed:
             meta = row[rows.FETCHED_META]
-            if meta is not None and "fair_key" in meta:
-                self._fair_queues.add(row[rows.FETCHED_QUEUE])
+            if meta is not None and "fair_key" in meta and row[rows.FETCHED_QUEUE] not in fair:
+                if not fair:  # the first: a connection for its express fetches
+                    self._keeping_open = self._loop.create_task(self._keep_express_connection())
+                fair.add(row[rows.FETCHED_QUEUE])
+
+    async def _keep_express_connection(self) -> None:
+        """Keep a connection open for the express fetch beside the producer's (a new one takes
+        tens of ms, which the first express fetch would wait for)."""
+        try:
+            await self._store.keep_open(2)
+        except Exception as exc:  # an optimisation: the express fetch opens one if need be
+            log.debug("could not keep a connection open for express fetches: %s", exc)
 
     def _express(self, queue: str) -> None:
         """A job was sent to the fair queue ``queue`` while the producer is busy (a fetch under

@@ -274,14 +274,17 @@ async def test_a_send_to_a_fair_queue_is_claimed_beside_a_fetch_under_way(
             await app_async.send_async("limited", {})
             await until_active(app_async, holder, conveyor_dsn)
             b = await app_async.send_async("tenants", {"key": "B"}, fair_key="B")
+            # Ran: its outcome may wait, since acknowledgements pending when the fetch began
+            # ride in its statement and the next ones are written after it.
+            await until(lambda: _true("B" in ran), timeout=5)
+            assert ran[-1] == "B" and "limited" not in ran  # the fetch has not returned
+            holder.rollback()
+            await until(lambda: _true("limited" in ran), timeout=5)
 
             async def b_done() -> bool:
                 return (await app_async.get_job_async(b)).state is JobState.COMPLETED
 
             await until(b_done, timeout=5)
-            assert ran[-1] == "B" and "limited" not in ran  # the fetch has not returned
-            holder.rollback()
-            await until(lambda: _true("limited" in ran), timeout=5)
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)

@@ -138,8 +138,12 @@ class AsyncClient:
         self, specs: list[JobSpec], connection: AsyncConn | None, meta: str | None
     ) -> list[UUID]:
         settings = self._settings
-        rows, where = batching.fold(specs)
         store = self._stores.store_async()
+        if all(s.plain for s in specs) and await store.job_insert_plain(
+            specs, settings.defaults, settings.clock(), connection, meta
+        ):
+            return [s.id for s in specs]
+        rows, where = batching.fold(specs)
         resolved: list[UUID | None] = [None] * len(rows)
         todo = list(range(len(rows)))
         for _ in range(KEY_RESOLVE_ROUNDS):

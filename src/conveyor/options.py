@@ -96,20 +96,27 @@ def check_schema_name(name: object) -> str:
     return name
 
 
+# What json.dumps(allow_nan=False, ensure_ascii=False, separators=(",", ":")) builds per call.
+_ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+
+
 def encode_payload(data: object, limit: int) -> str:
     """Serialise a payload to JSON text, refusing what PostgreSQL's jsonb cannot store."""
     try:
-        text = json.dumps(data, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+        text = _ENCODER.encode(data)
     except (TypeError, ValueError) as exc:
         raise PayloadError(f"payload is not JSON-serialisable: {exc}") from None
     except RecursionError:
         raise PayloadError("payload is nested too deeply to serialise") from None
     if "\\u0000" in text and _contains_nul(data):
         raise PayloadError("payload contains a NUL character (\\u0000), which jsonb cannot store")
-    try:
-        size = len(text.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise PayloadError("payload contains invalid Unicode (a lone surrogate)") from None
+    if text.isascii():  # one byte a character, and no lone surrogate
+        size = len(text)
+    else:
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise PayloadError("payload contains invalid Unicode (a lone surrogate)") from None
     if size > limit:
         raise PayloadTooLarge(size, limit)
     return text
@@ -230,10 +237,23 @@ class JobSpec:
         """True when the job needs link_jobs: dependencies or a completion hook."""
         return self.depends_on is not None or self.on_complete is not None
 
+    @property
+    def plain(self) -> bool:
+        """True when the job may take the send's fast path (``job_insert_plain``): no unique or
+        throttle key to settle, no dependencies, no completion hook."""
+        return (
+            self.unique_key is None
+            and self.singleton_seconds is None
+            and self.depends_on is None
+            and self.on_complete is None
+        )
+
 
 def job_spec(queue: str, data: object, options: Mapping[str, Any], payload_limit: int) -> JobSpec:
     """Validate a queue name, payload and job options into a :class:`JobSpec`."""
     check_queue_name(queue)
+    if not options:  # the common send: nothing else to check
+        return JobSpec(id=new_job_id(), queue=queue, data=encode_payload(data, payload_limit))
     _check_unknown(options, JOB_OPTIONS, "job option")
     values = check_defaultable(options)
     start_after = options.get("start_after")

@@ -166,8 +166,24 @@ def plain_params(
         "queue": [s.queue for s in specs],
         "data": [s.data for s in specs],
     }
+    # Most batches set no option: one look at each job, rather than one per job and column.
+    optioned = any(
+        s.run_at is not None
+        or s.priority is not None
+        or s.delay is not None
+        or s.retry_limit is not None
+        or s.retry_delay is not None
+        or s.retry_backoff is not None
+        or s.retry_delay_max is not None
+        or s.expire_in is not None
+        or s.retention is not None
+        or s.dead_letter is not None
+        or s.group_key is not None
+        or s.fair_key is not None
+        for s in specs
+    )
     for name in PLAIN_ARRAYS[3:]:
-        values = [getattr(s, name) for s in specs]
+        values = [getattr(s, name) for s in specs] if optioned else []
         params[name] = values if any(v is not None for v in values) else None
     params["queues"] = list(dict.fromkeys(params["queue"]))
     params["defaults"] = defaults

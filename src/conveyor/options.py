@@ -15,7 +15,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -326,6 +326,49 @@ def job_spec(queue: str, data: object, options: Mapping[str, Any], payload_limit
         data=encode_payload(data, payload_limit),
         **values,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class BareJobs:
+    """A batch of jobs that set no option, given or a handler's: their columns, with no
+    :class:`JobSpec` each (building one cost a batch's job more than anything but its JSON)."""
+
+    ids: list[uuid.UUID]
+    queues: list[str]
+    data: list[str]
+
+    def specs(self) -> list[JobSpec]:
+        """The same jobs as specs, for the general path."""
+        return [
+            JobSpec(id=i, queue=q, data=d)
+            for i, q, d in zip(self.ids, self.queues, self.data, strict=True)
+        ]
+
+
+def bare_jobs(
+    items: Iterable[Any], defaults_for: Callable[[str], Mapping[str, Any]], payload_limit: int
+) -> BareJobs | None:
+    """The jobs of a send_batch (``(queue, data)`` or ``(queue, data, options)``) as
+    :class:`BareJobs` when none sets an option and no queue's handler has defaults, else None
+    (then every job goes through :func:`job_spec`). Checked in the order :func:`job_spec` checks
+    them, job after job, so a bad job raises the same error either way."""
+    ids: list[uuid.UUID] = []
+    queues: list[str] = []
+    data: list[str] = []
+    checked: set[str] = set()
+    for item in items:
+        if len(item) > 2 and item[2]:
+            return None
+        queue = item[0]
+        if queue.__class__ is not str or queue not in checked:
+            check_queue_name(queue)
+            if defaults_for(queue):
+                return None
+            checked.add(queue)
+        queues.append(queue)
+        data.append(encode_payload(item[1], payload_limit))
+        ids.append(new_job_id())
+    return BareJobs(ids, queues, data)
 
 
 def _check_uuid(value: object) -> uuid.UUID:

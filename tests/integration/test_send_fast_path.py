@@ -73,14 +73,17 @@ async def rows_of(
 def spy(store: AsyncStore) -> list[bool]:
     """What each fast-path call of ``store`` answered (True: it stored the jobs)."""
     answers: list[bool] = []
-    plain = store.job_insert_plain
 
-    async def recorded(*args: Any, **kwargs: Any) -> bool:
-        answer = await plain(*args, **kwargs)
-        answers.append(answer)
-        return answer
+    def recording(method: Any) -> Any:
+        async def recorded(*args: Any, **kwargs: Any) -> bool:
+            answer: bool = await method(*args, **kwargs)
+            answers.append(answer)
+            return answer
 
-    store.job_insert_plain = recorded  # type: ignore[method-assign]
+        return recorded
+
+    store.job_insert_plain = recording(store.job_insert_plain)  # type: ignore[method-assign]
+    store.job_insert_bare = recording(store.job_insert_bare)  # type: ignore[method-assign]
     return answers
 
 

@@ -17,6 +17,7 @@ from conveyor.errors import (
     UnknownOption,
 )
 from conveyor.options import (
+    JobSpec,
     check_backoff,
     check_queue_name,
     check_schema_name,
@@ -206,3 +207,25 @@ def test_keys_dependencies_and_hooks_leave_the_fast_path() -> None:
         {"on_complete": "hooks"},
     ):
         assert not job_spec("q", 1, options, 1000).plain
+
+
+def test_a_batch_without_options_is_taken_as_columns() -> None:
+    from conveyor.options import bare_jobs
+
+    none: dict[str, object] = {}
+    bare = bare_jobs([("q", 1), ("r", [2], {}), ("q", None)], lambda q: none, 1000)
+    assert bare is not None
+    assert (bare.queues, bare.data) == (["q", "r", "q"], ["1", "[2]", "null"])
+    assert bare.specs() == [
+        JobSpec(id=i, queue=q, data=d)
+        for i, q, d in zip(bare.ids, bare.queues, bare.data, strict=True)
+    ]
+    assert bare_jobs([("q", 1), ("q", 2, {"priority": 1})], lambda q: none, 1000) is None
+    assert (
+        bare_jobs([("q", 1), ("h", 2)], lambda q: {"retry_limit": 1} if q == "h" else none, 1000)
+        is None
+    )
+    with pytest.raises(InvalidQueueName):
+        bare_jobs([("q", 1), (["q"], 2)], lambda q: none, 1000)
+    with pytest.raises(PayloadTooLarge):
+        bare_jobs([("q", "x" * 2000), ("bad name", 1)], lambda q: none, 1000)

@@ -156,6 +156,40 @@ def plain_one_params(spec: JobSpec, defaults: str, now: object, meta: str | None
     }
 
 
+def bare_one_params(
+    job_id: UUID, queue: str, data: str, defaults: str, now: object
+) -> dict[str, Any]:
+    """The parameters of ``job_insert_plain`` for a job that sets no option."""
+    return {
+        "id": job_id,
+        "queue": queue,
+        "data": data,
+        "options": None,
+        "defaults": defaults,
+        "now": now,
+        "meta": None,
+    }
+
+
+def bare_params(
+    ids: list[UUID], queues: list[str], data: list[str], defaults: str, now: object
+) -> dict[str, Any]:
+    """The parameters of ``job_insert_plain_many`` for jobs that set no option: every option's
+    array NULL."""
+    params: dict[str, Any] = dict.fromkeys(PLAIN_OPTIONS)
+    params.update(
+        id=ids,
+        queue=queues,
+        data=data,
+        run_at=None,
+        queues=list(dict.fromkeys(queues)),
+        defaults=defaults,
+        now=now,
+        meta=None,
+    )
+    return params
+
+
 def plain_params(
     specs: Sequence[JobSpec], defaults: str, now: object, meta: str | None
 ) -> dict[str, Any]:

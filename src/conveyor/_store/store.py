@@ -273,6 +273,23 @@ class Store:
         params = rows.plain_params(specs, defaults_json, now, meta)
         return bool(self._value("job_insert_plain_many", params, conn))
 
+    def job_insert_bare(
+        self,
+        ids: list[UUID],
+        queues: list[str],
+        data: list[str],
+        defaults: dict[str, Any],
+        now: datetime | None,
+        conn: Conn | None = None,
+    ) -> bool:
+        """:meth:`job_insert_plain` for jobs that set no option, given as columns."""
+        defaults_json = self._defaults_json(defaults)
+        if len(ids) == 1:
+            params = rows.bare_one_params(ids[0], queues[0], data[0], defaults_json, now)
+            return bool(self._value("job_insert_plain", params, conn))
+        params = rows.bare_params(ids, queues, data, defaults_json, now)
+        return bool(self._value("job_insert_plain_many", params, conn))
+
     def _value(self, name: str, params: dict[str, Any], conn: Conn | None) -> Any:
         """The one value a write returns, with less ado than :meth:`_fetch` (the send's fast
         path): never repeated, its error translated as any other."""

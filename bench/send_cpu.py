@@ -79,7 +79,7 @@ def child(dsn: str, sends: int, jobs: int) -> None:
                 batches = [[("bench", {"i": i}) for i in range(size)] for _ in range(jobs // size)]
                 n = size * len(batches)
 
-                def work() -> None:
+                def work(batches: list[list[tuple[str, Any]]] = batches) -> None:
                     for batch in batches:
                         app.send_batch(batch)
 

@@ -98,23 +98,31 @@ ins AS (
         retry_backoff, retry_delay_max, expire_in, retention, dead_letter, group_key,
         created_at, fair_key, meta)
     SELECT i.id, i.queue, 'created', i.data,
-           coalesce(i.priority, q.priority, (p.d->>'priority')::integer, 0),
+           coalesce(i.priority, q.priority, p.priority, 0),
            coalesce(i.run_at, p.t + make_interval(secs => coalesce(i.delay, 0))),
            0,
-           coalesce(i.retry_limit, q.retry_limit, (p.d->>'retry_limit')::integer, 2),
-           coalesce(i.retry_delay, q.retry_delay, (p.d->>'retry_delay')::double precision, 5),
-           coalesce(i.retry_backoff, q.retry_backoff, p.d->>'retry_backoff', 'exponential'),
-           coalesce(i.retry_delay_max, q.retry_delay_max,
-                    (p.d->>'retry_delay_max')::double precision, 3600),
-           coalesce(i.expire_in, q.expire_in, (p.d->>'expire_in')::double precision, 900),
-           coalesce(i.retention, q.retention, (p.d->>'retention')::double precision, 604800),
+           coalesce(i.retry_limit, q.retry_limit, p.retry_limit, 2),
+           coalesce(i.retry_delay, q.retry_delay, p.retry_delay, 5),
+           coalesce(i.retry_backoff, q.retry_backoff, p.retry_backoff, 'exponential'),
+           coalesce(i.retry_delay_max, q.retry_delay_max, p.retry_delay_max, 3600),
+           coalesce(i.expire_in, q.expire_in, p.expire_in, 900),
+           coalesce(i.retention, q.retention, p.retention, 604800),
            coalesce(i.dead_letter, q.dead_letter),
            i.group_key,
            p.t,
            coalesce(i.fair_key, CASE WHEN f.queue IS NOT NULL THEN '' END),
            p.meta
-    FROM (SELECT %(defaults)s::jsonb AS d, coalesce(%(now)s::timestamptz, now()) AS t,
-                 %(meta)s::jsonb AS meta) p
+    -- The app's defaults, read from their JSON once rather than once a job.
+    FROM (SELECT (d->>'priority')::integer AS priority,
+                 (d->>'retry_limit')::integer AS retry_limit,
+                 (d->>'retry_delay')::double precision AS retry_delay,
+                 d->>'retry_backoff' AS retry_backoff,
+                 (d->>'retry_delay_max')::double precision AS retry_delay_max,
+                 (d->>'expire_in')::double precision AS expire_in,
+                 (d->>'retention')::double precision AS retention,
+                 coalesce(%(now)s::timestamptz, now()) AS t, %(meta)s::jsonb AS meta
+          FROM (SELECT %(defaults)s::jsonb AS d) app
+          OFFSET 0) p
     CROSS JOIN unnest(
         %(id)b::uuid[], %(queue)b::text[], %(data)b::text[]::jsonb[], %(priority)b::integer[],
         %(run_at)b::timestamptz[], %(delay)b::double precision[], %(retry_limit)b::integer[],

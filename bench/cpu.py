@@ -1,14 +1,15 @@
 """CPU per job of a drain, worker and database apart, A/B against a baseline commit.
 
     .venv/bin/python -m bench.cpu --baseline COMMIT [--current COMMIT] [--jobs 20000]
-        [--rounds 3] [--retention SECONDS]
+        [--rounds 3] [--retention SECONDS] [--sync]
 
 Throughput on a shared 2-core machine moves with whatever else runs; the CPU time a drain costs
 moves much less. Each round drains ``--jobs`` pre-loaded no-op jobs (one worker, concurrency 10,
 in a subprocess importing each tree's ``conveyor``) for the baseline and the current tree in
 turn, and reports per job: the worker process's CPU (user + system) and the CPU of the database
 backends serving it (their ``/proc/<pid>/stat``, found by the schema in their application_name;
-so PostgreSQL must run on this machine). Medians over the rounds.
+so PostgreSQL must run on this machine). Medians over the rounds. ``--sync`` drains with a
+``def`` handler (run on the worker's threads) instead of an ``async def`` one.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = "conveyor_cpu"
 
 
-def child(dsn: str, jobs: int, retention: float | None) -> None:
+def child(dsn: str, jobs: int, retention: float | None, sync: bool) -> None:
     """In the tree under test: fill the schema, drain it, print one JSON line."""
     import resource
     import threading
@@ -50,9 +51,17 @@ def child(dsn: str, jobs: int, retention: float | None) -> None:
         conn.execute("CHECKPOINT")
     app = Conveyor(dsn, schema=SCHEMA)
 
-    @app.job("bench")
-    async def noop(job: Job) -> None:
-        return None
+    if sync:
+
+        @app.job("bench")
+        def sync_noop(job: Job) -> None:
+            return None
+
+    else:
+
+        @app.job("bench")
+        async def noop(job: Job) -> None:
+            return None
 
     ticks = os.sysconf("SC_CLK_TCK")
     seen: dict[int, int] = {}
@@ -98,6 +107,8 @@ def run(tree: Path, args: argparse.Namespace) -> dict[str, Any]:
            "--jobs", str(args.jobs)]  # fmt: skip
     if args.retention is not None:
         cmd += ["--retention", str(args.retention)]
+    if args.sync:
+        cmd.append("--sync")
     out = subprocess.run(cmd, env=env, cwd=ROOT, check=True, capture_output=True, text=True)
     found: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     if found["ran"] != args.jobs:
@@ -113,10 +124,11 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--retention", type=float, help="the queue's retention (0: keep none)")
+    parser.add_argument("--sync", action="store_true", help="a sync (def) no-op handler")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.dsn, args.jobs, args.retention)
+        child(args.dsn, args.jobs, args.retention, args.sync)
         return
     if args.baseline is None:
         parser.error("--baseline is required")

@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 
 from bench.run import conveyor_drain
-from bench.soak import MB, SCHEMA, Sampled, reset, steady
+from bench.soak import FINISHED, MB, SCHEMA, Sampled, reset, steady
 from conveyor.testing import LOCAL_TEST_DSN
 
 SAMPLE = f"""
@@ -30,9 +30,7 @@ SELECT pg_total_relation_size('{SCHEMA}.job'), pg_indexes_size('{SCHEMA}.job'),
         FROM pg_partition_tree('{SCHEMA}.job_archive') t)
          + pg_total_relation_size('{SCHEMA}.job_dead'),
        (SELECT count(*) FROM {SCHEMA}.job WHERE state IN ('created', 'retry')),
-       (SELECT sum(s.n_tup_ins)::bigint FROM pg_stat_user_tables s
-        WHERE s.relid IN (SELECT t.relid FROM pg_partition_tree('{SCHEMA}.job_archive') t)
-           OR (s.schemaname = '{SCHEMA}' AND s.relname = 'job_dead')),
+       {FINISHED},
        (SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (
                    ORDER BY extract(epoch FROM started_at - run_at))
         FROM {SCHEMA}.job_history
@@ -50,7 +48,7 @@ def take_load(every: float) -> Callable[[psycopg.Connection[Any]], Sampled]:
     def take(conn: psycopg.Connection[Any]) -> Sampled:
         found = conn.execute(SAMPLE, (every,)).fetchone()  # type: ignore[arg-type]
         assert found is not None
-        live, indexes, dead, history, backlog, inserted, pct = found
+        live, indexes, dead, history, backlog, finished, pct = found
         p50, p95, p99 = (1000 * p for p in pct) if pct else (0.0, 0.0, 0.0)
         row = {
             "p50": p50,
@@ -62,7 +60,7 @@ def take_load(every: float) -> Callable[[psycopg.Connection[Any]], Sampled]:
             "history_mb": history / MB,
             "backlog": int(backlog),
         }
-        return row, int(inserted or 0)
+        return row, int(finished or 0)
 
     return take
 

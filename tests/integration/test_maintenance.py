@@ -425,11 +425,16 @@ async def test_a_failing_cleanup_is_reported_and_recovery_goes_on(
             await store.close()
 
 
+# Enough rows, deleted one per statement, that the cleanup outlasts the recovery by seconds
+# (it deletes about 75 rows a second on a loaded 2-core machine, a few hundred on a quiet one).
+SLOW_ROWS = 600
+
+
 async def test_a_long_cleanup_goes_on_over_several_loops_and_never_delays_recovery(
     app_async: Conveyor, conveyor_dsn: str
 ) -> None:
     schema = app_async.schema
-    seed_history(conveyor_dsn, schema, 2000, "failed", datetime.now(UTC) - timedelta(days=30))
+    seed_history(conveyor_dsn, schema, SLOW_ROWS, "failed", datetime.now(UTC) - timedelta(days=30))
     store = WorkerStore(conveyor_dsn, schema, min_size=0, max_size=2)
     context = ServiceContext(
         store=store, worker_id=uuid.uuid4(), events=Events(), clock=lambda: None
@@ -441,7 +446,7 @@ async def test_a_long_cleanup_goes_on_over_several_loops_and_never_delays_recove
     task = asyncio.create_task(service.run(context, stop))
     try:
         for _ in range(100):
-            if count(conveyor_dsn, schema, "job_history") < 2000:
+            if count(conveyor_dsn, schema, "job_history") < SLOW_ROWS:
                 break
             await asyncio.sleep(0.05)
         job_id = await app_async.send_async("orphan", {})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import io
 import json
 import logging
@@ -27,7 +28,7 @@ from conveyor.worker import outcome
 from conveyor.worker.logs import configure_logging
 from conveyor.worker.runner import admit_claimed
 from conveyor.worker.supervisor import Supervisor
-from conveyor.worker.threads import DaemonThreadPool
+from conveyor.worker.threads import DaemonThreadPool, LoopHandoff
 
 # -- supervisor ------------------------------------------------------------------------------
 
@@ -110,6 +111,56 @@ def test_an_abandoned_thread_is_replaced_and_counted_until_its_call_returns() ->
         threading.Event().wait(0.01)
     assert pool.stuck == 0
     pool.shutdown()
+
+
+async def test_calls_that_end_together_wake_the_loop_once_with_each_outcome() -> None:
+    loop = asyncio.get_running_loop()
+    wakes = 0
+    real = loop.call_soon_threadsafe
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal wakes
+        wakes += 1
+        return real(*args, **kwargs)
+
+    loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+    pool = DaemonThreadPool(4, "conveyor-test")
+    handoff = LoopHandoff(loop)
+    try:
+        gate = threading.Event()
+
+        def answer(n: int) -> int:
+            gate.wait(5)
+            if n == 3:
+                raise ValueError("three")
+            return n
+
+        calls = [pool.submit(answer, n) for n in range(4)]
+        waiters = [handoff.watch(call) for call in calls]
+        # The loop is busy (this coroutine does not yield) while all four calls end.
+        gate.set()
+        concurrent.futures.wait(calls, timeout=5)
+        deadline = time.monotonic() + 5
+        while wakes == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)  # a call's done callbacks run just after its result is set
+        assert wakes == 1
+        assert [await w for w in waiters[:3]] == [0, 1, 2]
+        with pytest.raises(ValueError, match="three"):
+            await waiters[3]
+        # Cancelling the loop's future leaves the call running, as shield did.
+        release = threading.Event()
+        slow = pool.submit(release.wait, 5)
+        waiter = handoff.watch(slow)
+        waiter.cancel()
+        await asyncio.sleep(0)
+        assert not slow.cancelled()
+        release.set()
+        assert slow.result(timeout=5) is True
+        await asyncio.sleep(0.05)  # its end is handed to a cancelled future: nothing breaks
+    finally:
+        loop.call_soon_threadsafe = real  # type: ignore[method-assign]
+        pool.shutdown()
 
 
 def test_past_max_stuck_no_more_threads_start_and_the_worker_is_told_to_hold_slots() -> None:

@@ -34,6 +34,11 @@ LOCK_ATTEMPTS = 5
 LOCK_BACKOFF = 1.0
 
 
+# The catalog lines each set of migration files builds (see ``Migrator.drift``), by server
+# version and the files' versions and checksums.
+_REFERENCES: dict[tuple[int, tuple[tuple[int, str], ...]], list[str]] = {}
+
+
 class Migrator:
     """Migrations of one schema, each run over a dedicated connection."""
 
@@ -164,14 +169,19 @@ class Migrator:
         """
         scratch = f"{self.schema[:40]}_doctor_{token_hex(4)}"
         named = queries(scratch)
+        files = [m for m in migrations() if m.version in versions]
         with self._connection() as conn:
             live = self._describe(conn, self.schema)
-            with conn.transaction(force_rollback=True):
-                conn.execute(named["migration_bootstrap"].sql)
-                for migration in migrations():
-                    if migration.version in versions:
+            # Building the reference takes a second or more; the same files on the same server
+            # build the same catalog, so a process builds it once.
+            key = (conn.info.server_version, tuple((m.version, m.checksum) for m in files))
+            wanted = _REFERENCES.get(key)
+            if wanted is None:
+                with conn.transaction(force_rollback=True):
+                    conn.execute(named["migration_bootstrap"].sql)
+                    for migration in files:
                         conn.execute(migration.sql(scratch))
-                wanted = self._describe(conn, scratch)
+                    wanted = _REFERENCES[key] = self._describe(conn, scratch)
         return sorted(set(wanted) - set(live)), sorted(set(live) - set(wanted))
 
     def _describe(self, conn: Connection[Any], schema: str) -> list[str]:

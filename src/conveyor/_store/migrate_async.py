@@ -32,6 +32,11 @@ LOCK_ATTEMPTS = 5
 LOCK_BACKOFF = 1.0
 
 
+# The catalog lines each set of migration files builds (see ``AsyncMigrator.drift``), by server
+# version and the files' versions and checksums.
+_REFERENCES: dict[tuple[int, tuple[tuple[int, str], ...]], list[str]] = {}
+
+
 class AsyncMigrator:
     """Migrations of one schema, each run over a dedicated connection."""
 
@@ -162,14 +167,19 @@ class AsyncMigrator:
         """
         scratch = f"{self.schema[:40]}_doctor_{token_hex(4)}"
         named = queries(scratch)
+        files = [m for m in migrations() if m.version in versions]
         async with self._connection() as conn:
             live = await self._describe(conn, self.schema)
-            async with conn.transaction(force_rollback=True):
-                await conn.execute(named["migration_bootstrap"].sql)
-                for migration in migrations():
-                    if migration.version in versions:
+            # Building the reference takes a second or more; the same files on the same server
+            # build the same catalog, so a process builds it once.
+            key = (conn.info.server_version, tuple((m.version, m.checksum) for m in files))
+            wanted = _REFERENCES.get(key)
+            if wanted is None:
+                async with conn.transaction(force_rollback=True):
+                    await conn.execute(named["migration_bootstrap"].sql)
+                    for migration in files:
                         await conn.execute(migration.sql(scratch))
-                wanted = await self._describe(conn, scratch)
+                    wanted = _REFERENCES[key] = await self._describe(conn, scratch)
         return sorted(set(wanted) - set(live)), sorted(set(live) - set(wanted))
 
     async def _describe(self, conn: AsyncConnection[Any], schema: str) -> list[str]:

@@ -594,8 +594,13 @@ class Store:
 
     def queue_delete(self, name: str, conn: Conn | None = None) -> tuple[int, int]:
         """Delete a queue and its jobs: (queues deleted, jobs deleted)."""
-        found = (self._rows("queue_delete", {"name": name}, conn))[0]
-        return found["queues"], found["jobs"]
+        params = {"name": name}
+        with self.connection(conn) as used, used.transaction():
+            found = (self._rows("queue_delete", params, used))[0]
+            queues, jobs = found["queues"], found["jobs"]
+            if queues and (self._rows("history_legacy_exists", {}, used))[0]["present"]:
+                jobs += (self._rows("queue_delete_legacy", params, used))[0]["count"]
+        return queues, jobs
 
     def queue_purge(self, name: str, conn: Conn | None = None) -> int:
         """Delete the queued jobs of a queue; how many."""

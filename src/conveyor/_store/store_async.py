@@ -608,8 +608,13 @@ class AsyncStore:
 
     async def queue_delete(self, name: str, conn: AsyncConn | None = None) -> tuple[int, int]:
         """Delete a queue and its jobs: (queues deleted, jobs deleted)."""
-        found = (await self._rows("queue_delete", {"name": name}, conn))[0]
-        return found["queues"], found["jobs"]
+        params = {"name": name}
+        async with self.connection(conn) as used, used.transaction():
+            found = (await self._rows("queue_delete", params, used))[0]
+            queues, jobs = found["queues"], found["jobs"]
+            if queues and (await self._rows("history_legacy_exists", {}, used))[0]["present"]:
+                jobs += (await self._rows("queue_delete_legacy", params, used))[0]["count"]
+        return queues, jobs
 
     async def queue_purge(self, name: str, conn: AsyncConn | None = None) -> int:
         """Delete the queued jobs of a queue; how many."""

@@ -44,7 +44,7 @@ from conveyor.worker.completer import Completer
 from conveyor.worker.runtime import Runtime
 from conveyor.worker.service import Service, ServiceContext
 from conveyor.worker.supervisor import Supervisor
-from conveyor.worker.threads import DaemonThreadPool
+from conveyor.worker.threads import DaemonThreadPool, LoopHandoff
 from conveyor.worker.transaction import Transactions
 from conveyor.worker.waiting import first_of
 
@@ -183,6 +183,7 @@ class Worker:
             if any(events.wanted(name) for name in names)
         )
         self._threads = DaemonThreadPool(options.concurrency, "conveyor-job")
+        self._handoff = LoopHandoff(asyncio.get_running_loop())
         self._transactions = Transactions(
             dsn, schema, self.id, size=options.concurrency, prepare=not pgbouncer, clock=clock,
             max_payload_bytes=options.max_payload_bytes,
@@ -521,7 +522,7 @@ class Worker:
                 result = await handler.func(job)
             else:
                 running.future = self._threads.submit(handler.func, job)
-                result = await asyncio.shield(asyncio.wrap_future(running.future))
+                result = await self._handoff.watch(running.future)
         except asyncio.CancelledError as exc:
             if running.stop_reason is None:
                 # Not a stop of this attempt (the handler cancelled itself, or raised it): a

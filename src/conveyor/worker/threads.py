@@ -15,6 +15,8 @@ tells the worker to hold a slot for each further stuck thread instead of startin
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import queue
 import threading
 from collections.abc import Callable
@@ -97,3 +99,46 @@ class DaemonThreadPool:
         """Let idle threads end; busy ones end when their call returns. Never waits."""
         for _ in range(self._threads):
             self._tasks.put(_STOP)
+
+
+class LoopHandoff:
+    """Hands finished calls back to one event loop with one wake-up per burst: each call that
+    ends is queued, and only the first of a burst calls ``call_soon_threadsafe`` (a write to the
+    loop's wake-up pipe), where a wake-up per call cost sync handlers a system call each."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._ended: collections.deque[tuple[asyncio.Future[Any], Future[Any]]] = (
+            collections.deque()
+        )
+        self._armed = False
+        self._lock = threading.Lock()
+
+    def watch(self, call: Future[Any]) -> asyncio.Future[Any]:
+        """A future of the loop that takes ``call``'s outcome when it ends. Cancelling it
+        leaves the call alone."""
+        waiter: asyncio.Future[Any] = self._loop.create_future()
+        call.add_done_callback(lambda ended: self._ended_call(waiter, ended))
+        return waiter
+
+    def _ended_call(self, waiter: asyncio.Future[Any], call: Future[Any]) -> None:
+        with self._lock:
+            self._ended.append((waiter, call))
+            if self._armed:
+                return
+            self._armed = True
+        self._loop.call_soon_threadsafe(self._flush)
+
+    def _flush(self) -> None:
+        with self._lock:
+            self._armed = False
+        while self._ended:
+            waiter, call = self._ended.popleft()
+            if waiter.done():
+                continue
+            if call.cancelled():
+                waiter.cancel()
+            elif (error := call.exception()) is not None:
+                waiter.set_exception(error)
+            else:
+                waiter.set_result(call.result())

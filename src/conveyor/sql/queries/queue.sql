@@ -114,11 +114,36 @@ WITH gone AS (
     DELETE FROM {schema}.stats_minute WHERE queue IN (SELECT name FROM gone)
 ), backlogs AS (
     DELETE FROM {schema}.stats_backlog WHERE queue IN (SELECT name FROM gone)
+), unkept AS (
+    -- Jobs that kept no history, finished but not yet counted: an ack batch's row may hold
+    -- other queues' jobs too, so the queue's are taken out of its arrays (a row left empty
+    -- counts nothing, and the rollup deletes it in its turn).
+    UPDATE {schema}.stats_unkept s
+    SET (queue, run_at, started_at, attempt) = (
+        SELECT coalesce(array_agg(u.queue ORDER BY u.n), '{}'),
+               coalesce(array_agg(u.run_at ORDER BY u.n), '{}'),
+               coalesce(array_agg(u.started_at ORDER BY u.n), '{}'),
+               coalesce(array_agg(u.attempt ORDER BY u.n), '{}')
+        FROM unnest(s.queue, s.run_at, s.started_at, s.attempt) WITH ORDINALITY
+             AS u(queue, run_at, started_at, attempt, n)
+        WHERE u.queue NOT IN (SELECT name FROM gone))
+    WHERE s.queue && ARRAY(SELECT name FROM gone)
 )
 SELECT (SELECT count(*) FROM gone) AS queues,
        (SELECT count(*) FROM live) + (SELECT count(*) FROM archived)
            + (SELECT count(*) FROM dead) AS jobs,
        (SELECT count(*) FROM windows) AS windows;
+
+-- Whether the history of a schema migrated from the first layout is still being moved out of
+-- job_history_legacy (0016): while it is, queue_delete_legacy runs too.
+-- name: history_legacy_exists :scalar
+SELECT to_regclass(quote_ident({schema_literal}) || '.job_history_legacy') IS NOT NULL AS present;
+
+-- name: queue_delete_legacy :scalar
+WITH gone AS (
+    DELETE FROM {schema}.job_history_legacy WHERE queue = %(name)s RETURNING 1
+)
+SELECT count(*) FROM gone;
 
 -- Delete the queued (not running, not finished) jobs of a queue.
 -- name: queue_purge :scalar

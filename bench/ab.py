@@ -42,8 +42,10 @@ from bench.run import INSERT_MANY, INSERT_ONE
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
-SCHEMAS = {"baseline": "conveyor_ab_base", "current": "conveyor_ab_cur"}
-FLOOR_SCHEMA = "conveyor_ab_floor"
+# Schemas of their own per checkout (CONVEYOR_BENCH_SCHEMA names their prefix), as bench.run.
+_PREFIX = os.environ.get("CONVEYOR_BENCH_SCHEMA", "conveyor_ab")
+SCHEMAS = {"baseline": f"{_PREFIX}_base", "current": f"{_PREFIX}_cur"}
+FLOOR_SCHEMA = f"{_PREFIX}_floor"
 CHILD_TIMEOUT = 300
 
 # What our hot path does, as plain statements pgbench runs with no client work: bench.run's

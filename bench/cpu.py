@@ -26,8 +26,7 @@ from typing import Any
 from bench.ab import DEFAULT_DSN, _current, worktree
 
 ROOT = Path(__file__).resolve().parent.parent
-# A schema of its own per checkout (CONVEYOR_BENCH_SCHEMA), as bench.run takes.
-SCHEMA = os.environ.get("CONVEYOR_BENCH_SCHEMA", "conveyor_cpu")
+SCHEMA = os.environ.get("CONVEYOR_BENCH_SCHEMA", "conveyor_cpu")  # one per checkout
 
 
 def child(dsn: str, jobs: int, retention: float | None, sync: bool) -> None:

@@ -7,7 +7,9 @@ jobs (fair_key "A") in the queue ``bench``:
 
 - **drain**: one worker process (concurrency 10, as bench.run's drain) drains them, the queue
   fair and not (the same jobs; an unfair queue ignores the key), in alternating rounds; jobs/s,
-  medians, and their ratio. Every job must have completed once, on its first attempt.
+  medians, and their ratio; and the CPU per job of the worker process and of the database
+  backends serving it (as bench.cpu reads it: steadier than throughput on a shared machine).
+  Every job must have completed once, on its first attempt.
 - **latency**: while a worker process (concurrency 10) drains A's jobs at full speed, tenant B
   sends one job at a time (``--probes`` of them, 100 ms apart); how long each waited from its
   send to its claim (``started_at``) and to its handler's start. The same with the queue not
@@ -22,12 +24,15 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -52,10 +57,48 @@ def seed(dsn: str, n: int, fair: bool) -> None:
         conn.execute(f"VACUUM ANALYZE {SCHEMA}.job")
 
 
-def drain(dsn: str, n: int, fair: bool) -> float:
-    """Jobs/s of one worker process (concurrency 10) draining the n jobs."""
+@contextlib.contextmanager
+def backend_cpu(dsn: str) -> Iterator[dict[int, int]]:
+    """CPU ticks of the database backends whose application_name ends with the bench schema
+    (the worker's), read from /proc while they live (so PostgreSQL must run on this host)."""
+    seen: dict[int, int] = {}
+    done = threading.Event()
+
+    def sample() -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            while not done.is_set():
+                found = conn.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name LIKE %s",
+                    (f"% {SCHEMA}",),
+                ).fetchall()
+                for (pid,) in found:
+                    try:
+                        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                    except OSError:
+                        continue
+                    seen[pid] = max(seen.get(pid, 0), int(stat[11]) + int(stat[12]))
+                time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        yield seen
+    finally:
+        time.sleep(0.2)
+        done.set()
+        sampler.join()
+
+
+def drain(dsn: str, n: int, fair: bool) -> dict[str, float]:
+    """One worker process (concurrency 10) draining the n jobs: jobs/s, and CPU per job (us)
+    of the worker process and of the database backends serving it."""
     seed(dsn, n, fair)
-    result = run_workers(dsn, "drain", 10, 1)[0]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with backend_cpu(dsn) as ticks:
+        result = run_workers(dsn, "drain", 10, 1)[0]
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    worker = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    database = sum(ticks.values()) / os.sysconf("SC_CLK_TCK")
     with psycopg.connect(dsn) as conn:
         row = conn.execute(
             f"SELECT count(*), count(*) FILTER (WHERE attempt = 1 AND state = 'completed'),"
@@ -63,7 +106,11 @@ def drain(dsn: str, n: int, fair: bool) -> float:
         ).fetchone()
     if row != (n, n, 0):
         sys.exit(f"bench.fair: the drain lost or repeated jobs: {row}")
-    return n / float(result["seconds"])
+    return {
+        "rate": n / float(result["seconds"]),
+        "worker_us": worker / n * 1e6,
+        "database_us": database / n * 1e6,
+    }
 
 
 @contextlib.contextmanager
@@ -119,11 +166,16 @@ def main() -> None:
     args = parser.parse_args()
 
     load_before = os.getloadavg()
-    rates: dict[str, list[float]] = {"unfair": [], "fair": []}
+    drains: dict[str, list[dict[str, float]]] = {"unfair": [], "fair": []}
     for _ in range(args.rounds):
         for mode in ("unfair", "fair"):
-            rates[mode].append(drain(args.dsn, args.jobs, mode == "fair"))
-            print(f"drain {mode}: {rates[mode][-1]:,.0f} jobs/s", file=sys.stderr, flush=True)
+            got = drain(args.dsn, args.jobs, mode == "fair")
+            drains[mode].append(got)
+            print(f"drain {mode}: {got['rate']:,.0f} jobs/s, worker {got['worker_us']:.1f} "
+                  f"us/job, database {got['database_us']:.1f} us/job",
+                  file=sys.stderr, flush=True)  # fmt: skip
+    rates = {mode: [d["rate"] for d in drains[mode]] for mode in drains}
+    cpu = {mode: [d["worker_us"] + d["database_us"] for d in drains[mode]] for mode in drains}
     waits = {mode: latency(args.dsn, args.jobs, mode == "fair", args.probes)
              for mode in ("fair", "unfair")}  # fmt: skip
     load_after = os.getloadavg()
@@ -136,6 +188,11 @@ def main() -> None:
         "rounds": args.rounds,
         "drain_jobs_per_s": {"unfair": rates["unfair"], "fair": rates["fair"]},
         "drain_median": {"unfair": unfair, "fair": fair, "fair_cost": unfair / fair - 1},
+        "drain_rounds": drains,
+        "drain_paired_ratio": [u / f for u, f in zip(rates["unfair"], rates["fair"], strict=True)],
+        "cpu_us_per_job_median": {
+            mode: statistics.median(cpu[mode]) if cpu[mode] else float("nan") for mode in cpu
+        },
         "b_wait": waits,
         "loadavg_before": load_before,
         "loadavg_after": load_after,
@@ -143,6 +200,10 @@ def main() -> None:
     print(json.dumps(out, indent=2))
     print(f"| drain, 1 process x 10, jobs/s (median of {args.rounds}) | {unfair:,.0f} | "
           f"{fair:,.0f} | fair costs {100 * (unfair / fair - 1):+.1f}% |")  # fmt: skip
+    if args.rounds:
+        a, b = (statistics.median(cpu[m]) for m in ("unfair", "fair"))
+        print(f"| drain, worker + database CPU per job, us (median) | {a:,.1f} | {b:,.1f} | "
+              f"fair costs {100 * (b / a - 1):+.1f}% |")  # fmt: skip
     for mode in ("fair", "unfair"):
         w = waits[mode]
         print(

@@ -55,7 +55,9 @@ from conveyor.models import (
     WorkerInfo,
 )
 from conveyor.options import (
+    BareJobs,
     JobSpec,
+    bare_jobs,
     check_int,
     check_job_id,
     check_queue_name,
@@ -116,6 +118,12 @@ class Client:
         """
         settings = self._settings
         registry = self._registry
+        items: list[BatchItem] = list(jobs)
+        if not items:
+            return []
+        bare = bare_jobs(items, registry.defaults_for, settings.max_payload_bytes)
+        if bare is not None:
+            return self._insert_bare(bare, connection)
         specs = [
             job_spec(
                 item[0],
@@ -123,25 +131,50 @@ class Client:
                 {**registry.defaults_for(item[0]), **(item[2] if len(item) > 2 else {})},
                 settings.max_payload_bytes,
             )
-            for item in jobs
+            for item in items
         ]
         return self._insert(specs, connection)
 
-    def _insert(self, specs: list[JobSpec], connection: Conn | None) -> list[UUID]:
+    def _insert_bare(self, bare: BareJobs, connection: Conn | None) -> list[UUID]:
+        """Jobs that set no option: straight to the fast path, as columns, unless the send is
+        traced (its trace context goes into the jobs' meta) or a queue of theirs needs the
+        general path."""
+        settings = self._settings
+        if not telemetry.traced(settings.tracer_provider):
+            store = self._stores.store()
+            if store.job_insert_bare(
+                bare.ids, bare.queues, bare.data, settings.defaults, settings.clock(), connection
+            ):
+                return bare.ids
+            return self._insert(bare.specs(), connection, plain=False)
+        return self._insert(bare.specs(), connection)
+
+    def _insert(
+        self, specs: list[JobSpec], connection: Conn | None, *, plain: bool = True
+    ) -> list[UUID]:
         if not specs:
             return []
         traced = telemetry.sending(specs, self._settings.tracer_provider)
         if traced is None:
-            return self._insert_rounds(specs, connection, None)
+            return self._insert_rounds(specs, connection, None, plain)
         with traced as meta:  # a producer span, whose trace context the jobs carry
-            return self._insert_rounds(specs, connection, meta)
+            return self._insert_rounds(specs, connection, meta, plain)
 
     def _insert_rounds(
-        self, specs: list[JobSpec], connection: Conn | None, meta: str | None
+        self, specs: list[JobSpec], connection: Conn | None, meta: str | None, plain: bool
     ) -> list[UUID]:
+        """Insert the jobs: by the fast path when they all may take it (and ``plain``: it was
+        not just refused), else by insert_jobs, asking again for jobs whose key holder was not
+        yet visible."""
         settings = self._settings
-        rows, where = batching.fold(specs)
         store = self._stores.store()
+        if (
+            plain
+            and all(s.plain for s in specs)
+            and store.job_insert_plain(specs, settings.defaults, settings.clock(), connection, meta)
+        ):
+            return [s.id for s in specs]
+        rows, where = batching.fold(specs)
         resolved: list[UUID | None] = [None] * len(rows)
         todo = list(range(len(rows)))
         for _ in range(KEY_RESOLVE_ROUNDS):

@@ -53,7 +53,9 @@ from conveyor.models import (
     WorkerInfo,
 )
 from conveyor.options import (
+    BareJobs,
     JobSpec,
+    bare_jobs,
     check_int,
     check_job_id,
     check_queue_name,
@@ -114,6 +116,12 @@ class AsyncClient:
         """
         settings = self._settings
         registry = self._registry
+        items: list[BatchItem] = list(jobs)
+        if not items:
+            return []
+        bare = bare_jobs(items, registry.defaults_for, settings.max_payload_bytes)
+        if bare is not None:
+            return await self._insert_bare_async(bare, connection)
         specs = [
             job_spec(
                 item[0],
@@ -121,25 +129,52 @@ class AsyncClient:
                 {**registry.defaults_for(item[0]), **(item[2] if len(item) > 2 else {})},
                 settings.max_payload_bytes,
             )
-            for item in jobs
+            for item in items
         ]
         return await self._insert_async(specs, connection)
 
-    async def _insert_async(self, specs: list[JobSpec], connection: AsyncConn | None) -> list[UUID]:
+    async def _insert_bare_async(self, bare: BareJobs, connection: AsyncConn | None) -> list[UUID]:
+        """Jobs that set no option: straight to the fast path, as columns, unless the send is
+        traced (its trace context goes into the jobs' meta) or a queue of theirs needs the
+        general path."""
+        settings = self._settings
+        if not telemetry.traced(settings.tracer_provider):
+            store = self._stores.store_async()
+            if await store.job_insert_bare(
+                bare.ids, bare.queues, bare.data, settings.defaults, settings.clock(), connection
+            ):
+                return bare.ids
+            return await self._insert_async(bare.specs(), connection, plain=False)
+        return await self._insert_async(bare.specs(), connection)
+
+    async def _insert_async(
+        self, specs: list[JobSpec], connection: AsyncConn | None, *, plain: bool = True
+    ) -> list[UUID]:
         if not specs:
             return []
         traced = telemetry.sending(specs, self._settings.tracer_provider)
         if traced is None:
-            return await self._insert_rounds_async(specs, connection, None)
+            return await self._insert_rounds_async(specs, connection, None, plain)
         with traced as meta:  # a producer span, whose trace context the jobs carry
-            return await self._insert_rounds_async(specs, connection, meta)
+            return await self._insert_rounds_async(specs, connection, meta, plain)
 
     async def _insert_rounds_async(
-        self, specs: list[JobSpec], connection: AsyncConn | None, meta: str | None
+        self, specs: list[JobSpec], connection: AsyncConn | None, meta: str | None, plain: bool
     ) -> list[UUID]:
+        """Insert the jobs: by the fast path when they all may take it (and ``plain``: it was
+        not just refused), else by insert_jobs, asking again for jobs whose key holder was not
+        yet visible."""
         settings = self._settings
-        rows, where = batching.fold(specs)
         store = self._stores.store_async()
+        if (
+            plain
+            and all(s.plain for s in specs)
+            and await store.job_insert_plain(
+                specs, settings.defaults, settings.clock(), connection, meta
+            )
+        ):
+            return [s.id for s in specs]
+        rows, where = batching.fold(specs)
         resolved: list[UUID | None] = [None] * len(rows)
         todo = list(range(len(rows)))
         for _ in range(KEY_RESOLVE_ROUNDS):

@@ -15,7 +15,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -96,20 +96,27 @@ def check_schema_name(name: object) -> str:
     return name
 
 
+# What json.dumps(allow_nan=False, ensure_ascii=False, separators=(",", ":")) builds per call.
+_ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+
+
 def encode_payload(data: object, limit: int) -> str:
     """Serialise a payload to JSON text, refusing what PostgreSQL's jsonb cannot store."""
     try:
-        text = json.dumps(data, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+        text = _ENCODER.encode(data)
     except (TypeError, ValueError) as exc:
         raise PayloadError(f"payload is not JSON-serialisable: {exc}") from None
     except RecursionError:
         raise PayloadError("payload is nested too deeply to serialise") from None
     if "\\u0000" in text and _contains_nul(data):
         raise PayloadError("payload contains a NUL character (\\u0000), which jsonb cannot store")
-    try:
-        size = len(text.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise PayloadError("payload contains invalid Unicode (a lone surrogate)") from None
+    if text.isascii():  # one byte a character, and no lone surrogate
+        size = len(text)
+    else:
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise PayloadError("payload contains invalid Unicode (a lone surrogate)") from None
     if size > limit:
         raise PayloadTooLarge(size, limit)
     return text
@@ -230,10 +237,23 @@ class JobSpec:
         """True when the job needs link_jobs: dependencies or a completion hook."""
         return self.depends_on is not None or self.on_complete is not None
 
+    @property
+    def plain(self) -> bool:
+        """True when the job may take the send's fast path (``job_insert_plain``): no unique or
+        throttle key to settle, no dependencies, no completion hook."""
+        return (
+            self.unique_key is None
+            and self.singleton_seconds is None
+            and self.depends_on is None
+            and self.on_complete is None
+        )
+
 
 def job_spec(queue: str, data: object, options: Mapping[str, Any], payload_limit: int) -> JobSpec:
     """Validate a queue name, payload and job options into a :class:`JobSpec`."""
     check_queue_name(queue)
+    if not options:  # the common send: nothing else to check
+        return JobSpec(id=new_job_id(), queue=queue, data=encode_payload(data, payload_limit))
     _check_unknown(options, JOB_OPTIONS, "job option")
     values = check_defaultable(options)
     start_after = options.get("start_after")
@@ -308,6 +328,49 @@ def job_spec(queue: str, data: object, options: Mapping[str, Any], payload_limit
     )
 
 
+@dataclass(frozen=True, slots=True)
+class BareJobs:
+    """A batch of jobs that set no option, given or a handler's: their columns, with no
+    :class:`JobSpec` each (building one cost a batch's job more than anything but its JSON)."""
+
+    ids: list[uuid.UUID]
+    queues: list[str]
+    data: list[str]
+
+    def specs(self) -> list[JobSpec]:
+        """The same jobs as specs, for the general path."""
+        return [
+            JobSpec(id=i, queue=q, data=d)
+            for i, q, d in zip(self.ids, self.queues, self.data, strict=True)
+        ]
+
+
+def bare_jobs(
+    items: Iterable[Any], defaults_for: Callable[[str], Mapping[str, Any]], payload_limit: int
+) -> BareJobs | None:
+    """The jobs of a send_batch (``(queue, data)`` or ``(queue, data, options)``) as
+    :class:`BareJobs` when none sets an option and no queue's handler has defaults, else None
+    (then every job goes through :func:`job_spec`). Checked in the order :func:`job_spec` checks
+    them, job after job, so a bad job raises the same error either way."""
+    ids: list[uuid.UUID] = []
+    queues: list[str] = []
+    data: list[str] = []
+    checked: set[str] = set()
+    for item in items:
+        if len(item) > 2 and item[2]:
+            return None
+        queue = item[0]
+        if queue.__class__ is not str or queue not in checked:
+            check_queue_name(queue)
+            if defaults_for(queue):
+                return None
+            checked.add(queue)
+        queues.append(queue)
+        data.append(encode_payload(item[1], payload_limit))
+        ids.append(new_job_id())
+    return BareJobs(ids, queues, data)
+
+
 def _check_uuid(value: object) -> uuid.UUID:
     if isinstance(value, uuid.UUID):
         return value
@@ -331,6 +394,14 @@ def check_job_id(value: object) -> uuid.UUID:
 
 _id_lock = threading.Lock()
 _id_last = [0, 0]  # the millisecond of the last id, and the counter within it
+# Random bits for ids, drawn from the OS 4 KiB at a time (one system call per 512 ids, not one
+# per id), and forgotten in a forked child, which must not reuse its parent's.
+_RANDOM_CHUNK = 4096
+_random: list[Any] = [b"", _RANDOM_CHUNK]  # the chunk, and where its unused bytes start
+os.register_at_fork(after_in_child=lambda: _random.__setitem__(1, _RANDOM_CHUNK))
+_TAIL_MASK = (1 << 62) - 1
+_VERSION_BITS = (0x7 << 76) | (0b10 << 62)
+_SAFE = uuid.SafeUUID.unknown
 
 
 def new_job_id() -> uuid.UUID:
@@ -349,9 +420,17 @@ def new_job_id() -> uuid.UUID:
             _id_last[1] = 0
         _id_last[0] = millis
         counter = _id_last[1]
-    tail = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
-    value = (millis << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | tail
-    return uuid.UUID(int=value)
+        at = _random[1]
+        if at >= _RANDOM_CHUNK:
+            _random[0], at = os.urandom(_RANDOM_CHUNK), 0
+        _random[1] = at + 8
+        tail = int.from_bytes(_random[0][at : at + 8], "big") & _TAIL_MASK
+    value = (millis << 80) | (counter << 64) | _VERSION_BITS | tail
+    # uuid.UUID(int=value) without its argument checks, which cost as much as the rest.
+    job_id = object.__new__(uuid.UUID)
+    object.__setattr__(job_id, "int", value)
+    object.__setattr__(job_id, "is_safe", _SAFE)
+    return job_id
 
 
 def queue_policy(options: Mapping[str, Any], *, partial: bool) -> dict[str, Any]:

@@ -71,6 +71,11 @@ def _tracer(provider: Any) -> Any:
     return _cached[1]
 
 
+def traced(provider: Any) -> bool:
+    """Whether a send now records a span (and stores its trace context in its jobs)."""
+    return _tracer(provider) is not None
+
+
 def sending(jobs: Sequence[Sent], provider: Any) -> AbstractContextManager[str | None] | None:
     """Around a send: the producer span, giving the trace context to store in the jobs (JSON
     text for ``job.meta``); None when nothing is traced. ``provider``: the app's tracer

@@ -182,3 +182,17 @@ def test_cancel_a_queued_job_after_confirming(dashboard: Dashboard, page: Page) 
     page.click("form.action button:has-text('Cancel')")
     expect(page.locator("#job-state")).to_have_text("cancelled")
     assert dashboard.app.get_job(job_id).state is JobState.CANCELLED
+
+
+def test_make_a_queue_fair_and_not_from_the_overview(dashboard: Dashboard, page: Page) -> None:
+    dashboard.app.send("e2e.web.tenants", {"n": 1}, fair_key="t-1")
+    log_in(page, dashboard.url)
+    row = page.locator("tr[data-queue='e2e.web.tenants']")
+    page.once("dialog", lambda dialog: dialog.accept())
+    row.locator("form.action button:has-text('Fair')").click()
+    expect(row.locator(".state-fair")).to_be_visible()
+    assert dashboard.app.get_queue("e2e.web.tenants").fair
+    page.once("dialog", lambda dialog: dialog.accept())
+    row.locator("form.action button:has-text('Not fair')").click()
+    expect(row.locator(".state-fair")).to_have_count(0)
+    assert not dashboard.app.get_queue("e2e.web.tenants").fair

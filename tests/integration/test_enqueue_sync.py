@@ -309,6 +309,7 @@ def test_list_jobs_filters_and_orders(app: Conveyor) -> None:
         ("q", {"s\x00": 1}, {}, PayloadError),
         ("q", "\ud800", {}, PayloadError),
         ("q", "x" * (1024 * 1024 + 1), {}, PayloadTooLarge),
+        ("q", "é" * 600_000, {}, PayloadTooLarge),  # 1.2 MB of UTF-8 in 600,002 characters
         ("q", {}, {"priorty": 1}, UnknownOption),
         ("q", {}, {"priority": "high"}, InvalidOption),
         ("q", {}, {"priority": 2**40}, InvalidOption),

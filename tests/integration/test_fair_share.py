@@ -4,15 +4,18 @@ claim stays exactly-once, and the queue's limits, groups and pause still hold.""
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from conveyor import Conveyor, InvalidOption, Job
+from conveyor import Conveyor, InvalidOption, Job, JobState
 from conveyor._store.queries import queries
 
 
@@ -76,6 +79,33 @@ def test_priority_orders_a_keys_jobs_and_the_turn_goes_across_keys(
         assert {r["data"]["key"] for r in first} == {"A", "B"}
         assert high in [r["id"] for r in first]
         assert [r["id"] for r in fetch(conn, app.schema, "tenants", 2)] == [low]
+
+
+def test_one_key_is_claimed_in_priority_then_run_time_order_with_its_meta(
+    app: Conveyor, conveyor_dsn: str
+) -> None:
+    """The claim of a queue whose due jobs all have one key (0020's one-statement path)."""
+    app.create_queue("tenants", fair=True)
+    send = f"SELECT {app.schema}.send('tenants', '{{}}', %s)"
+    with psycopg.connect(conveyor_dsn, row_factory=dict_row) as conn:
+        ids = []
+        for priority, meta in [(0, None), (5, {"x": 1}), (0, {"y": 2}), (9, None)]:
+            options: dict[str, Any] = {"fair_key": "A", "priority": priority}
+            if meta is not None:
+                options["meta"] = meta
+            row = conn.execute(send, [psycopg.types.json.Jsonb(options)]).fetchone()
+            assert row is not None
+            ids.append(row["send"])
+            conn.commit()  # one transaction each: run_at, now() of each, orders equal priorities
+        claimed = fetch(conn, app.schema, "tenants", 3)
+        assert [r["id"] for r in claimed] == [ids[3], ids[1], ids[0]]
+        assert [r["result"] for r in claimed] == [  # meta rides in job_fetched.result
+            {"fair_key": "A"},
+            {"x": 1, "fair_key": "A"},
+            {"fair_key": "A"},
+        ]
+        assert [r["id"] for r in fetch(conn, app.schema, "tenants", 3)] == [ids[2]]
+        assert fetch(conn, app.schema, "tenants", 3) == []
 
 
 def test_more_keys_than_room_are_served_in_turn_across_fetches(
@@ -206,3 +236,120 @@ def test_sql_send_takes_the_fair_key_option_and_refuses_a_bad_one(
             with pytest.raises(psycopg.errors.InvalidParameterValue, match="fair_key"):
                 conn.execute(send, [psycopg.types.json.Jsonb(bad)])
     assert len(app.list_jobs()) == 2
+
+
+@pytest.mark.parametrize("fair_at_start", [True, False])
+async def test_a_send_to_a_fair_queue_is_claimed_beside_a_fetch_under_way(
+    app_async: Conveyor, conveyor_dsn: str, fair_at_start: bool
+) -> None:
+    """The worker's fetch is held up (here by the lock of another queue's row, which a limited
+    queue's claim takes; at full drain, by the tens of ms a big claim takes): a job sent to a
+    fair queue meanwhile is claimed by an express fetch of that queue and runs before the fetch
+    under way returns. A queue made fair after the worker started is known by its claims."""
+    await app_async.create_queue_async("tenants", fair=fair_at_start)
+    await app_async.create_queue_async("limited", concurrency=5)
+    ran: list[str] = []
+
+    @app_async.job("tenants")
+    async def tenant(job: Job) -> None:
+        ran.append(job.data["key"])
+
+    @app_async.job("limited")
+    async def limited(job: Job) -> None:
+        ran.append("limited")
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        app_async.run_worker_async(stop=stop, concurrency=4, poll_interval=5.0)
+    )
+    try:
+        if not fair_at_start:
+            await app_async.update_queue_async("tenants", fair=True)
+            await app_async.send_async("tenants", {"key": "A"}, fair_key="A")
+            await until(lambda: _true(ran == ["A"]))  # a fair claim: the worker learns it
+        lock = f"SELECT FROM {app_async.schema}.queue WHERE name = 'limited' FOR UPDATE"
+        with psycopg.connect(conveyor_dsn) as holder:
+            holder.execute(lock)
+            # The send wakes the worker, whose fetch of both queues then waits for the lock.
+            await app_async.send_async("limited", {})
+            await until_active(app_async, holder, conveyor_dsn)
+            b = await app_async.send_async("tenants", {"key": "B"}, fair_key="B")
+            # Ran: its outcome may wait, since acknowledgements pending when the fetch began
+            # ride in its statement and the next ones are written after it.
+            await until(lambda: _true("B" in ran), timeout=5)
+            assert ran[-1] == "B" and "limited" not in ran  # the fetch has not returned
+            holder.rollback()
+            await until(lambda: _true("limited" in ran), timeout=5)
+
+            async def b_done() -> bool:
+                return (await app_async.get_job_async(b)).state is JobState.COMPLETED
+
+            await until(b_done, timeout=5)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def until_active(app: Conveyor, holder: psycopg.Connection[Any], dsn: str) -> None:
+    """Until the worker's fetch waits for the row ``holder`` locked."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+
+        async def waiting() -> bool:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'"
+                " AND transactionid = (SELECT backend_xid FROM pg_stat_activity"
+                " WHERE pid = %s)",
+                [holder.info.backend_pid],
+            ).fetchone()
+            return row is not None and row[0] > 0
+
+        await until(waiting, timeout=10)
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached in time")
+
+
+async def test_a_worker_whose_slots_are_all_taken_claims_no_more_for_a_send(
+    app_async: Conveyor,
+) -> None:
+    """No express fetch while every slot runs a job and the worker claims nothing ahead (long
+    jobs): what it claimed would wait here while other workers may have room."""
+    await app_async.create_queue_async("tenants", fair=True)
+    started = asyncio.Event()
+    gate = asyncio.Event()
+
+    @app_async.job("tenants")
+    async def tenant(job: Job) -> None:
+        started.set()
+        await gate.wait()
+
+    await app_async.send_async("tenants", {"key": "A"}, fair_key="A")
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        app_async.run_worker_async(stop=stop, concurrency=1, prefetch=0, poll_interval=5.0)
+    )
+    try:
+        await asyncio.wait_for(started.wait(), 10)
+        b = await app_async.send_async("tenants", {"key": "B"}, fair_key="B")
+        await asyncio.sleep(0.3)  # an express fetch takes a few ms; none may come
+        assert (await app_async.get_job_async(b)).state is JobState.CREATED
+        gate.set()
+
+        async def b_done() -> bool:
+            return (await app_async.get_job_async(b)).state is JobState.COMPLETED
+
+        await until(b_done, timeout=5)
+    finally:
+        gate.set()
+        stop.set()
+        await asyncio.wait_for(task, 30)

@@ -1,4 +1,4 @@
-"""Group heads (group_key) along each of the claim's three paths (0020): a queue of few groups is
+"""Group heads (group_key) along each of the claim's three paths (0021): a queue of few groups is
 read group by group; a queue of many groups is walked in claim order; a walk that meets mostly
 jobs of held groups gives way to reading every group. On each, a group runs one job at a time, its
 head first, and a head that is not due yet holds its group."""

@@ -144,4 +144,4 @@ def test_every_migration_file_is_numbered_in_order() -> None:
     assert [m.version for m in found] == list(range(1, len(found) + 1))
     assert all(m.checksum for m in found)
     # Only the files that build or drop indexes CONCURRENTLY run outside a transaction.
-    assert [m.version for m in found if not m.transactional] == [20]
+    assert [m.version for m in found if not m.transactional] == [21]

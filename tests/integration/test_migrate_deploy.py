@@ -290,7 +290,7 @@ def test_an_index_built_concurrently_waits_for_long_transactions_without_a_lock_
 def test_the_fetch_split_upgrades_a_filled_schema_of_the_previous_release(
     conveyor_dsn: str, scratch_schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """0020 on a schema the previous release migrated and filled: a group running a job, queued
+    """0021 on a schema the previous release migrated and filled: a group running a job, queued
     grouped and ungrouped jobs. Its indexes replace the old ones, and the claims go on."""
     split = next(m for m in SHIPPED if m.name == "fetch_split")
     with monkeypatch.context() as previous:

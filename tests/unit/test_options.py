@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from conveyor.batching import fold
-from conveyor.errors import InvalidOption, InvalidQueueName, PayloadError, UnknownOption
+from conveyor.errors import (
+    InvalidOption,
+    InvalidQueueName,
+    PayloadError,
+    PayloadTooLarge,
+    UnknownOption,
+)
 from conveyor.options import (
+    JobSpec,
     check_backoff,
     check_queue_name,
     check_schema_name,
@@ -91,6 +99,38 @@ def test_job_ids_are_time_ordered_uuid7() -> None:
     assert all(i.variant == uuid.RFC_4122 for i in ids)
     assert len(set(ids)) == 1000
     assert [i.bytes[:6] for i in ids] == sorted(i.bytes[:6] for i in ids)
+    # Built without UUID.__init__: the same object as one built with it.
+    for i in ids[:3]:
+        twin = uuid.UUID(int=i.int)
+        assert (i == twin, hash(i), str(i), i.is_safe) == (
+            True,
+            hash(twin),
+            str(twin),
+            twin.is_safe,
+        )
+
+
+def test_a_forked_child_draws_random_bits_of_its_own() -> None:
+    new_job_id()  # the parent holds a chunk of random bits
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id's random tail, to the parent
+        os.close(read)
+        os.write(write, new_job_id().bytes[8:])
+        os._exit(0)
+    os.close(write)
+    theirs = os.read(read, 8)
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert new_job_id().bytes[8:] != theirs
+
+
+def test_payload_size_counts_utf8_bytes() -> None:
+    assert encode_payload("é" * 4, 10) == '"' + "é" * 4 + '"'  # 10 bytes
+    with pytest.raises(PayloadTooLarge):
+        encode_payload("é" * 5, 11)  # 7 characters, 12 bytes
+    with pytest.raises(PayloadError):
+        encode_payload("\ud800", 100)
 
 
 def test_queue_policy_rate_limit_forms() -> None:
@@ -122,3 +162,70 @@ def test_fold_keeps_plain_jobs_and_merges_keys() -> None:
 def test_job_ids_are_monotonic_within_a_millisecond() -> None:
     ids = [new_job_id() for _ in range(10_000)]
     assert ids == sorted(ids, key=lambda i: i.bytes)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("priority", 3),
+        ("start_after", datetime(2031, 1, 1, tzinfo=UTC)),
+        ("start_after", 5),
+        ("retry_limit", 0),
+        ("retry_delay", 0),
+        ("retry_backoff", "linear"),
+        ("retry_delay_max", 9),
+        ("expire_in", 9),
+        ("retention", 0),
+        ("dead_letter", "dl"),
+        ("group_key", "g"),
+        ("fair_key", "f"),
+    ],
+)
+def test_a_fast_path_batch_sends_an_option_one_job_sets(name: str, value: object) -> None:
+    from conveyor._store.rows import PLAIN_ARRAYS, plain_one_params, plain_params
+
+    bare = job_spec("q", 1, {}, 1000)
+    given = job_spec("r", 2, {name: value}, 1000)
+    assert bare.plain and given.plain
+    params = plain_params([bare, given], "{}", None, None)
+    assert params["queues"] == ["q", "r"]
+    column = {"start_after": "run_at" if isinstance(value, datetime) else "delay"}.get(name, name)
+    assert column in PLAIN_ARRAYS
+    for other in PLAIN_ARRAYS[3:]:
+        expected = [None, getattr(given, other)] if other == column else None
+        assert params[other] == expected, other
+    one = plain_one_params(given, "{}", None, None)
+    assert one["options"] is not None and column in one["options"]
+    assert plain_one_params(bare, "{}", None, None)["options"] is None
+
+
+def test_keys_dependencies_and_hooks_leave_the_fast_path() -> None:
+    for options in (
+        {"unique_key": "k"},
+        {"singleton_key": "k", "singleton_seconds": 5},
+        {"depends_on": [uuid.uuid4()]},
+        {"on_complete": "hooks"},
+    ):
+        assert not job_spec("q", 1, options, 1000).plain
+
+
+def test_a_batch_without_options_is_taken_as_columns() -> None:
+    from conveyor.options import bare_jobs
+
+    none: dict[str, object] = {}
+    bare = bare_jobs([("q", 1), ("r", [2], {}), ("q", None)], lambda q: none, 1000)
+    assert bare is not None
+    assert (bare.queues, bare.data) == (["q", "r", "q"], ["1", "[2]", "null"])
+    assert bare.specs() == [
+        JobSpec(id=i, queue=q, data=d)
+        for i, q, d in zip(bare.ids, bare.queues, bare.data, strict=True)
+    ]
+    assert bare_jobs([("q", 1), ("q", 2, {"priority": 1})], lambda q: none, 1000) is None
+    assert (
+        bare_jobs([("q", 1), ("h", 2)], lambda q: {"retry_limit": 1} if q == "h" else none, 1000)
+        is None
+    )
+    with pytest.raises(InvalidQueueName):
+        bare_jobs([("q", 1), (["q"], 2)], lambda q: none, 1000)
+    with pytest.raises(PayloadTooLarge):
+        bare_jobs([("q", "x" * 2000), ("bad name", 1)], lambda q: none, 1000)

@@ -596,3 +596,28 @@ async def test_the_per_minute_series(app_async: Conveyor, api: httpx.AsyncClient
     assert_error(await api.get("/api/stats/series?minutes=1441"), 400)
     assert_error(await api.get("/api/stats/series?minutes=x"), 400)
     assert_error(await api.get("/api/stats/series?since=1"), 400)
+
+
+async def test_the_overview_makes_a_queue_fair_and_not_and_a_job_page_shows_its_key(
+    app_async: Conveyor, browser: httpx.AsyncClient
+) -> None:
+    job_id = await app_async.send_async("web.tenants", {"n": 1}, fair_key="t-42")
+    token = await csrf_of(browser)
+    same_origin = {"Origin": ORIGIN, "Sec-Fetch-Site": "same-origin"}
+    for fair in (True, False):
+        page = (await browser.get("/")).text
+        form = re.search(r'<form[^>]*action="/api/queues/web.tenants/fair".*?</form>', page, re.S)
+        assert form is not None, page
+        wanted = "true" if fair else "false"  # the button makes it what it is not
+        assert f'<input type="hidden" name="fair" value="{wanted}">' in form.group(0)
+        assert ("Not fair" if not fair else ">Fair<") in form.group(0)
+        # What the form sends: its fields as a JSON body (the dashboard's script) or as a form.
+        response = await browser.post(
+            "/api/queues/web.tenants/fair",
+            json={"fair": wanted},
+            headers={**same_origin, "X-CSRF-Token": token},
+        )
+        assert response.json() == {"queue": "web.tenants", "fair": fair}
+        assert (await app_async.get_queue_async("web.tenants")).fair is fair
+    detail = (await browser.get(f"/jobs/{job_id}")).text
+    assert "<dt>fair_key</dt><dd>t-42</dd>" in detail

@@ -114,3 +114,59 @@ async def test_make_a_queue_fair_and_not(
                  "InvalidOption")  # fmt: skip
     assert not (await app_async.get_queue_async("web.tenants")).fair
     assert_error(await api.post("/api/queues/web.none/fair"), 404, "QueueNotFound")
+
+
+async def test_send_a_job_with_its_options_and_fair_key(
+    app_async: Conveyor,
+    api: httpx.AsyncClient,  # noqa: F811
+) -> None:
+    await app_async.create_queue_async("web.tenants", fair=True)
+    body = {"queue": "web.tenants", "data": {"report": 7},
+            "options": {"fair_key": "t-42", "priority": 3, "retry_limit": 1}}  # fmt: skip
+    sent = await api.post("/api/jobs", json=body)
+    assert sent.status_code == 200, sent.text
+    job = sent.json()
+    assert (job["queue"], job["state"], job["data"]) == ("web.tenants", "created", {"report": 7})
+    assert (job["fair_key"], job["priority"], job["retry_limit"]) == ("t-42", 3, 1)
+    stored = await app_async.get_job_async(job["id"])
+    assert (stored.fair_key, stored.data) == ("t-42", {"report": 7})
+    # No options, no payload: a job with data null; the fair queue gives it the key "".
+    bare = (await api.post("/api/jobs", json={"queue": "web.tenants"})).json()
+    assert (bare["data"], bare["fair_key"]) == (None, "")
+    # start_after: a delay in seconds, or a moment.
+    later = (await api.post("/api/jobs", json={"queue": "web.later",
+             "options": {"start_after": "2099-01-01T00:00:00"}})).json()  # fmt: skip
+    assert later["run_at"].startswith("2099-01-01T00:00:00")
+    # The same unique key: the job already holding it.
+    keyed = {"queue": "web.tenants", "options": {"unique_key": "u1"}}
+    first = (await api.post("/api/jobs", json=keyed)).json()
+    assert (await api.post("/api/jobs", json=keyed)).json()["id"] == first["id"]
+
+
+@pytest.mark.parametrize(
+    ("body", "kind", "words"),
+    [
+        ({}, "InvalidOption", "queue is required"),
+        ({"queue": 5}, "InvalidOption", "queue is required"),
+        ({"queue": "bad name!"}, "InvalidQueueName", None),
+        ({"queue": "web.q", "colour": "red"}, "InvalidOption", "unknown parameter 'colour'"),
+        ({"queue": "web.q", "options": [1]}, "InvalidOption", "options must be an object"),
+        ({"queue": "web.q", "options": {"fair_key": ""}}, "InvalidOption", "fair_key"),
+        ({"queue": "web.q", "options": {"fair_key": 5}}, "InvalidOption", "fair_key"),
+        ({"queue": "web.q", "options": {"fair_key": "x" * 256}}, "InvalidOption", "fair_key"),
+        ({"queue": "web.q", "options": {"tenant": "a"}}, "UnknownOption", "tenant"),
+        ({"queue": "web.q", "options": {"priority": "high"}}, "InvalidOption", "priority"),
+        ({"queue": "web.q", "options": {"start_after": "soon"}}, "InvalidOption", "start_after"),
+    ],
+)
+async def test_sending_a_bad_job_is_refused_with_a_typed_error_and_writes_nothing(
+    app_async: Conveyor,
+    api: httpx.AsyncClient,  # noqa: F811
+    body: dict[str, Any],
+    kind: str,
+    words: str | None,
+) -> None:
+    message = assert_error(await api.post("/api/jobs", json=body), 400, kind)
+    if words is not None:
+        assert words in message
+    assert await app_async.list_jobs_async() == []

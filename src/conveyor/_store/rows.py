@@ -131,6 +131,101 @@ def insert_one_params(spec: JobSpec, defaults: str, now: object) -> dict[str, An
     return params
 
 
+# The options a job on the fast path may set (JobSpec.plain): job_insert_plain's columns.
+PLAIN_OPTIONS = (
+    "priority", "delay", "retry_limit", "retry_delay", "retry_backoff", "retry_delay_max",
+    "expire_in", "retention", "dead_letter", "group_key", "fair_key",
+)  # fmt: skip
+PLAIN_ARRAYS = ("id", "queue", "data", "run_at", *PLAIN_OPTIONS)
+
+
+def plain_one_params(spec: JobSpec, defaults: str, now: object, meta: str | None) -> dict[str, Any]:
+    """The parameters of ``job_insert_plain``: the job's options as one JSON object (None when
+    it sets none), which costs less to send than a parameter each."""
+    options = {name: value for name in PLAIN_OPTIONS if (value := getattr(spec, name)) is not None}
+    if spec.run_at is not None:
+        options["run_at"] = spec.run_at.isoformat()
+    return {
+        "id": spec.id,
+        "queue": spec.queue,
+        "data": spec.data,
+        "options": json.dumps(options) if options else None,
+        "defaults": defaults,
+        "now": now,
+        "meta": meta,
+    }
+
+
+def bare_one_params(
+    job_id: UUID, queue: str, data: str, defaults: str, now: object
+) -> dict[str, Any]:
+    """The parameters of ``job_insert_plain`` for a job that sets no option."""
+    return {
+        "id": job_id,
+        "queue": queue,
+        "data": data,
+        "options": None,
+        "defaults": defaults,
+        "now": now,
+        "meta": None,
+    }
+
+
+def bare_params(
+    ids: list[UUID], queues: list[str], data: list[str], defaults: str, now: object
+) -> dict[str, Any]:
+    """The parameters of ``job_insert_plain_many`` for jobs that set no option: every option's
+    array NULL."""
+    params: dict[str, Any] = dict.fromkeys(PLAIN_OPTIONS)
+    params.update(
+        id=ids,
+        queue=queues,
+        data=data,
+        run_at=None,
+        queues=list(dict.fromkeys(queues)),
+        defaults=defaults,
+        now=now,
+        meta=None,
+    )
+    return params
+
+
+def plain_params(
+    specs: Sequence[JobSpec], defaults: str, now: object, meta: str | None
+) -> dict[str, Any]:
+    """The parameters of ``job_insert_plain_many``: one array per column, as ``insert_params``
+    (an array with nothing set is NULL), and the distinct queues."""
+    params: dict[str, Any] = {
+        "id": [s.id for s in specs],
+        "queue": [s.queue for s in specs],
+        "data": [s.data for s in specs],
+    }
+    # Most batches set no option: one look at each job, rather than one per job and column.
+    optioned = any(
+        s.run_at is not None
+        or s.priority is not None
+        or s.delay is not None
+        or s.retry_limit is not None
+        or s.retry_delay is not None
+        or s.retry_backoff is not None
+        or s.retry_delay_max is not None
+        or s.expire_in is not None
+        or s.retention is not None
+        or s.dead_letter is not None
+        or s.group_key is not None
+        or s.fair_key is not None
+        for s in specs
+    )
+    for name in PLAIN_ARRAYS[3:]:
+        values = [getattr(s, name) for s in specs] if optioned else []
+        params[name] = values if any(v is not None for v in values) else None
+    params["queues"] = list(dict.fromkeys(params["queue"]))
+    params["defaults"] = defaults
+    params["now"] = now
+    params["meta"] = meta
+    return params
+
+
 def insert_results(specs: Sequence[JobSpec], found: list[dict[str, Any]]) -> list[tuple[Any, bool]]:
     """Per spec: the job id it resolved to (None: ask again) and whether it was inserted."""
     if not found:

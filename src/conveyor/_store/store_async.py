@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from uuid import UUID, uuid4
 
 from psycopg import AsyncConnection, Error, sql
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from conveyor import reporting
@@ -255,6 +255,55 @@ class AsyncStore:
             params = rows.insert_params(specs, self._defaults_json(defaults), now)
             found = await self._rows("job_insert_many", params, conn)
         return rows.insert_results(specs, found)
+
+    async def job_insert_plain(
+        self,
+        specs: Sequence[JobSpec],
+        defaults: dict[str, Any],
+        now: datetime | None,
+        conn: AsyncConn | None = None,
+        meta: str | None = None,
+    ) -> bool:
+        """Insert jobs that all take the fast path (``JobSpec.plain``), with ``meta``, in one
+        plain statement; False when nothing was inserted because a queue of theirs keeps a
+        queued key (short, stately): send them through :meth:`job_insert_many` then."""
+        defaults_json = self._defaults_json(defaults)
+        if len(specs) == 1:
+            params = rows.plain_one_params(specs[0], defaults_json, now, meta)
+            return bool(await self._value("job_insert_plain", params, conn))
+        params = rows.plain_params(specs, defaults_json, now, meta)
+        return bool(await self._value("job_insert_plain_many", params, conn))
+
+    async def job_insert_bare(
+        self,
+        ids: list[UUID],
+        queues: list[str],
+        data: list[str],
+        defaults: dict[str, Any],
+        now: datetime | None,
+        conn: AsyncConn | None = None,
+    ) -> bool:
+        """:meth:`job_insert_plain` for jobs that set no option, given as columns."""
+        defaults_json = self._defaults_json(defaults)
+        if len(ids) == 1:
+            params = rows.bare_one_params(ids[0], queues[0], data[0], defaults_json, now)
+            return bool(await self._value("job_insert_plain", params, conn))
+        params = rows.bare_params(ids, queues, data, defaults_json, now)
+        return bool(await self._value("job_insert_plain_many", params, conn))
+
+    async def _value(self, name: str, params: dict[str, Any], conn: AsyncConn | None) -> Any:
+        """The one value a write returns, with less ado than :meth:`_fetch` (the send's fast
+        path): never repeated, its error translated as any other."""
+        try:
+            async with self.connection(conn) as used, used.cursor(row_factory=tuple_row) as cur:
+                await cur.execute(self._queries[name].sql, params)
+                row = await cur.fetchone()
+        except Error as exc:
+            ours = translated(exc, self.schema)
+            if ours is None:
+                raise
+            raise ours from exc
+        return None if row is None else row[0]
 
     def _defaults_json(self, defaults: dict[str, Any]) -> str:
         if self._defaults_cache is None or self._defaults_cache[0] is not defaults:

@@ -63,6 +63,14 @@ class Changed:
 class WorkerStore(AsyncStore):
     """Named queries of the worker, on a pool sized for one worker process."""
 
+    async def keep_open(self, connections: int) -> None:
+        """Keep at least ``connections`` connections open from now on (opened in the
+        background), so a statement that needs one more than the fetch and the acks take (an
+        express fetch) does not wait for a new connection (tens of ms)."""
+        pool = self._pool
+        if pool.min_size < connections:
+            await pool.resize(connections, max(connections, pool.max_size))
+
     async def job_fetch(
         self, queues: Sequence[str], worker: UUID, limit: int, now: datetime | None
     ) -> list[tuple[Any, ...]]:

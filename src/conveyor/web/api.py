@@ -40,6 +40,8 @@ JOB_FILTERS = frozenset({"queue", "state", "since", "search", "limit", "offset",
 # The body of POST /api/jobs/bulk, and the fields of its "filter" object.
 BULK_FIELDS = frozenset({"action", "filter", "priority", "dry_run"})
 BULK_FILTERS = frozenset({"queue", "state", "older_than", "search", "group_key"})
+# The body of POST /api/jobs: the job's queue, payload and options (those of send()).
+SEND_FIELDS = frozenset({"queue", "data", "options"})
 DEFAULT_LIMIT = 50
 
 
@@ -188,6 +190,7 @@ class Api:
             ("POST", "/api/queues/{name}/resume", "api_queue_resume", self.queue_resume),
             ("POST", "/api/queues/{name}/fair", "api_queue_fair", self.queue_fair),
             ("GET", "/api/jobs", "api_jobs", self.jobs),
+            ("POST", "/api/jobs", "api_job_send", self.job_send),
             ("POST", "/api/jobs/bulk", "api_jobs_bulk", self.jobs_bulk),
             ("GET", "/api/jobs/{id}", "api_job", self.job),
             ("POST", "/api/jobs/{id}/retry", "api_job_retry", self.job_retry),
@@ -300,6 +303,23 @@ class Api:
             dry_run=params.get("dry_run", False),
         )
         return plain(result)
+
+    async def job_send(self, request: Request, params: Params) -> Any:
+        only(params, SEND_FIELDS)
+        queue = params.get("queue")
+        if not isinstance(queue, str) or not queue:
+            raise InvalidOption("queue is required: the name of the queue to send the job to")
+        options = params.get("options")
+        if options is None:
+            options = {}
+        if not isinstance(options, dict):
+            raise InvalidOption("options must be an object of job options (as send() takes)")
+        options = dict(options)
+        start_after = options.get("start_after")
+        if isinstance(start_after, str):  # a moment; a number stays a delay in seconds
+            options["start_after"] = datetime_param(options, "start_after")
+        job_id = await self.conveyor.send_async(queue, params.get("data"), **options)
+        return job_json(await self.conveyor.get_job_async(job_id))
 
     async def jobs(self, request: Request, params: Params) -> Any:
         only(params, JOB_FILTERS)

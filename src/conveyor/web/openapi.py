@@ -179,6 +179,56 @@ SCHEMAS: dict[str, Any] = {
     "QueueFair": _object(
         {"queue": {"type": "string"}, "fair": {"type": "boolean"}}, ["queue", "fair"]
     ),
+    "SendRequest": {
+        **_object(
+            {
+                "queue": {"type": "string", "description": "The queue to send the job to."},
+                "data": {**ANY, "description": "The job's payload: any JSON value."},
+                "options": {
+                    **_object(
+                        {
+                            "priority": {"type": "integer"},
+                            "start_after": {
+                                "type": ["number", "string"],
+                                "description": "A delay in seconds, or a moment (ISO 8601; "
+                                "UTC when it names no offset).",
+                            },
+                            "retry_limit": {"type": "integer", "minimum": 0},
+                            "retry_delay": {"type": "number", "minimum": 0},
+                            "retry_backoff": {"type": ["string", "boolean"]},
+                            "retry_delay_max": {"type": "number"},
+                            "expire_in": {"type": "number"},
+                            "retention": {"type": "number"},
+                            "singleton_key": {"type": "string"},
+                            "singleton_seconds": {"type": "integer", "minimum": 1},
+                            "unique_key": {"type": "string"},
+                            "unique_mode": {"type": "string", "enum": ["keep", "replace"]},
+                            "debounce_seconds": {"type": "number"},
+                            "dead_letter": {"type": "string"},
+                            "group_key": {"type": "string"},
+                            "fair_key": {
+                                "type": "string",
+                                "minLength": 1,
+                                "maxLength": 255,
+                                "description": "The key a fair queue takes turns by (a "
+                                "tenant, a customer).",
+                            },
+                            "depends_on": {
+                                "type": "array",
+                                "items": {"type": "string", "format": "uuid"},
+                            },
+                            "on_dependency_failure": {"type": "string", "enum": ["fail", "run"]},
+                            "on_complete": {"type": "string"},
+                        }
+                    ),
+                    "additionalProperties": False,
+                    "description": "The job options of send(); see the Python reference.",
+                },
+            },
+            ["queue"],
+        ),
+        "additionalProperties": False,
+    },
     "BulkRequest": _object(
         {
             "action": {"type": "string", "enum": list(ACTIONS)},
@@ -303,6 +353,13 @@ def openapi_document(root_path: str = "") -> dict[str, Any]:
             )
         },
         "/api/jobs": {
+            "post": _op(
+                "Send a job",
+                _json(_ref("Job"), "The job sent (or the one already holding its unique key)."),
+                errors=WRITE_ERRORS,
+                body=_ref("SendRequest"),
+                json_only=True,
+            ),
             "get": _op(
                 "List jobs",
                 _json(JOBS_PAGE, "One page of jobs."),
@@ -337,7 +394,7 @@ def openapi_document(root_path: str = "") -> dict[str, Any]:
                         "The next page: the `next` of the previous one.",
                     ),
                 ],
-            )
+            ),
         },
         "/api/jobs/{id}": {
             "get": _op(

@@ -63,6 +63,11 @@ YIELD_EVERY = 16
 NEXT_DUE_SPACING = 0.025
 # pause_queue's notification on the cancel channel (whose other payloads are job ids).
 PAUSED_PREFIX = "paused:"
+# A send to a fair queue heard while the producer is busy (a fetch under way, or waiting for
+# room) claims at most this many jobs of that queue at once, beside it (an express fetch; see
+# Worker._express): at full drain the producer's next fetch may be tens of ms away, and the turn
+# of the key just sent should not wait for it.
+EXPRESS_LIMIT = 10
 
 
 def admit_claimed(buffer: collections.deque[tuple[Any, ...]], claimed: list[Any]) -> None:
@@ -169,6 +174,15 @@ class Worker:
         self._running: dict[tuple[uuid.UUID, int], Running] = {}
         self._buffer: collections.deque[tuple[Any, ...]] = collections.deque()  # claimed rows
         self._paused_at: dict[str, float] = {}  # queue: when its pause was heard
+        # The fair queues among this worker's (read at start, learnt from claims since), whether
+        # the producer waits for a wake-up (a NOTIFY makes it fetch at once), and the express
+        # fetch beside it when it does not (see _express).
+        self._fair_queues: set[str] = set()
+        self._idle = False
+        self._express_task: asyncio.Task[None] | None = None
+        self._express_again: set[str] = set()
+        self._express_asked_at: float | None = None  # when the one under way was sent
+        self._keeping_open: asyncio.Task[None] | None = None
         self._avg_duration: float | None = None
         # A rate-limited queue gains a token every interval / limit seconds and no NOTIFY says
         # so: the worker looks again that often (the tightest of its queues), not at the poll.
@@ -253,6 +267,10 @@ class Worker:
                 if queue.name in served and queue.rate_limit and queue.rate_interval:
                     every = max(0.01, queue.rate_interval / queue.rate_limit)
                     self._token_interval = min(self._token_interval, every)
+                if queue.name in served and queue.fair:
+                    self._fair_queues.add(queue.name)
+            if self._fair_queues:
+                await self._keep_express_connection()
             supervisor.start("completer", self._completer.run, essential=True)
             supervisor.start("heartbeat", self._heartbeat, essential=True)
             context = ServiceContext(
@@ -287,9 +305,13 @@ class Worker:
             sweep = asyncio.create_task(self._sweep_expired(), name="conveyor-expiry")
             try:
                 await self._produce()
+                if self._express_task is not None:  # its claims join the buffer handed back
+                    await asyncio.wait([self._express_task])
                 await self._shutdown()
             finally:
                 sweep.cancel()
+                if self._express_task is not None:  # done unless the producer failed
+                    self._express_task.cancel()
                 for timer in (self._due_timer, self._due_recheck):
                     if timer is not None:
                         timer.cancel()
@@ -344,6 +366,7 @@ class Worker:
                 self._on_worker_error(exc)
                 await self._wait(None, min(10.0, 0.1 * 2**failures))
                 continue
+            self._learn_fair(jobs)
             admit_claimed(self._buffer, jobs)
             self._start_buffered()
             if len(jobs) == room:
@@ -368,7 +391,87 @@ class Worker:
             # A short fetch: whatever falls due next is announced by no NOTIFY.
             await self._wake_when_due()
             poll = min(opts.poll_interval, self._token_interval) * (0.75 + random.random() / 2)
-            await self._wait(self._wake, poll)
+            self._idle = True
+            try:
+                await self._wait(self._wake, poll)
+            finally:
+                self._idle = False
+
+    def _learn_fair(self, claimed: list[tuple[Any, ...]]) -> None:
+        """Note the fair queues among the claimed rows' (a fair claim carries the key in meta),
+        made fair since the worker started. One made unfair since stays noted: all that costs
+        is an express fetch now and then that a plain fetch would have made anyway."""
+        fair = self._fair_queues
+        for row in claimed:
+            meta = row[rows.FETCHED_META]
+            if meta is not None and "fair_key" in meta and row[rows.FETCHED_QUEUE] not in fair:
+                if not fair:  # the first: a connection for its express fetches
+                    self._keeping_open = self._loop.create_task(self._keep_express_connection())
+                fair.add(row[rows.FETCHED_QUEUE])
+
+    async def _keep_express_connection(self) -> None:
+        """Keep a connection open for the express fetch beside the producer's (a new one takes
+        tens of ms, which the first express fetch would wait for)."""
+        try:
+            await self._store.keep_open(2)
+        except Exception as exc:  # an optimisation: the express fetch opens one if need be
+            log.debug("could not keep a connection open for express fetches: %s", exc)
+
+    def _express(self, queue: str) -> None:
+        """A job was sent to the fair queue ``queue`` while the producer is busy (a fetch under
+        way, or waiting for room to fetch): claim a few of that queue's jobs now, beside it.
+
+        At full drain speed a fetch of a few hundred jobs (and the acks riding with it) takes
+        tens of ms, and a job sent just after one began waits for it and for the whole next one;
+        the express fetch, a small claim on the worker's spare connection, gives the key just
+        sent its turn in the few ms a small claim takes, and admit_claimed puts its job ahead of
+        the buffer. The claim is the queue's own (claim_fair: every key in turn, after the last
+        one served), so it serves the new job's key when the queue has at most as many keys with
+        due jobs as it claims jobs, and otherwise the next keys in turn, as any fetch would.
+
+        Only while a job it claims could start soon: a slot is free, or jobs are quick enough
+        that the worker claims ahead (adaptive prefetch). A worker whose slots are all taken by
+        long jobs claims nothing more; the producer's next fetch, when a slot frees, serves the
+        turn, and meanwhile the jobs stay with workers that have room. At most one runs at a
+        time; a send heard meanwhile makes it go once more."""
+        if self._stop.is_set():
+            return
+        if self._express_task is not None and not self._express_task.done():
+            self._express_again.add(queue)
+            return
+        self._express_task = asyncio.create_task(self._express_fetch(queue))
+
+    async def _express_fetch(self, queue: str) -> None:
+        while True:
+            free = self._slots() - len(self._running)
+            ahead = self._capacity() - self._slots()  # the prefetch the worker allows itself
+            if free <= 0 and ahead <= 0:
+                return
+            # Two at least: with two keys, one claim of one job would serve the first key only.
+            limit = max(2, min(EXPRESS_LIMIT, max(free, 0) + ahead))
+            presumed_dead = self._presumed_dead
+            asked_at = self._express_asked_at = time.monotonic()
+            try:
+                jobs = await self._store.job_fetch([queue], self.id, limit, self._clock())
+                if jobs and presumed_dead != self._presumed_dead:
+                    jobs = await self._still_held(jobs)
+            except DatabaseUnavailable as exc:  # the producer's fetches find the job instead
+                log.debug("express fetch of queue %s failed: %s", queue, exc)
+                return
+            finally:
+                self._express_asked_at = None
+            # Paused since it was sent: handed back. (Not through _unpaused, which forgets the
+            # pauses older than this fetch that the producer's fetch, if sent earlier, must see.)
+            paused = {q for q, at in self._paused_at.items() if at >= asked_at}
+            if paused:
+                self._release([row for row in jobs if row[rows.FETCHED_QUEUE] in paused])
+                jobs = [row for row in jobs if row[rows.FETCHED_QUEUE] not in paused]
+            admit_claimed(self._buffer, jobs)
+            self._start_buffered()
+            if not self._express_again or self._idle or self._stop.is_set():
+                self._express_again.clear()
+                return
+            queue = self._express_again.pop()
 
     async def _wake_when_due(self) -> None:
         """Wake up when the next job of these queues falls due; the poll stays the fallback.
@@ -677,6 +780,8 @@ class Worker:
                 self._cancel_running(uuid.UUID(job_id), int(attempt) if attempt else None)
         elif payload in self.options.queues:
             self._wake.set()
+            if not self._idle and payload in self._fair_queues:
+                self._express(payload)
 
     def _on_pause(self, queue: str) -> None:
         """A queue was paused: its claims waiting in the buffer go back to it unstarted (the
@@ -692,9 +797,13 @@ class Worker:
             self._buffer.extend(kept)
 
     def _unpaused(self, claimed: list[Any], asked_at: float) -> list[Any]:
-        """The rows of a fetch sent at ``asked_at`` but those of queues paused since."""
+        """The rows of a fetch sent at ``asked_at`` but those of queues paused since. The
+        pauses heard before it, and before the express fetch under way if any, are forgotten:
+        no fetch still to return was sent before them."""
         paused = {queue for queue, at in self._paused_at.items() if at >= asked_at}
-        self._paused_at = {queue: self._paused_at[queue] for queue in paused}
+        if self._express_asked_at is not None:
+            asked_at = min(asked_at, self._express_asked_at)
+        self._paused_at = {q: at for q, at in self._paused_at.items() if at >= asked_at}
         if not paused:
             return claimed
         self._release([row for row in claimed if row[rows.FETCHED_QUEUE] in paused])

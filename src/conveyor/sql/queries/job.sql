@@ -32,6 +32,117 @@ FROM {schema}.insert_jobs(
     ARRAY[%(group_key)s::text], ARRAY[%(depends_on)s::jsonb],
     %(defaults)s::jsonb, %(now)s::timestamptz, ARRAY[%(fair_key)s::text]);
 
+-- The fast path of a send (the client takes it for jobs with no unique or throttle key, no
+-- dependencies and no completion hook): one plain statement, where insert_jobs runs plpgsql.
+-- It stores exactly the row insert_jobs would (resolve_jobs' rules: the job's option, else its
+-- queue's default, read from the queue row in this statement, else the app's, else the built-in
+-- one; a fair queue's key ''), meta included, and notifies the queue once, at commit. The job's
+-- options come as one JSON object (o: NULL when it sets none) with resolve_jobs' names and
+-- units. A queue it names for the first time is created here; this statement's snapshot does
+-- not see that row, which holds no defaults yet anyway. It inserts nothing (and returns 0) when
+-- the queue keeps a queued key (short and stately): the client then sends the job through
+-- insert_jobs, which settles that key.
+-- name: job_insert_plain :scalar
+WITH created AS (
+    INSERT INTO {schema}.queue (name) VALUES (%(queue)s::text)
+    ON CONFLICT (name) DO NOTHING
+),
+ins AS (
+    INSERT INTO {schema}.job (
+        id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
+        retry_backoff, retry_delay_max, expire_in, retention, dead_letter, group_key,
+        created_at, fair_key, meta)
+    SELECT %(id)s::uuid, %(queue)s::text, 'created', %(data)s::jsonb,
+           coalesce((p.o->>'priority')::integer, q.priority, (p.d->>'priority')::integer, 0),
+           coalesce((p.o->>'run_at')::timestamptz,
+                    p.t + make_interval(secs => coalesce((p.o->>'delay')::double precision, 0))),
+           0,
+           coalesce((p.o->>'retry_limit')::integer, q.retry_limit,
+                    (p.d->>'retry_limit')::integer, 2),
+           coalesce((p.o->>'retry_delay')::double precision, q.retry_delay,
+                    (p.d->>'retry_delay')::double precision, 5),
+           coalesce(p.o->>'retry_backoff', q.retry_backoff, p.d->>'retry_backoff', 'exponential'),
+           coalesce((p.o->>'retry_delay_max')::double precision, q.retry_delay_max,
+                    (p.d->>'retry_delay_max')::double precision, 3600),
+           coalesce((p.o->>'expire_in')::double precision, q.expire_in,
+                    (p.d->>'expire_in')::double precision, 900),
+           coalesce((p.o->>'retention')::double precision, q.retention,
+                    (p.d->>'retention')::double precision, 604800),
+           coalesce(p.o->>'dead_letter', q.dead_letter),
+           p.o->>'group_key',
+           p.t,
+           coalesce(p.o->>'fair_key',
+                    CASE WHEN EXISTS (SELECT FROM {schema}.queue_fair f
+                                      WHERE f.queue = %(queue)s::text) THEN '' END),
+           %(meta)s::jsonb
+    FROM (SELECT %(options)s::jsonb AS o, %(defaults)s::jsonb AS d,
+                 coalesce(%(now)s::timestamptz, now()) AS t) p
+    LEFT JOIN {schema}.queue q ON q.name = %(queue)s::text
+    WHERE q.policy IS NULL OR q.policy NOT IN ('short', 'stately')
+    RETURNING 1
+)
+SELECT count(pg_notify('conveyor:' || {schema_literal}, %(queue)s::text)) FROM ins;
+
+-- The fast path of send_batch: job_insert_plain for many jobs, one array per column (NULL: no
+-- job sets it), the distinct queues in queues. All or nothing: it inserts no job (and returns
+-- 0) when one of the queues keeps a queued key, and the client sends the batch through
+-- insert_jobs. Each queue is notified once, at commit.
+-- name: job_insert_plain_many :scalar
+WITH created AS (
+    INSERT INTO {schema}.queue (name) SELECT n FROM unnest(%(queues)s::text[]) AS n
+    ON CONFLICT (name) DO NOTHING
+),
+ins AS (
+    INSERT INTO {schema}.job (
+        id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
+        retry_backoff, retry_delay_max, expire_in, retention, dead_letter, group_key,
+        created_at, fair_key, meta)
+    SELECT i.id, i.queue, 'created', i.data,
+           coalesce(i.priority, q.priority, p.priority, 0),
+           coalesce(i.run_at, p.t + make_interval(secs => coalesce(i.delay, 0))),
+           0,
+           coalesce(i.retry_limit, q.retry_limit, p.retry_limit, 2),
+           coalesce(i.retry_delay, q.retry_delay, p.retry_delay, 5),
+           coalesce(i.retry_backoff, q.retry_backoff, p.retry_backoff, 'exponential'),
+           coalesce(i.retry_delay_max, q.retry_delay_max, p.retry_delay_max, 3600),
+           coalesce(i.expire_in, q.expire_in, p.expire_in, 900),
+           coalesce(i.retention, q.retention, p.retention, 604800),
+           coalesce(i.dead_letter, q.dead_letter),
+           i.group_key,
+           p.t,
+           coalesce(i.fair_key, CASE WHEN f.queue IS NOT NULL THEN '' END),
+           p.meta
+    -- The app's defaults, read from their JSON once rather than once a job.
+    FROM (SELECT (d->>'priority')::integer AS priority,
+                 (d->>'retry_limit')::integer AS retry_limit,
+                 (d->>'retry_delay')::double precision AS retry_delay,
+                 d->>'retry_backoff' AS retry_backoff,
+                 (d->>'retry_delay_max')::double precision AS retry_delay_max,
+                 (d->>'expire_in')::double precision AS expire_in,
+                 (d->>'retention')::double precision AS retention,
+                 coalesce(%(now)s::timestamptz, now()) AS t, %(meta)s::jsonb AS meta
+          FROM (SELECT %(defaults)s::jsonb AS d) app
+          OFFSET 0) p
+    CROSS JOIN unnest(
+        %(id)b::uuid[], %(queue)b::text[], %(data)b::text[]::jsonb[], %(priority)b::integer[],
+        %(run_at)b::timestamptz[], %(delay)b::double precision[], %(retry_limit)b::integer[],
+        %(retry_delay)b::double precision[], %(retry_backoff)b::text[],
+        %(retry_delay_max)b::double precision[], %(expire_in)b::double precision[],
+        %(retention)b::double precision[], %(dead_letter)b::text[], %(group_key)b::text[],
+        %(fair_key)b::text[])
+        AS i(id, queue, data, priority, run_at, delay, retry_limit, retry_delay,
+             retry_backoff, retry_delay_max, expire_in, retention, dead_letter, group_key,
+             fair_key)
+    LEFT JOIN {schema}.queue q ON q.name = i.queue
+    LEFT JOIN {schema}.queue_fair f ON f.queue = i.queue
+    WHERE NOT EXISTS (SELECT FROM {schema}.queue x
+                      WHERE x.name = ANY (%(queues)s::text[])
+                        AND x.policy IN ('short', 'stately'))
+    RETURNING queue
+)
+SELECT count(pg_notify('conveyor:' || {schema_literal}, w.queue))
+FROM (SELECT DISTINCT x.queue FROM ins x) w;
+
 -- The meta of jobs a send just inserted (the trace context of that send), in its transaction.
 -- name: job_set_meta :exec
 UPDATE {schema}.job SET meta = %(meta)s::jsonb WHERE id = ANY (%(ids)s::uuid[]);

@@ -146,7 +146,7 @@ WITH gone AS (
 SELECT count(*) FROM gone;
 
 -- Delete the queued (not running, not finished) jobs of a queue: the ungrouped and the grouped
--- ones apart, each along its fetch index (0020).
+-- ones apart, each along its fetch index (0021).
 -- name: queue_purge :scalar
 WITH free AS (
     DELETE FROM {schema}.job

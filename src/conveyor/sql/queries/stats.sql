@@ -10,7 +10,7 @@ FROM {schema}.stats_rollup(%(now)s::timestamptz, %(lag)s::double precision,
                            %(bounds)s::double precision[]);
 
 -- The runnable jobs waiting in each queue now, as the backlog of this minute. Reads the live
--- table through the two fetch indexes only (0020: ungrouped jobs, grouped jobs).
+-- table through the two fetch indexes only (0021: ungrouped jobs, grouped jobs).
 -- name: stats_sample_backlog :exec
 WITH t AS (SELECT coalesce(%(now)s::timestamptz, now()) AS now)
 INSERT INTO {schema}.stats_backlog AS b (queue, minute, backlog)

@@ -128,7 +128,7 @@ SELECT pg_xact_status(%(xid)s::xid8) AS status;
 
 -- Seconds until the next job of these queues falls due (later than now), or NULL: a worker with
 -- nothing to do wakes itself then, since no NOTIFY marks that moment. A loose index scan of each
--- fetch index (0020: job_fetch_free_idx, job_fetch_group_idx): per queue, one probe per priority
+-- fetch index (0021: job_fetch_free_idx, job_fetch_group_idx): per queue, one probe per priority
 -- in use, however many jobs wait.
 -- name: job_next_due :scalar
 WITH RECURSIVE t AS (

@@ -156,8 +156,11 @@ document.addEventListener("submit", async (event) => {
   if (!form) return;
   event.preventDefault();
   if (!window.confirm(form.dataset.confirm)) return;
+  // The form's own fields (fair=false, say) go as the body; the CSRF token goes as a header.
+  const fields = [...new FormData(form)].filter(([name]) => name !== "csrf_token");
   try {
-    await api(form.dataset.method || "POST", form.action);
+    await api(form.dataset.method || "POST", form.action,
+              fields.length ? Object.fromEntries(fields) : undefined);
   } catch (error) {
     flash(error.message);
     return;

@@ -1,0 +1,285 @@
+"""The send's fast path (``job_insert_plain``): a job with no unique or throttle key, no
+dependencies and no completion hook is stored by one plain statement instead of insert_jobs.
+
+It must store exactly the row the general path stores for the same input, whatever the queue's
+options say at that moment, and wake workers the same way (a NOTIFY per queue, at commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import psycopg
+import pytest
+
+from conveyor import Conveyor, FrozenClock
+from conveyor._store.store_async import AsyncStore
+from conveyor.options import JobSpec, job_spec
+
+NOW = datetime(2031, 3, 4, 5, 6, 7, 891011, tzinfo=UTC)
+
+# Queue options the general path reads from the queue row (policy short and stately excepted:
+# they keep a queued key, which sends the job to insert_jobs).
+QUEUES: dict[str, dict[str, Any]] = {
+    "new": {},
+    "bare": {"policy": "standard"},
+    "defaults": {
+        "priority": 3,
+        "retry_limit": 9,
+        "retry_delay": 1.5,
+        "retry_backoff": "linear",
+        "retry_delay_max": 77.25,
+        "expire_in": 33,
+        "retention": 123.5,
+        "dead_letter": "q.dead",
+    },
+    "keep-none": {"retention": 0},
+    "fair": {"fair": True, "priority": -2},
+    "limited": {"policy": "singleton", "concurrency": 2, "rate_limit": (5, 2.0)},
+}
+# Job options of the fast path.
+OPTIONS: list[dict[str, Any]] = [
+    {},
+    {"priority": 8, "retry_limit": 0, "retry_delay": 0, "retry_backoff": False},
+    {"retry_delay_max": 0.5, "expire_in": timedelta(minutes=3), "retention": 0},
+    {"start_after": 90.5, "group_key": "g-1", "dead_letter": "other.dead"},
+    {"start_after": datetime(2032, 1, 2, 3, 4, 5, 678901, tzinfo=timezone(timedelta(hours=-5)))},
+    {"start_after": timedelta(0), "fair_key": "tenant-a", "priority": -(2**31)},
+    {"retry_backoff": True, "retention": 10 * 366 * 86_400.0, "expire_in": 1e-6},
+]
+# The app's defaults, below the queue's.
+APP_DEFAULTS = {"priority": 1, "retry_limit": 4, "expire_in": 60, "retention": 3600}
+
+
+async def rows_of(
+    conn: psycopg.AsyncConnection[Any], schema: str, ids: list[uuid.UUID]
+) -> list[Any]:
+    """Every column of these jobs but the id, in the order given."""
+    found = {}
+    for job_id in ids:
+        cur = await conn.execute(
+            f"SELECT to_jsonb(j) - 'id' FROM \"{schema}\".job j WHERE j.id = %s", (job_id,)
+        )
+        row = await cur.fetchone()
+        assert row is not None, f"job {job_id} not stored"
+        found[job_id] = row[0]
+    return [found[i] for i in ids]
+
+
+def spy(store: AsyncStore) -> list[bool]:
+    """What each fast-path call of ``store`` answered (True: it stored the jobs)."""
+    answers: list[bool] = []
+
+    def recording(method: Any) -> Any:
+        async def recorded(*args: Any, **kwargs: Any) -> bool:
+            answer: bool = await method(*args, **kwargs)
+            answers.append(answer)
+            return answer
+
+        return recorded
+
+    store.job_insert_plain = recording(store.job_insert_plain)  # type: ignore[method-assign]
+    store.job_insert_bare = recording(store.job_insert_bare)  # type: ignore[method-assign]
+    return answers
+
+
+async def general(app: Conveyor, specs: list[JobSpec], meta: str | None = None) -> list[uuid.UUID]:
+    """The same jobs through the general path (insert_jobs), as the client calls it."""
+    store = app._stores.store_async()
+    settings = app._settings
+    found = await store.job_insert_many(specs, settings.defaults, settings.clock(), None, meta)
+    return [job_id for job_id, _ in found]  # type: ignore[misc]
+
+
+def again(spec: JobSpec) -> JobSpec:
+    """The same job under a new id."""
+    return dataclasses.replace(spec, id=uuid.uuid4())
+
+
+async def make_queues(app: Conveyor) -> None:
+    for name, options in QUEUES.items():
+        if name != "new":
+            await app.create_queue_async(name, **options)
+
+
+async def test_a_send_on_the_fast_path_stores_what_the_general_path_stores(
+    conveyor_dsn: str, conveyor_schema: str
+) -> None:
+    clock = FrozenClock(NOW)
+    async with (
+        Conveyor(conveyor_dsn, schema=conveyor_schema, clock=clock, **APP_DEFAULTS) as app,
+        await psycopg.AsyncConnection.connect(conveyor_dsn, autocommit=True) as conn,
+    ):
+        await make_queues(app)
+        answers = spy(app._stores.store_async())
+        for queue in QUEUES:
+            for options in OPTIONS:
+                fast = await app.send_async(queue, {"q": queue, "é": [1.5, None]}, **options)
+                spec = job_spec(queue, {"q": queue, "é": [1.5, None]}, options, 1 << 20)
+                (slow,) = await general(app, [spec])
+                a, b = await rows_of(conn, conveyor_schema, [fast, slow])
+                assert a == b, (queue, options)
+            clock.advance(1)
+        assert answers == [True] * len(QUEUES) * len(OPTIONS)
+        # The queue first named by a send exists, with no defaults of its own.
+        assert (await app.get_queue_async("new")).retry_limit is None
+
+
+async def test_a_handler_s_defaults_and_meta_on_the_fast_path(
+    conveyor_dsn: str, conveyor_schema: str
+) -> None:
+    clock = FrozenClock(NOW)
+    async with (
+        Conveyor(conveyor_dsn, schema=conveyor_schema, clock=clock) as app,
+        await psycopg.AsyncConnection.connect(conveyor_dsn, autocommit=True) as conn,
+    ):
+
+        @app.job("handled", retry_limit=6, priority=2)
+        async def handled(job: Any) -> None: ...
+
+        await app.create_queue_async("handled", retry_limit=1, expire_in=5)
+        fast = await app.send_async("handled", [1])
+        defaults = {"retry_limit": 6, "priority": 2}
+        (slow,) = await general(app, [job_spec("handled", [1], defaults, 1 << 20)])
+        a, b = await rows_of(conn, conveyor_schema, [fast, slow])
+        assert a == b and a["retry_limit"] == 6 and a["expire_in"] == 5
+
+        # The trace context a send stores with its jobs (job.meta).
+        store = app._stores.store_async()
+        meta = '{"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}'
+        one = job_spec("handled", 1, {}, 1 << 20)
+        assert await store.job_insert_plain([one], {}, clock(), None, meta)
+        many = [job_spec("handled", i, {"group_key": "g"}, 1 << 20) for i in range(2)]
+        assert await store.job_insert_plain(many, {}, clock(), None, meta)
+        slow_ids = await general(app, [again(one), *map(again, many)], meta)
+        fast_rows = await rows_of(conn, conveyor_schema, [one.id, *(s.id for s in many)])
+        assert fast_rows == await rows_of(conn, conveyor_schema, slow_ids)
+        assert fast_rows[0]["meta"] == {
+            "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        }
+
+
+async def test_a_batch_on_the_fast_path_stores_what_the_general_path_stores(
+    conveyor_dsn: str, conveyor_schema: str
+) -> None:
+    clock = FrozenClock(NOW)
+    async with (
+        Conveyor(conveyor_dsn, schema=conveyor_schema, clock=clock, **APP_DEFAULTS) as app,
+        await psycopg.AsyncConnection.connect(conveyor_dsn, autocommit=True) as conn,
+    ):
+        await make_queues(app)
+        answers = spy(app._stores.store_async())
+        items = [
+            (queue, {"n": n}, options)
+            for n, (queue, options) in enumerate(
+                (q, o) for q in [*QUEUES, "another-new"] for o in OPTIONS
+            )
+        ]
+        fast = await app.send_batch_async(items)
+        slow = await general(app, [job_spec(q, d, o, 1 << 20) for q, d, o in items])
+        assert answers == [True]
+        assert await rows_of(conn, conveyor_schema, fast) == await rows_of(
+            conn, conveyor_schema, slow
+        )
+        # Uniform batches too: every array but the id's, queue's and data's sent as NULL.
+        plain = await app.send_batch_async([("defaults", i) for i in range(3)])
+        slow = await general(app, [job_spec("defaults", i, {}, 1 << 20) for i in range(3)])
+        assert await rows_of(conn, conveyor_schema, plain) == await rows_of(
+            conn, conveyor_schema, slow
+        )
+        assert answers == [True, True]
+
+
+async def test_queue_options_changed_between_sends_are_read_at_once(app_async: Conveyor) -> None:
+    await app_async.create_queue_async("q", retry_limit=3, retention=60)
+    first = await app_async.get_job_async(await app_async.send_async("q", 1))
+    await app_async.update_queue_async("q", retry_limit=8, retention=None, fair=True)
+    second = await app_async.get_job_async(await app_async.send_async("q", 2))
+    third, _ = await app_async.get_jobs_async(await app_async.send_batch_async([("q", 3)] * 2))
+    assert (first.retry_limit, first.retention, first.fair_key) == (3, 60, None)
+    assert (second.retry_limit, second.retention, second.fair_key) == (8, 604800, "")
+    assert (third.retry_limit, third.retention, third.fair_key) == (8, 604800, "")
+
+
+@pytest.mark.parametrize("policy", ["short", "stately"])
+async def test_a_queue_that_keeps_a_queued_key_takes_the_general_path(
+    app_async: Conveyor, policy: str
+) -> None:
+    await app_async.create_queue_async("one-waiting", policy=policy)
+    answers = spy(app_async._stores.store_async())
+    first = await app_async.send_async("one-waiting", 1)
+    second = await app_async.send_async("one-waiting", 2)
+    both = await app_async.send_batch_async([("elsewhere", 3), ("one-waiting", 4)])
+    assert answers == [False, False, False]
+    assert first == second == both[1]
+    assert [j.data for j in await app_async.list_jobs_async("one-waiting")] == [1]
+    assert [j.data for j in await app_async.list_jobs_async("elsewhere")] == [3]
+
+
+async def test_keys_dependencies_and_hooks_keep_the_general_path(app_async: Conveyor) -> None:
+    answers = spy(app_async._stores.store_async())
+    a = await app_async.send_async("q", 1, unique_key="k")
+    assert await app_async.send_async("q", 2, unique_key="k") == a
+    await app_async.send_async("q", 3, singleton_key="s", singleton_seconds=60)
+    await app_async.send_async("q", 4, depends_on=[a])
+    await app_async.send_async("q", 5, on_complete="hooks")
+    await app_async.send_batch_async([("q", 6), ("q", 7, {"unique_key": "other"})])
+    assert answers == []
+    assert await app_async.send_async("q", 8) and answers == [True]
+
+
+async def test_a_send_in_the_caller_s_transaction_wakes_listeners_at_commit(
+    app_async: Conveyor, conveyor_dsn: str, conveyor_schema: str
+) -> None:
+    channel = f"conveyor:{conveyor_schema}"
+    async with (
+        await psycopg.AsyncConnection.connect(conveyor_dsn, autocommit=True) as listener,
+        await psycopg.AsyncConnection.connect(conveyor_dsn) as caller,
+    ):
+        await listener.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(channel)))
+        answers = spy(app_async._stores.store_async())
+        one = await app_async.send_async("woken", 1, connection=caller)
+        many = await app_async.send_batch_async(
+            [("woken", 2), ("woken", 3), ("also", 4)], connection=caller
+        )
+        assert answers == [True, True]
+        # A round trip on the listener delivers whatever was notified so far: nothing yet.
+        await listener.execute("SELECT 1")
+        heard = [n.payload async for n in listener.notifies(timeout=0, stop_after=1)]
+        assert heard == []
+        await caller.commit()
+        heard = [
+            n.payload
+            async for n in listener.notifies(timeout=5, stop_after=2)
+            if n.channel == channel
+        ]
+        assert sorted(heard) == ["also", "woken"]  # once per queue: folded at commit
+        assert len(await app_async.get_jobs_async([one, *many])) == 4
+
+
+async def test_a_rolled_back_send_stores_and_wakes_nothing(
+    app_async: Conveyor, conveyor_dsn: str, conveyor_schema: str
+) -> None:
+    channel = f"conveyor:{conveyor_schema}"
+    async with (
+        await psycopg.AsyncConnection.connect(conveyor_dsn, autocommit=True) as listener,
+        await psycopg.AsyncConnection.connect(conveyor_dsn) as caller,
+    ):
+        await listener.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(channel)))
+        one = await app_async.send_async("gone", 1, connection=caller)
+        await caller.rollback()
+        await app_async.send_async("marker", 2)
+        heard = [n.payload async for n in listener.notifies(timeout=5, stop_after=1)]
+        assert heard == ["marker"]
+        assert await app_async.get_jobs_async([one]) == []
+        assert [q.name for q in await app_async.list_queues_async()] == ["marker"]
+
+
+async def test_concurrent_first_sends_to_a_new_queue(app_async: Conveyor) -> None:
+    ids = await asyncio.gather(*(app_async.send_async("fresh", i) for i in range(8)))
+    assert len(set(ids)) == 8
+    assert [q.name for q in await app_async.list_queues_async()] == ["fresh"]

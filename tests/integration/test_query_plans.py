@@ -232,3 +232,26 @@ def test_group_heads_are_found_along_the_grouped_indexes(app: Conveyor, conveyor
     assert "job_fetch_group_idx" in walk and "job_group_idx" in walk
     assert "Seq Scan" not in walk and "Sort" not in walk
     assert not any("Seq Scan on job " in n for n in many)
+
+
+def test_a_claim_joins_its_jobs_back_by_key_whatever_other_queues_hold(
+    app: Conveyor, conveyor_dsn: str
+) -> None:
+    """100,000 older jobs of another queue sit at the start of the primary key: the claim's
+    cached generic plan once sorted the 100 picked ids and merge-joined them along job_pkey from
+    its start, reading every one of those entries (55 ms for a claim of about one)."""
+    with psycopg.connect(conveyor_dsn, row_factory=dict_row) as conn:
+        conn.execute(
+            f"INSERT INTO {app.schema}.job (id, queue, data, run_at, retry_limit, retry_delay,"
+            " retry_backoff, expire_in, retention, created_at)"
+            " SELECT ('00000000-0000-7000-8000-' || lpad(to_hex(g), 12, '0'))::uuid, 'other',"
+            " '{}', now(), 2, 5, 'exponential', 900, 604800, now()"
+            " FROM generate_series(1, 100000) g"
+        )
+        conn.execute(f"ANALYZE {app.schema}.job")
+        conn.commit()
+        app.send_batch([("bench", {"i": i}) for i in range(200)])
+        plans = explained_fetches(conn, app.schema, 100)
+    claim = next(n for n in plans if "UPDATE" in n and "picked" in n)
+    assert "Merge Join" not in claim and "Hash Join" not in claim, claim
+    assert "Index Scan using job_pkey on job j " in claim and "loops=100)" in claim, claim

@@ -269,9 +269,9 @@ class Store:
         defaults_json = self._defaults_json(defaults)
         if len(specs) == 1:
             params = rows.plain_one_params(specs[0], defaults_json, now, meta)
-            return bool(self._value("job_insert_plain", params, conn))
+            return self._insert_plain("job_insert_plain", params, conn)
         params = rows.plain_params(specs, defaults_json, now, meta)
-        return bool(self._value("job_insert_plain_many", params, conn))
+        return self._insert_plain("job_insert_plain_many", params, conn)
 
     def job_insert_bare(
         self,
@@ -286,9 +286,14 @@ class Store:
         defaults_json = self._defaults_json(defaults)
         if len(ids) == 1:
             params = rows.bare_one_params(ids[0], queues[0], data[0], defaults_json, now)
-            return bool(self._value("job_insert_plain", params, conn))
+            return self._insert_plain("job_insert_plain", params, conn)
         params = rows.bare_params(ids, queues, data, defaults_json, now)
-        return bool(self._value("job_insert_plain_many", params, conn))
+        return self._insert_plain("job_insert_plain_many", params, conn)
+
+    def _insert_plain(self, name: str, params: dict[str, Any], conn: Conn | None) -> bool:
+        """Run a fast-path insert, which wakes the workers on this store's channel."""
+        params["channel"] = self.channel
+        return bool(self._value(name, params, conn))
 
     def _value(self, name: str, params: dict[str, Any], conn: Conn | None) -> Any:
         """The one value a write returns, with less ado than :meth:`_fetch` (the send's fast

@@ -81,7 +81,7 @@ ins AS (
     WHERE q.policy IS NULL OR q.policy NOT IN ('short', 'stately')
     RETURNING 1
 )
-SELECT count(pg_notify('conveyor:' || {schema_literal}, %(queue)s::text)) FROM ins;
+SELECT count(pg_notify(%(channel)s::text, %(queue)s::text)) FROM ins;
 
 -- The fast path of send_batch: job_insert_plain for many jobs, one array per column (NULL: no
 -- job sets it), the distinct queues in queues. All or nothing: it inserts no job (and returns
@@ -140,7 +140,7 @@ ins AS (
                         AND x.policy IN ('short', 'stately'))
     RETURNING queue
 )
-SELECT count(pg_notify('conveyor:' || {schema_literal}, w.queue))
+SELECT count(pg_notify(%(channel)s::text, w.queue))
 FROM (SELECT DISTINCT x.queue FROM ins x) w;
 
 -- The meta of jobs a send just inserted (the trace context of that send), in its transaction.

@@ -32,11 +32,11 @@ SCHEMA = os.environ.get("CONVEYOR_BENCH_SCHEMA", "conveyor_cpu")  # one per chec
 def child(dsn: str, jobs: int, retention: float | None, sync: bool) -> None:
     """In the tree under test: fill the schema, drain it, print one JSON line."""
     import resource
-    import threading
     import time
 
     import psycopg
 
+    from bench.backends import backend_cpu
     from conveyor import Conveyor, Job
 
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -64,35 +64,12 @@ def child(dsn: str, jobs: int, retention: float | None, sync: bool) -> None:
             return None
 
     ticks = os.sysconf("SC_CLK_TCK")
-    seen: dict[int, int] = {}
-    done = threading.Event()
-
-    def sample() -> None:
-        # A backend's CPU is read while it lives: the worker's pool closes with the drain.
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            while not done.is_set():
-                found = conn.execute(
-                    "SELECT pid FROM pg_stat_activity WHERE application_name LIKE %s",
-                    (f"% {SCHEMA}",),
-                ).fetchall()
-                for (pid,) in found:
-                    try:
-                        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                    except OSError:
-                        continue
-                    seen[pid] = max(seen.get(pid, 0), int(stat[11]) + int(stat[12]))
-                time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    before = resource.getrusage(resource.RUSAGE_SELF)
-    start = time.perf_counter()
-    ran = app.drain(concurrency=10)
-    elapsed = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    time.sleep(0.2)
-    done.set()
-    sampler.join()
+    with backend_cpu(dsn, SCHEMA) as seen:
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        start = time.perf_counter()
+        ran = app.drain(concurrency=10)
+        elapsed = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_SELF)
     app.close()
     worker = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     print(json.dumps({

@@ -29,14 +29,13 @@ import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
 
+from bench.backends import backend_cpu
 from bench.run import ROOT, SCHEMA, reset, run_workers
 from conveyor import Conveyor
 from conveyor.testing import LOCAL_TEST_DSN
@@ -57,44 +56,12 @@ def seed(dsn: str, n: int, fair: bool) -> None:
         conn.execute(f"VACUUM ANALYZE {SCHEMA}.job")
 
 
-@contextlib.contextmanager
-def backend_cpu(dsn: str) -> Iterator[dict[int, int]]:
-    """CPU ticks of the database backends whose application_name ends with the bench schema
-    (the worker's), read from /proc while they live (so PostgreSQL must run on this host)."""
-    seen: dict[int, int] = {}
-    done = threading.Event()
-
-    def sample() -> None:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            while not done.is_set():
-                found = conn.execute(
-                    "SELECT pid FROM pg_stat_activity WHERE application_name LIKE %s",
-                    (f"% {SCHEMA}",),
-                ).fetchall()
-                for (pid,) in found:
-                    try:
-                        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                    except OSError:
-                        continue
-                    seen[pid] = max(seen.get(pid, 0), int(stat[11]) + int(stat[12]))
-                time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
-        yield seen
-    finally:
-        time.sleep(0.2)
-        done.set()
-        sampler.join()
-
-
 def drain(dsn: str, n: int, fair: bool) -> dict[str, float]:
     """One worker process (concurrency 10) draining the n jobs: jobs/s, and CPU per job (us)
     of the worker process and of the database backends serving it."""
     seed(dsn, n, fair)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    with backend_cpu(dsn) as ticks:
+    with backend_cpu(dsn, SCHEMA) as ticks:
         result = run_workers(dsn, "drain", 10, 1)[0]
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     worker = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)

@@ -45,21 +45,30 @@ def seed(conn: psycopg.Connection[Any], schema: str) -> None:
     )
 
 
+def explain_statements(conn: psycopg.Connection[Any], *, analyze: bool) -> list[str]:
+    """Have auto_explain send the plan of every statement this connection runs, functions'
+    statements included, as a notice; the list they are appended to. Skips the test where
+    auto_explain is not installed."""
+    try:
+        conn.execute("LOAD 'auto_explain'")
+    except psycopg.errors.UndefinedFile:
+        pytest.skip("auto_explain is not installed on this server: plans cannot be read")
+    notices: list[str] = []
+    conn.add_notice_handler(lambda d: notices.append(str(d.message_primary)))
+    conn.execute(
+        "SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;"
+        " SET auto_explain.log_level = notice"
+        + ("; SET auto_explain.log_analyze = on" if analyze else "")
+    )
+    return notices
+
+
 def test_fetch_and_ack_use_their_indexes_on_a_large_table(app: Conveyor, conveyor_dsn: str) -> None:
     named = queries(app.schema)
     with psycopg.connect(conveyor_dsn, row_factory=dict_row) as conn:
         seed(conn, app.schema)
         conn.commit()
-        try:
-            conn.execute("LOAD 'auto_explain'")
-        except psycopg.errors.UndefinedFile:
-            pytest.skip("auto_explain is not installed on this server: plans cannot be read")
-        notices: list[str] = []
-        conn.add_notice_handler(lambda d: notices.append(str(d.message_primary)))
-        conn.execute(
-            "SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;"
-            " SET auto_explain.log_level = notice"
-        )
+        notices = explain_statements(conn, analyze=False)
         worker = uuid.uuid4()
         for _ in range(6):  # past the point where a cached generic plan takes over
             claimed = conn.execute(
@@ -129,16 +138,7 @@ def test_a_fair_queue_walks_its_keys_and_their_heads_by_index_whatever_one_key_h
         )
         conn.execute(f"ANALYZE {app.schema}.job")
         conn.commit()
-        try:
-            conn.execute("LOAD 'auto_explain'")
-        except psycopg.errors.UndefinedFile:
-            pytest.skip("auto_explain is not installed on this server: plans cannot be read")
-        notices: list[str] = []
-        conn.add_notice_handler(lambda d: notices.append(str(d.message_primary)))
-        conn.execute(
-            "SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;"
-            " SET auto_explain.log_level = notice; SET auto_explain.log_analyze = on"
-        )
+        notices = explain_statements(conn, analyze=True)
         for _ in range(6):  # past the point where a cached generic plan takes over
             claimed = conn.execute(
                 queries(app.schema)["job_fetch"].sql,
@@ -169,16 +169,7 @@ def insert_jobs(conn: psycopg.Connection[Any], schema: str, count: int, group: s
 def explained_fetches(conn: psycopg.Connection[Any], schema: str, limit: int) -> list[str]:
     """The plans of the statements of six fetches of 'bench' (the last ones run the cached
     generic plans), each fetch rolled back; the claimed jobs of the last one."""
-    try:
-        conn.execute("LOAD 'auto_explain'")
-    except psycopg.errors.UndefinedFile:
-        pytest.skip("auto_explain is not installed on this server: plans cannot be read")
-    notices: list[str] = []
-    conn.add_notice_handler(lambda d: notices.append(str(d.message_primary)))
-    conn.execute(
-        "SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;"
-        " SET auto_explain.log_level = notice; SET auto_explain.log_analyze = on"
-    )
+    notices = explain_statements(conn, analyze=True)
     conn.commit()  # the settings outlive the rollbacks below
     for _ in range(6):  # past the point where a cached generic plan takes over
         before = len(notices)

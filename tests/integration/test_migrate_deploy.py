@@ -310,7 +310,7 @@ def test_the_fetch_split_upgrades_a_filled_schema_of_the_previous_release(
                 ).fetchall()
             assert sorted(r["data"]["n"] for r in got) == [0, 3, 4]
     with Conveyor(conveyor_dsn, schema=scratch_schema) as app:
-        assert app.migrate()[-1] == f"{split.version:04d}_fetch_split"
+        assert f"{split.version:04d}_fetch_split" in app.migrate()
         for name in ("job_fetch_free_idx", "job_fetch_group_idx", "job_group_idx"):
             assert index_valid(conveyor_dsn, scratch_schema, name) is True
         for name in ("job_fetch_idx", "job_group_key_idx", "job_active_idx"):

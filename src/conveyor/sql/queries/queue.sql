@@ -134,10 +134,10 @@ SELECT (SELECT count(*) FROM gone) AS queues,
            + (SELECT count(*) FROM dead) AS jobs,
        (SELECT count(*) FROM windows) AS windows;
 
--- Whether the history of a schema migrated from the first layout is still being moved out of
--- job_history_legacy (0016): while it is, queue_delete_legacy runs too.
+-- Whether job_history_legacy (a schema migrated from the first layout, 0016) still holds a
+-- row: while it does, queue_delete_legacy runs too. NULL once the table is gone.
 -- name: history_legacy_exists :scalar
-SELECT to_regclass(quote_ident({schema_literal}) || '.job_history_legacy') IS NOT NULL AS present;
+SELECT {schema}.history_legacy_left(1) AS present;
 
 -- name: queue_delete_legacy :scalar
 WITH gone AS (

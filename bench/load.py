@@ -7,7 +7,8 @@ pre-loaded jobs. Then a producer sends ``--share`` of that rate while the same k
 runs them, maintenance on, for ``--minutes``. Every ``--sample`` seconds it prints the
 enqueue-to-start latency percentiles of the jobs that finished in that window, the live table's
 and its indexes' sizes, its dead tuples, the history's size, the backlog and the throughput. At
-the end it says whether latency and sizes stayed flat (last third against the first third).
+the end it says whether latency and sizes stayed flat (last third against the first third), and
+gives each figure's slope per minute over the last 10 minutes (or the last half of a shorter run).
 """
 
 from __future__ import annotations
@@ -89,6 +90,28 @@ def flat(rows: list[dict[str, Any]]) -> str:
     return "; ".join(parts)
 
 
+def slopes(rows: list[dict[str, Any]], minutes: float) -> str:
+    """Each figure's least-squares slope per minute over the last ``minutes`` of the run, beside
+    its mean there: a figure that holds has a slope near 0 against its mean."""
+    end = rows[-1]["minute"] if rows else 0.0
+    tail = [r for r in rows if r["minute"] >= end - minutes]
+    if len(tail) < 3:
+        return "too short for slopes"
+    xs = [r["minute"] for r in tail]
+    mx = sum(xs) / len(xs)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    parts = []
+    for key, name, unit in (("p50", "p50", "ms"), ("p99", "p99", "ms"),
+                            ("live_mb", "live table", "MB"), ("index_mb", "live indexes", "MB"),
+                            ("history_mb", "history", "MB"), ("backlog", "backlog", "jobs"),
+                            ("throughput", "finished", "jobs/s")):  # fmt: skip
+        ys = [r[key] for r in tail]
+        my = sum(ys) / len(ys)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+        parts.append(f"{name} {slope:+,.3f} {unit}/min (mean {my:,.2f})")
+    return f"slopes over the last {minutes:g} min: " + "; ".join(parts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dsn", default=LOCAL_TEST_DSN)
@@ -113,6 +136,7 @@ def main() -> None:
     achieved = sent / elapsed
     print(f"\nsent {sent:,} jobs in {elapsed:.0f}s ({achieved:,.0f} jobs/s of {rate:,} asked)")
     print(flat(rows))
+    print(slopes(rows, min(10.0, args.minutes / 2)))
 
 
 if __name__ == "__main__":

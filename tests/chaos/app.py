@@ -3,6 +3,12 @@
 Every attempt records its start in the ``ledger`` table over a connection of its own that does
 not pass through the harness's proxy, retrying until it gets through: the ledger is the
 harness's instrument and must not fail a job itself.
+
+The ledger row carries the moment the worker began the attempt (its ``job.started`` event, on
+the event loop, right after the worker judged its claim fresh) as well as the moment the row
+was written. Only the first says whether a worker started an attempt it no longer held: a
+handler begun before a SIGSTOP, or one retrying its ledger write through a database restart,
+writes its row after a newer attempt's although it began first.
 """
 
 from __future__ import annotations
@@ -11,10 +17,12 @@ import os
 import random
 import threading
 import time
+import uuid
 
 import psycopg
 
 from conveyor import Conveyor, Job
+from conveyor.events import Event
 
 SCHEMA = os.environ["CONVEYOR_SCHEMA"]
 LEDGER_DSN = os.environ["CHAOS_LEDGER_DSN"]
@@ -48,13 +56,22 @@ class WallClockJump:
         time.time_ns = lambda: self.real_time_ns() + int(self.current_offset() * 1e9)
 
 
-WallClockJump(os.environ["CHAOS_CLOCK_FILE"]).install()
+_clock = WallClockJump(os.environ["CHAOS_CLOCK_FILE"])
+_clock.install()
 app = Conveyor(os.environ["CONVEYOR_DATABASE_URL"], schema=SCHEMA)
 _local = threading.local()
+_began: dict[tuple[uuid.UUID, int], float] = {}  # (job, attempt): real wall time it began
+
+
+@app.on("job.started")
+def _began_attempt(event: Event) -> None:
+    assert event.job is not None
+    _began[(event.job.id, event.job.attempt)] = _clock.real_time()
 
 
 def ledger(job: Job) -> None:
     """Record this attempt's start; keep trying through restarts and cut connections."""
+    began = _began.pop((job.id, job.attempt), None)
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -64,8 +81,9 @@ def ledger(job: Job) -> None:
                     LEDGER_DSN, autocommit=True, connect_timeout=2, application_name="ledger"
                 )
             conn.execute(
-                f'INSERT INTO "{SCHEMA}".ledger (job_id, attempt, pid) VALUES (%s, %s, %s)',
-                [job.id, job.attempt, os.getpid()],
+                f'INSERT INTO "{SCHEMA}".ledger (job_id, attempt, pid, began_at) '
+                "VALUES (%s, %s, %s, to_timestamp(%s))",
+                [job.id, job.attempt, os.getpid(), began],
             )
             return
         except psycopg.Error:

@@ -315,7 +315,7 @@ class Chaos:
             with psycopg.connect(self.dsn, autocommit=True) as conn:
                 conn.execute(
                     f"CREATE TABLE {SCHEMA}.ledger (job_id uuid, attempt int, pid int, "
-                    "started_at timestamptz DEFAULT clock_timestamp())"
+                    "began_at timestamptz, started_at timestamptz DEFAULT clock_timestamp())"
                 )
             for _ in range(self.n_workers):
                 self._start_worker()
@@ -371,7 +371,8 @@ class Chaos:
                 for r in conn.execute(f"SELECT id, state, attempt FROM {SCHEMA}.job_history")
             }
             runs: list[tuple[Any, ...]] = conn.execute(
-                f"SELECT job_id, attempt, started_at FROM {SCHEMA}.ledger ORDER BY started_at"
+                f"SELECT job_id, attempt, coalesce(began_at, started_at) AS began "
+                f"FROM {SCHEMA}.ledger ORDER BY began"
             ).fetchall()
         committed = dict(self._committed)
         report.sent = len(committed)

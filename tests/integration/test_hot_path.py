@@ -13,7 +13,7 @@ import pytest
 
 from conveyor import Conveyor, Job, JobState
 from conveyor._store.worker_store import Ack, WorkerStore
-from conveyor.worker import runner
+from conveyor.worker import producer
 from conveyor.worker.completer import Completer
 from tests.integration.test_worker import worker_in_background
 
@@ -168,7 +168,7 @@ async def test_a_worker_kept_busy_by_sends_looks_up_the_next_due_time_at_most_ev
     """Each send wakes the idle worker and its fetch comes back short: the next due time is
     asked once per NEXT_DUE_SPACING, not after every fetch, and a job scheduled meanwhile still
     starts when due."""
-    monkeypatch.setattr(runner, "NEXT_DUE_SPACING", 0.5)
+    monkeypatch.setattr(producer, "NEXT_DUE_SPACING", 0.5)
     names = record_statements(monkeypatch)
     started: list[float] = []
 

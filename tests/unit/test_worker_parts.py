@@ -26,7 +26,7 @@ from conveyor.handlers import Registry
 from conveyor.options import TEN_YEARS
 from conveyor.worker import outcome
 from conveyor.worker.logs import configure_logging
-from conveyor.worker.runner import admit_claimed
+from conveyor.worker.producer import admit_claimed
 from conveyor.worker.supervisor import Supervisor
 from conveyor.worker.threads import DaemonThreadPool, LoopHandoff
 

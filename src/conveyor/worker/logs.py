@@ -38,7 +38,7 @@ from conveyor._store.conninfo import describe_dsn
 from conveyor.events import Event, Events
 
 if TYPE_CHECKING:
-    from conveyor.worker.runner import WorkerOptions
+    from conveyor.worker.state import WorkerOptions
 
 worker_log = logging.getLogger("conveyor.worker")
 job_log = logging.getLogger("conveyor.job")

@@ -9,7 +9,9 @@ bench.run's drain), once with nothing watching and once while ``conveyor dashboa
 schema and headless Chromium (Playwright) keeps each of ``--pages`` open, logged in, polling as
 an operator's tab does; the two alternate, and which goes first alternates by round. With
 ``--history N`` the schema also holds N finished jobs (and no future ones) before each drain.
-Prints each round, the medians and the paired ratio (open / closed; the target is >= 0.95).
+Prints each round, the medians and the paired ratio (open / closed; the target is >= 0.95),
+and for each drain watched, the CPU seconds the dashboard's server process and the browser's
+processes spent during it, beside the drain's own length.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 
+import psutil
 from playwright.sync_api import sync_playwright
 
 from bench.run import ROOT, SCHEMA, exactly_once, reset, run_workers, seed_large_tables
@@ -40,9 +43,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def cpu_seconds(procs: Sequence[psutil.Process]) -> float:
+    """User + system CPU seconds of these processes so far (0 for one that ended)."""
+    total = 0.0
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
 @contextlib.contextmanager
-def dashboard_open(dsn: str, pages: Sequence[str]) -> Iterator[None]:
-    """``conveyor dashboard`` on the bench schema, with a logged-in browser tab per page."""
+def dashboard_open(dsn: str, pages: Sequence[str]) -> Iterator[dict[str, list[psutil.Process]]]:
+    """``conveyor dashboard`` on the bench schema, with a logged-in browser tab per page; yields
+    the server's process and the browser's (for their CPU)."""
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "conveyor.cli", "--dsn", dsn, "--schema", SCHEMA, "dashboard",
@@ -75,26 +89,42 @@ def dashboard_open(dsn: str, pages: Sequence[str]) -> Iterator[None]:
                 if "/login" in tab.url:
                     sys.exit(f"bench: the tab of {path} was not logged in")
             login.close()
-            yield
+            ours = {p.pid for p in psutil.Process().children(recursive=True)}
+            browser_procs = [
+                p for p in psutil.Process().children(recursive=True)
+                if p.pid in ours and "chrom" in p.name()
+            ]  # fmt: skip
+            yield {"server": [psutil.Process(server.pid)], "browser": browser_procs}
             browser.close()
     finally:
         server.terminate()
         server.wait(30)
 
 
-def drain(dsn: str, jobs: int, history: int, pages: Sequence[str] | None) -> float:
-    """Jobs/s of one drain, the dashboard open on ``pages`` (None: no dashboard)."""
+def drain(dsn: str, jobs: int, history: int, pages: Sequence[str] | None) -> tuple[float, str]:
+    """Jobs/s of one drain, the dashboard open on ``pages`` (None: no dashboard), and what the
+    dashboard's processes spent during it."""
     with reset(dsn) as app:
         if history:
             seed_large_tables(dsn, history, 0)
         app.send_batch([("bench", {"i": i}) for i in range(jobs)])
-    watching = dashboard_open(dsn, pages) if pages is not None else contextlib.nullcontext()
-    with watching:
+    watching = dashboard_open(dsn, pages) if pages is not None else contextlib.nullcontext({})
+    spent = ""
+    with watching as procs:
         time.sleep(2.0 if pages is not None else 0.0)  # the tabs' first loads are done
+        before = {name: cpu_seconds(found) for name, found in procs.items()}
+        began = time.monotonic()
         results = run_workers(dsn, "drain", 10, 1)
+        took = time.monotonic() - began
+        if procs:
+            used = {name: cpu_seconds(found) - before[name] for name, found in procs.items()}
+            spent = (
+                f" (in {took:.1f} s: dashboard server {used['server']:.2f} CPU s, "
+                f"browser {used['browser']:.2f} CPU s)"
+            )
     if sum(r["ran"] for r in results) != jobs or not exactly_once(dsn, jobs, history, 0):
         sys.exit("bench: a drain lost or repeated jobs")
-    return jobs / max(r["seconds"] for r in results)
+    return jobs / max(r["seconds"] for r in results), spent
 
 
 def main() -> None:
@@ -113,10 +143,10 @@ def main() -> None:
     for r in range(args.rounds):
         order = (False, True) if r % 2 == 0 else (True, False)
         for watch in order:
-            rate = drain(args.dsn, args.jobs, args.history, pages if watch else None)
+            rate, spent = drain(args.dsn, args.jobs, args.history, pages if watch else None)
             (opened if watch else closed).append(rate)
             label = "dashboard open" if watch else "no dashboard"
-            print(f"round {r + 1}: {label:15} {rate:8,.0f} jobs/s", flush=True)
+            print(f"round {r + 1}: {label:15} {rate:8,.0f} jobs/s{spent}", flush=True)
         load.append(os.getloadavg()[0])
     paired = [o / c for o, c in zip(opened, closed, strict=True)]
     figures = {

@@ -89,11 +89,9 @@ def dashboard_open(dsn: str, pages: Sequence[str]) -> Iterator[dict[str, list[ps
                 if "/login" in tab.url:
                     sys.exit(f"bench: the tab of {path} was not logged in")
             login.close()
-            ours = {p.pid for p in psutil.Process().children(recursive=True)}
             browser_procs = [
-                p for p in psutil.Process().children(recursive=True)
-                if p.pid in ours and "chrom" in p.name()
-            ]  # fmt: skip
+                p for p in psutil.Process().children(recursive=True) if "chrom" in p.name()
+            ]
             yield {"server": [psutil.Process(server.pid)], "browser": browser_procs}
             browser.close()
     finally:

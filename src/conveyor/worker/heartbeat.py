@@ -78,8 +78,7 @@ class Heartbeat:
         """Stop attempts, running or claimed and waiting in the buffer, whose job was cancelled
         or recovered while a NOTIFY was missed or while this worker was frozen or cut off."""
         state = self._state
-        attempts = [(r.job.id, r.job.attempt) for r in state.running.values()]
-        attempts += state.unstarted()
+        attempts = [*state.running, *state.unstarted()]
         if not attempts:
             return
         held = await state.store.job_held(state.id, attempts)

@@ -109,8 +109,10 @@ class Worker:
             self._state, registry, self._transactions, rng=rng, tracer_provider=tracer_provider
         )
         self._heartbeat = Heartbeat(self._state, self.health, self._executor.cancel)
-        self._supervisor: Supervisor | None = None
-        self._producer: Producer | None = None
+        # A crash loop is slowed to one restart every 5 s at most, so a worker whose completer
+        # or heartbeat failed for a moment is never held back from its jobs for long.
+        self._supervisor = Supervisor(self._on_service_error, max_backoff=5.0)
+        self._producer = Producer(self._state, self._supervisor.essential_up)
 
     @property
     def jobs_run(self) -> int:
@@ -132,11 +134,7 @@ class Worker:
 
     async def run(self) -> int:
         """Serve until stopped; return how many attempts this worker ran."""
-        state = self._state
-        # A crash loop is slowed to one restart every 5 s at most, so a worker whose completer
-        # or heartbeat failed for a moment is never held back from its jobs for long.
-        supervisor = self._supervisor = Supervisor(self._on_service_error, max_backoff=5.0)
-        producer = self._producer = Producer(state, supervisor.essential_up)
+        state, supervisor, producer = self._state, self._supervisor, self._producer
         try:
             await self._heartbeat.register()
             await producer.prepare()
@@ -192,9 +190,7 @@ class Worker:
         and the claims still waiting in its buffer ("id/attempt"; if the worker dies, recovery
         does not count those attempts against their jobs, since they never started)."""
         supervisor = self._supervisor
-        down = {} if supervisor is None else {
-            name: supervisor.states[name].last_error for name in supervisor.down()
-        }  # fmt: skip
+        down = {name: supervisor.states[name].last_error for name in supervisor.down()}
         unstarted = [f"{job_id}/{attempt}" for job_id, attempt in self._state.unstarted()]
         return {"services_down": down, "stuck_threads": self._threads.stuck, "unstarted": unstarted}
 
@@ -202,15 +198,14 @@ class Worker:
 
     def _on_notify(self, channel: str, payload: str) -> None:
         if channel == self._store.cancel_channel and payload.startswith(PAUSED_PREFIX):
-            if self._producer is not None:
-                self._producer.paused(payload[len(PAUSED_PREFIX) :])
+            self._producer.paused(payload[len(PAUSED_PREFIX) :])
         elif channel == self._store.cancel_channel:
             # "id" from cancel(); "id/attempt" from recovery, which must not stop a later
             # attempt of the same job that this worker may have claimed since.
             job_id, _, attempt = payload.partition("/")
             with contextlib.suppress(ValueError):
                 self._executor.cancel(uuid.UUID(job_id), int(attempt) if attempt else None)
-        elif payload in self.options.queues and self._producer is not None:
+        elif payload in self.options.queues:
             self._producer.heard(payload)
 
     def _on_service_error(self, service: str, exc: BaseException) -> None:

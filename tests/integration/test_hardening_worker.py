@@ -436,3 +436,44 @@ async def test_a_passing_error_on_an_ack_writes_the_same_outcome_again(
         done = await asyncio.gather(*(app_async.wait_for_async(i, timeout=10) for i in ids))
     assert cancelled == 2
     assert [(j.state, j.result, j.errors) for j in done] == [(JobState.COMPLETED, 7, [])] * 3
+
+
+# -- a claim whose answer was lost -----------------------------------------------------------
+
+
+async def test_a_job_claimed_in_a_live_workers_name_but_never_received_is_handed_back(
+    app_async: Conveyor, conveyor_dsn: str
+) -> None:
+    """A fetch can commit and its answer be lost with the connection: the worker holds jobs it
+    does not know of. Its heartbeat hands them back unstarted, long before their expire_in,
+    and never takes the jobs it runs or keeps in its buffer for such."""
+
+    @app_async.job("q")
+    async def slow(job: Job) -> int:
+        await asyncio.sleep(0.8)
+        return job.attempt
+
+    known = [await app_async.send_async("q", {"n": n}) for n in range(3)]
+    lost = await app_async.send_async("other", {}, expire_in=3600)
+    store = WorkerStore(conveyor_dsn, app_async.schema, min_size=0, max_size=1)
+    try:
+        async for _stop, _task in worker_in_background(
+            app_async, concurrency=1, prefetch=5, heartbeat_interval=0.2, poll_interval=0.1
+        ):
+            while not (workers := await app_async.list_workers_async()):
+                await asyncio.sleep(0.02)
+            # The claim the worker never heard of: a job of a queue it does not even serve,
+            # claimed in its name.
+            [row] = await store.job_fetch(["other"], workers[0].id, 1, None)
+            assert row[0] == lost
+            deadline = time.monotonic() + 10
+            while (job := await app_async.get_job_async(lost)).state is JobState.ACTIVE:
+                assert time.monotonic() < deadline, "the lost claim was never handed back"
+                await asyncio.sleep(0.05)
+            done = [await app_async.wait_for_async(i, timeout=15) for i in known]
+    finally:
+        await store.close()
+    # Handed back unstarted: the attempt is not spent and no error is recorded.
+    assert (job.state, job.attempt, job.errors, job.worker_id) == (JobState.CREATED, 0, [], None)
+    # The jobs it ran and buffered across many heartbeats were never taken for lost ones.
+    assert [(d.state, d.result, d.errors) for d in done] == [(JobState.COMPLETED, 1, [])] * 3

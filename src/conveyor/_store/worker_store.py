@@ -153,6 +153,17 @@ class WorkerStore(AsyncStore):
         }
         return {r["id"] for r in await self._rows("job_held", params, None)}
 
+    async def job_orphaned(
+        self, worker: UUID, known: Sequence[tuple[UUID, int]]
+    ) -> list[tuple[UUID, int]]:
+        """The attempts (id, attempt) this worker holds in the database other than ``known``."""
+        params = {
+            "id": [a[0] for a in known],
+            "attempt": [a[1] for a in known],
+            "worker": worker,
+        }
+        return [(r["id"], r["attempt"]) for r in await self._rows("job_orphaned", params, None)]
+
     async def schedule_fire(self, name: str, ticks: Sequence[datetime]) -> list[UUID]:
         """Fire ticks of a schedule; the jobs of the ticks this call won."""
         found = await self._rows("schedule_fire", {"name": name, "ticks": list(ticks)}, None)

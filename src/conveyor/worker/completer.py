@@ -44,6 +44,10 @@ class Completer:
         self._flush_interval = flush_interval
         self._batch_size = batch_size
         self._acks: list[Ack] = []
+        self._writing: list[Ack] = []  # the batch a statement under way writes
+        # Attempts whose outcome no statement could write: they stay active until recovery
+        # takes them back, and must not be taken for claims the worker lost track of.
+        self._abandoned: set[tuple[UUID, int]] = set()
         self._progress: dict[tuple[UUID, int], dict[str, Any]] = {}
         self._pending = asyncio.Event()
         self._full = asyncio.Event()
@@ -60,6 +64,15 @@ class Completer:
         """Queue the latest progress of a running attempt (older values are dropped)."""
         self._progress[(job_id, attempt)] = value
         self._pending.set()
+
+    def unwritten(self) -> list[tuple[UUID, int]]:
+        """The attempts (job, attempt) whose outcome is queued, being written, or could not be
+        written: still active in the database, though no longer running."""
+        return [
+            *((a.job_id, a.attempt) for a in self._acks),
+            *((a.job_id, a.attempt) for a in self._writing),
+            *self._abandoned,
+        ]
 
     async def run(self, stop: asyncio.Event) -> None:
         """Flush batches until ``stop`` is set; the caller flushes what remains with drain()."""
@@ -94,6 +107,7 @@ class Completer:
             self._full.clear()
             acks, self._acks = self._acks, []
             try:
+                self._writing = acks
                 changed, claimed = await self._store.job_ack_fetch(
                     self._worker_id, acks, queues, limit, self._clock()
                 )
@@ -107,6 +121,8 @@ class Completer:
                 self._acks[:0] = acks
                 self._pending.set()
                 raise
+            finally:
+                self._writing = []
             by_id = {c.id: c for c in changed}
             for ack in acks:
                 self._on_changed(ack, by_id.get(ack.job_id))
@@ -117,6 +133,7 @@ class Completer:
         self._full.clear()
         progress, self._progress = self._progress, {}
         acks, self._acks = self._acks, []
+        self._writing = acks
         try:
             if progress:
                 # Progress first: an ack in the same batch would finish the job before it.
@@ -130,6 +147,8 @@ class Completer:
                 self._progress.setdefault(key, value)
             self._pending.set()
             raise
+        finally:
+            self._writing = []
 
     async def _write_progress(self, progress: dict[tuple[UUID, int], dict[str, Any]]) -> None:
         try:
@@ -180,6 +199,7 @@ class Completer:
         except ValidationError as again:
             log.error("job %s attempt %d: no outcome could be written (%s); recovery will take "
                       "it back after its expire_in", ack.job_id, ack.attempt, again)  # fmt: skip
+            self._abandoned.add((ack.job_id, ack.attempt))
             return [(ack, None)]
 
     async def drain(self, attempts: int = 5) -> None:

@@ -1,6 +1,7 @@
 """The worker's heartbeat: it tells the database the worker is alive (with its health), finds
-the attempts it lost while a NOTIFY was missed or while it was frozen or cut off, and registers
-again when it learns it was presumed dead.
+the attempts it lost while a NOTIFY was missed or while it was frozen or cut off, registers
+again when it learns it was presumed dead, and hands back the jobs it holds without knowing (a
+claim whose answer was lost).
 
 Claims wait in the local buffer only while the last heartbeat is recent (see
 :meth:`WorkerState.claims_fresh`); a slot that finds them stale sets ``verify_claims``, which
@@ -19,6 +20,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from conveyor._store.worker_store import Ack
 from conveyor.errors import DatabaseUnavailable
 from conveyor.worker.state import WorkerState
 from conveyor.worker.waiting import first_of
@@ -71,6 +73,7 @@ class Heartbeat:
                 state.alive_at = sent_at
                 state.start_buffered()
                 state.slot_freed.set()
+                await self.release_orphans()
             except DatabaseUnavailable as exc:
                 state.on_error(exc)
 
@@ -85,3 +88,25 @@ class Heartbeat:
         for job_id, attempt in attempts:
             if job_id not in held:
                 self._cancel(job_id, attempt)
+
+    async def release_orphans(self) -> None:
+        """Hand back, unstarted, the jobs the database says this worker holds but it knows
+        nothing of: a fetch that committed but whose answer was lost (the connection dropped
+        on the way back) claimed them. Left alone, they would wait for their ``expire_in``.
+
+        Only while no claim is under way (its rows would look orphaned until they reach the
+        buffer), and only if none began while the database was asked."""
+        state = self._state
+        if state.claims_under_way:
+            return
+        begun = state.claims_begun
+        known = [*state.running, *state.unstarted(), *state.completer.unwritten()]
+        orphaned = await state.store.job_orphaned(state.id, known)
+        if not orphaned or state.claims_begun != begun:
+            return
+        log.warning(
+            "worker %s holds %d job(s) it never received (a claim whose answer was lost); "
+            "handing them back", state.id, len(orphaned),
+        )  # fmt: skip
+        for job_id, attempt in orphaned:
+            state.completer.add(Ack(job_id, attempt, "release"))

@@ -132,22 +132,13 @@ class Producer:
                 await self._wait(state.slot_freed)
                 continue
             try:
-                presumed_dead = state.presumed_dead
-                asked_at = time.monotonic()
-                jobs = await state.completer.fetch(opts.queues, room)
-                if jobs and presumed_dead != state.presumed_dead:
-                    jobs = await self._still_held(jobs)
-                if self._paused_at:
-                    jobs = self._unpaused(jobs, asked_at)
+                jobs = await self._claim(room)
                 failures = 0
             except DatabaseUnavailable as exc:
                 failures += 1
                 state.on_error(exc)
                 await self._wait(None, min(10.0, 0.1 * 2**failures))
                 continue
-            self._learn_fair(jobs)
-            admit_claimed(state.buffer, jobs)
-            state.start_buffered()
             if len(jobs) == room:
                 # A full batch: more may be waiting. Refill once a good share of the room is
                 # free again, so fetches stay batched instead of one per finished job.
@@ -161,10 +152,11 @@ class Producer:
                 # Nothing due and nothing running: write pending outcomes (a retry due now exists
                 # only once acknowledged), then look once more before calling it done.
                 await state.completer.drain()
-                again = await state.store.job_fetch(opts.queues, state.id, room, state.clock())
+                with state.claiming():
+                    again = await state.store.job_fetch(opts.queues, state.id, room, state.clock())
+                    admit_claimed(state.buffer, again)
                 if not again:
                     return
-                admit_claimed(state.buffer, again)
                 state.start_buffered()
                 continue
             # A short fetch: whatever falls due next is announced by no NOTIFY.
@@ -175,6 +167,23 @@ class Producer:
                 await self._wait(state.wake, poll)
             finally:
                 self._idle = False
+
+    async def _claim(self, room: int) -> list[tuple[Any, ...]]:
+        """Claim up to ``room`` jobs into the buffer (with the pending outcomes, see
+        Completer.fetch); the rows claimed."""
+        state = self._state
+        with state.claiming():
+            presumed_dead = state.presumed_dead
+            asked_at = time.monotonic()
+            jobs = await state.completer.fetch(state.options.queues, room)
+            if jobs and presumed_dead != state.presumed_dead:
+                jobs = await self._still_held(jobs)
+            if self._paused_at:
+                jobs = self._unpaused(jobs, asked_at)
+            self._learn_fair(jobs)
+            admit_claimed(state.buffer, jobs)
+        state.start_buffered()
+        return jobs
 
     async def _wait(self, event: asyncio.Event | None, timeout: float | None = None) -> None:
         waits: list[Any] = [self._state.stop.wait()]
@@ -250,24 +259,26 @@ class Producer:
                 return
             # Two at least: with two keys, one claim of one job would serve the first key only.
             limit = max(2, min(EXPRESS_LIMIT, max(free, 0) + ahead))
-            presumed_dead = state.presumed_dead
-            asked_at = self._express_asked_at = time.monotonic()
-            try:
-                jobs = await state.store.job_fetch([queue], state.id, limit, state.clock())
-                if jobs and presumed_dead != state.presumed_dead:
-                    jobs = await self._still_held(jobs)
-            except DatabaseUnavailable as exc:  # the producer's fetches find the job instead
-                log.debug("express fetch of queue %s failed: %s", queue, exc)
-                return
-            finally:
-                self._express_asked_at = None
-            # Paused since it was sent: handed back. (Not through _unpaused, which forgets the
-            # pauses older than this fetch that the producer's fetch, if sent earlier, must see.)
-            paused = {q for q, at in self._paused_at.items() if at >= asked_at}
-            if paused:
-                self.release([row for row in jobs if row[rows.FETCHED_QUEUE] in paused])
-                jobs = [row for row in jobs if row[rows.FETCHED_QUEUE] not in paused]
-            admit_claimed(state.buffer, jobs)
+            with state.claiming():
+                presumed_dead = state.presumed_dead
+                asked_at = self._express_asked_at = time.monotonic()
+                try:
+                    jobs = await state.store.job_fetch([queue], state.id, limit, state.clock())
+                    if jobs and presumed_dead != state.presumed_dead:
+                        jobs = await self._still_held(jobs)
+                except DatabaseUnavailable as exc:  # the producer's fetches find the job instead
+                    log.debug("express fetch of queue %s failed: %s", queue, exc)
+                    return
+                finally:
+                    self._express_asked_at = None
+                # Paused since it was sent: handed back. (Not through _unpaused, which forgets
+                # the pauses older than this fetch that the producer's fetch, if sent earlier,
+                # must see.)
+                paused = {q for q, at in self._paused_at.items() if at >= asked_at}
+                if paused:
+                    self.release([row for row in jobs if row[rows.FETCHED_QUEUE] in paused])
+                    jobs = [row for row in jobs if row[rows.FETCHED_QUEUE] not in paused]
+                admit_claimed(state.buffer, jobs)
             state.start_buffered()
             if not self._express_again or self._idle or state.stop.is_set():
                 self._express_again.clear()

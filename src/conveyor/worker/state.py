@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -83,6 +84,11 @@ class WorkerState:
     avg_duration: float | None = None  # of recent attempts, seconds
     # The producer fetches again once this much room is free (see Producer.run).
     refill_at: int = 1
+    # Claims under way (fetch sent, rows not yet in the buffer), and how many were ever begun:
+    # the heartbeat looks for claims it lost track of only while none is under way, and
+    # trusts what it found only if none began meanwhile (see Heartbeat.release_orphans).
+    claims_under_way: int = 0
+    claims_begun: int = 0
 
     def slots(self) -> int:
         """Slots that can run a job now: each thread stuck past the pool's replacements holds
@@ -114,6 +120,17 @@ class WorkerState:
             return
         if self.buffer:
             self.rows_ready.set()
+
+    @contextlib.contextmanager
+    def claiming(self) -> Iterator[None]:
+        """Mark a claim under way, from before its fetch is sent until its rows are in the
+        buffer (or handed back, or the fetch failed)."""
+        self.claims_under_way += 1
+        self.claims_begun += 1
+        try:
+            yield
+        finally:
+            self.claims_under_way -= 1
 
     def unstarted(self) -> list[tuple[uuid.UUID, int]]:
         """The claims waiting in the buffer, as (job, attempt)."""

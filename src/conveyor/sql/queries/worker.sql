@@ -104,6 +104,17 @@ FROM {schema}.job j
 JOIN unnest(%(id)s::uuid[], %(attempt)s::integer[]) AS h(id, attempt) ON h.id = j.id
 WHERE j.attempt = h.attempt AND j.worker_id = %(worker)s::uuid;
 
+-- The attempts this worker holds that are not among those it knows of: claimed by a fetch whose
+-- answer never reached it (the connection dropped after the commit). Along the partial index of
+-- running jobs, so the cost is that of the running jobs, never of the backlog.
+-- name: job_orphaned :many
+SELECT j.id, j.attempt
+FROM {schema}.job j
+WHERE j.state = 'active' AND j.worker_id = %(worker)s::uuid
+  AND NOT EXISTS (
+    SELECT 1 FROM unnest(%(id)s::uuid[], %(attempt)s::integer[]) AS k(id, attempt)
+    WHERE k.id = j.id AND k.attempt = j.attempt);
+
 -- name: worker_list :many
 SELECT * FROM {schema}.worker ORDER BY started_at, id;
 

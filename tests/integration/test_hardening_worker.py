@@ -24,6 +24,7 @@ from conveyor.scheduler import Scheduler
 from conveyor.worker import runner
 from conveyor.worker.completer import Completer
 from conveyor.worker.service import ServiceContext
+from conveyor.worker.state import WorkerState
 from tests.integration.test_worker import worker_in_background
 
 
@@ -477,3 +478,25 @@ async def test_a_job_claimed_in_a_live_workers_name_but_never_received_is_handed
     assert (job.state, job.attempt, job.errors, job.worker_id) == (JobState.CREATED, 0, [], None)
     # The jobs it ran and buffered across many heartbeats were never taken for lost ones.
     assert [(d.state, d.result, d.errors) for d in done] == [(JobState.COMPLETED, 1, [])] * 3
+
+
+async def test_a_burst_drain_runs_the_claims_it_holds_before_it_calls_the_queue_empty(
+    app_async: Conveyor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Claims wait in the buffer while the heartbeat is not recent (as under a loaded machine):
+    a drain that finds nothing more to claim still runs them, instead of ending and handing
+    them back unrun."""
+    ran: list[int] = []
+
+    @app_async.job("q")
+    async def record(job: Job) -> None:
+        ran.append(job.data["n"])
+
+    for n in range(6):
+        await app_async.send_async("q", {"n": n})
+    fresh_after = time.monotonic() + 0.5
+    monkeypatch.setattr(WorkerState, "claims_fresh", lambda self: time.monotonic() > fresh_after)
+    count = await app_async.run_worker_async(
+        ["q"], 1, prefetch=10, burst=True, heartbeat_interval=0.1
+    )
+    assert (count, sorted(ran)) == (6, list(range(6)))

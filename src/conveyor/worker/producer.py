@@ -146,7 +146,9 @@ class Producer:
                 continue
             state.refill_at = 1
             if opts.burst:
-                if jobs or state.running:
+                # Claims in the buffer count too: they wait there while the heartbeat is not
+                # recent, and a drain that ended now would hand them back unrun.
+                if jobs or state.running or state.buffer:
                     await self._wait(state.slot_freed)
                     continue
                 # Nothing due and nothing running: write pending outcomes (a retry due now exists

@@ -32,6 +32,7 @@ SELECT pg_total_relation_size('{SCHEMA}.job'), pg_indexes_size('{SCHEMA}.job'),
          + pg_total_relation_size('{SCHEMA}.job_dead'),
        (SELECT count(*) FROM {SCHEMA}.job WHERE state IN ('created', 'retry')),
        {FINISHED},
+       (SELECT count(*) FROM pg_partition_tree('{SCHEMA}.job_archive') WHERE isleaf),
        (SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (
                    ORDER BY extract(epoch FROM started_at - run_at))
         FROM {SCHEMA}.job_history
@@ -39,7 +40,7 @@ SELECT pg_total_relation_size('{SCHEMA}.job'), pg_indexes_size('{SCHEMA}.job'),
 """
 HEADER = (
     "| minute | p50 / p95 / p99 ms | live table | live indexes | live dead tuples "
-    "| history | backlog | finished jobs/s |"
+    "| history (partitions) | backlog | finished jobs/s | worker RSS | worker CPU |"
 )
 
 
@@ -49,7 +50,7 @@ def take_load(every: float) -> Callable[[psycopg.Connection[Any]], Sampled]:
     def take(conn: psycopg.Connection[Any]) -> Sampled:
         found = conn.execute(SAMPLE, (every,)).fetchone()  # type: ignore[arg-type]
         assert found is not None
-        live, indexes, dead, history, backlog, finished, pct = found
+        live, indexes, dead, history, backlog, finished, partitions, pct = found
         p50, p95, p99 = (1000 * p for p in pct) if pct else (0.0, 0.0, 0.0)
         row = {
             "p50": p50,
@@ -60,6 +61,7 @@ def take_load(every: float) -> Callable[[psycopg.Connection[Any]], Sampled]:
             "dead": int(dead or 0),
             "history_mb": history / MB,
             "backlog": int(backlog),
+            "partitions": int(partitions),
         }
         return row, int(finished or 0)
 
@@ -71,7 +73,9 @@ def show_load(row: dict[str, Any]) -> str:
     return (
         f"| {row['minute']:.1f} | {row['p50']:.1f} / {row['p95']:.1f} / {row['p99']:.1f} "
         f"| {row['live_mb']:.2f} MB | {row['index_mb']:.2f} MB | {row['dead']:,} "
-        f"| {row['history_mb']:.1f} MB | {row['backlog']:,} | {row['throughput']:,.0f} |"
+        f"| {row['history_mb']:.1f} MB ({row['partitions']}) | {row['backlog']:,} "
+        f"| {row['throughput']:,.0f} | {row.get('worker_rss_mb', 0):.0f} MB "
+        f"| {row.get('worker_cpu', 0):.0%} |"
     )
 
 
@@ -104,8 +108,10 @@ def slopes(rows: list[dict[str, Any]], minutes: float) -> str:
     for key, name, unit in (("p50", "p50", "ms"), ("p99", "p99", "ms"),
                             ("live_mb", "live table", "MB"), ("index_mb", "live indexes", "MB"),
                             ("history_mb", "history", "MB"), ("backlog", "backlog", "jobs"),
-                            ("throughput", "finished", "jobs/s")):  # fmt: skip
-        ys = [r[key] for r in tail]
+                            ("throughput", "finished", "jobs/s"),
+                            ("worker_rss_mb", "worker RSS", "MB"),
+                            ("worker_cpu", "worker CPU", "cores")):  # fmt: skip
+        ys = [r.get(key, 0.0) for r in tail]
         my = sum(ys) / len(ys)
         slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
         parts.append(f"{name} {slope:+,.3f} {unit}/min (mean {my:,.2f})")
@@ -128,7 +134,7 @@ def main() -> None:
     )
     reset(args.dsn)
     print(HEADER)
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
     rows, sent, elapsed = steady(
         args.dsn, rate, args.minutes * 60, args.retention, args.sample,
         take_load(args.sample), show_load,

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import psutil
 import psycopg
 
 from bench.run import ROOT
@@ -62,7 +63,7 @@ def reset(dsn: str) -> None:
 
 
 @contextlib.contextmanager
-def worker(dsn: str) -> Iterator[None]:
+def worker(dsn: str) -> Iterator[subprocess.Popen[str]]:
     """One worker process (concurrency 10) serving the bench queue, stopped with SIGTERM."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.worker_proc", dsn, SCHEMA, "serve", "10"],
@@ -72,7 +73,7 @@ def worker(dsn: str) -> Iterator[None]:
     )
     try:
         time.sleep(1.5)
-        yield
+        yield proc
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=120)
@@ -88,17 +89,27 @@ def sample_every(
     rows: list[dict[str, Any]],
     take: Callable[[psycopg.Connection[Any]], Sampled],
     show: Callable[[dict[str, Any]], str],
+    worker_pid: int | None = None,
 ) -> None:
-    """Every ``every`` seconds until ``done``: ``take`` a sample, add the minute and the
-    throughput since the last one (jobs finished a second), keep it and print ``show(row)``."""
+    """Every ``every`` seconds until ``done``: ``take`` a sample, add the minute, the
+    throughput since the last one (jobs finished a second) and, given its pid, the worker
+    process's resident memory and its share of a core since the last one; keep it and print
+    ``show(row)``."""
     start = time.perf_counter()
+    process = None if worker_pid is None else psutil.Process(worker_pid)
     with psycopg.connect(dsn, autocommit=True) as conn:
         last_finished, last_at = 0, start
+        last_cpu = 0.0 if process is None else sum(process.cpu_times()[:2])
         while not done.wait(every - (time.perf_counter() - start) % every):
             row, finished = take(conn)
             now = time.perf_counter()
             row["minute"] = (now - start) / 60
             row["throughput"] = (finished - last_finished) / (now - last_at)
+            if process is not None:
+                cpu = sum(process.cpu_times()[:2])
+                row["worker_rss_mb"] = process.memory_info().rss / MB
+                row["worker_cpu"] = (cpu - last_cpu) / (now - last_at)
+                last_cpu = cpu
             last_finished, last_at = finished, now
             rows.append(row)
             print(show(row), flush=True)
@@ -159,9 +170,9 @@ def steady(
     rows: list[dict[str, Any]] = []
     done = threading.Event()
     per_tick = max(1, rate // 100)
-    with worker(dsn), Conveyor(dsn, schema=SCHEMA, retention=retention) as app:
+    with worker(dsn) as proc, Conveyor(dsn, schema=SCHEMA, retention=retention) as app:
         thread = threading.Thread(
-            target=sample_every, args=(dsn, every, done, rows, take, show), daemon=True
+            target=sample_every, args=(dsn, every, done, rows, take, show, proc.pid), daemon=True
         )
         thread.start()
         start = time.perf_counter()

@@ -1,5 +1,6 @@
 """The send's fast path (``job_insert_plain``): a job with no unique or throttle key, no
-dependencies and no completion hook is stored by one plain statement instead of insert_jobs.
+dependencies and no completion hook is stored by one plain statement instead of insert_jobs; a
+large batch of jobs that set no option, by a binary COPY (``job_copy_in``).
 
 It must store exactly the row the general path stores for the same input, whatever the queue's
 options say at that moment, and wake workers the same way (a NOTIFY per queue, at commit).
@@ -17,7 +18,10 @@ import psycopg
 import pytest
 
 from conveyor import Conveyor, FrozenClock
+from conveyor._store import store_async
+from conveyor._store.connections import COPY_MIN
 from conveyor._store.store_async import AsyncStore
+from conveyor.errors import DuplicateJob
 from conveyor.options import JobSpec, job_spec
 
 NOW = datetime(2031, 3, 4, 5, 6, 7, 891011, tzinfo=UTC)
@@ -283,3 +287,133 @@ async def test_concurrent_first_sends_to_a_new_queue(app_async: Conveyor) -> Non
     ids = await asyncio.gather(*(app_async.send_async("fresh", i) for i in range(8)))
     assert len(set(ids)) == 8
     assert [q.name for q in await app_async.list_queues_async()] == ["fresh"]
+
+
+# -- the COPY of a large batch of jobs that set no option ------------------------------------
+
+
+async def test_a_copied_batch_stores_what_the_general_path_stores(
+    conveyor_dsn: str, conveyor_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every queue's options resolved as insert_jobs resolves them (the queue's, the app's, the
+    built-in ones; a fair queue's key), the data stored as JSON values, and a queue first
+    named by the batch created."""
+    monkeypatch.setattr(store_async, "COPY_MIN", 2)  # a small batch shows every queue's case
+    copied: list[int] = []
+    real = AsyncStore._copy_bare
+
+    async def counted(self: AsyncStore, ids: list[uuid.UUID], *args: Any) -> bool:
+        answer: bool = await real(self, ids, *args)
+        copied.append(len(ids) if answer else 0)
+        return answer
+
+    monkeypatch.setattr(AsyncStore, "_copy_bare", counted)
+    clock = FrozenClock(NOW)
+    async with (
+        Conveyor(conveyor_dsn, schema=conveyor_schema, clock=clock, **APP_DEFAULTS) as app,
+        await psycopg.AsyncConnection.connect(conveyor_dsn, autocommit=True) as conn,
+    ):
+        await make_queues(app)
+        data: list[Any] = [{"q": "x", "é": [1.5, None]}, "text", 7, None, [{"deep": {}}]]
+        items = [(q, d) for q in [*QUEUES, "another-new"] for d in data]
+        fast = await app.send_batch_async(items)
+        slow = await general(app, [job_spec(q, d, {}, 1 << 20) for q, d in items])
+        assert copied == [len(items)]
+        assert await rows_of(conn, conveyor_schema, fast) == await rows_of(
+            conn, conveyor_schema, slow
+        )
+        assert [j.data for j in await app.get_jobs_async(fast[:5])] == data
+        assert (await app.get_queue_async("another-new")).retry_limit is None
+
+
+@pytest.mark.parametrize("policy", ["short", "stately"])
+async def test_a_large_batch_for_a_queue_that_keeps_a_queued_key_is_not_copied(
+    app_async: Conveyor, policy: str
+) -> None:
+    await app_async.create_queue_async("one-waiting", policy=policy)
+    batch = [("elsewhere", n) for n in range(COPY_MIN)] + [
+        ("one-waiting", "a"),
+        ("one-waiting", "b"),
+    ]
+    ids = await app_async.send_batch_async(batch)
+    # insert_jobs settled the key: the second job of the queue is the first one.
+    assert ids[-1] == ids[-2]
+    assert len(await app_async.list_jobs_async("one-waiting")) == 1
+    assert len(set(ids[:COPY_MIN])) == COPY_MIN
+    assert (await app_async.queue_stats_async("elsewhere")).queued == COPY_MIN
+
+
+@pytest.mark.parametrize("autocommit", [True, False])
+async def test_a_copied_batch_in_the_caller_s_transaction_wakes_listeners_with_its_rows(
+    app_async: Conveyor, conveyor_dsn: str, conveyor_schema: str, autocommit: bool
+) -> None:
+    """In the caller's transaction, the rows and the NOTIFY commit together; on a caller's
+    connection in autocommit, the COPY makes its own transaction, so a worker woken by the
+    NOTIFY finds the rows."""
+    channel = f"conveyor:{conveyor_schema}"
+    async with (
+        await psycopg.AsyncConnection.connect(conveyor_dsn, autocommit=True) as listener,
+        await psycopg.AsyncConnection.connect(conveyor_dsn, autocommit=autocommit) as caller,
+    ):
+        await listener.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(channel)))
+        batch = [("woken", n) for n in range(COPY_MIN)] + [("also", -1)]
+        ids = await app_async.send_batch_async(batch, connection=caller)
+        if not autocommit:
+            await listener.execute("SELECT 1")
+            assert [n.payload async for n in listener.notifies(timeout=0, stop_after=1)] == []
+            await caller.commit()
+        heard = [
+            n.payload
+            async for n in listener.notifies(timeout=5, stop_after=2)
+            if n.channel == channel
+        ]
+        # What a worker woken now would find: every row.
+        count = psycopg.sql.SQL("SELECT count(*) FROM {}.job").format(
+            psycopg.sql.Identifier(conveyor_schema)
+        )
+        found = await (await listener.execute(count)).fetchone()
+        assert sorted(heard) == ["also", "woken"]
+        assert found == (COPY_MIN + 1,)
+        assert len(await app_async.get_jobs_async(ids)) == COPY_MIN + 1
+
+
+async def test_a_rolled_back_copied_batch_stores_nothing(
+    app_async: Conveyor, conveyor_dsn: str
+) -> None:
+    async with await psycopg.AsyncConnection.connect(conveyor_dsn) as caller:
+        ids = await app_async.send_batch_async(
+            [("gone", n) for n in range(COPY_MIN)], connection=caller
+        )
+        await caller.rollback()
+    assert await app_async.get_jobs_async(ids[:10]) == []
+
+
+def test_a_sync_send_batch_copies_a_large_batch_too(app: Conveyor) -> None:
+    ids = app.send_batch([("q", {"n": n}) for n in range(COPY_MIN + 1)])
+    assert len(set(ids)) == COPY_MIN + 1
+    assert app.queue_stats("q").queued == COPY_MIN + 1
+    assert app.get_job(ids[-1]).data == {"n": COPY_MIN}  # type: ignore[union-attr]
+
+
+async def test_a_copy_that_fails_leaves_no_queue_and_no_wake_up_behind(
+    app_async: Conveyor, conveyor_dsn: str, conveyor_schema: str
+) -> None:
+    """The resolving statement and the COPY commit together even on a caller's connection in
+    autocommit: a COPY refused (here, an id already taken) takes back the queue it created and
+    the NOTIFY it sent."""
+    taken = await app_async.send_async("old", 0)
+    channel = f"conveyor:{conveyor_schema}"
+    store = app_async._stores.store_async()
+    async with (
+        await psycopg.AsyncConnection.connect(conveyor_dsn, autocommit=True) as listener,
+        await psycopg.AsyncConnection.connect(conveyor_dsn, autocommit=True) as caller,
+    ):
+        await listener.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(channel)))
+        ids = [uuid.uuid4() for _ in range(COPY_MIN)] + [taken]
+        with pytest.raises(DuplicateJob):
+            await store.job_insert_bare(
+                ids, ["fresh"] * len(ids), ["1"] * len(ids), {}, None, caller
+            )
+        await listener.execute("SELECT 1")
+        assert [n.payload async for n in listener.notifies(timeout=0.3, stop_after=1)] == []
+    assert [q.name for q in await app_async.list_queues_async()] == ["old"]

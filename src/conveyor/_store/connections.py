@@ -12,9 +12,10 @@ import weakref
 from typing import Any
 from urllib.parse import urlsplit
 
-from psycopg import AsyncConnection, Connection, Error
-from psycopg.adapt import AdaptersMap
+from psycopg import AsyncConnection, Connection, Error, postgres
+from psycopg.adapt import AdaptersMap, Dumper
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq import Format
 from psycopg.types.json import JsonbBinaryLoader, JsonBinaryLoader, JsonbLoader, JsonLoader
 
 from conveyor.errors import ConfigurationError, DatabaseUnavailable
@@ -24,6 +25,14 @@ from conveyor.errors import ConfigurationError, DatabaseUnavailable
 DEFAULT_CONNECT_TIMEOUT = 5
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 PASSWORD = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
+# A send_batch of bare jobs this large or larger is copied in (job_copy_in) rather than inserted:
+# two statements and a COPY where the insert is one statement, which pays from about here.
+COPY_MIN = 1000
+# The types of job_copy_in's columns, in its order.
+COPY_TYPES = (
+    "uuid", "text", "text", "jsonb", "int4", "timestamptz", "int4", "int4", "float8", "text",
+    "float8", "float8", "float8", "text", "timestamptz", "text",
+)  # fmt: skip
 # Connections the stores found closed by the server and handed back to be replaced: expected
 # after a restart, so the pool's warning about each is not for the operator.
 _replaced: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -130,3 +139,20 @@ def standard_json(adapters: AdaptersMap) -> None:
     ):
         for loader in loaders:
             adapters.register_loader(name, loader)
+
+
+class _JsonbText(Dumper):
+    """Dumps JSON already encoded (a job's data) as binary ``jsonb``: its version byte, then the
+    text. psycopg's own dumper would encode the text again, as a JSON string."""
+
+    format = Format.BINARY
+    oid = postgres.types["jsonb"].oid
+
+    def dump(self, obj: Any) -> bytes:
+        return b"\x01" + str(obj).encode()
+
+
+def copy_jsonb_text(adapters: AdaptersMap) -> None:
+    """Make ``jsonb`` columns of a binary COPY, typed by ``set_types``, take JSON text, through
+    ``adapters`` (a cursor's: the connection's own stay as they are)."""
+    adapters.register_dumper(None, _JsonbText)

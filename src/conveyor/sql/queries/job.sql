@@ -143,6 +143,46 @@ ins AS (
 SELECT count(pg_notify(%(channel)s::text, w.queue))
 FROM (SELECT DISTINCT x.queue FROM ins x) w;
 
+-- The fast path of a large send_batch of jobs that set no option: the client COPYs the rows in
+-- (job_copy_in) after this statement, in its transaction. It creates the queues named for the
+-- first time, returns each queue's options resolved by job_insert_plain_many's rules (the
+-- queue's default, else the app's, else the built-in one; a fair queue's key ''), with the time
+-- the jobs are created at, and notifies each queue once, at commit. It returns no row and
+-- notifies nothing when one of the queues keeps a queued key (short, stately): the client then
+-- sends the batch through insert_jobs.
+-- name: job_copy_resolve :many
+WITH created AS (
+    INSERT INTO {schema}.queue (name) SELECT n FROM unnest(%(queues)s::text[]) AS n
+    ON CONFLICT (name) DO NOTHING
+)
+SELECT n.name AS queue,
+       coalesce(q.priority, (p.d->>'priority')::integer, 0) AS priority,
+       coalesce(q.retry_limit, (p.d->>'retry_limit')::integer, 2) AS retry_limit,
+       coalesce(q.retry_delay, (p.d->>'retry_delay')::double precision, 5) AS retry_delay,
+       coalesce(q.retry_backoff, p.d->>'retry_backoff', 'exponential') AS retry_backoff,
+       coalesce(q.retry_delay_max, (p.d->>'retry_delay_max')::double precision, 3600)
+           AS retry_delay_max,
+       coalesce(q.expire_in, (p.d->>'expire_in')::double precision, 900) AS expire_in,
+       coalesce(q.retention, (p.d->>'retention')::double precision, 604800) AS retention,
+       q.dead_letter,
+       CASE WHEN f.queue IS NOT NULL THEN '' END AS fair_key,
+       p.t AS created_at,
+       pg_notify(%(channel)s::text, n.name) AS notified
+FROM unnest(%(queues)s::text[]) AS n(name)
+CROSS JOIN (SELECT %(defaults)s::jsonb AS d, coalesce(%(now)s::timestamptz, now()) AS t) p
+LEFT JOIN {schema}.queue q ON q.name = n.name
+LEFT JOIN {schema}.queue_fair f ON f.queue = n.name
+WHERE NOT EXISTS (SELECT FROM {schema}.queue x
+                  WHERE x.name = ANY (%(queues)s::text[]) AND x.policy IN ('short', 'stately'));
+
+-- The rows of job_copy_resolve's jobs, in the binary COPY format (run_at is created_at; the
+-- columns not named take their defaults, as in job_insert_plain_many).
+-- name: job_copy_in :exec
+COPY {schema}.job (id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
+                   retry_backoff, retry_delay_max, expire_in, retention, dead_letter,
+                   created_at, fair_key)
+FROM STDIN (FORMAT BINARY);
+
 -- The meta of jobs a send just inserted (the trace context of that send), in its transaction.
 -- name: job_set_meta :exec
 UPDATE {schema}.job SET meta = %(meta)s::jsonb WHERE id = ANY (%(ids)s::uuid[]);

@@ -40,7 +40,7 @@ SELECT pg_total_relation_size('{SCHEMA}.job'), pg_indexes_size('{SCHEMA}.job'),
 """
 HEADER = (
     "| minute | p50 / p95 / p99 ms | live table | live indexes | live dead tuples "
-    "| history (partitions) | backlog | finished jobs/s | worker RSS | worker CPU |"
+    "| history (partitions) | backlog | finished jobs/s | worker RSS | worker CPU | DB CPU |"
 )
 
 
@@ -75,7 +75,7 @@ def show_load(row: dict[str, Any]) -> str:
         f"| {row['live_mb']:.2f} MB | {row['index_mb']:.2f} MB | {row['dead']:,} "
         f"| {row['history_mb']:.1f} MB ({row['partitions']}) | {row['backlog']:,} "
         f"| {row['throughput']:,.0f} | {row.get('worker_rss_mb', 0):.0f} MB "
-        f"| {row.get('worker_cpu', 0):.0%} |"
+        f"| {row.get('worker_cpu', 0):.0%} | {row.get('db_cpu', 0):.0%} |"
     )
 
 
@@ -110,7 +110,8 @@ def slopes(rows: list[dict[str, Any]], minutes: float) -> str:
                             ("history_mb", "history", "MB"), ("backlog", "backlog", "jobs"),
                             ("throughput", "finished", "jobs/s"),
                             ("worker_rss_mb", "worker RSS", "MB"),
-                            ("worker_cpu", "worker CPU", "cores")):  # fmt: skip
+                            ("worker_cpu", "worker CPU", "cores"),
+                            ("db_cpu", "PostgreSQL CPU", "cores")):  # fmt: skip
         ys = [r.get(key, 0.0) for r in tail]
         my = sum(ys) / len(ys)
         slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
@@ -134,7 +135,7 @@ def main() -> None:
     )
     reset(args.dsn)
     print(HEADER)
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
     rows, sent, elapsed = steady(
         args.dsn, rate, args.minutes * 60, args.retention, args.sample,
         take_load(args.sample), show_load,

@@ -100,6 +100,7 @@ def sample_every(
     with psycopg.connect(dsn, autocommit=True) as conn:
         last_finished, last_at = 0, start
         last_cpu = 0.0 if process is None else sum(process.cpu_times()[:2])
+        last_db = postgres_cpu()
         while not done.wait(every - (time.perf_counter() - start) % every):
             row, finished = take(conn)
             now = time.perf_counter()
@@ -110,9 +111,21 @@ def sample_every(
                 row["worker_rss_mb"] = process.memory_info().rss / MB
                 row["worker_cpu"] = (cpu - last_cpu) / (now - last_at)
                 last_cpu = cpu
+            db = postgres_cpu()
+            row["db_cpu"] = (db - last_db) / (now - last_at)
+            last_db = db
             last_finished, last_at = finished, now
             rows.append(row)
             print(show(row), flush=True)
+
+
+def postgres_cpu() -> float:
+    """CPU seconds spent so far by the PostgreSQL processes running now (on this machine)."""
+    total = 0.0
+    for proc in psutil.process_iter(["name", "cpu_times"]):
+        if proc.info["name"] in ("postgres", "postmaster") and proc.info["cpu_times"]:
+            total += sum(proc.info["cpu_times"][:2])
+    return total
 
 
 def take_soak(conn: psycopg.Connection[Any]) -> Sampled:

@@ -750,7 +750,8 @@ class Store:
     ) -> dict[str, int]:
         """One maintenance pass. The history's partitions: created ahead as far as the longest
         retention in use (a queue's, or ``default_retention``), dropped once ended, and the
-        parent analyzed if ``analyze``. Then what outlived its use is deleted, ``chunk`` rows
+        parent analyzed if ``analyze`` (the live table and the dead letters too). Then what
+        outlived its use is deleted, ``chunk`` rows
         per statement, until nothing is left (or ``stop`` is set); each statement is followed
         by ``pace`` (given how long it took and how many live jobs there are), which lets the
         hot path have the database. Partitions created and dropped, rows moved out of the
@@ -762,6 +763,7 @@ class Store:
         }
         if analyze:
             self.archive_analyze(now)
+            self._rows("maintain_analyze_live", {}, None)
         backlog = 0
         if pace is not None:
             backlog = sum(r["live"] for r in self.maintain_dead_tuples() if r["table"] == "job")
@@ -929,8 +931,9 @@ class Store:
         return int((self._rows("maintain_ticks", params, None))[0]["count"])
 
     def vacuum_churned(self, min_dead: int, dead_share: float) -> list[str]:
-        """VACUUM (ANALYZE) the live table and the dead letters where dead tuples reach
-        ``min_dead`` and ``dead_share`` of the live ones; the tables vacuumed."""
+        """VACUUM the live table and the dead letters where dead tuples reach ``min_dead`` and
+        ``dead_share`` of the live ones; the tables vacuumed. (No ANALYZE: see
+        ``maintain_vacuum_job``; :meth:`maintain` analyzes them.)"""
         done = []
         for r in self.maintain_dead_tuples():
             if r["dead"] >= min_dead and r["dead"] >= dead_share * r["live"]:
@@ -946,11 +949,11 @@ class Store:
         return self._rows("maintain_dead_tuples", {}, None)
 
     def maintain_vacuum_job(self) -> None:
-        """VACUUM (ANALYZE) the live table."""
+        """VACUUM the live table."""
         self._rows("maintain_vacuum_job", {}, None)
 
     def maintain_vacuum_job_dead(self) -> None:
-        """VACUUM (ANALYZE) the dead letters."""
+        """VACUUM the dead letters."""
         self._rows("maintain_vacuum_job_dead", {}, None)
 
     def doctor_archive(self) -> dict[str, Any]:

@@ -766,7 +766,8 @@ class AsyncStore:
     ) -> dict[str, int]:
         """One maintenance pass. The history's partitions: created ahead as far as the longest
         retention in use (a queue's, or ``default_retention``), dropped once ended, and the
-        parent analyzed if ``analyze``. Then what outlived its use is deleted, ``chunk`` rows
+        parent analyzed if ``analyze`` (the live table and the dead letters too). Then what
+        outlived its use is deleted, ``chunk`` rows
         per statement, until nothing is left (or ``stop`` is set); each statement is followed
         by ``pace`` (given how long it took and how many live jobs there are), which lets the
         hot path have the database. Partitions created and dropped, rows moved out of the
@@ -778,6 +779,7 @@ class AsyncStore:
         }
         if analyze:
             await self.archive_analyze(now)
+            await self._rows("maintain_analyze_live", {}, None)
         backlog = 0
         if pace is not None:
             backlog = sum(
@@ -947,8 +949,9 @@ class AsyncStore:
         return int((await self._rows("maintain_ticks", params, None))[0]["count"])
 
     async def vacuum_churned(self, min_dead: int, dead_share: float) -> list[str]:
-        """VACUUM (ANALYZE) the live table and the dead letters where dead tuples reach
-        ``min_dead`` and ``dead_share`` of the live ones; the tables vacuumed."""
+        """VACUUM the live table and the dead letters where dead tuples reach ``min_dead`` and
+        ``dead_share`` of the live ones; the tables vacuumed. (No ANALYZE: see
+        ``maintain_vacuum_job``; :meth:`maintain` analyzes them.)"""
         done = []
         for r in await self.maintain_dead_tuples():
             if r["dead"] >= min_dead and r["dead"] >= dead_share * r["live"]:
@@ -964,11 +967,11 @@ class AsyncStore:
         return await self._rows("maintain_dead_tuples", {}, None)
 
     async def maintain_vacuum_job(self) -> None:
-        """VACUUM (ANALYZE) the live table."""
+        """VACUUM the live table."""
         await self._rows("maintain_vacuum_job", {}, None)
 
     async def maintain_vacuum_job_dead(self) -> None:
-        """VACUUM (ANALYZE) the dead letters."""
+        """VACUUM the dead letters."""
         await self._rows("maintain_vacuum_job_dead", {}, None)
 
     async def doctor_archive(self) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 from psycopg import Error
 from psycopg import errors as pg
 
@@ -40,3 +42,12 @@ def translated(exc: Error, schema: str) -> ConveyorError | None:
     elif isinstance(exc, pg.CheckViolation | pg.InvalidParameterValue | pg.NumericValueOutOfRange):
         return InvalidOption(message)
     return None
+
+
+def reraise(exc: Error, schema: str) -> NoReturn:
+    """Raise Conveyor's error for a database error (from an ``except`` block), or the error
+    itself where it has none."""
+    ours = translated(exc, schema)
+    if ours is None:
+        raise exc
+    raise ours from exc

@@ -33,7 +33,7 @@ from conveyor._store.connections import (
     unavailable,
     utc_session,
 )
-from conveyor._store.errors import translated
+from conveyor._store.errors import reraise, translated
 from conveyor._store.queries import READS, queries
 from conveyor._store.waiters import done_waiter
 from conveyor.bulk import BulkFilter
@@ -336,10 +336,7 @@ class Store:
                         for job_id, queue, payload in zip(ids, queues, data, strict=True):
                             copy.write_row((job_id, queue, "created", payload, *rest[queue]))
         except Error as exc:
-            ours = translated(exc, self.schema)
-            if ours is None:
-                raise
-            raise ours from exc
+            reraise(exc, self.schema)
         return True
 
     def _insert_plain(self, name: str, params: dict[str, Any], conn: Conn | None) -> bool:
@@ -355,10 +352,7 @@ class Store:
                 cur.execute(self._queries[name].sql, params)
                 row = cur.fetchone()
         except Error as exc:
-            ours = translated(exc, self.schema)
-            if ours is None:
-                raise
-            raise ours from exc
+            reraise(exc, self.schema)
         return None if row is None else row[0]
 
     def _defaults_json(self, defaults: dict[str, Any]) -> str:
@@ -915,10 +909,7 @@ class Store:
         try:
             conn.execute(text)
         except Error as exc:
-            ours = translated(exc, self.schema)
-            if ours is None:
-                raise
-            raise ours from exc
+            reraise(exc, self.schema)
 
     def maintain_throttle(self, now: datetime | None, limit: int) -> int:
         """Delete up to ``limit`` closed throttle windows."""
@@ -1010,10 +1001,7 @@ class Store:
                     if note.channel == channel:
                         return time.monotonic() - start
         except Error as exc:
-            ours = translated(exc, self.schema)
-            if ours is None:
-                raise
-            raise ours from exc
+            reraise(exc, self.schema)
         return None
 
 

@@ -32,7 +32,7 @@ from conveyor._store.connections import (
     unavailable,
     utc_session_async,
 )
-from conveyor._store.errors import translated
+from conveyor._store.errors import reraise, translated
 from conveyor._store.queries import READS, queries
 from conveyor._store.waiters import done_waiter_async
 from conveyor.bulk import BulkFilter
@@ -337,10 +337,7 @@ class AsyncStore:
                         for job_id, queue, payload in zip(ids, queues, data, strict=True):
                             await copy.write_row((job_id, queue, "created", payload, *rest[queue]))
         except Error as exc:
-            ours = translated(exc, self.schema)
-            if ours is None:
-                raise
-            raise ours from exc
+            reraise(exc, self.schema)
         return True
 
     async def _insert_plain(
@@ -358,10 +355,7 @@ class AsyncStore:
                 await cur.execute(self._queries[name].sql, params)
                 row = await cur.fetchone()
         except Error as exc:
-            ours = translated(exc, self.schema)
-            if ours is None:
-                raise
-            raise ours from exc
+            reraise(exc, self.schema)
         return None if row is None else row[0]
 
     def _defaults_json(self, defaults: dict[str, Any]) -> str:
@@ -933,10 +927,7 @@ class AsyncStore:
         try:
             await conn.execute(text)
         except Error as exc:
-            ours = translated(exc, self.schema)
-            if ours is None:
-                raise
-            raise ours from exc
+            reraise(exc, self.schema)
 
     async def maintain_throttle(self, now: datetime | None, limit: int) -> int:
         """Delete up to ``limit`` closed throttle windows."""
@@ -1028,10 +1019,7 @@ class AsyncStore:
                     if note.channel == channel:
                         return time.monotonic() - start
         except Error as exc:
-            ours = translated(exc, self.schema)
-            if ours is None:
-                raise
-            raise ours from exc
+            reraise(exc, self.schema)
         return None
 
 

@@ -20,6 +20,7 @@ import pytest
 from conveyor import Conveyor, FrozenClock
 from conveyor._store import store_async
 from conveyor._store.connections import COPY_MIN
+from conveyor._store.store import Store
 from conveyor._store.store_async import AsyncStore
 from conveyor.errors import DuplicateJob
 from conveyor.options import JobSpec, job_spec
@@ -347,9 +348,10 @@ async def test_a_large_batch_for_a_queue_that_keeps_a_queued_key_is_not_copied(
 async def test_a_copied_batch_in_the_caller_s_transaction_wakes_listeners_with_its_rows(
     app_async: Conveyor, conveyor_dsn: str, conveyor_schema: str, autocommit: bool
 ) -> None:
-    """In the caller's transaction, the rows and the NOTIFY commit together; on a caller's
-    connection in autocommit, the COPY makes its own transaction, so a worker woken by the
-    NOTIFY finds the rows."""
+    """On a caller's connection, each queue is notified once, at commit (nothing is heard
+    before the caller commits), and the rows are there once it is heard. That the rows and the
+    NOTIFY commit together on an autocommit connection is shown by the failing COPY below: here
+    the send returns before the listener looks."""
     channel = f"conveyor:{conveyor_schema}"
     async with (
         await psycopg.AsyncConnection.connect(conveyor_dsn, autocommit=True) as listener,
@@ -367,7 +369,7 @@ async def test_a_copied_batch_in_the_caller_s_transaction_wakes_listeners_with_i
             async for n in listener.notifies(timeout=5, stop_after=2)
             if n.channel == channel
         ]
-        # What a worker woken now would find: every row.
+        # Every row, once heard.
         count = psycopg.sql.SQL("SELECT count(*) FROM {}.job").format(
             psycopg.sql.Identifier(conveyor_schema)
         )
@@ -388,8 +390,20 @@ async def test_a_rolled_back_copied_batch_stores_nothing(
     assert await app_async.get_jobs_async(ids[:10]) == []
 
 
-def test_a_sync_send_batch_copies_a_large_batch_too(app: Conveyor) -> None:
+def test_a_sync_send_batch_copies_a_large_batch_too(
+    app: Conveyor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copied: list[int] = []
+    real = Store._copy_bare
+
+    def counted(self: Store, ids: list[uuid.UUID], *args: Any) -> bool:
+        answer: bool = real(self, ids, *args)
+        copied.append(len(ids) if answer else 0)
+        return answer
+
+    monkeypatch.setattr(Store, "_copy_bare", counted)
     ids = app.send_batch([("q", {"n": n}) for n in range(COPY_MIN + 1)])
+    assert copied == [COPY_MIN + 1]  # the sync twin takes the COPY too
     assert len(set(ids)) == COPY_MIN + 1
     assert app.queue_stats("q").queued == COPY_MIN + 1
     assert app.get_job(ids[-1]).data == {"n": COPY_MIN}  # type: ignore[union-attr]

@@ -26,7 +26,8 @@ DEFAULT_CONNECT_TIMEOUT = 5
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 PASSWORD = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
 # A send_batch of bare jobs this large or larger is copied in (job_copy_in) rather than inserted:
-# two statements and a COPY where the insert is one statement, which pays from about here.
+# a statement and a COPY in a transaction where the insert is one statement, which pays from
+# about here (bench/RESULTS.md).
 COPY_MIN = 1000
 # The types of job_copy_in's columns, in its order.
 COPY_TYPES = (

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
+import json
 import signal
 import subprocess
 import sys
@@ -42,7 +43,8 @@ SAMPLE = f"""
 SELECT pg_total_relation_size('{SCHEMA}.job'),
        (SELECT n_dead_tup FROM pg_stat_user_tables
         WHERE schemaname = '{SCHEMA}' AND relname = 'job'),
-       (SELECT count(*) FROM {SCHEMA}.job_history),
+       (SELECT coalesce(sum(s.n_live_tup), 0)::bigint FROM pg_stat_user_tables s
+        JOIN pg_partition_tree('{SCHEMA}.job_archive') t ON s.relid = t.relid),
        (SELECT sum(pg_total_relation_size(t.relid))::bigint
         FROM pg_partition_tree('{SCHEMA}.job_archive') t)
        + pg_total_relation_size('{SCHEMA}.job_dead'),
@@ -50,7 +52,7 @@ SELECT pg_total_relation_size('{SCHEMA}.job'),
        {FINISHED}
 """
 HEADER = (
-    "| minute | live table | live dead tuples | history rows | history size | backlog "
+    "| minute | live table | live dead tuples | history rows (statistics) | history size | backlog "
     "| finished jobs/s |"
 )
 
@@ -63,20 +65,33 @@ def reset(dsn: str) -> None:
 
 
 @contextlib.contextmanager
-def worker(dsn: str) -> Iterator[subprocess.Popen[str]]:
-    """One worker process (concurrency 10) serving the bench queue, stopped with SIGTERM."""
+def worker(dsn: str, every: float) -> Iterator[tuple[subprocess.Popen[str], dict[str, Any]]]:
+    """One worker process (concurrency 10) serving the bench queue, stopped with SIGTERM, and
+    the newest of its reports of how long jobs waited to start (every ``every`` seconds)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.worker_proc", dsn, SCHEMA, "serve", "10"],
+        [sys.executable, "-m", "bench.worker_proc", dsn, SCHEMA, "serve", "10", str(every)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
     )
+    latest: dict[str, Any] = {}
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            report = json.loads(line)
+            if "waits" in report:
+                latest.update(report["waits"])
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
         time.sleep(1.5)
-        yield proc
+        yield proc, latest
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=120)
+        proc.wait(timeout=120)
+        reader.join(timeout=10)
 
 
 Sampled = tuple[dict[str, Any], int]  # the figures of one sample, and jobs finished so far
@@ -90,11 +105,12 @@ def sample_every(
     take: Callable[[psycopg.Connection[Any]], Sampled],
     show: Callable[[dict[str, Any]], str],
     worker_pid: int | None = None,
+    waits: dict[str, Any] | None = None,
 ) -> None:
     """Every ``every`` seconds until ``done``: ``take`` a sample, add the minute, the
-    throughput since the last one (jobs finished a second) and, given its pid, the worker
-    process's resident memory and its share of a core since the last one; keep it and print
-    ``show(row)``."""
+    throughput since the last one (jobs finished a second), the worker's newest wait percentiles
+    (``waits``) and, given its pid, the worker process's resident memory and its share of a core
+    since the last one; keep it and print ``show(row)``."""
     start = time.perf_counter()
     process = None if worker_pid is None else psutil.Process(worker_pid)
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -103,6 +119,7 @@ def sample_every(
         last_db = postgres_cpu()
         while not done.wait(every - (time.perf_counter() - start) % every):
             row, finished = take(conn)
+            row.update(waits or {})
             now = time.perf_counter()
             row["minute"] = (now - start) / 60
             row["throughput"] = (finished - last_finished) / (now - last_at)
@@ -183,9 +200,14 @@ def steady(
     rows: list[dict[str, Any]] = []
     done = threading.Event()
     per_tick = max(1, rate // 100)
-    with worker(dsn) as proc, Conveyor(dsn, schema=SCHEMA, retention=retention) as app:
+    with (
+        worker(dsn, every) as (proc, waits),
+        Conveyor(dsn, schema=SCHEMA, retention=retention) as app,
+    ):
         thread = threading.Thread(
-            target=sample_every, args=(dsn, every, done, rows, take, show, proc.pid), daemon=True
+            target=sample_every,
+            args=(dsn, every, done, rows, take, show, proc.pid, waits),
+            daemon=True,
         )
         thread.start()
         start = time.perf_counter()

@@ -317,6 +317,10 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
         Scenario("send_one", "send_one", ("--jobs", str(args.sends))),
         Scenario("send_batch_100", "send_batch", ("--jobs", n, "--size", "100")),
         Scenario("send_batch_10000", "send_batch", ("--jobs", n, "--size", "10000")),
+        # The general path (insert_jobs), which a job with a unique key takes: no target of
+        # its own, a guard against changes to it.
+        Scenario("send_one_keyed", "send_one", ("--jobs", str(args.sends), "--keyed")),
+        Scenario("send_batch_100_keyed", "send_batch", ("--jobs", n, "--size", "100", "--keyed")),
         Scenario("latency_idle", "latency", ("--probes", str(args.probes))),
         Scenario("latency_loaded", "latency",
                  ("--probes", str(args.probes), "--load-rate", str(args.load_rate))),

@@ -100,6 +100,12 @@ def drain(args: argparse.Namespace) -> dict[str, Any]:
     return {"rate": n / seconds, "seconds": seconds, "counted": completed}
 
 
+def keyed(args: argparse.Namespace, i: int) -> dict[str, Any]:
+    """The options of job ``i``: a unique key of its own with ``--keyed`` (which sends it by the
+    general path, insert_jobs, that settles keys), else none."""
+    return {"unique_key": f"k{i}"} if args.keyed else {}
+
+
 def send_one(args: argparse.Namespace) -> dict[str, Any]:
     """Jobs/s of ``send``, one job per call and transaction, on one connection."""
     with reset(args.dsn, args.schema) as app:
@@ -107,7 +113,7 @@ def send_one(args: argparse.Namespace) -> dict[str, Any]:
             app.send("warm", {"i": i})
         start = time.perf_counter()
         for i in range(args.jobs):
-            app.send(QUEUE, {"i": i})
+            app.send(QUEUE, {"i": i}, **keyed(args, i))
         seconds = time.perf_counter() - start
     return {"rate": args.jobs / seconds, "seconds": seconds}
 
@@ -118,7 +124,10 @@ def send_batch(args: argparse.Namespace) -> dict[str, Any]:
     calls = max(3, args.jobs // size)
     with reset(args.dsn, args.schema) as app:
         app.send_batch([("warm", {"i": i}) for i in range(min(size, 1000))])
-        batches = [[(QUEUE, {"i": i}) for i in range(size)] for _ in range(calls)]
+        batches = [
+            [(QUEUE, {"i": i}, keyed(args, c * size + i)) for i in range(size)]
+            for c in range(calls)
+        ]
         start = time.perf_counter()
         for batch in batches:
             app.send_batch(batch)
@@ -272,6 +281,7 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=300)
     parser.add_argument("--due", type=int, default=15)
     parser.add_argument("--load-rate", type=int, default=0)
+    parser.add_argument("--keyed", action="store_true", help="each job sent with a unique key")
     args = parser.parse_args()
     if args.scenario == "produce":
         produce(args)

@@ -12,12 +12,9 @@ from uuid import UUID
 from conveyor.models import Job, JobRuntime, JobState, Queue, QueuePolicy, Schedule
 from conveyor.options import JobSpec
 
-SPEC_ARRAYS = (
-    "id", "queue", "data", "priority", "run_at", "delay", "retry_limit", "retry_delay",
-    "retry_backoff", "retry_delay_max", "expire_in", "retention", "singleton_key",
-    "singleton_seconds", "unique_key", "unique_replace", "dead_letter", "group_key", "depends_on",
-    "fair_key",
-)  # fmt: skip
+# The fields of a job to insert, in order: JobSpec's, which the SQL type job_input repeats (a
+# test holds the two together).
+SPEC_ARRAYS = tuple(f.name for f in dataclasses.fields(JobSpec))
 
 
 # The columns of job and job_history that a Job shows. Columns a later release adds are left
@@ -99,10 +96,10 @@ def queue(row: dict[str, Any]) -> Queue:
 
 
 def insert_params(specs: Sequence[JobSpec], defaults: str, now: object) -> dict[str, Any]:
-    """The parameters of ``job_insert_many``: one array per column, one element per job.
+    """The parameters of ``job_insert_many`` and ``job_insert_linked``: one array per field of
+    job_input, one element per job, which ``job_inputs`` turns into rows.
 
-    An array with nothing set is sent as NULL: cheaper to send and parse, and for the key columns
-    it selects the insert's plain path.
+    An array with nothing set is sent as NULL: cheaper to send and parse.
     """
     params: dict[str, Any] = {}
     for name in SPEC_ARRAYS:
@@ -113,19 +110,9 @@ def insert_params(specs: Sequence[JobSpec], defaults: str, now: object) -> dict[
     return params
 
 
-def insert_linked_params(specs: Sequence[JobSpec], defaults: str, now: object) -> dict[str, Any]:
-    """The parameters of ``job_insert_linked``: those of ``job_insert_many`` plus the dependency
-    failure policy and completion hook of each job."""
-    params = insert_params(specs, defaults, now)
-    params["on_failure"] = [s.on_dependency_failure for s in specs]
-    params["on_complete"] = [s.on_complete for s in specs]
-    return params
-
-
 def insert_one_params(spec: JobSpec, defaults: str, now: object) -> dict[str, Any]:
     """The parameters of ``job_insert_one``."""
     params = {name: getattr(spec, name) for name in SPEC_ARRAYS}
-    params["keyed"] = spec.unique_key is not None or spec.singleton_seconds is not None
     params["defaults"] = defaults
     params["now"] = now
     return params

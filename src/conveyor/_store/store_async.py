@@ -249,7 +249,7 @@ class AsyncStore:
         conn: AsyncConn | None,
     ) -> list[tuple[UUID | None, bool]]:
         if any(s.linked for s in specs):
-            params = rows.insert_linked_params(specs, self._defaults_json(defaults), now)
+            params = rows.insert_params(specs, self._defaults_json(defaults), now)
             found = await self._rows("job_insert_linked", params, conn)
         elif len(specs) == 1:
             params = rows.insert_one_params(specs[0], self._defaults_json(defaults), now)

@@ -6,31 +6,32 @@
 -- name: job_insert_many :many
 SELECT ord, id, inserted
 FROM {schema}.insert_jobs(
-    %(id)b::uuid[], %(queue)b::text[], %(data)b::text[]::jsonb[], %(priority)b::integer[],
-    %(run_at)b::timestamptz[], %(delay)b::double precision[], %(retry_limit)b::integer[],
-    %(retry_delay)b::double precision[], %(retry_backoff)b::text[],
-    %(retry_delay_max)b::double precision[], %(expire_in)b::double precision[],
-    %(retention)b::double precision[], %(singleton_key)b::text[],
-    %(singleton_seconds)b::integer[], %(unique_key)b::text[], %(unique_replace)b::boolean[],
-    %(dead_letter)b::text[], %(group_key)b::text[], %(depends_on)b::text[]::jsonb[],
-    %(defaults)b::jsonb, %(now)b::timestamptz, %(fair_key)b::text[]);
+    {schema}.job_inputs(
+        %(id)b::uuid[], %(queue)b::text[], %(data)b::text[]::jsonb[], %(priority)b::integer[],
+        %(run_at)b::timestamptz[], %(delay)b::double precision[], %(retry_limit)b::integer[],
+        %(retry_delay)b::double precision[], %(retry_backoff)b::text[],
+        %(retry_delay_max)b::double precision[], %(expire_in)b::double precision[],
+        %(retention)b::double precision[], %(singleton_key)b::text[],
+        %(singleton_seconds)b::integer[], %(unique_key)b::text[], %(unique_replace)b::boolean[],
+        %(dead_letter)b::text[], %(group_key)b::text[], %(depends_on)b::text[]::jsonb[],
+        %(fair_key)b::text[], %(on_dependency_failure)b::text[], %(on_complete)b::text[]),
+    %(defaults)b::jsonb, %(now)b::timestamptz);
 
--- One job: the same function, with scalar parameters, which are cheaper to send than arrays.
+-- One job: the same function, its job_input built from scalar parameters, which are cheaper to
+-- send than arrays.
 -- name: job_insert_one :many
 SELECT ord, id, inserted
 FROM {schema}.insert_jobs(
-    ARRAY[%(id)s::uuid], ARRAY[%(queue)s::text], ARRAY[%(data)s::jsonb],
-    ARRAY[%(priority)s::integer], ARRAY[%(run_at)s::timestamptz],
-    ARRAY[%(delay)s::double precision], ARRAY[%(retry_limit)s::integer],
-    ARRAY[%(retry_delay)s::double precision], ARRAY[%(retry_backoff)s::text],
-    ARRAY[%(retry_delay_max)s::double precision], ARRAY[%(expire_in)s::double precision],
-    ARRAY[%(retention)s::double precision],
-    CASE WHEN %(keyed)s::boolean THEN ARRAY[%(singleton_key)s::text] END,
-    CASE WHEN %(keyed)s::boolean THEN ARRAY[%(singleton_seconds)s::integer] END,
-    CASE WHEN %(keyed)s::boolean THEN ARRAY[%(unique_key)s::text] END,
-    ARRAY[%(unique_replace)s::boolean], ARRAY[%(dead_letter)s::text],
-    ARRAY[%(group_key)s::text], ARRAY[%(depends_on)s::jsonb],
-    %(defaults)s::jsonb, %(now)s::timestamptz, ARRAY[%(fair_key)s::text]);
+    ARRAY[ROW(
+        %(id)s::uuid, %(queue)s::text, %(data)s::jsonb, %(priority)s::integer,
+        %(run_at)s::timestamptz, %(delay)s::double precision, %(retry_limit)s::integer,
+        %(retry_delay)s::double precision, %(retry_backoff)s::text,
+        %(retry_delay_max)s::double precision, %(expire_in)s::double precision,
+        %(retention)s::double precision, %(singleton_key)s::text, %(singleton_seconds)s::integer,
+        %(unique_key)s::text, %(unique_replace)s::boolean, %(dead_letter)s::text,
+        %(group_key)s::text, %(depends_on)s::jsonb, %(fair_key)s::text,
+        %(on_dependency_failure)s::text, %(on_complete)s::text)::{schema}.job_input],
+    %(defaults)s::jsonb, %(now)s::timestamptz);
 
 -- The fast path of a send (the client takes it for jobs with no unique or throttle key, no
 -- dependencies and no completion hook): one plain statement, where insert_jobs runs plpgsql.
@@ -402,15 +403,16 @@ SELECT count(*) FROM gone;
 -- name: job_insert_linked :many
 SELECT ord, id, inserted
 FROM {schema}.insert_linked_jobs(
-    %(id)b::uuid[], %(queue)b::text[], %(data)b::text[]::jsonb[], %(priority)b::integer[],
-    %(run_at)b::timestamptz[], %(delay)b::double precision[], %(retry_limit)b::integer[],
-    %(retry_delay)b::double precision[], %(retry_backoff)b::text[],
-    %(retry_delay_max)b::double precision[], %(expire_in)b::double precision[],
-    %(retention)b::double precision[], %(singleton_key)b::text[],
-    %(singleton_seconds)b::integer[], %(unique_key)b::text[], %(unique_replace)b::boolean[],
-    %(dead_letter)b::text[], %(group_key)b::text[], %(depends_on)b::text[]::jsonb[],
-    %(defaults)b::jsonb, %(now)b::timestamptz, %(on_failure)b::text[], %(on_complete)b::text[],
-    %(fair_key)b::text[]);
+    {schema}.job_inputs(
+        %(id)b::uuid[], %(queue)b::text[], %(data)b::text[]::jsonb[], %(priority)b::integer[],
+        %(run_at)b::timestamptz[], %(delay)b::double precision[], %(retry_limit)b::integer[],
+        %(retry_delay)b::double precision[], %(retry_backoff)b::text[],
+        %(retry_delay_max)b::double precision[], %(expire_in)b::double precision[],
+        %(retention)b::double precision[], %(singleton_key)b::text[],
+        %(singleton_seconds)b::integer[], %(unique_key)b::text[], %(unique_replace)b::boolean[],
+        %(dead_letter)b::text[], %(group_key)b::text[], %(depends_on)b::text[]::jsonb[],
+        %(fair_key)b::text[], %(on_dependency_failure)b::text[], %(on_complete)b::text[]),
+    %(defaults)b::jsonb, %(now)b::timestamptz);
 
 -- The results of completed jobs (a dependant reads those of its dependencies).
 -- name: job_results :many

@@ -1,0 +1,12 @@
+-- conveyor: non-breaking
+-- VACUUM no longer truncates the live table.
+--
+-- Jobs are inserted at the end of the live table and leave it soon after, so its last pages
+-- empty again and again. Cutting them off needs an ACCESS EXCLUSIVE lock on job: VACUUM takes it
+-- whenever no one else holds a lock at that instant (it retries for up to 5 s), claims, acks and
+-- sends queue behind it while it looks for empty pages, and the next inserts extend the file
+-- again. On a hot standby (read_dsn) the truncation replays under the same lock and cancels the
+-- reads there. The empty pages stay for the next jobs instead: the table keeps the size of its
+-- busiest moment, which VACUUM keeps reusable. (The lock level of this ALTER is SHARE UPDATE
+-- EXCLUSIVE: it waits for no claim and blocks none.)
+ALTER TABLE {schema}.job SET (vacuum_truncate = false);

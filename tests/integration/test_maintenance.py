@@ -535,6 +535,6 @@ async def test_vacuum_leaves_the_live_table_s_empty_pages_in_place(
                 "SELECT reloptions FROM pg_class WHERE oid = %s::regclass",
                 (f'"{conveyor_schema}".job',),
             ).fetchone()
-            assert options == (["vacuum_truncate=false"],)
+            assert options is not None and "vacuum_truncate=false" in options[0]
     finally:
         await store.close()

@@ -53,7 +53,8 @@ $fn$;
 
 -- Parallel arrays (one element per job; a NULL array: no job sets that field) as job_input rows,
 -- in order: the client's batch, sent as arrays because they are the cheapest to transmit, and
--- the array signatures kept for earlier releases.
+-- the array signatures kept for earlier releases. plpgsql, whose plan is kept for the session:
+-- a SQL function like this one is planned again at every call (0.1-0.2 ms for a batch).
 CREATE FUNCTION {schema}.job_inputs(
     p_id uuid[], p_queue text[], p_data jsonb[], p_priority integer[], p_run_at timestamptz[],
     p_delay double precision[], p_retry_limit integer[], p_retry_delay double precision[],
@@ -63,8 +64,9 @@ CREATE FUNCTION {schema}.job_inputs(
     p_depends_on jsonb[], p_fair_key text[], p_on_dependency_failure text[],
     p_on_complete text[]
 ) RETURNS {schema}.job_input[]
-LANGUAGE sql IMMUTABLE AS $fn$
-    SELECT ARRAY(
+LANGUAGE plpgsql IMMUTABLE AS $fn$
+BEGIN
+    RETURN ARRAY(
         SELECT ROW(i.id, i.queue, i.data, i.priority, i.run_at, i.delay, i.retry_limit,
                    i.retry_delay, i.retry_backoff, i.retry_delay_max, i.expire_in, i.retention,
                    i.singleton_key, i.singleton_seconds, i.unique_key, i.unique_replace,
@@ -80,7 +82,8 @@ LANGUAGE sql IMMUTABLE AS $fn$
                                   retention, singleton_key, singleton_seconds, unique_key,
                                   unique_replace, dead_letter, group_key, depends_on, fair_key,
                                   on_dependency_failure, on_complete, ord)
-        ORDER BY i.ord)
+        ORDER BY i.ord);
+END
 $fn$;
 
 -- Each job's options resolved (as in 0001): the job's own, else its queue's default, else the

@@ -208,3 +208,42 @@ def test_a_worker_reads_its_claims_in_a_utc_session(app: Conveyor) -> None:
     app.send("utc.q", {})
     assert app.drain() == 1
     assert seen == [UTC, UTC]
+
+
+async def test_a_worker_woken_from_idle_claims_without_writing_pending_outcomes_first(
+    app_async: Conveyor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job just sent waits for that claim: the outcomes pending are left to the completer
+    (here it would wait 30 s), not written in the claim's statement, as a busy worker's refill
+    does."""
+    original = Completer.__init__
+
+    def slow_flush(self: Completer, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **{**kwargs, "flush_interval": 30.0})
+
+    monkeypatch.setattr(Completer, "__init__", slow_flush)
+    started: dict[int, float] = {}
+
+    @app_async.job("wake.q")
+    async def handle(job: Job) -> None:
+        started[job.data["n"]] = time.monotonic()
+
+    async def started_within(n: int, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while n not in started and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        assert n in started, f"job {n} did not start"
+
+    names = record_statements(monkeypatch)
+    async for _stop, _task in worker_in_background(app_async, poll_interval=30):
+        await asyncio.sleep(0.3)  # idle, waiting to be woken
+        first = await app_async.send_async("wake.q", {"n": 1})
+        await started_within(1, 10)
+        await asyncio.sleep(0.2)  # idle again, the first job's outcome pending
+        names.clear()
+        await app_async.send_async("wake.q", {"n": 2})
+        await started_within(2, 10)
+        assert "job_fetch" in names
+        assert "job_ack_fetch" not in names
+        assert (await app_async.get_job_async(first)).state is JobState.ACTIVE
+    assert (await app_async.get_job_async(first)).state is JobState.COMPLETED

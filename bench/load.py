@@ -117,18 +117,25 @@ def main() -> None:
     parser.add_argument("--dsn", default=LOCAL_TEST_DSN)
     parser.add_argument("--minutes", type=float, default=15.0)
     parser.add_argument("--share", type=float, default=0.8, help="of the measured peak")
+    parser.add_argument("--rate", type=int, help="jobs/s to send, instead of a share of the peak")
     parser.add_argument("--retention", type=float, default=120.0, help="seconds kept after")
     parser.add_argument("--sample", type=float, default=30.0, help="seconds between samples")
     args = parser.parse_args()
-    # The median of three drains: one burst of 20,000 jobs swings by a third from run to run.
-    drains = sorted(conveyor_drain(args.dsn, 20_000, 10, 1)[0] for _ in range(3))
-    peak = drains[1]
-    rate = int(peak * args.share)
-    print(
-        f"load: peak (drain, 1 process x 10, median of {', '.join(f'{d:,.0f}' for d in drains)})"
-        f" {peak:,.0f} jobs/s; sending {rate:,} jobs/s "
-        f"({args.share:.0%}) for {args.minutes:g} min, one worker process x 10, maintenance on\n"
-    )
+    if args.rate:
+        rate = args.rate
+        print(f"load: sending {rate:,} jobs/s (asked) for {args.minutes:g} min, one worker "
+              "process x 10, maintenance on\n")  # fmt: skip
+    else:
+        # The median of three drains: one burst of 20,000 jobs swings by a third between runs.
+        drains = sorted(conveyor_drain(args.dsn, 20_000, 10, 1)[0] for _ in range(3))
+        peak = drains[1]
+        rate = int(peak * args.share)
+        print(
+            f"load: peak (drain, 1 process x 10, median of "
+            f"{', '.join(f'{d:,.0f}' for d in drains)}) {peak:,.0f} jobs/s; sending {rate:,} "
+            f"jobs/s ({args.share:.0%}) for {args.minutes:g} min, one worker process x 10, "
+            "maintenance on\n"
+        )
     reset(args.dsn)
     print(HEADER)
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)

@@ -95,13 +95,10 @@ class Completer:
         async with self._lock:
             await self._flush_locked()
 
-    async def fetch(
-        self, queues: Sequence[str], limit: int, fold: bool = True
-    ) -> list[tuple[Any, ...]]:
+    async def fetch(self, queues: Sequence[str], limit: int) -> list[tuple[Any, ...]]:
         """Claim up to ``limit`` jobs. The outcomes pending now are written in the same
-        transaction and round trip (unless not ``fold``), so a busy worker commits once per
-        batch instead of twice."""
-        if not fold or self._lock.locked() or self._progress or not self._acks:
+        transaction and round trip, so a busy worker commits once per batch instead of twice."""
+        if self._lock.locked() or self._progress or not self._acks:
             # A flush under way is not waited for (the claim would wait for its round trip),
             # and progress, which must precede the outcomes, is left to the completer's own loop.
             return await self._store.job_fetch(queues, self._worker_id, limit, self._clock())

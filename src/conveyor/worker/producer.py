@@ -123,11 +123,6 @@ class Producer:
         state = self._state
         opts = state.options
         failures = 0
-        # Whether this fetch follows an idle wait: a job just sent is waiting for it, and the
-        # outcomes pending would add their write to that job's wait; the completer writes them
-        # on its own connection within its flush interval instead. A busy worker's refills
-        # carry them (one commit per batch).
-        woken = False
         while not state.stop.is_set():
             if not self._essential_up.is_set():
                 await first_of(state.stop.wait(), self._essential_up.wait())
@@ -136,9 +131,8 @@ class Producer:
             if room < min(opts.concurrency, state.refill_at) or room <= 0:
                 await self._wait(state.slot_freed)
                 continue
-            fold, woken = not woken, False
             try:
-                jobs = await self._claim(room, fold)
+                jobs = await self._claim(room)
                 failures = 0
             except DatabaseUnavailable as exc:
                 failures += 1
@@ -175,17 +169,15 @@ class Producer:
                 await self._wait(state.wake, poll)
             finally:
                 self._idle = False
-            woken = True
-            continue
 
-    async def _claim(self, room: int, fold: bool) -> list[tuple[Any, ...]]:
-        """Claim up to ``room`` jobs into the buffer (with the pending outcomes if ``fold``, see
+    async def _claim(self, room: int) -> list[tuple[Any, ...]]:
+        """Claim up to ``room`` jobs into the buffer (with the pending outcomes, see
         Completer.fetch); the rows claimed."""
         state = self._state
         with state.claiming():
             presumed_dead = state.presumed_dead
             asked_at = time.monotonic()
-            jobs = await state.completer.fetch(state.options.queues, room, fold)
+            jobs = await state.completer.fetch(state.options.queues, room)
             if jobs and presumed_dead != state.presumed_dead:
                 jobs = await self._still_held(jobs)
             if self._paused_at:

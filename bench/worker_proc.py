@@ -52,7 +52,9 @@ def report_waits(claimed: Counter[float], started: Counter[float], every: float)
         found: dict[str, float] = {}
         for counts, prefix in ((claimed, ""), (started, "start_")):
             # The handlers count on the event loop's thread meanwhile: take a copy, then take
-            # away what was copied, so nothing counted in between is lost.
+            # away what was copied, so counts added in between stay for the next window (one
+            # that lands inside subtract's read and write of the same bucket can be lost: a
+            # count or two a window, nothing a percentile shows).
             window = counts.copy()
             counts.subtract(window)
             found.update({prefix + k: v for k, v in percentiles(+window).items()})

@@ -761,12 +761,11 @@ class AsyncStore:
         """One maintenance pass. The history's partitions: created ahead as far as the longest
         retention in use (a queue's, or ``default_retention``), dropped once ended, and the
         parent analyzed if ``analyze`` (the live table and the dead letters too). Then what
-        outlived its use is deleted, ``chunk`` rows
-        per statement, until nothing is left (or ``stop`` is set); each statement is followed
-        by ``pace`` (given how long it took and how many live jobs there are), which lets the
-        hot path have the database. Partitions created and dropped, rows moved out of the
-        history before 0012 (legacy_moved), rows deleted per kind (dead_letters, throttle,
-        schedule_ticks)."""
+        outlived its use is deleted, ``chunk`` rows per statement, until nothing is left (or
+        ``stop`` is set); each statement is followed by ``pace`` (given how long it took and
+        how many live jobs there are), which lets the hot path have the database. Partitions
+        created and dropped, rows moved out of the history before 0012 (legacy_moved), rows
+        deleted per kind (dead_letters, throttle, schedule_ticks)."""
         counts = {
             "partitions_created": await self.archive_extend(default_retention, now),
             "partitions_dropped": await self.archive_drop(now, stop),

@@ -319,17 +319,20 @@ DECLARE
     v_ord bigint[];
     v_id uuid[];
     v_inserted boolean[];
+    v_job uuid[];
+    v_on_failure text[];
+    v_on_complete text[];
 BEGIN
     SELECT array_agg(r.ord ORDER BY r.ord), array_agg(r.id ORDER BY r.ord),
            array_agg(r.inserted ORDER BY r.ord)
     INTO v_ord, v_id, v_inserted
     FROM {schema}.insert_jobs(p_jobs, p_defaults, p_now) r;
-    PERFORM {schema}.link_jobs(
-        ARRAY(SELECT j.id FROM unnest(p_jobs) WITH ORDINALITY AS j ORDER BY j.ordinality),
-        ARRAY(SELECT j.on_dependency_failure
-              FROM unnest(p_jobs) WITH ORDINALITY AS j ORDER BY j.ordinality),
-        ARRAY(SELECT j.on_complete FROM unnest(p_jobs) WITH ORDINALITY AS j ORDER BY j.ordinality),
-        p_now);
+    SELECT array_agg(j.id ORDER BY j.ordinality),
+           array_agg(j.on_dependency_failure ORDER BY j.ordinality),
+           array_agg(j.on_complete ORDER BY j.ordinality)
+    INTO v_job, v_on_failure, v_on_complete
+    FROM unnest(p_jobs) WITH ORDINALITY AS j;
+    PERFORM {schema}.link_jobs(v_job, v_on_failure, v_on_complete, p_now);
     RETURN QUERY SELECT * FROM unnest(v_ord, v_id, v_inserted);
 END
 $fn$;

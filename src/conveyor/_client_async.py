@@ -727,7 +727,8 @@ class AsyncClient:
         deleted per kind: ``dead_letters`` (failed jobs older than the app's
         ``dead_retention``), ``throttle`` (closed throttle windows), ``schedule_ticks`` (tick
         rows no scheduler needs any more); and ``vacuumed``, how many of the live table and
-        the dead letters it then vacuumed because dead tuples piled up in them.
+        the dead letters it then vacuumed because dead tuples piled up in them (or, the live
+        table, because it outgrew its planner statistics).
 
         Workers do this on their own, on the one holding the maintenance lease; call it from
         tests or from a deployment that runs no worker. Deletes ``chunk`` rows per statement.

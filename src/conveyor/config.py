@@ -23,6 +23,11 @@ SCHEDULE_TICK_KEEP = 3600.0
 # (a count, and a share of its live tuples), whether or not autovacuum would get there.
 VACUUM_MIN_DEAD = 10_000
 VACUUM_DEAD_SHARE = 0.1
+# ... and the live table once it holds this many rows and this many times what the planner
+# believes it holds: a plan cached while the table was nearly empty scans all of it (see
+# WorkerStore.vacuum_churned).
+VACUUM_OUTGROWN_ROWS = 10_000
+VACUUM_OUTGROWN_FACTOR = 4.0
 # Upper bounds (milliseconds) of the wait-time buckets the rollup counts jobs in, about six per
 # decade from 1 ms to 2 hours. Stored counts are numbered by these bounds: never change them.
 STATS_WAIT_BOUNDS_MS = tuple(float(m * 10**e) for e in range(7) for m in (1, 1.5, 2, 3, 5, 7))

@@ -14,6 +14,8 @@ from psycopg.rows import dict_row
 
 from conveyor import Conveyor
 from conveyor._store.queries import queries
+from conveyor._store.worker_store import WorkerStore
+from conveyor.config import VACUUM_DEAD_SHARE, VACUUM_MIN_DEAD
 
 
 def seed(conn: psycopg.Connection[Any], schema: str) -> None:
@@ -246,3 +248,64 @@ def test_a_claim_joins_its_jobs_back_by_key_whatever_other_queues_hold(
     claim = next(n for n in plans if "UPDATE" in n and "picked" in n)
     assert "Merge Join" not in claim and "Hash Join" not in claim, claim
     assert "Index Scan using job_pkey on job j " in claim and "loops=100)" in claim, claim
+
+
+def claim_and_ack(
+    conn: psycopg.Connection[Any], schema: str, worker: uuid.UUID, notices: list[str]
+) -> str:
+    """Claim 100 bench jobs and acknowledge them as completed; the plan of the ack's DELETE."""
+    named = queries(schema)
+    claimed = conn.execute(
+        named["job_fetch"].sql, {"queues": ["bench"], "worker": worker, "limit": 100, "now": None}
+    ).fetchall()
+    assert len(claimed) == 100
+    before = len(notices)
+    conn.execute(
+        named["job_ack_many"].sql,
+        {
+            "id": [r["id"] for r in claimed],
+            "worker": [worker] * 100,
+            "attempt": [r["attempt"] for r in claimed],
+            "outcome": ["completed"] * 100,
+            "result": [None] * 100,
+            "error": [None] * 100,
+            "delay": [None] * 100,
+            "now": None,
+        },
+    )
+    return next(n for n in notices[before:] if "DELETE FROM" in n and ".job j" in n)
+
+
+async def test_an_ack_planned_on_an_empty_table_finds_its_rows_by_key_once_maintenance_saw_it_fill(
+    app: Conveyor, conveyor_dsn: str
+) -> None:
+    """A worker's connection plans ack_jobs once, at its first ack. Planned while the live table
+    was empty (as its last ANALYZE saw it), the ack scans the whole table for the rows it names,
+    and goes on doing so as a burst of sends fills it: inserts leave no dead tuples, so nothing
+    used to VACUUM it. Maintenance now vacuums a live table that outgrew the planner's count,
+    and the new count makes every connection plan again."""
+    schema = app.schema
+    store = WorkerStore(conveyor_dsn, schema, min_size=0, max_size=1)
+    try:
+        with psycopg.connect(conveyor_dsn, row_factory=dict_row, autocommit=True) as conn:
+            conn.execute(f"ANALYZE {schema}.job")  # empty: the planner counts 0 rows
+            notices = explain_statements(conn, analyze=False)
+            worker = uuid.uuid4()
+            app.send_batch([("bench", {"i": i}) for i in range(100)])
+            claim_and_ack(conn, schema, worker, notices)  # the plan is made here, and kept
+            conn.execute(
+                f"INSERT INTO {schema}.job (id, queue, data, run_at, retry_limit, retry_delay,"
+                " retry_backoff, expire_in, retention, created_at)"
+                " SELECT gen_random_uuid(), 'bench', '{}', now(), 2, 5, 'exponential', 900,"
+                " 604800, now() FROM generate_series(1, 30000)"
+            )
+            conn.execute("SELECT pg_stat_force_next_flush()")
+            scanned = claim_and_ack(conn, schema, worker, notices)
+            assert "Seq Scan on job j" in scanned, scanned  # the trap this guards against
+            assert await store.vacuum_churned(VACUUM_MIN_DEAD, VACUUM_DEAD_SHARE) == ["job"]
+            keyed = claim_and_ack(conn, schema, worker, notices)
+            assert "Index Cond: (id = a" in keyed and "Seq Scan on job " not in keyed, keyed
+            # Counted again, the table no longer looks outgrown: no VACUUM at every pass.
+            assert await store.vacuum_churned(VACUUM_MIN_DEAD, VACUUM_DEAD_SHARE) == []
+    finally:
+        await store.close()

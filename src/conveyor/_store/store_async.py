@@ -43,6 +43,8 @@ from conveyor.config import (
     LIST_WINDOW,
     STATS_TAIL_LIMIT,
     STATS_WAIT_BOUNDS_MS,
+    VACUUM_OUTGROWN_FACTOR,
+    VACUUM_OUTGROWN_ROWS,
 )
 from conveyor.errors import ConveyorError, DatabaseUnavailable, InvalidOption
 from conveyor.models import Job, Queue, Schedule, StatsMinute, WorkerInfo
@@ -940,11 +942,24 @@ class AsyncStore:
 
     async def vacuum_churned(self, min_dead: int, dead_share: float) -> list[str]:
         """VACUUM the live table and the dead letters where dead tuples reach ``min_dead`` and
-        ``dead_share`` of the live ones; the tables vacuumed. (No ANALYZE: see
-        ``maintain_vacuum_job``; :meth:`maintain` analyzes them.)"""
+        ``dead_share`` of the live ones, and the live table when it has outgrown what the
+        planner believes it holds; the tables vacuumed. (No ANALYZE: see
+        ``maintain_vacuum_job``; :meth:`maintain` analyzes them.)
+
+        Outgrown: the statements of a worker run cached generic plans, made at a connection's
+        first call from the statistics of that moment. A plan made while the live table was
+        empty (as the last VACUUM or ANALYZE saw it) scans the whole table to find the rows
+        an acknowledgement names, and keeps doing so as a burst of sends fills it, since
+        inserts alone leave no dead tuples to set off a VACUUM. The VACUUM's new row count
+        invalidates those plans: each connection plans again, by key."""
         done = []
         for r in await self.maintain_dead_tuples():
-            if r["dead"] >= min_dead and r["dead"] >= dead_share * r["live"]:
+            outgrown = (
+                r["table"] == "job"
+                and r["live"] >= VACUUM_OUTGROWN_ROWS
+                and r["live"] >= VACUUM_OUTGROWN_FACTOR * r["planned"]
+            )
+            if outgrown or (r["dead"] >= min_dead and r["dead"] >= dead_share * r["live"]):
                 if r["table"] == "job":
                     await self.maintain_vacuum_job()
                 else:
@@ -953,7 +968,8 @@ class AsyncStore:
         return done
 
     async def maintain_dead_tuples(self) -> list[dict[str, Any]]:
-        """Live and dead tuples of the live table and the dead letters."""
+        """Live and dead tuples of the live table and the dead letters, and the rows the
+        planner believes each holds."""
         return await self._rows("maintain_dead_tuples", {}, None)
 
     async def maintain_vacuum_job(self) -> None:

@@ -157,11 +157,15 @@ SELECT count(*) FROM gone;
 -- Live and dead tuples of the tables rows are deleted from: maintenance vacuums them itself when
 -- dead tuples pile up (autovacuum off, or visiting only once a naptime while thousands of jobs a
 -- second each leave dead row versions behind in the live table). The archive is insert-only.
+-- Live and dead tuples of the live table and the dead letters, and the rows the planner
+-- believes each holds (reltuples, as the last VACUUM or ANALYZE left it; 0 if never).
 -- name: maintain_dead_tuples :many
-SELECT relname AS table, n_live_tup AS live, n_dead_tup AS dead
-FROM pg_stat_user_tables
-WHERE schemaname = {schema_literal} AND relname IN ('job', 'job_dead')
-ORDER BY relname;
+SELECT s.relname AS table, s.n_live_tup AS live, s.n_dead_tup AS dead,
+       greatest(c.reltuples, 0)::bigint AS planned
+FROM pg_stat_user_tables s
+JOIN pg_class c ON c.oid = s.relid
+WHERE s.schemaname = {schema_literal} AND s.relname IN ('job', 'job_dead')
+ORDER BY s.relname;
 
 -- A plain VACUUM, which other backends' pruning does not wait for: an ANALYZE holds a snapshot,
 -- and while it runs no claimed row's dead version can be pruned, so every claim walks more of

@@ -65,6 +65,21 @@ def explain_statements(conn: psycopg.Connection[Any], *, analyze: bool) -> list[
     return notices
 
 
+def completions(claimed: list[dict[str, Any]], worker: uuid.UUID) -> dict[str, Any]:
+    """The parameters of job_ack_many (and of job_ack_fetch's outcomes) completing ``claimed``."""
+    n = len(claimed)
+    return {
+        "id": [r["id"] for r in claimed],
+        "worker": [worker] * n,
+        "attempt": [r["attempt"] for r in claimed],
+        "outcome": ["completed"] * n,
+        "result": [None] * n,
+        "error": [None] * n,
+        "delay": [None] * n,
+        "now": None,
+    }
+
+
 def test_fetch_and_ack_use_their_indexes_on_a_large_table(app: Conveyor, conveyor_dsn: str) -> None:
     named = queries(app.schema)
     with psycopg.connect(conveyor_dsn, row_factory=dict_row) as conn:
@@ -81,31 +96,10 @@ def test_fetch_and_ack_use_their_indexes_on_a_large_table(app: Conveyor, conveyo
         fetch = [n for n in notices if "LATERAL" in n][-1]
         assert "job_fetch_free_idx" in fetch
         assert "Seq Scan on job" not in fetch and "Sort Method" not in fetch.split("LockRows")[1]
-        conn.execute(
-            named["job_ack_many"].sql,
-            {
-                "id": [r["id"] for r in claimed],
-                "worker": [worker] * 100,
-                "attempt": [r["attempt"] for r in claimed],
-                "outcome": ["completed"] * 100,
-                "result": [None] * 100,
-                "error": [None] * 100,
-                "delay": [None] * 100,
-                "now": None,
-            },
-        )
+        conn.execute(named["job_ack_many"].sql, completions(claimed, worker))
         before = len(notices)
         # The ack of those 100 folded into the next claim (one statement, as a busy worker does).
-        params = {
-            "id": [r["id"] for r in claimed[:50]],
-            "worker": [worker] * 50,
-            "attempt": [r["attempt"] for r in claimed[:50]],
-            "outcome": ["completed"] * 50,
-            "result": [None] * 50,
-            "error": [None] * 50,
-            "delay": [None] * 50,
-            "now": None,
-        }
+        params = completions(claimed[:50], worker)
         nothing = {k: [] if isinstance(v, list) else v for k, v in params.items()}
         for i in range(6):  # the acks ride on the last one, once the generic plans are in use
             found = conn.execute(
@@ -260,19 +254,7 @@ def claim_and_ack(
     ).fetchall()
     assert len(claimed) == 100
     before = len(notices)
-    conn.execute(
-        named["job_ack_many"].sql,
-        {
-            "id": [r["id"] for r in claimed],
-            "worker": [worker] * 100,
-            "attempt": [r["attempt"] for r in claimed],
-            "outcome": ["completed"] * 100,
-            "result": [None] * 100,
-            "error": [None] * 100,
-            "delay": [None] * 100,
-            "now": None,
-        },
-    )
+    conn.execute(named["job_ack_many"].sql, completions(claimed, worker))
     return next(n for n in notices[before:] if "DELETE FROM" in n and ".job j" in n)
 
 

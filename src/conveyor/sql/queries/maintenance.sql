@@ -157,8 +157,8 @@ SELECT count(*) FROM gone;
 -- Live and dead tuples of the tables rows are deleted from: maintenance vacuums them itself when
 -- dead tuples pile up (autovacuum off, or visiting only once a naptime while thousands of jobs a
 -- second each leave dead row versions behind in the live table). The archive is insert-only.
--- Live and dead tuples of the live table and the dead letters, and the rows the planner
--- believes each holds (reltuples, as the last VACUUM or ANALYZE left it; 0 if never).
+-- Beside them, the rows the planner believes each holds (reltuples, as the last VACUUM or
+-- ANALYZE left it; 0 if never), which tells when the live table outgrew its cached plans.
 -- name: maintain_dead_tuples :many
 SELECT s.relname AS table, s.n_live_tup AS live, s.n_dead_tup AS dead,
        greatest(c.reltuples, 0)::bigint AS planned

@@ -128,8 +128,8 @@ def test_jobs_that_keep_no_history_are_counted_too(
     def exact() -> None:
         assert app.queue_stats("fleeting").counts[JobState.COMPLETED] == 20
         assert app.queue_stats("kept").counts[JobState.COMPLETED] == 1
-        [minute] = app.queue_series("fleeting", minutes=1)
-        assert minute.completed == 20
+        # Two minutes: the drain and this read may fall either side of a minute's turn.
+        assert sum(m.completed for m in app.queue_series("fleeting", minutes=2)) == 20
 
     exact()
     rollup = StatsRollup(lag=0, hold=0)

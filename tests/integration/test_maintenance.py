@@ -134,6 +134,50 @@ def test_each_job_is_kept_for_its_own_retention(timed: Conveyor, clock: FrozenCl
         timed.get_job(long)
 
 
+def test_the_runway_grows_ten_minutes_at_a_time(timed: Conveyor, clock: FrozenClock) -> None:
+    """Attaching a partition makes every writer of the history plan its acknowledgement again:
+    the leader creates what the next ten minutes will need at once, and then nothing until it
+    runs short, instead of a partition every minute."""
+    clock.advance(timedelta(days=3, seconds=17))  # clear of the partitions other tests leave
+    assert timed.maintain()["partitions_created"] > 10
+    for _ in range(10):
+        clock.advance(60)
+        assert timed.maintain()["partitions_created"] == 0
+    clock.advance(60)
+    assert timed.maintain()["partitions_created"] > 0
+
+
+def test_the_layout_ahead_holds_every_instant_the_layout_asks_for_meanwhile(
+    conveyor_dsn: str, conveyor_schema: str
+) -> None:
+    """What the runway creates ahead at T is every partition archive_layout gives at any time
+    from T to T + 10 minutes, for retentions short and long; with no lead, the layout itself."""
+    s = conveyor_schema
+    with psycopg.connect(conveyor_dsn) as conn:
+        found = conn.execute(
+            f"""
+            WITH spans AS (
+                SELECT make_interval(secs => h + 60) AS span,
+                       timestamptz '2031-03-01 09:00:00+00' + k * interval '97 seconds' AS t0
+                FROM unnest(ARRAY[0, 60, 120, 600, 3600, 86400, 604800, 3456000]) AS h,
+                     generate_series(0, 12) AS k
+            )
+            SELECT
+                (SELECT count(*) FROM spans, generate_series(0, 600, 7) AS j
+                 WHERE EXISTS (
+                     SELECT l FROM {s}.archive_layout(
+                         t0 + j * interval '1 second', t0 + j * interval '1 second' + span) l
+                     EXCEPT
+                     SELECT {s}.archive_layout_ahead(t0, t0 + span, interval '10 minutes'))),
+                (SELECT count(*) FROM spans
+                 WHERE ARRAY(SELECT l FROM {s}.archive_layout(t0, t0 + span) l ORDER BY l)
+                       <> ARRAY(SELECT l FROM {s}.archive_layout_ahead(t0, t0 + span, '0') l
+                                ORDER BY l))
+            """
+        ).fetchone()
+    assert found == (0, 0)  # (instants missed ahead, layouts that differ with no lead)
+
+
 def test_partitions_reach_as_far_as_the_longest_retention_in_use(
     timed: Conveyor, clock: FrozenClock, conveyor_dsn: str
 ) -> None:

@@ -323,8 +323,8 @@ def test_the_counters_read_what_finished_since_their_watermark_along_the_index(
     """The rollup and the stats reads look at the rows finished since the watermark (a second
     of them, at most a chunk). In a partition never analyzed, "finished after X" was guessed to
     hold a third of its rows, so the rollup's search for its chunk's end sorted the newest
-    partitions with two parallel workers: 0.3-0.65 s of every core, every second, at 6,250
-    jobs/s. Both look the rows up by their finished_at index, and never in parallel."""
+    partitions with two parallel workers: 0.3-0.65 s on both cores about once a second, at
+    6,250 jobs/s. Both look the rows up by their finished_at index, and never in parallel."""
     named = queries(app.schema)
     app.send("bench", {})  # the stats read the queues there are
     with psycopg.connect(conveyor_dsn, row_factory=dict_row) as conn:

@@ -6,8 +6,8 @@
 -- analyzes a table once its changes reach a share of it; a partitioned parent, never). With no
 -- statistics the planner guesses that "finished after X" holds a third of a partition, so the
 -- rollup's search for its chunk's end (at most p_chunk rows after the watermark) sorted the
--- newest partitions whole, with two parallel workers: at 6,250 jobs/s on two cores it took
--- 0.3-0.65 s of every core about once a second, and the stats reads (queue_stats, the series,
+-- newest partitions whole, with two parallel workers: at 6,250 jobs/s on two cores it ran
+-- 0.3-0.65 s about once a second on both cores, and the stats reads (queue_stats, the series,
 -- every 2 s per open dashboard) sorted them too. Bounded on both sides, the guess is a range's
 -- (half a percent), so each partition is read along its index; once analyzed, the planner
 -- finds the newest values at the index's end either way. The rollup never runs parallel

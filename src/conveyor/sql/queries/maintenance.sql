@@ -68,9 +68,8 @@ ALTER TABLE {schema}.job_archive DETACH PARTITION {schema}.{partition};
 ALTER TABLE {schema}.job_archive DETACH PARTITION {schema}.{partition} FINALIZE;
 
 -- The completion hooks of the jobs in a partition about to be dropped: a hook is kept while
--- its job is.
--- The few hooks are looked up in the partition's id index: joined the other way round, one
--- pending hook anywhere made this read the whole partition.
+-- its job is. The few hooks are looked up in the partition's id index: joined the other way
+-- round, one pending hook anywhere made this read the whole partition.
 -- name: archive_drop_hooks :exec
 DELETE FROM {schema}.job_hook k
 WHERE EXISTS (SELECT FROM {schema}.{partition} p WHERE p.id = k.job_id);

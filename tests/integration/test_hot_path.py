@@ -208,3 +208,32 @@ def test_a_worker_reads_its_claims_in_a_utc_session(app: Conveyor) -> None:
     app.send("utc.q", {})
     assert app.drain() == 1
     assert seen == [UTC, UTC]
+
+
+def test_calls_one_after_another_reuse_the_connection_returned_last(app: Conveyor) -> None:
+    # After a burst has opened a second connection, a round-robin pool would alternate the two
+    # (each call slower, see connections.newest_first); the newest one is reused instead.
+    store = app._stores.store()
+    with store.connection() as outer:
+        with store.connection() as inner:
+            assert inner is not outer
+        pid = outer.info.backend_pid
+    for _ in range(3):
+        with store.connection() as conn:
+            assert conn.info.backend_pid == pid
+            conn.execute("SELECT 1")
+
+
+async def test_async_calls_one_after_another_reuse_the_connection_returned_last(
+    conveyor_dsn: str, conveyor_schema: str
+) -> None:
+    async with Conveyor(conveyor_dsn, schema=conveyor_schema) as app:
+        store = app._stores.store_async()
+        async with store.connection() as outer:
+            async with store.connection() as inner:
+                assert inner is not outer
+            pid = outer.info.backend_pid
+        for _ in range(3):
+            async with store.connection() as conn:
+                assert conn.info.backend_pid == pid
+                await conn.execute("SELECT 1")

@@ -9,7 +9,8 @@ import logging
 import re
 import select
 import weakref
-from typing import Any
+from collections import deque
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from psycopg import AsyncConnection, Connection, Error, postgres
@@ -58,6 +59,30 @@ def check_dsn(dsn: str) -> str:
 
 
 UTC_SESSION = "SET TimeZone TO 'UTC'"
+
+_T = TypeVar("_T")
+
+
+class _NewestFirst(deque[_T]):
+    """The idle connections of a pool, handed out newest first: psycopg_pool takes them with
+    ``popleft`` and returns them with ``append``, so overriding ``popleft`` makes it a stack."""
+
+    def popleft(self) -> _T:
+        return self.pop()
+
+
+def newest_first(pool: Any) -> None:
+    """Make ``pool`` (sync or async, psycopg_pool 3.2+) hand out the connection returned last.
+
+    psycopg_pool cycles through its idle connections in turn. Once a burst has opened a second
+    one, calls one after another alternate between two server backends, and each costs more
+    (why, not found): about 40 us more per send of one job, 3,500 against 4,300 sends/s
+    (measured on one machine in one run). Reusing the newest keeps one backend busy and lets
+    the others sit idle until the pool's ``max_idle`` closes them. (The pool also takes the
+    connection it shrinks by with ``popleft``: it then closes the newest idle one, which
+    changes which connection closes, not how many.)
+    """
+    pool._pool = _NewestFirst(pool._pool)
 
 
 def connect_kwargs(dsn: str, **kwargs: Any) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from conveyor._store.connections import (
     closed_by_server,
     connect_kwargs,
     copy_jsonb_text,
+    newest_first,
     replaced,
     standard_json,
     unavailable,
@@ -121,6 +122,7 @@ class Store:
             # Not behind PgBouncer in transaction mode, where a SET would reach other clients.
             configure=utc_session if utc and prepare else None,
         )
+        newest_first(self._pool)
         self._closed = False
         # Shared by every wait_for of this store; None: wait_for polls (behind PgBouncer).
         self._waiter = (

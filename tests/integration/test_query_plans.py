@@ -19,7 +19,6 @@ from conveyor._store.queries import queries
 from conveyor._store.worker_store import WorkerStore
 from conveyor.config import VACUUM_DEAD_SHARE, VACUUM_MIN_DEAD
 
-
 # A scan of the live table that finds the rows it joins by their ids (one key lookup each),
 # directly or through a bitmap of job_pkey.
 KEYED = re.compile(

@@ -9,10 +9,10 @@
 -- just after such a VACUUM (the plans that test_query_plans reproduces, most likely).
 -- With the ids also given as "id = ANY (the batch's ids)", the live table is read by key on
 -- whichever side the planner puts it: over 50,000 waiting jobs, 6-12 ms instead of 1.0-1.7 s.
--- The claim may now hash its join (one pass over the batch where a nested loop on the key
--- would be planned as a walk of the batch for each job) and returns its jobs in the order it
--- picked them, which the join no longer keeps. ack_jobs is 0025's and claim_jobs 0022's but
--- for these. (claim_fair and claim_group_heads, for fair and grouped queues, keep the trap.)
+-- The claim may now hash its join (one pass over the batch, where a nested loop on the key
+-- would be planned as a walk of the batch for each job). ack_jobs is 0025's and claim_jobs
+-- 0022's but for these. (claim_fair and claim_group_heads, for fair and grouped queues, keep
+-- the trap.)
 
 CREATE OR REPLACE FUNCTION {schema}.ack_jobs(
     p_id uuid[], p_worker uuid[], p_attempt integer[], p_outcome text[], p_result jsonb[],
@@ -295,10 +295,9 @@ SET plan_cache_mode = force_generic_plan
 AS $fn$
 #variable_conflict use_column
 BEGIN
-    -- Returned in the order picked: the join may now take the live table first.
     RETURN QUERY
     WITH picked AS (
-        SELECT c.id, row_number() OVER (ORDER BY c.priority DESC, c.run_at, c.id) AS n
+        SELECT c.id
         FROM unnest(p_queues) AS q(name)
         CROSS JOIN LATERAL (
             SELECT j.id, j.priority, j.run_at
@@ -311,25 +310,16 @@ BEGIN
         ) c
         ORDER BY c.priority DESC, c.run_at, c.id
         LIMIT p_limit
-    ),
-    claimed AS (
-        UPDATE {schema}.job j
-        SET state = 'active', attempt = j.attempt + 1, worker_id = p_worker,
-            started_at = coalesce(p_now, now())
-        FROM picked
-        WHERE j.id = picked.id AND j.id = ANY (ARRAY(SELECT p.id FROM picked p))
-        RETURNING picked.n, j.id, j.queue, j.state, j.data, j.priority, j.attempt,
-                  j.retry_limit, j.retry_delay, j.retry_backoff, j.retry_delay_max,
-                  j.expire_in, j.retention, j.run_at, j.created_at, j.started_at,
-                  j.finished_at, j.meta, nullif(j.errors, '[]') AS errors, j.progress,
-                  j.singleton_key, j.singleton_seconds, j.unique_key, j.dead_letter,
-                  j.group_key, j.depends_on, j.worker_id
     )
-    SELECT c.id, c.queue, c.state, c.data, c.priority, c.attempt, c.retry_limit,
-           c.retry_delay, c.retry_backoff, c.retry_delay_max, c.expire_in, c.retention,
-           c.run_at, c.created_at, c.started_at, c.finished_at, c.meta, c.errors, c.progress,
-           c.singleton_key, c.singleton_seconds, c.unique_key, c.dead_letter, c.group_key,
-           c.depends_on, c.worker_id
-    FROM claimed c ORDER BY c.n;
+    UPDATE {schema}.job j
+    SET state = 'active', attempt = j.attempt + 1, worker_id = p_worker,
+        started_at = coalesce(p_now, now())
+    FROM picked
+    WHERE j.id = picked.id AND j.id = ANY (ARRAY(SELECT p.id FROM picked p))
+    RETURNING j.id, j.queue, j.state, j.data, j.priority, j.attempt, j.retry_limit,
+              j.retry_delay, j.retry_backoff, j.retry_delay_max, j.expire_in, j.retention,
+              j.run_at, j.created_at, j.started_at, j.finished_at, j.meta,
+              nullif(j.errors, '[]'), j.progress, j.singleton_key, j.singleton_seconds,
+              j.unique_key, j.dead_letter, j.group_key, j.depends_on, j.worker_id;
 END
 $fn$;

@@ -352,6 +352,42 @@ def test_a_claim_and_an_ack_planned_after_a_vacuum_saw_no_job_read_a_backlog_by_
     assert KEYED.search(ack), ack
 
 
+def test_a_grouped_claim_planned_on_a_few_jobs_reads_a_burst_along_its_indexes(
+    conveyor_dsn: str, scratch_schema: str
+) -> None:
+    """Planned while the live table held a few thousand jobs, the claim of group heads once
+    sorted every grouped job at each step of its walk over the groups (17 s for 100 heads over
+    50,000 jobs in 1,000 groups), and its UPDATE could walk the whole table: now the walk keeps
+    to the group index's order and the UPDATE takes the locked tuples by ctid."""
+    schema = scratch_schema
+    Conveyor(conveyor_dsn, schema=schema).migrate()
+    named = queries(schema)
+    grouped = (
+        DUE_JOBS.replace("created_at)", "created_at, group_key)")
+        .replace("now() FROM", "now(), 'g' || (g % 1000) FROM")
+        .replace("generate_series(1, {count})", "generate_series(1, {count}) g")
+    )
+    with psycopg.connect(conveyor_dsn, row_factory=dict_row, autocommit=True) as conn:
+        conn.execute(grouped.format(schema=schema, count=20000))
+        conn.execute(
+            f"DELETE FROM {schema}.job WHERE id IN (SELECT id FROM {schema}.job OFFSET 5000)"
+        )
+        conn.execute(f"VACUUM {schema}.job")
+        notices = explain_statements(conn, analyze=False)
+        worker = uuid.uuid4()
+        nothing = {k: [] if isinstance(v, list) else v for k, v in completions([], worker).items()}
+        fold = {"queues": ["bench"], "claimer": worker, "limit": 100}
+        for _ in range(6):  # planned on 5,000 jobs, and kept
+            conn.execute(named["job_ack_fetch"].sql, {**nothing, **fold}).fetchall()
+        conn.execute(grouped.format(schema=schema, count=20000))
+        before = len(notices)
+        assert len(conn.execute(named["job_ack_fetch"].sql, {**nothing, **fold}).fetchall()) == 100
+    walk = next(n for n in notices[before:] if "WITH RECURSIVE g" in n)
+    claim = next(n for n in notices[before:] if "WITH head AS" in n)
+    assert "Sort" not in walk, walk
+    assert "TID Cond: (ctid = ANY" in claim, claim
+
+
 def archive_rows(
     conn: psycopg.Connection[Any], schema: str, count: int, ended: datetime | None = None
 ) -> None:

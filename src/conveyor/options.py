@@ -164,6 +164,12 @@ def check_key(name: str, value: object) -> str:
         raise InvalidOption(f"{name} must be a non-empty string")
     if len(value) > MAX_KEY_LENGTH or "\x00" in value:
         raise InvalidOption(f"{name} must be at most {MAX_KEY_LENGTH} characters, without NUL")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            # PostgreSQL stores no lone surrogate (as text or in JSON): refused here, typed.
+            raise InvalidOption(f"{name} contains invalid Unicode (a lone surrogate)") from None
     return value
 
 

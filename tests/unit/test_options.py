@@ -229,3 +229,11 @@ def test_a_batch_without_options_is_taken_as_columns() -> None:
         bare_jobs([("q", 1), (["q"], 2)], lambda q: none, 1000)
     with pytest.raises(PayloadTooLarge):
         bare_jobs([("q", "x" * 2000), ("bad name", 1)], lambda q: none, 1000)
+
+
+@pytest.mark.parametrize("name", ["group_key", "unique_key", "singleton_key", "fair_key"])
+def test_a_key_with_a_lone_surrogate_is_refused_before_it_reaches_the_database(name: str) -> None:
+    window = {"singleton_seconds": 60} if name == "singleton_key" else {}
+    with pytest.raises(InvalidOption, match="lone surrogate"):
+        job_spec("q", {}, {name: "a\ud800", **window}, 1 << 20)
+    assert getattr(job_spec("q", {}, {name: "clé-🔑", **window}, 1 << 20), name) == "clé-🔑"

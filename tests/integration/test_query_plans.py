@@ -308,11 +308,21 @@ async def test_an_ack_planned_on_an_empty_table_finds_its_rows_by_key_once_maint
         app.close()
 
 
+# ``count`` due bench jobs, in group ``group`` (an SQL expression of g, the job's number).
 DUE_JOBS = (
     "INSERT INTO {schema}.job (id, queue, data, run_at, retry_limit, retry_delay, retry_backoff,"
-    " expire_in, retention, created_at) SELECT gen_random_uuid(), 'bench', '{{}}', now(), 2, 5,"
-    " 'exponential', 900, 604800, now() FROM generate_series(1, {count})"
+    " expire_in, retention, created_at, group_key) SELECT gen_random_uuid(), 'bench', '{{}}',"
+    " now(), 2, 5, 'exponential', 900, 604800, now(), {group} FROM generate_series(1, {count}) g"
 )
+
+
+def ack_fetch(
+    conn: psycopg.Connection[Any], schema: str, worker: uuid.UUID, claimed: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """One job_ack_fetch as a busy worker runs it: acknowledge ``claimed``, claim up to 100
+    bench jobs."""
+    params = {**completions(claimed, worker), "queues": ["bench"], "claimer": worker, "limit": 100}
+    return conn.execute(queries(schema)["job_ack_fetch"].sql, params).fetchall()
 
 
 def test_a_claim_and_an_ack_planned_after_a_vacuum_saw_no_job_read_a_backlog_by_key(
@@ -325,9 +335,8 @@ def test_a_claim_and_an_ack_planned_after_a_vacuum_saw_no_job_read_a_backlog_by_
     live table takes, it is read by the batch's ids."""
     schema = scratch_schema
     Conveyor(conveyor_dsn, schema=schema).migrate()
-    named = queries(schema)
     with psycopg.connect(conveyor_dsn, row_factory=dict_row, autocommit=True) as conn:
-        conn.execute(DUE_JOBS.format(schema=schema, count=2000))
+        conn.execute(DUE_JOBS.format(schema=schema, count=2000, group="NULL"))
         conn.execute(f"DELETE FROM {schema}.job")
         conn.execute(f"VACUUM {schema}.job")
         counted = conn.execute(
@@ -336,16 +345,13 @@ def test_a_claim_and_an_ack_planned_after_a_vacuum_saw_no_job_read_a_backlog_by_
         assert counted is not None and counted["reltuples"] == 0 and counted["relpages"] > 0
         notices = explain_statements(conn, analyze=False)
         worker = uuid.uuid4()
-        nothing = {k: [] if isinstance(v, list) else v for k, v in completions([], worker).items()}
-        fold = {"queues": ["bench"], "claimer": worker, "limit": 100}
         for _ in range(6):  # planned on the empty table, and kept
-            conn.execute(named["job_ack_fetch"].sql, {**nothing, **fold}).fetchall()
-        conn.execute(DUE_JOBS.format(schema=schema, count=20000))
-        claimed = conn.execute(named["job_ack_fetch"].sql, {**nothing, **fold}).fetchall()
+            ack_fetch(conn, schema, worker, [])
+        conn.execute(DUE_JOBS.format(schema=schema, count=20000, group="NULL"))
+        claimed = ack_fetch(conn, schema, worker, [])
         assert len(claimed) == 100
         before = len(notices)
-        acked = completions(claimed, worker)
-        assert len(conn.execute(named["job_ack_fetch"].sql, {**acked, **fold}).fetchall()) == 100
+        assert len(ack_fetch(conn, schema, worker, claimed)) == 100
     claim = next(n for n in reversed(notices) if "UPDATE" in n and "picked" in n)
     ack = next(n for n in notices[before:] if "DELETE FROM" in n and ".job j" in n)
     assert KEYED.search(claim), claim
@@ -361,27 +367,20 @@ def test_a_grouped_claim_planned_on_a_few_jobs_reads_a_burst_along_its_indexes(
     to the group index's order and the UPDATE takes the locked tuples by ctid."""
     schema = scratch_schema
     Conveyor(conveyor_dsn, schema=schema).migrate()
-    named = queries(schema)
-    grouped = (
-        DUE_JOBS.replace("created_at)", "created_at, group_key)")
-        .replace("now() FROM", "now(), 'g' || (g % 1000) FROM")
-        .replace("generate_series(1, {count})", "generate_series(1, {count}) g")
-    )
+    in_groups = "'g' || (g % 1000)"
     with psycopg.connect(conveyor_dsn, row_factory=dict_row, autocommit=True) as conn:
-        conn.execute(grouped.format(schema=schema, count=20000))
+        conn.execute(DUE_JOBS.format(schema=schema, count=20000, group=in_groups))
         conn.execute(
             f"DELETE FROM {schema}.job WHERE id IN (SELECT id FROM {schema}.job OFFSET 5000)"
         )
         conn.execute(f"VACUUM {schema}.job")
         notices = explain_statements(conn, analyze=False)
         worker = uuid.uuid4()
-        nothing = {k: [] if isinstance(v, list) else v for k, v in completions([], worker).items()}
-        fold = {"queues": ["bench"], "claimer": worker, "limit": 100}
         for _ in range(6):  # planned on 5,000 jobs, and kept
-            conn.execute(named["job_ack_fetch"].sql, {**nothing, **fold}).fetchall()
-        conn.execute(grouped.format(schema=schema, count=20000))
+            ack_fetch(conn, schema, worker, [])
+        conn.execute(DUE_JOBS.format(schema=schema, count=20000, group=in_groups))
         before = len(notices)
-        assert len(conn.execute(named["job_ack_fetch"].sql, {**nothing, **fold}).fetchall()) == 100
+        assert len(ack_fetch(conn, schema, worker, [])) == 100
     walk = next(n for n in notices[before:] if "WITH RECURSIVE g" in n)
     claim = next(n for n in notices[before:] if "WITH head AS" in n)
     assert "Sort" not in walk, walk

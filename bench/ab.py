@@ -319,6 +319,9 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
         Scenario("drain_zero_1", "drain", ("--jobs", n, "--retention", "0"), on_baseline=False),
         Scenario("drain_sync_1", "drain", ("--jobs", n, "--kind", "sync")),
         Scenario("send_one", "send_one", ("--jobs", str(args.sends))),
+        # Eight processes sending at once, no worker idle: no target of its own (issue 14's
+        # lever "notify only when someone can be woken").
+        Scenario("send_one_8", "send_concurrent", ("--jobs", str(args.sends), "--processes", "8")),
         Scenario("send_batch_100", "send_batch", ("--jobs", n, "--size", "100")),
         Scenario("send_batch_10000", "send_batch", ("--jobs", n, "--size", "10000")),
         # The general path (insert_jobs), which a job with a unique key takes: no target of

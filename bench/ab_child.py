@@ -5,14 +5,15 @@
 Each run drops ``--schema``, migrates it with the imported tree's own code, measures, and prints
 one JSON line on stdout: ``conveyor_file`` (the imported package, checked by the parent) and the
 scenario's metrics. Worker processes are ``bench.ab_worker`` with the same environment.
-Scenarios: drain, send_one, send_batch, latency, start_after, reset; ``produce`` is the loaded
-producer a latency run starts beside its probes.
+Scenarios: drain, send_one, send_concurrent, send_batch, latency, start_after, reset; ``produce``
+is the loaded producer a latency run starts beside its probes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import queue
 import signal
 import subprocess
@@ -116,6 +117,40 @@ def send_one(args: argparse.Namespace) -> dict[str, Any]:
             app.send(QUEUE, {"i": i}, **keyed(args, i))
         seconds = time.perf_counter() - start
     return {"rate": args.jobs / seconds, "seconds": seconds}
+
+
+def send_concurrent(args: argparse.Namespace) -> dict[str, Any]:
+    """Jobs/s of ``--processes`` processes sending ``--jobs`` jobs between them, each one job per
+    call and transaction, all at once, while no worker runs (as when every worker is busy): the
+    commits of concurrent senders, which a NOTIFY in each would make one at a time."""
+    reset(args.dsn, args.schema).close()
+    per = args.jobs // args.processes
+    context = multiprocessing.get_context("spawn")
+    ready = context.Barrier(args.processes + 1)
+    done: multiprocessing.Queue[int] = context.Queue()
+    senders = [
+        context.Process(target=_send_some, args=(args.dsn, args.schema, per, ready, done))
+        for _ in range(args.processes)
+    ]
+    for sender in senders:
+        sender.start()
+    ready.wait()
+    start = time.perf_counter()
+    sent = sum(done.get(timeout=240) for _ in senders)
+    seconds = time.perf_counter() - start
+    for sender in senders:
+        sender.join()
+    return {"rate": sent / seconds, "seconds": seconds}
+
+
+def _send_some(dsn: str, schema: str, n: int, ready: Any, done: Any) -> None:
+    with Conveyor(dsn, schema=schema) as app:
+        for i in range(20):
+            app.send("warm", {"i": i})
+        ready.wait()
+        for i in range(n):
+            app.send(QUEUE, {"i": i})
+    done.put(n)
 
 
 def send_batch(args: argparse.Namespace) -> dict[str, Any]:
@@ -290,8 +325,9 @@ def main() -> None:
         reset(args.dsn, args.schema).close()
         metrics: dict[str, Any] = {}
     else:
-        run = {"drain": drain, "send_one": send_one, "send_batch": send_batch,
-               "latency": latency, "start_after": start_after}[args.scenario]  # fmt: skip
+        run = {"drain": drain, "send_one": send_one, "send_concurrent": send_concurrent,
+               "send_batch": send_batch, "latency": latency,
+               "start_after": start_after}[args.scenario]  # fmt: skip
         metrics = run(args)
     print(json.dumps({"conveyor_file": conveyor.__file__, **metrics}), flush=True)
 

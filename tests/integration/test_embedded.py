@@ -21,7 +21,8 @@ def test_embedded_server_runs_conveyor(tmp_path: Path) -> None:
         with psycopg.connect(dsn, autocommit=True) as listener:
             listener.execute('LISTEN "conveyor:embedded"')
             with Conveyor(dsn, schema="embedded") as app:
-                app.send("wake", {})
+                # On a connection of its own: a pooled send notifies only an idle worker.
+                app.send("wake", {}, connection=listener)
             note = next(listener.notifies(timeout=5))
             assert (note.channel, note.payload) == ("conveyor:embedded", "wake")
     with pytest.raises(psycopg.OperationalError):

@@ -277,7 +277,8 @@ async def test_a_rolled_back_send_stores_and_wakes_nothing(
         await listener.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(channel)))
         one = await app_async.send_async("gone", 1, connection=caller)
         await caller.rollback()
-        await app_async.send_async("marker", 2)
+        # On a connection of its own: a send on a pooled one notifies only an idle worker.
+        await app_async.send_async("marker", 2, connection=listener)
         heard = [n.payload async for n in listener.notifies(timeout=5, stop_after=1)]
         assert heard == ["marker"]
         assert await app_async.get_jobs_async([one]) == []

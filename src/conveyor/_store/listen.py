@@ -4,6 +4,9 @@ LISTEN cannot share a pooled connection (the pool would hand the subscription to
 and behind PgBouncer in transaction mode it needs a direct connection; so it has its own. When the
 connection drops, it reconnects with a growing, jittered delay, LISTENs again and reports the
 reconnect, since notifications sent meanwhile are lost and the caller should look for work.
+
+A few statements of the worker's own run on it too (:meth:`Listener.execute`): its idle marks are
+session locks, which must live exactly as long as the subscription they stand for.
 """
 
 from __future__ import annotations
@@ -43,6 +46,14 @@ class Listener:
         self._probe_every = probe_every
         self._application_name = application_name
         self.connected = asyncio.Event()
+        # Counts the connections made: session state (the idle marks) of an earlier one is gone.
+        self.generation = 0
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        # The connection's turns: hearing notifications, or a statement (execute), which asks
+        # for the next turn and is counted until it has it.
+        self._turn = asyncio.Lock()
+        self._asked = asyncio.Event()
+        self._asking = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Listen until ``stop`` is set, reconnecting whenever the connection is lost.
@@ -70,16 +81,68 @@ class Listener:
         try:
             for channel in self._channels:
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+            self.generation += 1
+            self._conn = conn
             self.connected.set()
             self._on_connect()
             while True:
-                async for note in conn.notifies(timeout=self._probe_every):
-                    self._on_notify(note.channel, note.payload)
+                if await self._hear(conn):
+                    continue  # a statement wants the connection: it takes it in turn
                 # After a quiet spell, make sure the connection is still alive.
-                await conn.execute("SELECT 1")
+                async with self._turn:
+                    await conn.execute("SELECT 1")
         finally:
+            self._conn = None
             self.connected.clear()
             await conn.close()
+
+    async def _hear(self, conn: psycopg.AsyncConnection[Any]) -> bool:
+        """Pass on notifications until a quiet spell of ``probe_every`` (False) or until
+        :meth:`execute` asks for the connection (True). A notification that arrives while a
+        statement runs waits in psycopg's backlog for the next call."""
+        async with self._turn:
+            if self._asking:
+                return True
+            self._asked.clear()
+            hearing = asyncio.ensure_future(self._pass_on(conn))
+            asked = asyncio.ensure_future(self._asked.wait())
+            try:
+                await asyncio.wait({hearing, asked}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                asked.cancel()
+                if not hearing.done():
+                    hearing.cancel()
+                    await asyncio.wait({hearing})
+            if hearing.cancelled():
+                return True
+            hearing.result()  # its error, if the connection failed
+            return False
+
+    async def _pass_on(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        async for note in conn.notifies(timeout=self._probe_every):
+            self._on_notify(note.channel, note.payload)
+
+    async def execute(self, query: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """Run one statement on the LISTEN connection, in autocommit, and return its rows.
+
+        Raises ``psycopg.OperationalError`` while there is no connection; a session lock it
+        takes lasts until released or until ``generation`` changes."""
+        conn = self._conn
+        if conn is None:
+            raise psycopg.OperationalError("the LISTEN connection is down")
+        self._asking += 1
+        self._asked.set()
+        try:
+            await self._turn.acquire()
+        finally:
+            self._asking -= 1
+        try:
+            if conn is not self._conn:
+                raise psycopg.OperationalError("the LISTEN connection was lost")
+            cur = await conn.execute(query, params)
+            return await cur.fetchall() if cur.description else []
+        finally:
+            self._turn.release()
 
 
 async def _unless_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> None:

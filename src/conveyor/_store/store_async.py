@@ -347,8 +347,11 @@ class AsyncStore:
     async def _insert_plain(
         self, name: str, params: dict[str, Any], conn: AsyncConn | None
     ) -> bool:
-        """Run a fast-path insert, which wakes the workers on this store's channel."""
+        """Run a fast-path insert, which wakes the workers on this store's channel: only those
+        waiting for its queues when it commits by itself, always on the caller's connection
+        (whose commit may come much later; see "Waking the workers" in job.sql)."""
         params["channel"] = self.channel
+        params["quiet"] = conn is None
         return bool(await self._value(name, params, conn))
 
     async def _value(self, name: str, params: dict[str, Any], conn: AsyncConn | None) -> Any:

@@ -17,6 +17,8 @@ from psycopg.rows import tuple_row
 
 from conveyor._store import rows
 from conveyor._store.connections import one_line
+from conveyor._store.errors import reraise
+from conveyor._store.listen import Listener
 from conveyor._store.store_async import AsyncStore
 from conveyor.config import STATS_WAIT_BOUNDS_MS
 from conveyor.errors import (
@@ -70,6 +72,24 @@ class WorkerStore(AsyncStore):
         pool = self._pool
         if pool.min_size < connections:
             await pool.resize(connections, max(connections, pool.max_size))
+
+    async def mark_idle(self, listener: Listener, queues: Sequence[str]) -> dict[str, str]:
+        """Take the idle marks of ``queues`` on the worker's LISTEN connection (see
+        worker_mark_idle): for each queue, 'marked', 'sending' or 'taken'."""
+        params = {"channel": self.channel, "queues": list(queues)}
+        try:
+            found = await listener.execute(self._queries["worker_mark_idle"].sql, params)
+        except Error as exc:
+            reraise(exc, self.schema)
+        return {queue: mark for queue, mark in found}
+
+    async def unmark_idle(self, listener: Listener, queues: Sequence[str]) -> None:
+        """Give up the idle marks of ``queues``, and wake the other workers of those queues."""
+        params = {"channel": self.channel, "queues": list(queues)}
+        try:
+            await listener.execute(self._queries["worker_unmark_idle"].sql, params)
+        except Error as exc:
+            reraise(exc, self.schema)
 
     async def job_fetch(
         self, queues: Sequence[str], worker: UUID, limit: int, now: datetime | None

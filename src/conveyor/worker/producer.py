@@ -6,6 +6,10 @@ otherwise the producer sleeps until a NOTIFY for one of its queues, the next job
 the jittered poll interval. Beside it, a send heard for a fair queue while it is busy makes a
 small express fetch of that queue (see :meth:`Producer.heard`); a queue paused meanwhile has
 its claims handed back unstarted.
+
+Sends notify a queue only while a worker holds its idle mark (see "Waking the workers" in
+sql/queries/job.sql): the producer takes the marks of its queues when a fetch comes back short,
+and gives them up once its fetches have come back full for ``UNMARK_AFTER``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import time
 from typing import Any
 
 from conveyor._store import rows
+from conveyor._store.listen import Listener
 from conveyor._store.worker_store import Ack
 from conveyor.errors import DatabaseUnavailable
 from conveyor.worker.state import WorkerState
@@ -34,6 +39,13 @@ NEXT_DUE_SPACING = 0.025
 # Producer.heard): at full drain the producer's next fetch may be tens of ms away, and the turn
 # of the key just sent should not wait for it.
 EXPRESS_LIMIT = 10
+# A producer gives up its idle marks (sends to its queues stop notifying) once its fetches have
+# come back full for this long: a backlog, not the odd full batch of a worker that keeps up,
+# which would take them again at its next short fetch (a statement and one more fetch).
+UNMARK_AFTER = 0.05
+# Sends that took the lock shared and did not notify have not committed yet: the producer looks
+# again this much later (they commit within a round trip or two).
+SENDING_RETRY = 0.001
 
 
 def admit_claimed(buffer: collections.deque[tuple[Any, ...]], claimed: list[Any]) -> None:
@@ -90,6 +102,16 @@ class Producer:
         # put off (see NEXT_DUE_SPACING).
         self._due_asked_at = -NEXT_DUE_SPACING
         self._due_recheck: asyncio.TimerHandle | None = None
+        # The LISTEN connection, which holds the idle marks (None: nobody notifies this worker,
+        # which polls); the queues marked on its connection numbered marks_of; those whose mark
+        # another worker held when last asked, and when (asked again once one of their sends is
+        # heard, or a poll interval later: a worker that dies gives its marks up silently); and
+        # since when fetches have come back full.
+        self.listener: Listener | None = None
+        self._marked: set[str] = set()
+        self._marks_of = 0
+        self._taken: dict[str, float] = {}
+        self._full_since: float | None = None
 
     async def prepare(self) -> None:
         """Read the served queues' rate limits and fairness before the first fetch."""
@@ -143,8 +165,10 @@ class Producer:
                 # A full batch: more may be waiting. Refill once a good share of the room is
                 # free again, so fetches stay batched instead of one per finished job.
                 state.refill_at = max(1, state.capacity() // 4)
+                await self._unmark_when_saturated()
                 continue
             state.refill_at = 1
+            self._full_since = None
             if opts.burst:
                 # Claims in the buffer count too: they wait there while the heartbeat is not
                 # recent, and a drain that ended now would hand them back unrun.
@@ -161,7 +185,12 @@ class Producer:
                     return
                 state.start_buffered()
                 continue
-            # A short fetch: whatever falls due next is announced by no NOTIFY.
+            # A short fetch: sends are to notify this worker from now on. Those that did not
+            # and committed since that fetch, the look-up of the next due time finds.
+            if await self._mark_idle():
+                await self._wait(None, SENDING_RETRY)
+                continue
+            # Whatever falls due next is announced by no NOTIFY.
             await self._wake_when_due()
             poll = min(opts.poll_interval, self._token_interval) * (0.75 + random.random() / 2)
             self._idle = True
@@ -245,6 +274,7 @@ class Producer:
         turn, and meanwhile the jobs stay with workers that have room. At most one runs at a
         time; a send heard meanwhile makes it go once more."""
         self._state.wake.set()
+        self._taken.pop(queue, None)  # its mark may be free: asked again when next idle
         if self._idle or queue not in self._fair_queues or self._state.stop.is_set():
             return
         if self._express_task is not None and not self._express_task.done():
@@ -286,6 +316,53 @@ class Producer:
                 self._express_again.clear()
                 return
             queue = self._express_again.pop()
+
+    async def _mark_idle(self) -> bool:
+        """Take the idle marks of this worker's queues it does not hold (nor found taken lately,
+        see ``_taken``). True when a send that did not notify is still committing, so that a
+        mark could not be taken yet: fetch again in a moment."""
+        listener = self.listener
+        if listener is None or not listener.connected.is_set():
+            return False
+        if listener.generation != self._marks_of:  # a new connection: the marks went with it
+            self._marked.clear()
+            self._taken.clear()
+            self._marks_of = listener.generation
+        now = time.monotonic()
+        expired = now - self._state.options.poll_interval
+        self._taken = {q: at for q, at in self._taken.items() if at > expired}
+        held = self._marked | self._taken.keys()
+        wanted = [q for q in self._state.options.queues if q not in held]
+        if not wanted:
+            return False
+        try:
+            marks = await self._state.store.mark_idle(listener, wanted)
+        except DatabaseUnavailable as exc:  # the LISTEN connection is down: the poll stands in
+            log.debug("could not take the idle marks: %s", exc)
+            return False
+        self._marked.update(q for q, mark in marks.items() if mark == "marked")
+        self._taken.update((q, now) for q, mark in marks.items() if mark == "taken")
+        return "sending" in marks.values()
+
+    async def _unmark_when_saturated(self) -> None:
+        """Give up the idle marks once fetches have come back full for ``UNMARK_AFTER``: sends
+        to a backlog need not wake anyone, and their commits no longer queue behind one
+        another for the NOTIFY lock."""
+        listener = self.listener
+        if not self._marked or listener is None:
+            return
+        now = time.monotonic()
+        if self._full_since is None:
+            self._full_since = now
+        if now - self._full_since < UNMARK_AFTER:
+            return
+        marked, self._marked = self._marked, set()
+        if listener.generation != self._marks_of:
+            return
+        try:
+            await self._state.store.unmark_idle(listener, sorted(marked))
+        except DatabaseUnavailable as exc:  # the marks went with the connection
+            log.debug("could not give up the idle marks: %s", exc)
 
     async def _wake_when_due(self) -> None:
         """Wake up when the next job of these queues falls due; the poll stays the fallback.

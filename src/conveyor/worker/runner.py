@@ -161,6 +161,7 @@ class Worker:
                     state.wake.set,
                     application_name=f"conveyor-worker {self._schema}",
                 )
+                producer.listener = listener
                 supervisor.start("listener", listener.run)
                 # Listen before the first fetch, so no cancellation of a job it runs is missed.
                 with contextlib.suppress(TimeoutError):

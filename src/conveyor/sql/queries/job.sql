@@ -33,11 +33,24 @@ FROM {schema}.insert_jobs(
         %(on_dependency_failure)s::text, %(on_complete)s::text)::{schema}.job_input],
     %(defaults)s::jsonb, %(now)s::timestamptz);
 
+-- Waking the workers (job_insert_plain, job_insert_plain_many). A notifying commit holds a
+-- cluster-wide lock through its WAL flush, so senders that all notify commit one at a time
+-- (eight concurrent senders: about half the commits per second). A worker with nothing to do
+-- holds each of its queues' idle marks: an exclusive session advisory lock (the channel's hash,
+-- the queue's) on its LISTEN connection (worker_mark_idle). A quiet send notifies the queue only
+-- when it cannot take that lock shared, because a worker holds the mark; otherwise it holds the
+-- lock shared until it commits, so no worker takes the mark meanwhile, and a worker that takes
+-- it fetches once more before it waits, after this commit. Quiet: sent on a pooled connection,
+-- committed by the statement itself. A send on the caller's connection commits when the caller
+-- does, maybe much later, and one to a fair queue may be wanted by a busy worker (its express
+-- fetch): both always notify.
+--
 -- The fast path of a send (the client takes it for jobs with no unique or throttle key, no
 -- dependencies and no completion hook): one plain statement, where insert_jobs runs plpgsql.
 -- It stores exactly the row insert_jobs would (resolve_jobs' rules: the job's option, else its
 -- queue's default, read from the queue row in this statement, else the app's, else the built-in
--- one; a fair queue's key ''), meta included, and notifies the queue once, at commit. The job's
+-- one; a fair queue's key ''), meta included, and notifies the queue at commit when a worker may
+-- be waiting for it (see above). The job's
 -- options come as one JSON object (o: NULL when it sets none) with resolve_jobs' names and
 -- units. A queue it names for the first time is created here; this statement's snapshot does
 -- not see that row, which holds no defaults yet anyway. (Only a queue it does not find: an
@@ -86,12 +99,19 @@ ins AS (
     WHERE q.policy IS NULL OR q.policy NOT IN ('short', 'stately')
     RETURNING 1
 )
-SELECT count(pg_notify(%(channel)s::text, %(queue)s::text)) FROM ins;
+SELECT count(*) AS inserted,
+       count(pg_notify(%(channel)s::text, %(queue)s::text)) FILTER (
+           WHERE NOT %(quiet)s::boolean
+              OR NOT pg_try_advisory_xact_lock_shared(hashtext(%(channel)s::text),
+                                                      hashtext(%(queue)s::text))
+              OR EXISTS (SELECT FROM {schema}.queue_fair f WHERE f.queue = %(queue)s::text)
+       ) AS notified
+FROM ins;
 
 -- The fast path of send_batch: job_insert_plain for many jobs, one array per column (NULL: no
 -- job sets it), the distinct queues in queues. All or nothing: it inserts no job (and returns
 -- 0) when one of the queues keeps a queued key, and the client sends the batch through
--- insert_jobs. Each queue is notified once, at commit.
+-- insert_jobs. Each queue is notified once, at commit, by the rules above.
 -- name: job_insert_plain_many :scalar
 WITH created AS (
     INSERT INTO {schema}.queue (name)
@@ -147,7 +167,13 @@ ins AS (
                         AND x.policy IN ('short', 'stately'))
     RETURNING queue
 )
-SELECT count(pg_notify(%(channel)s::text, w.queue))
+SELECT count(*) AS queues,
+       count(pg_notify(%(channel)s::text, w.queue)) FILTER (
+           WHERE NOT %(quiet)s::boolean
+              OR NOT pg_try_advisory_xact_lock_shared(hashtext(%(channel)s::text),
+                                                      hashtext(w.queue))
+              OR EXISTS (SELECT FROM {schema}.queue_fair f WHERE f.queue = w.queue)
+       ) AS notified
 FROM (SELECT DISTINCT x.queue FROM ins x) w;
 
 -- The fast path of a large send_batch of jobs that set no option: the client COPYs the rows in

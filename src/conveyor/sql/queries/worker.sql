@@ -190,3 +190,23 @@ SELECT extract(epoch FROM least(
             FROM grouped l
             WHERE l.priority IS NOT NULL)) - t.now)::double precision
 FROM t;
+
+-- A worker's idle marks (see "Waking the workers" in job.sql), taken on its LISTEN connection for
+-- the queues it does not mark yet: 'marked' (now held: fetch once more before waiting), 'sending'
+-- (sends that did not notify have not committed yet: try again in a moment, fetching first) or
+-- 'taken' (another worker holds the mark: the sends notify).
+-- name: worker_mark_idle :many
+SELECT q.name,
+       CASE WHEN pg_try_advisory_lock(hashtext(%(channel)s::text), hashtext(q.name)) THEN 'marked'
+            WHEN pg_try_advisory_lock_shared(hashtext(%(channel)s::text), hashtext(q.name))
+                 AND pg_advisory_unlock_shared(hashtext(%(channel)s::text), hashtext(q.name))
+                THEN 'sending'
+            ELSE 'taken' END
+FROM unnest(%(queues)s::text[]) AS q(name);
+
+-- A busy worker gives its idle marks up, and wakes the other workers of those queues: one that
+-- found the mark taken takes it now.
+-- name: worker_unmark_idle :exec
+SELECT pg_advisory_unlock(hashtext(%(channel)s::text), hashtext(q.name)),
+       pg_notify(%(channel)s::text, q.name)
+FROM unnest(%(queues)s::text[]) AS q(name);

@@ -42,8 +42,8 @@ FROM {schema}.insert_jobs(
 -- lock shared until it commits, so no worker takes the mark meanwhile, and a worker that takes
 -- it fetches once more before it waits, after this commit. Quiet: sent on a pooled connection,
 -- committed by the statement itself. A send on the caller's connection commits when the caller
--- does, maybe much later, and one to a fair queue may be wanted by a busy worker (its express
--- fetch): both always notify.
+-- does, maybe much later, and a job with a fair key (every job of a fair queue has one) may be
+-- wanted by a busy worker (its express fetch): both always notify.
 --
 -- The fast path of a send (the client takes it for jobs with no unique or throttle key, no
 -- dependencies and no completion hook): one plain statement, where insert_jobs runs plpgsql.
@@ -97,16 +97,15 @@ ins AS (
                  coalesce(%(now)s::timestamptz, now()) AS t) p
     LEFT JOIN {schema}.queue q ON q.name = %(queue)s::text
     WHERE q.policy IS NULL OR q.policy NOT IN ('short', 'stately')
-    RETURNING 1
+    RETURNING fair_key IS NOT NULL AS fair
 )
 SELECT count(*) AS inserted,
        count(pg_notify(%(channel)s::text, %(queue)s::text)) FILTER (
-           WHERE NOT %(quiet)s::boolean
+           WHERE NOT %(quiet)s::boolean OR i.fair
               OR NOT pg_try_advisory_xact_lock_shared(hashtext(%(channel)s::text),
                                                       hashtext(%(queue)s::text))
-              OR EXISTS (SELECT FROM {schema}.queue_fair f WHERE f.queue = %(queue)s::text)
        ) AS notified
-FROM ins;
+FROM ins i;
 
 -- The fast path of send_batch: job_insert_plain for many jobs, one array per column (NULL: no
 -- job sets it), the distinct queues in queues. All or nothing: it inserts no job (and returns
@@ -165,16 +164,15 @@ ins AS (
     WHERE NOT EXISTS (SELECT FROM {schema}.queue x
                       WHERE x.name = ANY (%(queues)s::text[])
                         AND x.policy IN ('short', 'stately'))
-    RETURNING queue
+    RETURNING queue, fair_key IS NOT NULL AS fair
 )
 SELECT count(*) AS queues,
        count(pg_notify(%(channel)s::text, w.queue)) FILTER (
-           WHERE NOT %(quiet)s::boolean
+           WHERE NOT %(quiet)s::boolean OR w.fair
               OR NOT pg_try_advisory_xact_lock_shared(hashtext(%(channel)s::text),
                                                       hashtext(w.queue))
-              OR EXISTS (SELECT FROM {schema}.queue_fair f WHERE f.queue = w.queue)
        ) AS notified
-FROM (SELECT DISTINCT x.queue FROM ins x) w;
+FROM (SELECT x.queue, bool_or(x.fair) AS fair FROM ins x GROUP BY x.queue) w;
 
 -- The fast path of a large send_batch of jobs that set no option: the client COPYs the rows in
 -- (job_copy_in) after this statement, in its transaction. It creates the queues named for the

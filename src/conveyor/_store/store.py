@@ -858,8 +858,14 @@ class Store:
         return dropped
 
     def archive_analyze(self, now: datetime | None) -> None:
-        """ANALYZE the partitioned history (autovacuum analyzes only its partitions)."""
-        self._rows("archive_analyze", {}, None)
+        """ANALYZE the partitioned history (autovacuum analyzes only its partitions), with a
+        small sample (see archive_analyze in maintenance.sql)."""
+        with self.connection() as conn:
+            self._rows("archive_analyze_sample", {}, conn)
+            try:
+                self._rows("archive_analyze", {}, conn)
+            finally:
+                self._rows("archive_analyze_done", {}, conn)
         self.archive_note(now, analyzed=True)
 
     def archive_note(

@@ -876,8 +876,14 @@ class AsyncStore:
         return dropped
 
     async def archive_analyze(self, now: datetime | None) -> None:
-        """ANALYZE the partitioned history (autovacuum analyzes only its partitions)."""
-        await self._rows("archive_analyze", {}, None)
+        """ANALYZE the partitioned history (autovacuum analyzes only its partitions), with a
+        small sample (see archive_analyze in maintenance.sql)."""
+        async with self.connection() as conn:
+            await self._rows("archive_analyze_sample", {}, conn)
+            try:
+                await self._rows("archive_analyze", {}, conn)
+            finally:
+                await self._rows("archive_analyze_done", {}, conn)
         await self.archive_note(now, analyzed=True)
 
     async def archive_note(

@@ -104,19 +104,8 @@ class Listener:
             if self._asking:
                 return True
             self._asked.clear()
-            hearing = asyncio.ensure_future(self._pass_on(conn))
-            asked = asyncio.ensure_future(self._asked.wait())
-            try:
-                await asyncio.wait({hearing, asked}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                asked.cancel()
-                if not hearing.done():
-                    hearing.cancel()
-                    await asyncio.wait({hearing})
-            if hearing.cancelled():
-                return True
-            hearing.result()  # its error, if the connection failed
-            return False
+            await _unless_stopped(self._pass_on(conn), self._asked)
+            return self._asked.is_set()
 
     async def _pass_on(self, conn: psycopg.AsyncConnection[Any]) -> None:
         async for note in conn.notifies(timeout=self._probe_every):
@@ -147,8 +136,8 @@ class Listener:
 
 async def _unless_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> None:
     """Run ``work`` until it ends or ``stop`` is set; then it is cancelled, and its cleanup
-    (closing the connection) has run when this returns. Its own error is raised unless it was
-    stopped."""
+    (closing the connection, leaving psycopg's notifies()) has run when this returns. Its own
+    error is raised unless it was stopped."""
     task = asyncio.ensure_future(work)
     stopping = asyncio.ensure_future(stop.wait())
     try:

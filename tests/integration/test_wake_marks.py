@@ -90,12 +90,23 @@ async def test_a_send_notifies_its_queue_only_while_a_worker_waits_for_it(
 
 
 async def test_a_worker_that_goes_idle_while_a_quiet_send_commits_still_runs_its_job(
-    app_async: Conveyor, conveyor_dsn: str, conveyor_schema: str
+    app_async: Conveyor, conveyor_dsn: str, conveyor_schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The send took the mark's lock shared before the worker asked for the mark: it will not
-    notify, and the worker cannot take the mark until it commits. The worker keeps asking, and
-    once it holds the mark it looks again: it finds the job with no NOTIFY and no poll."""
+    notify, and the worker cannot take the mark until it commits. The worker keeps asking, less
+    and less often, and once it holds the mark it looks again: it finds the job with no NOTIFY
+    and no poll."""
     started: list[float] = []
+    asked: list[float] = []
+    take = WorkerStore.mark_idle
+
+    async def counted(
+        store: WorkerStore, listener: Listener, queues: Sequence[str]
+    ) -> dict[str, str]:
+        asked.append(time.monotonic())
+        return await take(store, listener, queues)
+
+    monkeypatch.setattr(WorkerStore, "mark_idle", counted)
 
     @app_async.job("marks.race")
     async def handle(job: Job) -> None:
@@ -112,8 +123,10 @@ async def test_a_worker_that_goes_idle_while_a_quiet_send_commits_still_runs_its
         await sender.execute(send, params)  # the lock taken shared, not committed
         async with worker(app_async, poll_interval=30):
             await until(lambda: asyncio.sleep(0, len(started) == 1))
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(1)
             assert await marks(conveyor_dsn, conveyor_schema, "marks.race") == 0
+            # Backing off to every 50 ms: about 25 asks in that second, not hundreds.
+            assert 5 < len(asked) < 60, len(asked)
             await sender.commit()
             committed = time.monotonic()
             await until(lambda: asyncio.sleep(0, len(started) == 2), 5)

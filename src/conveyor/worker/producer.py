@@ -41,11 +41,13 @@ NEXT_DUE_SPACING = 0.025
 EXPRESS_LIMIT = 10
 # A producer gives up its idle marks (sends to its queues stop notifying) once its fetches have
 # come back full for this long: a backlog, not the odd full batch of a worker that keeps up,
-# which would take them again at its next short fetch (a statement and one more fetch).
+# which would take them again at its next short fetch (two statements on the LISTEN connection).
 UNMARK_AFTER = 0.05
 # Sends that took the lock shared and did not notify have not committed yet: the producer looks
-# again this much later (they commit within a round trip or two).
+# again this much later (they commit within a round trip or two), twice as late each time they
+# still have not, up to SENDING_RETRY_MAX (a send held up by a lock must not make it spin).
 SENDING_RETRY = 0.001
+SENDING_RETRY_MAX = 0.05
 
 
 def admit_claimed(buffer: collections.deque[tuple[Any, ...]], claimed: list[Any]) -> None:
@@ -112,6 +114,7 @@ class Producer:
         self._marks_of = 0
         self._taken: dict[str, float] = {}
         self._full_since: float | None = None
+        self._sending_seen = 0  # marks found held by sends, one time after another
 
     async def prepare(self) -> None:
         """Read the served queues' rate limits and fairness before the first fetch."""
@@ -188,8 +191,11 @@ class Producer:
             # A short fetch: sends are to notify this worker from now on. Those that did not
             # and committed since that fetch, the look-up of the next due time finds.
             if await self._mark_idle():
-                await self._wait(None, SENDING_RETRY)
+                self._sending_seen += 1
+                retry = SENDING_RETRY * 2 ** min(self._sending_seen - 1, 10)
+                await self._wait(None, min(SENDING_RETRY_MAX, retry))
                 continue
+            self._sending_seen = 0
             # Whatever falls due next is announced by no NOTIFY.
             await self._wake_when_due()
             poll = min(opts.poll_interval, self._token_interval) * (0.75 + random.random() / 2)

@@ -92,19 +92,25 @@ def reset(dsn: str) -> Conveyor:
 
 def pgbench(dsn: str, script: str, transactions: int) -> float:
     """Seconds pgbench takes to run ``script`` ``transactions`` times on one connection."""
+    start = time.perf_counter()
+    run_pgbench(dsn, script.format(s=SCHEMA, n=100), ["-c", "1", "-t", str(transactions)])
+    return time.perf_counter() - start
+
+
+def run_pgbench(dsn: str, script: str, options: list[str]) -> str:
+    """What pgbench printed running ``script`` (a file's text) with ``options`` against
+    ``dsn``'s database."""
     with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
-        f.write(script.format(s=SCHEMA, n=100))
+        f.write(script)
     try:
         params = psycopg.conninfo.conninfo_to_dict(dsn)
         env = {**os.environ, "PGPASSWORD": str(params.get("password") or "")}
-        cmd = [pgbench_binary(), "-n", "-c", "1", "-t", str(transactions), "-f", f.name]
+        cmd = [pgbench_binary(), "-n", *options, "-f", f.name]
         for flag, key in (("-h", "host"), ("-p", "port"), ("-U", "user")):
             if params.get(key):
                 cmd += [flag, str(params[key])]
         cmd.append(str(params.get("dbname", "postgres")))
-        start = time.perf_counter()
-        subprocess.run(cmd, check=True, capture_output=True, env=env)
-        return time.perf_counter() - start
+        return subprocess.run(cmd, check=True, capture_output=True, env=env, text=True).stdout
     finally:
         os.unlink(f.name)
 

@@ -14,13 +14,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import tempfile
 from typing import Any
 
 import psycopg
 
-from bench.run import pgbench_binary
+from bench.run import run_pgbench
 from conveyor import Conveyor
 from conveyor._store.queries import queries
 from conveyor.testing import LOCAL_TEST_DSN
@@ -50,20 +48,8 @@ def script(quiet: bool) -> str:
 
 
 def tps(dsn: str, text: str, clients: int, seconds: int) -> float:
-    info = psycopg.conninfo.conninfo_to_dict(dsn)
-    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
-        f.write(text)
-    try:
-        cmd = [pgbench_binary(), "-n", "-M", "prepared", "-c", str(clients), "-j", "2",
-               "-T", str(seconds), "-f", f.name]  # fmt: skip
-        for flag, key in (("-h", "host"), ("-p", "port"), ("-U", "user")):
-            if info.get(key):
-                cmd += [flag, str(info[key])]
-        cmd.append(str(info.get("dbname", "postgres")))
-        env = {**os.environ, "PGPASSWORD": str(info.get("password") or "")}
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
-    finally:
-        os.unlink(f.name)
+    options = ["-M", "prepared", "-c", str(clients), "-j", "2", "-T", str(seconds)]
+    out = run_pgbench(dsn, text, options)
     return float(next(line for line in out.splitlines() if line.startswith("tps")).split()[2])
 
 

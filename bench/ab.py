@@ -280,6 +280,8 @@ TARGETS = (
            (Check("baseline", 2.0),), "insert_many_100"),
     Target("4. send_batch of 10,000", "send_batch_10000.rate", "jobs/s",
            (Check("floor", 0.8),), "insert_many_10000"),
+    Target("   send, 1 per call, 8 processes at once, no worker waiting", "send_one_8.rate",
+           "jobs/s"),
     Target("   send, 1 per call, a unique key each (insert_jobs)", "send_one_keyed.rate",
            "jobs/s"),
     Target("   send_batch of 100, a unique key each (insert_jobs)", "send_batch_100_keyed.rate",

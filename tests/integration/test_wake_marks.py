@@ -219,3 +219,72 @@ async def test_a_worker_takes_the_marks_of_one_that_died_within_a_poll_interval(
     finally:
         second.set()
         await asyncio.wait_for(heir, 30)
+
+
+async def test_a_worker_that_gives_its_marks_up_hands_them_to_an_idle_one_and_sends_cost_none(
+    app_async: Conveyor, conveyor_dsn: str, conveyor_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While another worker holds the mark, a worker that found it taken does not ask for it
+    again at each send it hears (a statement per send and idle worker); it asks when the holder
+    says it gave it up, here because a backlog of another queue keeps the holder busy."""
+    asked: list[list[str]] = []
+    take = WorkerStore.mark_idle
+
+    async def counted(
+        store: WorkerStore, listener: Listener, queues: Sequence[str]
+    ) -> dict[str, str]:
+        asked.append(list(queues))
+        return await take(store, listener, queues)
+
+    monkeypatch.setattr(WorkerStore, "mark_idle", counted)
+    ran: list[int] = []
+
+    @app_async.job("marks.shared")
+    async def shared(job: Job) -> None:
+        ran.append(1)
+
+    @app_async.job("marks.flood")
+    async def flood(job: Job) -> None:
+        await asyncio.sleep(0.002)
+
+    await app_async.send_async("marks.shared", {})
+    await app_async.send_async("marks.flood", {})
+    first, second = asyncio.Event(), asyncio.Event()
+    holder = asyncio.create_task(
+        app_async.run_worker_async(
+            ["marks.shared", "marks.flood"], 2, prefetch=0, stop=first, poll_interval=30
+        )
+    )
+    try:
+        await until(lambda: marks(conveyor_dsn, conveyor_schema, "marks.flood"))
+        heir = asyncio.create_task(
+            app_async.run_worker_async(["marks.shared"], stop=second, poll_interval=30)
+        )
+        try:
+            await asyncio.sleep(0.5)  # it found the mark taken
+            before = len(asked)
+            for n in range(10):
+                await app_async.send_async("marks.shared", {"n": n})
+                await asyncio.sleep(0.02)
+            await until(lambda: asyncio.sleep(0, len(ran) == 11))
+            assert len(asked) - before <= 1, asked[before:]
+            await app_async.send_batch_async([("marks.flood", {"i": i}) for i in range(3000)])
+            # The holder, busy, gives both marks up; the other takes the shared queue's.
+            await until(
+                lambda: marks_held(
+                    conveyor_dsn, conveyor_schema, ["marks.shared"], ["marks.flood"]
+                ),
+                5,
+            )
+        finally:
+            second.set()
+            await asyncio.wait_for(heir, 30)
+    finally:
+        first.set()
+        await asyncio.wait_for(holder, 60)
+
+
+async def marks_held(dsn: str, schema: str, held: list[str], free: list[str]) -> bool:
+    return all([await marks(dsn, schema, q) == 1 for q in held]) and all(
+        [await marks(dsn, schema, q) == 0 for q in free]
+    )

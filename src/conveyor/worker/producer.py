@@ -106,9 +106,9 @@ class Producer:
         self._due_recheck: asyncio.TimerHandle | None = None
         # The LISTEN connection, which holds the idle marks (None: nobody notifies this worker,
         # which polls); the queues marked on its connection numbered marks_of; those whose mark
-        # another worker held when last asked, and when (asked again once one of their sends is
-        # heard, or a poll interval later: a worker that dies gives its marks up silently); and
-        # since when fetches have come back full.
+        # another worker held when last asked, and when (asked again once its holder says it
+        # gave it up, or a poll interval later: a worker that dies gives its marks up
+        # silently); and since when fetches have come back full.
         self.listener: Listener | None = None
         self._marked: set[str] = set()
         self._marks_of = 0
@@ -280,7 +280,6 @@ class Producer:
         turn, and meanwhile the jobs stay with workers that have room. At most one runs at a
         time; a send heard meanwhile makes it go once more."""
         self._state.wake.set()
-        self._taken.pop(queue, None)  # its mark may be free: asked again when next idle
         if self._idle or queue not in self._fair_queues or self._state.stop.is_set():
             return
         if self._express_task is not None and not self._express_task.done():
@@ -322,6 +321,12 @@ class Producer:
                 self._express_again.clear()
                 return
             queue = self._express_again.pop()
+
+    def unmarked(self, queue: str) -> None:
+        """A worker gave the idle mark of ``queue`` up: ask for it when next idle. (A send heard
+        says nothing of the mark: asking then would cost every idle worker a statement a send.)"""
+        if self._taken.pop(queue, None) is not None:
+            self._state.wake.set()
 
     async def _mark_idle(self) -> bool:
         """Take the idle marks of this worker's queues it does not hold (nor found taken lately,

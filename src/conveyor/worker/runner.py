@@ -47,6 +47,8 @@ log = logging.getLogger("conveyor.worker")
 
 # pause_queue's notification on the cancel channel (whose other payloads are job ids).
 PAUSED_PREFIX = "paused:"
+# On the wake-up channel, from a worker that gives its idle marks up (worker_unmark_idle).
+UNMARKED_PREFIX = "unmarked:"
 
 
 class Worker:
@@ -206,8 +208,10 @@ class Worker:
             job_id, _, attempt = payload.partition("/")
             with contextlib.suppress(ValueError):
                 self._executor.cancel(uuid.UUID(job_id), int(attempt) if attempt else None)
-        elif payload in self.options.queues:
+        elif payload in self.options.queues:  # first: a queue's name may start like the prefix
             self._producer.heard(payload)
+        elif payload.startswith(UNMARKED_PREFIX):
+            self._producer.unmarked(payload[len(UNMARKED_PREFIX) :])
 
     def _on_service_error(self, service: str, exc: BaseException) -> None:
         self._events.emit(

@@ -204,9 +204,9 @@ SELECT q.name,
             ELSE 'taken' END
 FROM unnest(%(queues)s::text[]) AS q(name);
 
--- A busy worker gives its idle marks up, and wakes the other workers of those queues: one that
--- found the mark taken takes it now.
+-- A busy worker gives its idle marks up, and says so to the other workers ('unmarked:' and the
+-- queue): one that found the mark taken takes it now.
 -- name: worker_unmark_idle :exec
 SELECT pg_advisory_unlock(hashtext(%(channel)s::text), hashtext(q.name)),
-       pg_notify(%(channel)s::text, q.name)
+       pg_notify(%(channel)s::text, 'unmarked:' || q.name)
 FROM unnest(%(queues)s::text[]) AS q(name);

@@ -76,18 +76,18 @@ class WorkerStore(AsyncStore):
     async def mark_idle(self, listener: Listener, queues: Sequence[str]) -> dict[str, str]:
         """Take the idle marks of ``queues`` on the worker's LISTEN connection (see
         worker_mark_idle): for each queue, 'marked', 'sending' or 'taken'."""
-        params = {"channel": self.channel, "queues": list(queues)}
-        try:
-            found = await listener.execute(self._queries["worker_mark_idle"].sql, params)
-        except Error as exc:
-            reraise(exc, self.schema)
-        return {queue: mark for queue, mark in found}
+        return dict(await self._on_listener(listener, "worker_mark_idle", queues))
 
     async def unmark_idle(self, listener: Listener, queues: Sequence[str]) -> None:
-        """Give up the idle marks of ``queues``, and wake the other workers of those queues."""
+        """Give up the idle marks of ``queues``, and tell the other workers of those queues."""
+        await self._on_listener(listener, "worker_unmark_idle", queues)
+
+    async def _on_listener(
+        self, listener: Listener, name: str, queues: Sequence[str]
+    ) -> list[tuple[Any, ...]]:
         params = {"channel": self.channel, "queues": list(queues)}
         try:
-            await listener.execute(self._queries["worker_unmark_idle"].sql, params)
+            return await listener.execute(self._queries[name].sql, params)
         except Error as exc:
             reraise(exc, self.schema)
 

@@ -130,6 +130,9 @@ async def test_a_send_on_the_fast_path_stores_what_the_general_path_stores(
                 assert a == b, (queue, options)
             clock.advance(1)
         assert answers == [True] * len(QUEUES) * len(OPTIONS)
+        # From each queue's second send on (its first read of the queue), from its copy
+        # (job_insert_resolved, test_queue_copies.py).
+        assert set(app._stores.store_async()._copies) == set(QUEUES)
         # The queue first named by a send exists, with no defaults of its own.
         assert (await app.get_queue_async("new")).retry_limit is None
 

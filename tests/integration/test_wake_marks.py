@@ -22,6 +22,7 @@ from conveyor._store import rows
 from conveyor._store.listen import Listener
 from conveyor._store.queries import queries
 from conveyor._store.worker_store import WorkerStore
+from conveyor.options import JobSpec
 
 
 async def marks(dsn: str, schema: str, queue: str) -> int:
@@ -113,7 +114,7 @@ async def test_a_worker_that_goes_idle_while_a_quiet_send_commits_still_runs_its
         started.append(time.monotonic())
 
     await app_async.send_async("marks.race", {"n": 0})  # the queue exists; run at start
-    params = rows.bare_one_params(uuid.uuid4(), "marks.race", "{}", "{}", None)
+    params = rows.plain_one_params(JobSpec(uuid.uuid4(), "marks.race", "{}"), "{}", None, None)
     params |= {"channel": f"conveyor:{conveyor_schema}", "quiet": True}
     send = queries(conveyor_schema)["job_insert_plain"].sql
     async with (
@@ -148,7 +149,7 @@ async def test_a_worker_looks_again_once_it_has_taken_the_mark(
         started.append(time.monotonic())
 
     await app_async.send_async("marks.after", {"n": 0})
-    params = rows.bare_one_params(uuid.uuid4(), "marks.after", "{}", "{}", None)
+    params = rows.plain_one_params(JobSpec(uuid.uuid4(), "marks.after", "{}"), "{}", None, None)
     params |= {"channel": f"conveyor:{conveyor_schema}", "quiet": True}
     send = queries(conveyor_schema)["job_insert_plain"].sql
     take = WorkerStore.mark_idle

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from conveyor.config import DEFAULT_RETENTION
 from conveyor.models import Job, JobRuntime, JobState, Queue, QueuePolicy, Schedule
 from conveyor.options import JobSpec
 
@@ -143,19 +144,59 @@ def plain_one_params(spec: JobSpec, defaults: str, now: object, meta: str | None
     }
 
 
-def bare_one_params(
-    job_id: UUID, queue: str, data: str, defaults: str, now: object
-) -> dict[str, Any]:
-    """The parameters of ``job_insert_plain`` for a job that sets no option."""
-    return {
-        "id": job_id,
-        "queue": queue,
-        "data": data,
-        "options": None,
-        "defaults": defaults,
-        "now": now,
-        "meta": None,
+# The options a queue and the app may set for its jobs, with the built-in default of each (the
+# one job_insert_plain falls back on), in the order job_insert_plain returns the queue's.
+QUEUE_OPTIONS: dict[str, Any] = {
+    "priority": 0, "retry_limit": 2, "retry_delay": 5.0, "retry_backoff": "exponential",
+    "retry_delay_max": 3600.0, "expire_in": 900.0, "retention": DEFAULT_RETENTION,
+}  # fmt: skip
+# Policies whose queue keeps a queued key, which only insert_jobs settles.
+KEYED_POLICIES = frozenset({"short", "stately"})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class QueueCopy:
+    """What a send of one job needs of its queue, read at a version of the queue (0032): the
+    parameters of ``job_insert_resolved`` for a job that sets no option but its id, data, time
+    and meta, resolved with the app's ``defaults``."""
+
+    defaults: dict[str, Any]
+    params: dict[str, Any]
+
+
+def queue_copy(answer: tuple[Any, ...], defaults: dict[str, Any]) -> QueueCopy | None:
+    """The copy of a queue from ``job_insert_plain``'s answer; None when it read no queue (it
+    created it) or one that keeps a queued key."""
+    _inserted, version, policy, *options, dead_letter, fair, _notified = answer
+    if version is None or policy in KEYED_POLICIES:
+        return None
+    params = {
+        name: value if value is not None else defaults.get(name, built_in)
+        for (name, built_in), value in zip(QUEUE_OPTIONS.items(), options, strict=True)
     }
+    params.update(
+        dead_letter=dead_letter, fair_key="" if fair else None, group_key=None, run_at=None,
+        delay=0.0, version=version,
+    )  # fmt: skip
+    return QueueCopy(defaults, params)
+
+
+def resolved_one_params(
+    spec: JobSpec, copy: QueueCopy, now: object, meta: str | None
+) -> dict[str, Any]:
+    """The parameters of ``job_insert_resolved``: the job's options over the copy's."""
+    params = dict(copy.params)
+    params["id"] = spec.id
+    params["queue"] = spec.queue
+    params["data"] = spec.data
+    params["now"] = now
+    params["meta"] = meta
+    for name in PLAIN_OPTIONS:
+        if (value := getattr(spec, name)) is not None:
+            params[name] = value
+    if spec.run_at is not None:
+        params["run_at"] = spec.run_at
+    return params
 
 
 def bare_params(

@@ -52,6 +52,9 @@ from conveyor.models import Job, Queue, Schedule, StatsMinute, WorkerInfo
 from conveyor.options import JobSpec
 
 AsyncConn = AsyncConnection[Any]
+# A store keeps copies of at most this many queues: past it, it forgets them all and copies
+# again those it sends to.
+QUEUE_COPIES_MAX = 1024
 # How often wait_for looks at a job when it cannot LISTEN (behind PgBouncer, no listen_dsn).
 WAIT_POLL_INTERVAL = 0.2
 # A wait's registration outlives its timeout by this much before anyone may delete it.
@@ -99,6 +102,8 @@ class AsyncStore:
         self.done_channel = f"conveyor:{schema}:done"
         self._dsn = dsn
         self._defaults_cache: tuple[dict[str, Any], str] | None = None
+        # Per queue, what a send of one job reads of it (job_insert_resolved).
+        self._copies: dict[str, rows.QueueCopy] = {}
         self._queries = queries(schema)
         self._timeout = timeout
         self._connect_kwargs = connect_kwargs(
@@ -274,11 +279,9 @@ class AsyncStore:
         """Insert jobs that all take the fast path (``JobSpec.plain``), with ``meta``, in one
         plain statement; False when nothing was inserted because a queue of theirs keeps a
         queued key (short, stately): send them through :meth:`job_insert_many` then."""
-        defaults_json = self._defaults_json(defaults)
         if len(specs) == 1:
-            params = rows.plain_one_params(specs[0], defaults_json, now, meta)
-            return await self._insert_plain("job_insert_plain", params, conn)
-        params = rows.plain_params(specs, defaults_json, now, meta)
+            return await self._insert_one(specs[0], defaults, now, conn, meta)
+        params = rows.plain_params(specs, self._defaults_json(defaults), now, meta)
         return await self._insert_plain("job_insert_plain_many", params, conn)
 
     async def job_insert_bare(
@@ -292,12 +295,11 @@ class AsyncStore:
     ) -> bool:
         """:meth:`job_insert_plain` for jobs that set no option, given as columns; a batch of
         ``COPY_MIN`` jobs or more is copied in (:meth:`_copy_bare`)."""
+        if len(ids) == 1:
+            return await self._insert_one(JobSpec(ids[0], queues[0], data[0]), defaults, now, conn)
         defaults_json = self._defaults_json(defaults)
         if len(ids) >= COPY_MIN:
             return await self._copy_bare(ids, queues, data, defaults_json, now, conn)
-        if len(ids) == 1:
-            params = rows.bare_one_params(ids[0], queues[0], data[0], defaults_json, now)
-            return await self._insert_plain("job_insert_plain", params, conn)
         params = rows.bare_params(ids, queues, data, defaults_json, now)
         return await self._insert_plain("job_insert_plain_many", params, conn)
 
@@ -344,18 +346,53 @@ class AsyncStore:
             reraise(exc, self.schema)
         return True
 
+    async def _insert_one(
+        self,
+        spec: JobSpec,
+        defaults: dict[str, Any],
+        now: datetime | None,
+        conn: AsyncConn | None,
+        meta: str | None = None,
+    ) -> bool:
+        """One job by the fast path: by ``job_insert_resolved`` while this store's copy of its
+        queue is current, else by ``job_insert_plain``, whose answer renews the copy when it
+        read committed rows only (a pooled connection's; the caller's transaction may still
+        roll back what it read)."""
+        copy = self._copies.get(spec.queue)
+        if copy is not None and copy.defaults is defaults:
+            params = rows.resolved_one_params(spec, copy, now, meta)
+            if await self._insert_plain("job_insert_resolved", params, conn):
+                return True
+            self._copies.pop(spec.queue, None)
+        params = rows.plain_one_params(spec, self._defaults_json(defaults), now, meta)
+        answer = await self._row("job_insert_plain", self._waking(params, conn), conn)
+        if conn is None:
+            copy = rows.queue_copy(answer, defaults)
+            if copy is not None:
+                if len(self._copies) >= QUEUE_COPIES_MAX:
+                    self._copies.clear()
+                self._copies[spec.queue] = copy
+        return bool(answer[0])
+
     async def _insert_plain(
         self, name: str, params: dict[str, Any], conn: AsyncConn | None
     ) -> bool:
-        """Run a fast-path insert, which wakes the workers on this store's channel: only those
-        waiting for its queues when it commits by itself, always on the caller's connection
-        (whose commit may come much later; see "Waking the workers" in job.sql)."""
+        """Run a fast-path insert that returns how many jobs it stored."""
+        return bool((await self._row(name, self._waking(params, conn), conn))[0])
+
+    def _waking(self, params: dict[str, Any], conn: AsyncConn | None) -> dict[str, Any]:
+        """A fast-path insert's parameters with those of the wake-up it sends on this store's
+        channel: only to workers waiting for its queues when it commits by itself, always on
+        the caller's connection (whose commit may come much later; see "Waking the workers"
+        in job.sql)."""
         params["channel"] = self.channel
         params["quiet"] = conn is None
-        return bool(await self._value(name, params, conn))
+        return params
 
-    async def _value(self, name: str, params: dict[str, Any], conn: AsyncConn | None) -> Any:
-        """The one value a write returns, with less ado than :meth:`_fetch` (the send's fast
+    async def _row(
+        self, name: str, params: dict[str, Any], conn: AsyncConn | None
+    ) -> tuple[Any, ...]:
+        """The one row a write returns, with less ado than :meth:`_fetch` (the send's fast
         path): never repeated, its error translated as any other."""
         try:
             async with self.connection(conn) as used, used.cursor(row_factory=tuple_row) as cur:
@@ -363,7 +400,8 @@ class AsyncStore:
                 row = await cur.fetchone()
         except Error as exc:
             reraise(exc, self.schema)
-        return None if row is None else row[0]
+        assert row is not None, name
+        return row
 
     def _defaults_json(self, defaults: dict[str, Any]) -> str:
         if self._defaults_cache is None or self._defaults_cache[0] is not defaults:

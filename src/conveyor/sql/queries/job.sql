@@ -57,8 +57,10 @@ FROM {schema}.insert_jobs(
 -- INSERT that ON CONFLICT turns away still builds the row and checks the queue's constraints,
 -- its name's pattern among them: 13% of this statement's time, measured alone.) It inserts nothing
 -- (and returns 0) when the queue keeps a queued key (short and stately): the client then sends
--- the job through insert_jobs, which settles that key.
--- name: job_insert_plain :scalar
+-- the job through insert_jobs, which settles that key. It returns, beside that count, what it
+-- read of the queue with the queue's version (0032): the client's copy for job_insert_resolved
+-- (none for a queue it created: its snapshot does not see that row).
+-- name: job_insert_plain :one
 WITH created AS (
     INSERT INTO {schema}.queue (name)
     SELECT %(queue)s::text
@@ -97,6 +99,44 @@ ins AS (
                  coalesce(%(now)s::timestamptz, now()) AS t) p
     LEFT JOIN {schema}.queue q ON q.name = %(queue)s::text
     WHERE q.policy IS NULL OR q.policy NOT IN ('short', 'stately')
+    RETURNING fair_key IS NOT NULL AS fair
+)
+SELECT n.inserted, v.version, q.policy, q.priority, q.retry_limit, q.retry_delay,
+       q.retry_backoff, q.retry_delay_max, q.expire_in, q.retention, q.dead_letter,
+       EXISTS (SELECT FROM {schema}.queue_fair f WHERE f.queue = q.name) AS fair, n.notified
+FROM (SELECT count(*) AS inserted,
+             count(pg_notify(%(channel)s::text, %(queue)s::text)) FILTER (
+                 WHERE NOT %(quiet)s::boolean OR i.fair
+                    OR NOT pg_try_advisory_xact_lock_shared(hashtext(%(channel)s::text),
+                                                            hashtext(%(queue)s::text))
+             ) AS notified
+      FROM ins i) n
+LEFT JOIN {schema}.queue q ON q.name = %(queue)s::text
+LEFT JOIN {schema}.queue_version v ON v.queue = q.name;
+
+-- A send of one job whose options the client resolved from its copy of the queue's row
+-- (job_insert_plain's rules: the job's option, else the copy's, else the app's, else the
+-- built-in one), read at the given version of the queue (0032). It inserts the job only while
+-- the queue still has that version, so it stores exactly the row job_insert_plain would; it
+-- returns 0 otherwise (the queue was changed or deleted since: the client drops its copy and
+-- sends by job_insert_plain). No other read of the queue: a queue that keeps a queued key
+-- (short, stately) never gets a copy. It wakes the workers as job_insert_plain does.
+-- name: job_insert_resolved :scalar
+WITH ins AS (
+    INSERT INTO {schema}.job (
+        id, queue, state, data, priority, run_at, attempt, retry_limit, retry_delay,
+        retry_backoff, retry_delay_max, expire_in, retention, dead_letter, group_key,
+        created_at, fair_key, meta)
+    SELECT %(id)s::uuid, v.queue, 'created', %(data)s::jsonb, %(priority)s::integer,
+           coalesce(%(run_at)s::timestamptz,
+                    p.t + make_interval(secs => %(delay)s::double precision)),
+           0, %(retry_limit)s::integer, %(retry_delay)s::double precision,
+           %(retry_backoff)s::text, %(retry_delay_max)s::double precision,
+           %(expire_in)s::double precision, %(retention)s::double precision,
+           %(dead_letter)s::text, %(group_key)s::text, p.t, %(fair_key)s::text, %(meta)s::jsonb
+    FROM (SELECT coalesce(%(now)s::timestamptz, now()) AS t) p
+    JOIN {schema}.queue_version v
+      ON v.queue = %(queue)s::text AND v.version = %(version)s::bigint
     RETURNING fair_key IS NOT NULL AS fair
 )
 SELECT count(*) AS inserted,

@@ -98,6 +98,7 @@ def test_migrate_creates_the_tables(conveyor_dsn: str, scratch_schema: str) -> N
     assert by_app == sorted(
         ["archive_partition", "archive_status", "job", "job_archive", "job_dead",
          "job_dependency", "job_hook", "leader", "migration", "queue", "queue_fair", "queue_pause",
+         "queue_version",
          "schedule", "schedule_tick", "stats_backlog", "stats_minute", "stats_rollup",
          "stats_total", "stats_unkept", "subscription", "throttle", "waiter", "worker"]
     )  # fmt: skip

@@ -157,14 +157,14 @@ KEYED_POLICIES = frozenset({"short", "stately"})
 @dataclasses.dataclass(frozen=True, slots=True)
 class QueueCopy:
     """What a send of one job needs of its queue, read at a version of the queue (0032): the
-    parameters of ``job_insert_resolved`` for a job that sets no option but its id, data, time
-    and meta, resolved with the app's ``defaults``."""
+    parameters of ``job_insert_resolved`` for a job that sets no option, all but its id, data,
+    time and meta, resolved with the app's ``defaults``."""
 
     defaults: dict[str, Any]
     params: dict[str, Any]
 
 
-def queue_copy(answer: tuple[Any, ...], defaults: dict[str, Any]) -> QueueCopy | None:
+def queue_copy(queue: str, answer: tuple[Any, ...], defaults: dict[str, Any]) -> QueueCopy | None:
     """The copy of a queue from ``job_insert_plain``'s answer; None when it read no queue (it
     created it) or one that keeps a queued key."""
     _inserted, version, policy, *options, dead_letter, fair, _notified = answer
@@ -175,27 +175,28 @@ def queue_copy(answer: tuple[Any, ...], defaults: dict[str, Any]) -> QueueCopy |
         for (name, built_in), value in zip(QUEUE_OPTIONS.items(), options, strict=True)
     }
     params.update(
-        dead_letter=dead_letter, fair_key="" if fair else None, group_key=None, run_at=None,
-        delay=0.0, version=version,
+        queue=queue, dead_letter=dead_letter, fair_key="" if fair else None, group_key=None,
+        run_at=None, delay=0.0, version=version,
     )  # fmt: skip
     return QueueCopy(defaults, params)
 
 
 def resolved_one_params(
-    spec: JobSpec, copy: QueueCopy, now: object, meta: str | None
+    copy: QueueCopy, job_id: UUID, data: str, now: object, meta: str | None, spec: JobSpec | None
 ) -> dict[str, Any]:
-    """The parameters of ``job_insert_resolved``: the job's options over the copy's."""
+    """The parameters of ``job_insert_resolved``: the options of the job's ``spec`` (None: it
+    sets none) over the copy's."""
     params = dict(copy.params)
-    params["id"] = spec.id
-    params["queue"] = spec.queue
-    params["data"] = spec.data
+    params["id"] = job_id
+    params["data"] = data
     params["now"] = now
     params["meta"] = meta
-    for name in PLAIN_OPTIONS:
-        if (value := getattr(spec, name)) is not None:
-            params[name] = value
-    if spec.run_at is not None:
-        params["run_at"] = spec.run_at
+    if spec is not None:
+        for name in PLAIN_OPTIONS:
+            if (value := getattr(spec, name)) is not None:
+                params[name] = value
+        if spec.run_at is not None:
+            params["run_at"] = spec.run_at
     return params
 
 

@@ -279,7 +279,8 @@ class Store:
         plain statement; False when nothing was inserted because a queue of theirs keeps a
         queued key (short, stately): send them through :meth:`job_insert_many` then."""
         if len(specs) == 1:
-            return self._insert_one(specs[0], defaults, now, conn, meta)
+            one = specs[0]
+            return self._insert_one(one.id, one.queue, one.data, one, defaults, now, conn, meta)
         params = rows.plain_params(specs, self._defaults_json(defaults), now, meta)
         return self._insert_plain("job_insert_plain_many", params, conn)
 
@@ -295,7 +296,7 @@ class Store:
         """:meth:`job_insert_plain` for jobs that set no option, given as columns; a batch of
         ``COPY_MIN`` jobs or more is copied in (:meth:`_copy_bare`)."""
         if len(ids) == 1:
-            return self._insert_one(JobSpec(ids[0], queues[0], data[0]), defaults, now, conn)
+            return self._insert_one(ids[0], queues[0], data[0], None, defaults, now, conn)
         defaults_json = self._defaults_json(defaults)
         if len(ids) >= COPY_MIN:
             return self._copy_bare(ids, queues, data, defaults_json, now, conn)
@@ -347,30 +348,35 @@ class Store:
 
     def _insert_one(
         self,
-        spec: JobSpec,
+        job_id: UUID,
+        queue: str,
+        data: str,
+        spec: JobSpec | None,
         defaults: dict[str, Any],
         now: datetime | None,
         conn: Conn | None,
         meta: str | None = None,
     ) -> bool:
-        """One job by the fast path: by ``job_insert_resolved`` while this store's copy of its
-        queue is current, else by ``job_insert_plain``, whose answer renews the copy when it
-        read committed rows only (a pooled connection's; the caller's transaction may still
-        roll back what it read)."""
-        copy = self._copies.get(spec.queue)
+        """One job (its ``spec``, or None when it sets no option) by the fast path: by
+        ``job_insert_resolved`` while this store's copy of its queue is current, else by
+        ``job_insert_plain``, whose answer renews the copy when it read committed rows only (a
+        pooled connection's; the caller's transaction may still roll back what it read)."""
+        copy = self._copies.get(queue)
         if copy is not None and copy.defaults is defaults:
-            params = rows.resolved_one_params(spec, copy, now, meta)
+            params = rows.resolved_one_params(copy, job_id, data, now, meta, spec)
             if self._insert_plain("job_insert_resolved", params, conn):
                 return True
-            self._copies.pop(spec.queue, None)
-        params = rows.plain_one_params(spec, self._defaults_json(defaults), now, meta)
+            self._copies.pop(queue, None)
+        params = rows.plain_one_params(
+            spec or JobSpec(job_id, queue, data), self._defaults_json(defaults), now, meta
+        )
         answer = self._row("job_insert_plain", self._waking(params, conn), conn)
         if conn is None:
-            copy = rows.queue_copy(answer, defaults)
+            copy = rows.queue_copy(queue, answer, defaults)
             if copy is not None:
                 if len(self._copies) >= QUEUE_COPIES_MAX:
                     self._copies.clear()
-                self._copies[spec.queue] = copy
+                self._copies[queue] = copy
         return bool(answer[0])
 
     def _insert_plain(self, name: str, params: dict[str, Any], conn: Conn | None) -> bool:

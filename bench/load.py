@@ -8,14 +8,16 @@ while the same kind of worker runs them, maintenance on, for ``--minutes``. Ever
 seconds it prints the latency percentiles of the jobs that started in that window (from
 ``run_at`` to their claim and to their handler's start, as the worker saw them), the live
 table's and its indexes' sizes, its dead tuples, the history's size, the backlog and the
-throughput. At the end it says whether latency and sizes stayed flat (last third against the
-first third), and gives each figure's slope per minute over the last 10 minutes (or the last
-half of a shorter run).
+throughput, with the worst lag of the worker's event loop in that window and the window's end
+in UTC (to find what the server logged then). At the end it says whether latency and sizes
+stayed flat (last third against the first third), and gives each figure's slope per minute over
+the last 10 minutes (or the last half of a shorter run).
 """
 
 from __future__ import annotations
 
 import argparse
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -38,7 +40,7 @@ SELECT pg_total_relation_size('{SCHEMA}.job'), pg_indexes_size('{SCHEMA}.job'),
 HEADER = (
     "| minute | claimed p50 / p95 / p99 ms | started p50 / p99 ms | live table | live indexes "
     "| live dead tuples | history (partitions) | backlog | finished jobs/s | worker RSS "
-    "| worker CPU | DB CPU |"
+    "| worker CPU | DB CPU | worst loop lag ms | at (UTC) |"
 )
 
 
@@ -68,8 +70,14 @@ def show_load(row: dict[str, Any]) -> str:
         f"| {row['live_mb']:.2f} MB | {row['index_mb']:.2f} MB | {row['dead']:,} "
         f"| {row['history_mb']:.1f} MB ({row['partitions']}) | {row['backlog']:,} "
         f"| {row['throughput']:,.0f} | {row.get('worker_rss_mb', 0):.0f} MB "
-        f"| {row.get('worker_cpu', 0):.0%} | {row.get('db_cpu', 0):.0%} |"
+        f"| {row.get('worker_cpu', 0):.0%} | {row.get('db_cpu', 0):.0%} "
+        f"| {row.get('loop_lag', 0):.0f} | {clock(row.get('at'))} |"
     )
+
+
+def clock(at: float | None) -> str:
+    """A window's end as the server log writes times (UTC), to find what it logged then."""
+    return "-" if at is None else datetime.fromtimestamp(at, UTC).strftime("%H:%M:%S")
 
 
 def flat(rows: list[dict[str, Any]]) -> str:
@@ -138,7 +146,7 @@ def main() -> None:
         )
     reset(args.dsn)
     print(HEADER)
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
+    print("|---:" * 14 + "|", flush=True)
     rows, sent, elapsed = steady(
         args.dsn, rate, args.minutes * 60, args.retention, args.sample,
         take_load, show_load,

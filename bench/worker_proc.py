@@ -13,6 +13,7 @@ that held a snapshot for most of a second and so disturbed what it measured.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import resource
 import sys
@@ -43,13 +44,49 @@ def percentiles(counts: Counter[float]) -> dict[str, float]:
     return found
 
 
-def report_waits(claimed: Counter[float], started: Counter[float], every: float) -> None:
+class LoopLag:
+    """How late the worker's event loop runs a callback asked for from another thread, probed
+    every ``PROBE`` seconds: a stall of the loop (a blocking call, a long computation) shows
+    here, one in the database or on the network does not."""
+
+    PROBE = 0.05
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.worst = 0.0
+
+    def seen(self) -> None:
+        """Called on the loop (by a handler): the loop to probe."""
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
+            threading.Thread(target=self._probe, daemon=True).start()
+
+    def _probe(self) -> None:
+        assert self.loop is not None
+        while True:
+            ran = threading.Event()
+            asked = time.perf_counter()
+            self.loop.call_soon_threadsafe(ran.set)
+            ran.wait()
+            self.worst = max(self.worst, time.perf_counter() - asked)
+            time.sleep(self.PROBE)
+
+    def take(self) -> float:
+        """The worst lag (ms) since the last take."""
+        worst, self.worst = self.worst, 0.0
+        return round(1000 * worst, 1)
+
+
+def report_waits(
+    claimed: Counter[float], started: Counter[float], every: float, lag: LoopLag
+) -> None:
     """Every ``every`` seconds, print the window's wait percentiles (ms) and start afresh: from
     ``run_at`` to the claim (``p50``..., the database's clock, as the history would say) and to
-    the handler's start (``start_p50``...)."""
+    the handler's start (``start_p50``...); with the worst lag of the event loop (``loop_lag``,
+    ms) and the wall-clock time (``at``), to match a window with the server's log."""
     while True:
         time.sleep(every)
-        found: dict[str, float] = {}
+        found: dict[str, float] = {"loop_lag": lag.take(), "at": time.time()}
         for counts, prefix in ((claimed, ""), (started, "start_")):
             # The handlers count on the event loop's thread meanwhile: take a copy, then take
             # away what was copied, so counts added in between stay for the next window (one
@@ -69,14 +106,18 @@ def main() -> None:
     started: Counter[float] = Counter()
 
     if every:
+        lag = LoopLag()
 
         @app.job("bench")
         async def timed(job: Job) -> None:
             started[bucket(time.time() - job.run_at.timestamp())] += 1
             assert job.started_at is not None
             claimed[bucket((job.started_at - job.run_at).total_seconds())] += 1
+            lag.seen()
 
-        threading.Thread(target=report_waits, args=(claimed, started, every), daemon=True).start()
+        threading.Thread(
+            target=report_waits, args=(claimed, started, every, lag), daemon=True
+        ).start()
     else:
 
         @app.job("bench")

@@ -129,20 +129,22 @@ def sample_every(
                 row["worker_cpu"] = (cpu - last_cpu) / (now - last_at)
                 last_cpu = cpu
             db = postgres_cpu()
-            row["db_cpu"] = (db - last_db) / (now - last_at)
+            # Per process: one that ended since (a connection closed) takes its seconds along.
+            used = sum(cpu - last_db.get(pid, 0.0) for pid, cpu in db.items())
+            row["db_cpu"] = used / (now - last_at)
             last_db = db
             last_finished, last_at = finished, now
             rows.append(row)
             print(show(row), flush=True)
 
 
-def postgres_cpu() -> float:
-    """CPU seconds spent so far by the PostgreSQL processes running now (on this machine)."""
-    total = 0.0
-    for proc in psutil.process_iter(["name", "cpu_times"]):
-        if proc.info["name"] in ("postgres", "postmaster") and proc.info["cpu_times"]:
-            total += sum(proc.info["cpu_times"][:2])
-    return total
+def postgres_cpu() -> dict[int, float]:
+    """CPU seconds spent so far by each PostgreSQL process running now (on this machine)."""
+    return {
+        proc.pid: sum(proc.info["cpu_times"][:2])
+        for proc in psutil.process_iter(["name", "cpu_times"])
+        if proc.info["name"] in ("postgres", "postmaster") and proc.info["cpu_times"]
+    }
 
 
 def take_soak(conn: psycopg.Connection[Any]) -> Sampled:

@@ -21,6 +21,7 @@ from conveyor._store.migrate import Migrator
 from conveyor._store.migrations import Migration, header_flags, migrations
 from conveyor._store.queries import queries
 from conveyor.errors import MigrationError, SchemaTooNew
+from tests.integration.previous import release_before
 
 SHIPPED = migrations()
 
@@ -292,23 +293,21 @@ def test_the_fetch_split_upgrades_a_filled_schema_of_the_previous_release(
 ) -> None:
     """0021 on a schema the previous release migrated and filled: a group running a job, queued
     grouped and ungrouped jobs. Its indexes replace the old ones, and the claims go on."""
-    split = next(m for m in SHIPPED if m.name == "fetch_split")
-    with monkeypatch.context() as previous:
-        before = tuple(m for m in SHIPPED if m.version < split.version)
-        previous.setattr(migrations_module, "migrations", lambda: before)
-        previous.setattr(migrate_module, "migrations", lambda: before)
-        with Conveyor(conveyor_dsn, schema=scratch_schema) as old:
-            old.migrate()
-            old.send_batch(
-                [("q", {"n": n}, {"group_key": "g"}) for n in range(3)]
-                + [("q", {"n": n}) for n in range(3, 5)]
-            )
-            fetch = queries(scratch_schema)["job_fetch"].sql
-            with psycopg.connect(conveyor_dsn, row_factory=dict_row) as conn:
-                got = conn.execute(
-                    fetch, {"queues": ["q"], "worker": uuid.uuid4(), "limit": 3, "now": None}
-                ).fetchall()
-            assert sorted(r["data"]["n"] for r in got) == [0, 3, 4]
+    with (
+        release_before("fetch_split", monkeypatch) as split,
+        Conveyor(conveyor_dsn, schema=scratch_schema) as old,
+    ):
+        old.migrate()
+        old.send_batch(
+            [("q", {"n": n}, {"group_key": "g"}) for n in range(3)]
+            + [("q", {"n": n}) for n in range(3, 5)]
+        )
+        fetch = queries(scratch_schema)["job_fetch"].sql
+        with psycopg.connect(conveyor_dsn, row_factory=dict_row) as conn:
+            got = conn.execute(
+                fetch, {"queues": ["q"], "worker": uuid.uuid4(), "limit": 3, "now": None}
+            ).fetchall()
+        assert sorted(r["data"]["n"] for r in got) == [0, 3, 4]
     with Conveyor(conveyor_dsn, schema=scratch_schema) as app:
         assert f"{split.version:04d}_fetch_split" in app.migrate()
         for name in ("job_fetch_free_idx", "job_fetch_group_idx", "job_group_idx"):

@@ -13,12 +13,10 @@ from typing import Any
 import psycopg
 import pytest
 
-import conveyor._store.migrate as migrate_module
-import conveyor._store.migrations as migrations_module
 from conveyor import Conveyor
 from conveyor._store import store_async
-from conveyor._store.migrations import migrations
 from conveyor._store.store_async import AsyncStore
+from tests.integration.previous import release_before
 
 
 def statements(store: AsyncStore) -> list[str]:
@@ -32,6 +30,14 @@ def statements(store: AsyncStore) -> list[str]:
 
     store._row = recorded  # type: ignore[method-assign]
     return names
+
+
+async def copied(app: Conveyor, queue: str, **options: Any) -> None:
+    """Make the queue (with ``options``) and send to it twice: the store holds its copy."""
+    await app.create_queue_async(queue, **options)
+    await app.send_async(queue, 1)
+    await app.send_async(queue, 2)
+    assert queue in app._stores.store_async()._copies
 
 
 async def options_of(app: Conveyor, job_id: uuid.UUID) -> tuple[Any, ...]:
@@ -88,9 +94,7 @@ async def test_a_change_by_another_process_is_read_at_once(
 async def test_an_operator_s_update_of_the_queue_row_is_read_at_once(
     app_async: Conveyor, conveyor_dsn: str, conveyor_schema: str
 ) -> None:
-    await app_async.create_queue_async("q", retry_limit=3)
-    await app_async.send_async("q", 1)
-    await app_async.send_async("q", 2)
+    await copied(app_async, "q", retry_limit=3)
     async with await psycopg.AsyncConnection.connect(conveyor_dsn, autocommit=True) as conn:
         await conn.execute(
             psycopg.sql.SQL("UPDATE {}.queue SET retry_limit = 9 WHERE name = 'q'").format(
@@ -105,8 +109,7 @@ async def test_an_operator_s_update_of_the_queue_row_is_read_at_once(
 async def test_a_queue_turned_to_a_queued_key_policy_settles_its_key_at_once(
     app_async: Conveyor, conveyor_dsn: str, conveyor_schema: str, policy: str
 ) -> None:
-    await app_async.send_async("q", 1)
-    await app_async.send_async("q", 2)  # the copy
+    await copied(app_async, "q")
     async with Conveyor(conveyor_dsn, schema=conveyor_schema) as other:
         await other.update_queue_async("q", policy=policy)
         await other.purge_queue_async("q")
@@ -118,9 +121,7 @@ async def test_a_queue_turned_to_a_queued_key_policy_settles_its_key_at_once(
 async def test_a_queue_deleted_meanwhile_is_created_again(
     app_async: Conveyor, conveyor_dsn: str, conveyor_schema: str
 ) -> None:
-    await app_async.create_queue_async("q", priority=5)
-    await app_async.send_async("q", 1)
-    await app_async.send_async("q", 2)
+    await copied(app_async, "q", priority=5)
     async with Conveyor(conveyor_dsn, schema=conveyor_schema) as other:
         await other.delete_queue_async("q")
     job = await app_async.get_job_async(await app_async.send_async("q", 3))
@@ -149,9 +150,7 @@ async def test_claims_of_a_rate_limited_queue_leave_the_copy_current(
 async def test_the_caller_s_transaction_sees_its_own_change_and_a_rolled_back_one_is_gone(
     app_async: Conveyor, conveyor_dsn: str
 ) -> None:
-    await app_async.create_queue_async("q", retry_limit=3)
-    await app_async.send_async("q", 1)
-    await app_async.send_async("q", 2)
+    await copied(app_async, "q", retry_limit=3)
     async with await psycopg.AsyncConnection.connect(conveyor_dsn) as caller:
         schema = psycopg.sql.Identifier(app_async.schema)
         await caller.execute(
@@ -192,15 +191,12 @@ def test_queues_made_before_the_versions_get_one(
     conveyor_dsn: str, scratch_schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """0032 on a schema of the previous release: its queues get a version, and sends copy them."""
-    shipped = migrations()
-    versioned = next(m for m in shipped if m.name == "queue_version")
-    with monkeypatch.context() as previous:
-        before = tuple(m for m in shipped if m.version < versioned.version)
-        previous.setattr(migrations_module, "migrations", lambda: before)
-        previous.setattr(migrate_module, "migrations", lambda: before)
-        with Conveyor(conveyor_dsn, schema=scratch_schema) as old:
-            old.migrate()
-            old.create_queue("kept", retry_limit=7, fair=True)
+    with (
+        release_before("queue_version", monkeypatch) as versioned,
+        Conveyor(conveyor_dsn, schema=scratch_schema) as old,
+    ):
+        old.migrate()
+        old.create_queue("kept", retry_limit=7, fair=True)
     with Conveyor(conveyor_dsn, schema=scratch_schema) as app:
         assert app.migrate() == [f"{versioned.version:04d}_queue_version"]
         sent = [app.send("kept", n) for n in range(3)]

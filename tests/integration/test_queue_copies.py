@@ -175,6 +175,36 @@ async def test_the_caller_s_transaction_sees_its_own_change_and_a_rolled_back_on
     assert (await app_async.get_job_async(inside)).retry_limit == 8
 
 
+async def test_sends_in_the_caller_s_transactions_copy_the_queue_too(
+    app_async: Conveyor, conveyor_dsn: str
+) -> None:
+    await app_async.create_queue_async("q", retry_limit=3)
+    names = statements(app_async._stores.store_async())
+    async with await psycopg.AsyncConnection.connect(conveyor_dsn) as caller:
+        for n in range(3):
+            await app_async.send_async("q", n, connection=caller)
+            await caller.commit()
+    assert names == ["job_insert_plain", "job_insert_resolved", "job_insert_resolved"]
+
+
+async def test_a_queue_changed_twice_in_one_transaction_is_read_after_each_change(
+    app_async: Conveyor, conveyor_dsn: str
+) -> None:
+    """Both changes give the queue the same version (the transaction's id): a copy read between
+    them would pass the check after the second."""
+    schema = psycopg.sql.Identifier(app_async.schema)
+    change = "UPDATE {}.queue SET retry_limit = %s WHERE name = 'q'"
+    await app_async.create_queue_async("q", retry_limit=3)
+    async with await psycopg.AsyncConnection.connect(conveyor_dsn) as caller:
+        sent = []
+        for limit in (5, 6):
+            await caller.execute(psycopg.sql.SQL(change).format(schema), (limit,))
+            sent.append(await app_async.send_async("q", limit, connection=caller))
+        await caller.commit()
+    sent.append(await app_async.send_async("q", 7))
+    assert [j.retry_limit for j in await app_async.get_jobs_async(sent)] == [5, 6, 6]
+
+
 async def test_a_store_keeps_a_bounded_number_of_copies(
     app_async: Conveyor, monkeypatch: pytest.MonkeyPatch
 ) -> None:

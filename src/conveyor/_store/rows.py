@@ -165,8 +165,8 @@ class QueueCopy:
 
 
 def queue_copy(queue: str, answer: tuple[Any, ...], defaults: dict[str, Any]) -> QueueCopy | None:
-    """The copy of a queue from ``job_insert_plain``'s answer; None when it read no queue (it
-    created it) or one that keeps a queued key."""
+    """The copy of a queue from ``job_insert_plain``'s answer; None when it gave no version
+    (see job.sql) or the queue keeps a queued key."""
     _inserted, version, policy, *options, dead_letter, fair, _notified = answer
     if version is None or policy in KEYED_POLICIES:
         return None

@@ -362,8 +362,8 @@ class AsyncStore:
     ) -> bool:
         """One job (its ``spec``, or None when it sets no option) by the fast path: by
         ``job_insert_resolved`` while this store's copy of its queue is current, else by
-        ``job_insert_plain``, whose answer renews the copy when it read committed rows only (a
-        pooled connection's; the caller's transaction may still roll back what it read)."""
+        ``job_insert_plain``, whose answer renews the copy (see job.sql for when it gives
+        none)."""
         copy = self._copies.get(queue)
         if copy is not None and copy.defaults is defaults:
             params = rows.resolved_one_params(copy, job_id, data, now, meta, spec)
@@ -374,12 +374,11 @@ class AsyncStore:
             spec or JobSpec(job_id, queue, data), self._defaults_json(defaults), now, meta
         )
         answer = await self._row("job_insert_plain", self._waking(params, conn), conn)
-        if conn is None:
-            copy = rows.queue_copy(queue, answer, defaults)
-            if copy is not None:
-                if len(self._copies) >= QUEUE_COPIES_MAX:
-                    self._copies.clear()
-                self._copies[queue] = copy
+        copy = rows.queue_copy(queue, answer, defaults)
+        if copy is not None:
+            if len(self._copies) >= QUEUE_COPIES_MAX:
+                self._copies.clear()
+            self._copies[queue] = copy
         return bool(answer[0])
 
     async def _insert_plain(

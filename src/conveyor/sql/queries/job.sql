@@ -58,8 +58,11 @@ FROM {schema}.insert_jobs(
 -- its name's pattern among them: 13% of this statement's time, measured alone.) It inserts nothing
 -- (and returns 0) when the queue keeps a queued key (short and stately): the client then sends
 -- the job through insert_jobs, which settles that key. It returns, beside that count, what it
--- read of the queue with the queue's version (0032): the client's copy for job_insert_resolved
--- (none for a queue it created: its snapshot does not see that row).
+-- read of the queue with the queue's version (0032): the client's copy for job_insert_resolved.
+-- No version (no copy) for a queue it created, which its snapshot does not see, nor for one
+-- this transaction changed: a caller's transaction that changes the queue again keeps the same
+-- version (its own id) with other values, and may still roll back. What other transactions
+-- wrote is committed, whatever connection this runs on.
 -- name: job_insert_plain :one
 WITH created AS (
     INSERT INTO {schema}.queue (name)
@@ -101,7 +104,8 @@ ins AS (
     WHERE q.policy IS NULL OR q.policy NOT IN ('short', 'stately')
     RETURNING fair_key IS NOT NULL AS fair
 )
-SELECT n.inserted, v.version, q.policy, q.priority, q.retry_limit, q.retry_delay,
+SELECT n.inserted,
+       nullif(v.version, pg_current_xact_id_if_assigned()::text::bigint) AS version, q.policy, q.priority, q.retry_limit, q.retry_delay,
        q.retry_backoff, q.retry_delay_max, q.expire_in, q.retention, q.dead_letter,
        EXISTS (SELECT FROM {schema}.queue_fair f WHERE f.queue = q.name) AS fair, n.notified
 FROM (SELECT count(*) AS inserted,

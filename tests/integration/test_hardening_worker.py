@@ -18,9 +18,10 @@ from psycopg import sql
 
 from conveyor import Conveyor, FrozenClock, Job, JobState, Retry
 from conveyor._store.worker_store import Ack, WorkerStore
-from conveyor.errors import InvalidOption
+from conveyor.errors import DatabaseUnavailable, InvalidOption
 from conveyor.events import Events
 from conveyor.scheduler import Scheduler
+from conveyor.worker import completer as completer_module
 from conveyor.worker import runner
 from conveyor.worker.completer import Completer
 from conveyor.worker.service import ServiceContext
@@ -116,6 +117,54 @@ async def test_a_batch_with_a_row_the_database_refuses_writes_every_other_row(
     assert bad.state is JobState.RETRY
     assert bad.errors[-1]["type"] == "OutcomeRefused"
     assert sorted(written) == [("completed", "completed")] * 4 + [("retry", "retry")]
+
+
+async def test_a_pile_of_acks_is_written_in_bounded_statements_and_none_is_lost_on_failure(
+    app_async: Conveyor, conveyor_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Acks that piled up while the database was slow go out in statements of at most
+    ACKS_PER_STATEMENT; a statement that fails leaves its acks and those after it queued (and
+    counted as unwritten), and the next flush writes them."""
+    monkeypatch.setattr(completer_module, "ACKS_PER_STATEMENT", 4)
+
+    @app_async.job("q")
+    async def noop(job: Job) -> None:
+        return None
+
+    ids = [await app_async.send_async("q", {"n": n}) for n in range(10)]
+    store = WorkerStore(conveyor_dsn, app_async.schema, min_size=0, max_size=1)
+    worker = uuid.uuid4()
+    sizes: list[int] = []
+    original = store.job_ack_many
+
+    async def counted(worker_id: uuid.UUID, acks: list[Ack], now: datetime | None) -> object:
+        sizes.append(len(acks))
+        if len(sizes) == 2:
+            raise DatabaseUnavailable("connection lost")
+        return await original(worker_id, acks, now)
+
+    monkeypatch.setattr(store, "job_ack_many", counted)
+    try:
+        await store.worker_register(worker, "test", 1, ["q"], 10)
+        assert len(await store.job_fetch(["q"], worker, 10, None)) == 10
+        completer = Completer(store, worker, lambda: None, lambda a, c: None, lambda e: None)
+        for job_id in ids:
+            completer.add(Ack(job_id, 1, "completed"))
+        with pytest.raises(DatabaseUnavailable):
+            await completer.flush()
+        assert sizes == [4, 4]
+        assert sorted(i for i, _ in completer.unwritten()) == sorted(ids[4:])
+        await completer.flush()
+        assert sizes == [4, 4, 4, 2] and completer.unwritten() == []
+        # Riding on a claim, at most one statement's worth goes; the rest stays for the loop.
+        for job_id in ids[:6]:
+            completer.add(Ack(job_id, 2, "completed"))
+        await completer.fetch(["q"], 1)
+        assert len(completer.unwritten()) == 2
+    finally:
+        await store.close()
+    states = {(await app_async.get_job_async(i)).state for i in ids}
+    assert states == {JobState.COMPLETED}
 
 
 # -- 2. background services are supervised ---------------------------------------------------

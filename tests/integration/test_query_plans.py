@@ -361,6 +361,38 @@ def test_a_claim_and_an_ack_planned_after_a_vacuum_saw_no_job_read_a_backlog_by_
     assert KEYED.search(ack), ack
 
 
+def test_an_ack_planned_after_a_vacuum_saw_no_job_matches_a_large_batch_by_hash(
+    conveyor_dsn: str, scratch_schema: str
+) -> None:
+    """Planned while the live table looked empty, the ack took its batch's ids for one row and
+    matched them to the batch by a nested loop: every row against every ack, so a batch n times
+    larger cost n x n times more (5,000 acks took 6 s), and under load a slow ack let the next
+    batch grow until acks took a minute. The rows and the batch now meet in a hash join."""
+    schema = scratch_schema
+    Conveyor(conveyor_dsn, schema=schema).migrate()
+    named = queries(schema)
+    with psycopg.connect(conveyor_dsn, row_factory=dict_row, autocommit=True) as conn:
+        conn.execute(DUE_JOBS.format(schema=schema, count=2000, group="NULL", fair="NULL"))
+        conn.execute(f"DELETE FROM {schema}.job")
+        conn.execute(f"VACUUM {schema}.job")
+        notices = explain_statements(conn, analyze=False)
+        worker = uuid.uuid4()
+        for _ in range(6):  # planned on the empty table, and kept
+            conn.execute(named["job_ack_many"].sql, completions([], worker))
+        conn.execute(DUE_JOBS.format(schema=schema, count=3000, group="NULL", fair="NULL"))
+        claimed = conn.execute(
+            named["job_fetch"].sql, {"queues": ["bench"], "worker": worker, "limit": 3000,
+                                     "now": None},
+        ).fetchall()  # fmt: skip
+        assert len(claimed) == 3000
+        before = len(notices)
+        acked = conn.execute(named["job_ack_many"].sql, completions(claimed, worker)).fetchall()
+        assert len(acked) == 3000
+    ack = next(n for n in notices[before:] if "DELETE FROM" in n and ".job j" in n)
+    assert KEYED.search(ack), ack
+    assert "Nested Loop" not in ack and "Hash Join" in ack, ack
+
+
 def test_a_fair_claim_planned_after_a_vacuum_saw_no_job_walks_the_keys_along_their_index(
     conveyor_dsn: str, scratch_schema: str
 ) -> None:

@@ -21,6 +21,10 @@ from conveyor.worker.waiting import first_of
 
 log = logging.getLogger("conveyor.worker")
 
+# The most outcomes one statement writes. Acks pile up while the database is slow or away, and
+# a flush then writes them all: in statements of this many, each a bounded transaction.
+ACKS_PER_STATEMENT = 1000
+
 
 class Completer:
     """Collects acks and progress and writes them in batches."""
@@ -105,7 +109,9 @@ class Completer:
         async with self._lock:
             self._pending.clear()
             self._full.clear()
-            acks, self._acks = self._acks, []
+            acks, self._acks = self._acks[:ACKS_PER_STATEMENT], self._acks[ACKS_PER_STATEMENT:]
+            if self._acks:  # more than one statement's worth: the rest for the completer's loop
+                self._pending.set()
             try:
                 self._writing = acks
                 changed, claimed = await self._store.job_ack_fetch(
@@ -133,16 +139,19 @@ class Completer:
         self._full.clear()
         progress, self._progress = self._progress, {}
         acks, self._acks = self._acks, []
+        # Until written, the acks stay in _writing: unwritten() must count them.
         self._writing = acks
         try:
             if progress:
                 # Progress first: an ack in the same batch would finish the job before it.
                 await self._write_progress(progress)
-            if acks:
-                for ack, changed in await self._write_acks(acks):
+            while self._writing:
+                batch = self._writing[:ACKS_PER_STATEMENT]
+                for ack, changed in await self._write_acks(batch):
                     self._on_changed(ack, changed)
+                self._writing = self._writing[len(batch) :]
         except BaseException:
-            self._acks[:0] = acks
+            self._acks[:0] = self._writing
             for key, value in progress.items():
                 self._progress.setdefault(key, value)
             self._pending.set()

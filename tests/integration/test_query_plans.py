@@ -393,6 +393,40 @@ def test_an_ack_planned_after_a_vacuum_saw_no_job_matches_a_large_batch_by_hash(
     assert "Nested Loop" not in ack and "Hash Join" in ack, ack
 
 
+def test_a_worker_s_checks_of_its_attempts_compare_sets_whatever_the_plan(
+    conveyor_dsn: str, scratch_schema: str
+) -> None:
+    """job_held and job_orphaned compare the attempts a worker names with those it holds. As
+    joins, their generic plans made while the live table looked empty compared every job with
+    every attempt (5,000 running jobs: 1 s and 2 s); as INTERSECT and EXCEPT they hash or sort."""
+    schema = scratch_schema
+    Conveyor(conveyor_dsn, schema=schema).migrate()
+    named = queries(schema)
+    worker = uuid.uuid4()
+    running = (
+        f"INSERT INTO {schema}.job (id, queue, data, state, attempt, worker_id, retry_limit,"
+        " retry_delay, retry_backoff, expire_in, retention, created_at, started_at, run_at)"
+        " SELECT gen_random_uuid(), 'bench', '{}', 'active', 1, %s, 2, 5, 'exponential', 900,"
+        " 604800, now(), now(), now() FROM generate_series(1, %s) RETURNING id"
+    )
+    with psycopg.connect(conveyor_dsn, row_factory=dict_row, autocommit=True) as conn:
+        conn.execute(running, [worker, 2000])
+        conn.execute(f"DELETE FROM {schema}.job")
+        conn.execute(f"VACUUM {schema}.job")
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+        notices = explain_statements(conn, analyze=False)
+        ids = [r["id"] for r in conn.execute(running, [worker, 3000]).fetchall()]
+        params = {"worker": worker, "id": ids, "attempt": [1] * len(ids)}
+        before = len(notices)
+        assert conn.execute(named["job_orphaned"].sql, params, prepare=True).fetchall() == []
+        held = conn.execute(named["job_held"].sql, params, prepare=True).fetchall()
+        assert {r["id"] for r in held} == set(ids)
+    plans = [n for n in notices[before:] if "Query Text" in n or "SetOp" in n or "Join" in n]
+    assert len(plans) == 2, plans
+    for plan in plans:
+        assert "SetOp" in plan and "Nested Loop" not in plan, plan
+
+
 def test_a_fair_claim_planned_after_a_vacuum_saw_no_job_walks_the_keys_along_their_index(
     conveyor_dsn: str, scratch_schema: str
 ) -> None:

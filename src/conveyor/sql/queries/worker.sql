@@ -98,22 +98,28 @@ SELECT r.id, r.queue, r.state FROM r CROSS JOIN (SELECT count(*) FROM told) t;
 
 -- Which of the attempts this worker runs still hold their job; the others were cancelled,
 -- recovered or expired while a notification was missed, and should stop.
+-- A set operation, not a join: a join's plan, cached while the live table looked empty, compared
+-- every job with every attempt named (2 s for 5,000); INTERSECT hashes or sorts, never loops.
 -- name: job_held :many
-SELECT j.id
-FROM {schema}.job j
-JOIN unnest(%(id)s::uuid[], %(attempt)s::integer[]) AS h(id, attempt) ON h.id = j.id
-WHERE j.attempt = h.attempt AND j.worker_id = %(worker)s::uuid;
+SELECT h.id
+FROM (
+    SELECT j.id, j.attempt
+    FROM {schema}.job j
+    WHERE j.id = ANY (%(id)s::uuid[]) AND j.worker_id = %(worker)s::uuid
+    INTERSECT
+    SELECT * FROM unnest(%(id)s::uuid[], %(attempt)s::integer[])
+) h;
 
 -- The attempts this worker holds that are not among those it knows of: claimed by a fetch whose
 -- answer never reached it (the connection dropped after the commit). Along the partial index of
--- running jobs, so the cost is that of the running jobs, never of the backlog.
+-- running jobs, so the cost is that of the running jobs, never of the backlog. EXCEPT rather
+-- than NOT EXISTS, as job_held does (1 s for 5,000 running jobs planned on an empty table).
 -- name: job_orphaned :many
 SELECT j.id, j.attempt
 FROM {schema}.job j
 WHERE j.state = 'active' AND j.worker_id = %(worker)s::uuid
-  AND NOT EXISTS (
-    SELECT 1 FROM unnest(%(id)s::uuid[], %(attempt)s::integer[]) AS k(id, attempt)
-    WHERE k.id = j.id AND k.attempt = j.attempt);
+EXCEPT
+SELECT * FROM unnest(%(id)s::uuid[], %(attempt)s::integer[]);
 
 -- name: worker_list :many
 SELECT * FROM {schema}.worker ORDER BY started_at, id;

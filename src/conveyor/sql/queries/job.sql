@@ -104,9 +104,9 @@ ins AS (
     WHERE q.policy IS NULL OR q.policy NOT IN ('short', 'stately')
     RETURNING fair_key IS NOT NULL AS fair
 )
-SELECT n.inserted,
-       nullif(v.version, pg_current_xact_id_if_assigned()::text::bigint) AS version, q.policy, q.priority, q.retry_limit, q.retry_delay,
-       q.retry_backoff, q.retry_delay_max, q.expire_in, q.retention, q.dead_letter,
+SELECT n.inserted, nullif(v.version, pg_current_xact_id_if_assigned()::text::bigint) AS version,
+       q.policy, q.priority, q.retry_limit, q.retry_delay, q.retry_backoff, q.retry_delay_max,
+       q.expire_in, q.retention, q.dead_letter,
        EXISTS (SELECT FROM {schema}.queue_fair f WHERE f.queue = q.name) AS fair, n.notified
 FROM (SELECT count(*) AS inserted,
              count(pg_notify(%(channel)s::text, %(queue)s::text)) FILTER (

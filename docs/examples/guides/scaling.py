@@ -7,7 +7,7 @@ from conveyor import Conveyor, QueuePolicy
 app = Conveyor(schema=os.environ.get("CONVEYOR_SCHEMA", "conveyor"))
 
 app.create_queue("exports", concurrency=2)  # at most 2 running, across all workers
-app.create_queue("mailer", rate_limit=(100, 60))  # at most 100 starts a minute
+app.create_queue("mailer", rate_limit=(100, 60))  # 100 starts a minute, in bursts of at most 100
 app.create_queue("billing", policy="singleton")  # one running at a time
 app.create_queue("reindex", policy="short")  # at most one waiting: sends return its id
 app.update_queue("exports", concurrency=4)  # takes effect on the next fetch, everywhere

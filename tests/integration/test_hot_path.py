@@ -237,3 +237,29 @@ async def test_async_calls_one_after_another_reuse_the_connection_returned_last(
             async with store.connection() as conn:
                 assert conn.info.backend_pid == pid
                 await conn.execute("SELECT 1")
+
+
+def test_a_worker_of_quick_jobs_claims_the_next_batch_while_the_last_one_runs(
+    app: Conveyor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Handlers that never suspend must not keep the producer from claiming until the buffer
+    is empty: the database would claim while this process waits, then this process would run
+    jobs while the database waits. The next claim goes while jobs of the last one remain."""
+    buffered: list[int] = []
+    original = producer.Producer._claim
+
+    async def claim(self: producer.Producer, room: int) -> list[tuple[Any, ...]]:
+        buffered.append(len(self._state.buffer))
+        return await original(self, room)
+
+    monkeypatch.setattr(producer.Producer, "_claim", claim)
+
+    @app.job("pipelined.q")
+    async def handle(job: Job) -> None:
+        pass
+
+    app.send_batch([("pipelined.q", {"i": i}) for i in range(4000)])
+    assert app.drain(concurrency=10) == 4000
+    later = buffered[3:]  # the first fetches come before the average job time is known
+    assert len(later) >= 10, buffered
+    assert sum(1 for n in later if n > 0) >= len(later) * 0.75, buffered

@@ -172,7 +172,7 @@ class Executor:
                     completed_in_transaction=running.runtime.completion is not None,
                 )  # fmt: skip
             since_yield += 1
-            if since_yield >= YIELD_EVERY:
+            if since_yield >= YIELD_EVERY or (state.awaiting_room and state.slot_freed.is_set()):
                 since_yield = 0
                 await asyncio.sleep(0)
 
@@ -204,7 +204,7 @@ class Executor:
         took = time.monotonic() - running.started
         avg = state.avg_duration
         state.avg_duration = took if avg is None else avg + (took - avg) * 0.1
-        if state.room() >= state.refill_at or not state.running:
+        if state.fetch_wanted() or not state.running:
             state.slot_freed.set()
         if ack is not None:
             if ack.outcome in self._outcomes_heard:

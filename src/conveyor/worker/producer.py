@@ -152,10 +152,14 @@ class Producer:
             if not self._essential_up.is_set():
                 await first_of(state.stop.wait(), self._essential_up.wait())
                 continue
-            room = state.room()
-            if room < min(opts.concurrency, state.refill_at) or room <= 0:
-                await self._wait(state.slot_freed)
+            if not state.fetch_wanted():
+                state.awaiting_room = True
+                try:
+                    await self._wait(state.slot_freed)
+                finally:
+                    state.awaiting_room = False
                 continue
+            room = state.room()
             try:
                 jobs = await self._claim(room)
                 failures = 0
@@ -165,9 +169,10 @@ class Producer:
                 await self._wait(None, min(10.0, 0.1 * 2**failures))
                 continue
             if len(jobs) == room:
-                # A full batch: more may be waiting. Refill once a good share of the room is
-                # free again, so fetches stay batched instead of one per finished job.
-                state.refill_at = max(1, state.capacity() // 4)
+                # A full batch: more may be waiting. Refill once half the room is free again:
+                # fetches stay batched instead of one per finished job, and each goes while
+                # half a batch is still to run.
+                state.refill_at = max(1, state.capacity() // 2)
                 await self._unmark_when_saturated()
                 continue
             state.refill_at = 1

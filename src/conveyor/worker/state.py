@@ -31,7 +31,9 @@ if TYPE_CHECKING:
 # by the recent average attempt time: a crash strands little, and long jobs stay available to
 # other workers until a slot is free.
 PREFETCH_WINDOW = 0.1
-MAX_PREFETCH = 200
+# Room for two fetches of 200: the next is claimed while the last one's jobs run (see
+# fetch_wanted). At 200, one fetch filled the room and the next waited for the buffer to empty.
+MAX_PREFETCH = 400
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +84,12 @@ class WorkerState:
     # under way meanwhile may have been recovered before it arrived, so it is checked.
     presumed_dead: int = 0
     avg_duration: float | None = None  # of recent attempts, seconds
-    # The producer fetches again once this much room is free (see Producer.run).
+    # The producer fetches again once this much room is free (see fetch_wanted).
     refill_at: int = 1
+    # Set while the producer waits for that room: a slot running handlers that never suspend
+    # gives the loop a turn as soon as there is, so the next fetch goes while the buffer still
+    # holds work, instead of after YIELD_EVERY jobs of every slot.
+    awaiting_room: bool = False
     # Claims under way (fetch sent, rows not yet in the buffer), and how many were ever begun:
     # the heartbeat looks for claims it lost track of only while none is under way, and
     # trusts what it found only if none began meanwhile (see Heartbeat.release_orphans).
@@ -112,6 +118,14 @@ class WorkerState:
     def claims_fresh(self) -> bool:
         """Whether this worker's liveness is recent enough to start what it claimed."""
         return time.monotonic() - self.alive_at <= self.options.stale_after / 2
+
+    def fetch_wanted(self) -> bool:
+        """Whether the producer should claim now: there is room, and either ``refill_at`` of
+        it (after a full fetch, half the room: the next batch is claimed while the other half
+        of the last one still runs, so the database and this process work at once), or the
+        buffer holds less than a job per slot (no slot waits for a batch to fill)."""
+        room = self.room()
+        return room > 0 and (room >= self.refill_at or len(self.buffer) < self.slots())
 
     def start_buffered(self) -> None:
         """Let idle slots take claimed jobs from the local buffer."""

@@ -189,7 +189,7 @@ class Conveyor(Client, AsyncClient):
         ``queues`` defaults to every queue with a handler. ``concurrency`` attempts run at once;
         ``prefetch`` more jobs are claimed ahead into a local queue, so fetches come in batches.
         By default it adapts: only as many as the slots should finish within 0.1 s at the recent
-        average job time (none for slow jobs, up to 200 for very quick ones). Set 0 to claim
+        average job time (none for slow jobs, up to 400 for very quick ones). Set 0 to claim
         only for free slots.
         On stop, fetching ends and in-flight jobs get ``shutdown_timeout`` seconds to finish; the
         rest are handed back without spending an attempt. Jobs of a worker whose heartbeat is

@@ -209,7 +209,9 @@ def migrate(cli: CliContext, print_sql: bool, check: bool, as_json: bool) -> Non
 @click.option("--queues", help="Comma-separated queues to serve (default: every handler's).")
 @click.option("--concurrency", type=int, default=10, show_default=True, help="Jobs at once.")
 @click.option(
-    "--prefetch", type=int, help="Jobs claimed ahead of free slots (default: concurrency)."
+    "--prefetch",
+    type=int,
+    help="Jobs claimed ahead of free slots (default: adaptive, at most 400).",
 )
 @click.option("--processes", type=int, default=1, show_default=True, help="Worker processes.")
 @click.option("--shutdown-timeout", type=float, default=30.0, show_default=True)

@@ -263,3 +263,32 @@ def test_a_worker_of_quick_jobs_claims_the_next_batch_while_the_last_one_runs(
     later = buffered[3:]  # the first fetches come before the average job time is known
     assert len(later) >= 10, buffered
     assert sum(1 for n in later if n > 0) >= len(later) * 0.75, buffered
+
+
+async def test_a_slot_freed_beside_long_jobs_takes_the_next_job_at_once(
+    app_async: Conveyor,
+) -> None:
+    """After a full fetch the producer waits for half its room, to keep fetches batched; but a
+    slot that would sit idle (the buffer holds less than a job per slot) is filled at once, not
+    when long jobs in the other slots end."""
+    started: dict[str, float] = {}
+    ended: dict[str, float] = {}
+
+    @app_async.job("beside.q")
+    async def handle(job: Job) -> None:
+        started[job.data["name"]] = time.monotonic()
+        await asyncio.sleep(job.data["seconds"])
+        ended[job.data["name"]] = time.monotonic()
+
+    first = [("quick", 0.05), ("long1", 1.5), ("long2", 1.5), ("long3", 1.5)]
+    for name, seconds in first:  # the first fetch takes these four, by priority
+        await app_async.send_async("beside.q", {"name": name, "seconds": seconds}, priority=5)
+    await app_async.send_async("beside.q", {"name": "next", "seconds": 0})
+    async for _stop, _task in worker_in_background(
+        app_async, concurrency=4, prefetch=0, poll_interval=30
+    ):
+        deadline = time.monotonic() + 10
+        while "next" not in started and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+    assert "next" in started
+    assert started["next"] - ended["quick"] < 0.75, (started, ended)
